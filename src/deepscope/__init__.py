@@ -1,0 +1,12 @@
+"""deepscope: make deep networks train, and see why they do or don't."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("deepscope")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+local"
+
+from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
+
+__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "__version__", "get_activation", "make_activation"]
