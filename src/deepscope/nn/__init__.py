@@ -10,6 +10,7 @@ from deepscope.nn.activations import (
     make_activation,
     spec_for_module,
 )
+from deepscope.nn.models import convnet, mlp
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,7 +18,9 @@ __all__ = [
     "Maxout",
     "PReLU",
     "Softsign",
+    "convnet",
     "get_activation",
     "make_activation",
+    "mlp",
     "spec_for_module",
 ]
