@@ -16,7 +16,7 @@ $(BIN)/deepscope: pyproject.toml
 $(VENV): $(BIN)/deepscope
 
 demo: $(VENV)
-	$(BIN)/deepscope --help
+	$(BIN)/deepscope train examples/glorot-tanh-n.toml
 
 test: $(VENV)
 	$(BIN)/ruff check src tests benchmarks

@@ -8,5 +8,6 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
+from deepscope.probe import Probe
 
-__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "__version__", "get_activation", "make_activation"]
+__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "Probe", "__version__", "get_activation", "make_activation"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 import deepscope
@@ -74,6 +76,394 @@ def _registries() -> dict[str, list[str]]:
 # train / runs: `deepscope train`, `deepscope runs ...`   (deepscope.train, deepscope.store)
 # doctor / report: `deepscope doctor`, `deepscope report`  (deepscope.diagnose, deepscope.plots)
 # experiments: `deepscope experiments ...`                 (deepscope.experiments)
+
+
+# --- data: `deepscope data list|show` (deepscope.data) --------------------------------------------------------------
+
+data_app = typer.Typer(help="Datasets: list them, look at them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _data_options(pairs: list[str] | None) -> dict[str, object]:
+    """``key=value`` strings as a dict; values are Python literals when they parse as one (10, True, (-1, 1))."""
+    import ast
+
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option {pair!r} is not key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the datasets, their options, and the augmentations."""
+    import inspect
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from deepscope.data import AUGMENTATIONS, DATASETS
+
+    table = Table("dataset", "description", "options")
+    for name, factory in DATASETS.items():
+        doc = escape((factory.__doc__ or "").splitlines()[0])
+        table.add_row(name, doc, ", ".join(inspect.signature(factory).parameters))
+    Console().print(table)
+    typer.echo(f"augmentations: {', '.join(AUGMENTATIONS)}")
+
+
+@data_app.command("show")
+def data_show(
+    name: str = typer.Argument(..., help="Dataset name (see `deepscope data list`)."),
+    n: int = typer.Option(25, "-n", help="Number of examples."),
+    output: Path = typer.Option(Path("samples.png"), "-o", "--output", help="Image file to write."),
+    split: str = typer.Option("train", "--split", help="train, valid or test."),
+    root: Path | None = typer.Option(None, "--root", help="Directory with the dataset's files (mnist, cifar10, ...)."),
+    option: list[str] | None = typer.Option(None, "--option", help="Dataset option key=value, e.g. balanced=True."),
+) -> None:
+    """Draw a labelled grid of examples: `deepscope data show shapeset -n 25 -o shapes.png`."""
+    from deepscope.data import DataFileError, examples, save_grid
+
+    options = _data_options(option)
+    if root is not None:
+        options["root"] = root
+    try:
+        x, y, class_names = examples(name, n, split, **options)
+    except (ValueError, ImportError, DataFileError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    save_grid(x, y, class_names, output, title=f"{name} ({split})")
+    typer.echo(f"wrote {len(x)} {name} examples to {output}")
+
+
+# --- train / runs: `deepscope train`, `deepscope runs ls|show|compare` (deepscope.train, deepscope.store) ---
+
+runs_app = typer.Typer(help="List, show and compare the runs of a store.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+_STORE_HELP = "Run store directory (default: $DEEPSCOPE_STORE, else ./runs)."
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the exit (code 2) to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _read_store(root: Path | None):
+    from deepscope.store import DB_NAME, Store, default_root
+
+    root = root if root is not None else default_root()
+    if not (root / DB_NAME).exists():
+        raise _fail(f"no run store at {root} (train a run first, or give --store DIR)")
+    return Store(root)
+
+
+@app.command("train")
+def train_command(
+    spec: Path | None = typer.Argument(None, help="Run spec (TOML); optional with --resume.", show_default=False),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a value: --set model.activation=tanh."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar: only the final lines."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue run RUN (id or prefix) from its checkpoint."),
+    updates: int | None = typer.Option(None, "--updates", help="Train for N updates (replaces train.updates/epochs)."),
+) -> None:
+    """Train a run described by a TOML spec; print the final test error and where the run is stored."""
+    from deepscope.config import apply_overrides, load_spec, validate_spec
+    from deepscope.store import Store
+    from deepscope.train import train
+
+    overrides = list(set_ or []) + ([f"train.updates={updates}", "train.epochs=none"] if updates else [])
+    try:
+        if spec is None and resume is None:
+            raise ValueError("give a spec file (deepscope train SPEC.toml) or --resume RUN")
+        st = Store(store)
+        if spec is not None:
+            run_spec = load_spec(spec, overrides)
+        elif overrides:
+            run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
+        else:
+            run_spec = None
+        result = train(run_spec, store=st, quiet=quiet, resume=resume)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    if quiet and result.message:
+        typer.echo(result.message, err=True)
+    m = result.metrics
+    if "test/error" in m:
+        valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
+        typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.step} updates [{result.status}]")
+    else:
+        typer.echo(f"{result.status} after {result.step} updates")
+    where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
+    typer.echo(f"run {result.run_id} stored in {st.path}{where}")
+    if result.status != "finished":
+        raise typer.Exit(1 if result.status == "diverged" else 130)
+
+
+def _when(t: float | None) -> str:
+    import time
+
+    return time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+def _pct(run: dict, name: str) -> str:
+    last = run["last"].get(name)
+    return f"{last['value']:.2%}" if last else "-"
+
+
+def _steps(run: dict) -> str:
+    return str(max((v["step"] for v in run["last"].values()), default=0))
+
+
+def _flat(spec: dict) -> dict[str, object]:
+    """A spec as ``section.key -> value`` (dict values such as ``data.options`` kept whole)."""
+    out: dict[str, object] = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+@runs_app.command("ls")
+def runs_ls(store: Path | None = typer.Option(None, "--store", help=_STORE_HELP)) -> None:
+    """List the runs of the store: status, length, validation and test error."""
+    from rich.console import Console
+    from rich.table import Table
+
+    st = _read_store(store)
+    table = Table(title=f"runs in {st.path}")
+    table.add_column("id", overflow="fold")
+    for column in ("status", "updates", "valid err", "test err", "created"):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("status", "created") else "right")
+    for run in st.runs():
+        table.add_row(run["id"], run["status"], _steps(run), _pct(run, "valid/error"), _pct(run, "test/error"),
+                      _when(run["created"]))
+    Console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: str = typer.Argument(..., help="Run id or unique prefix."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+) -> None:
+    """Show one run: status, timings, versions, final metrics and its full spec."""
+    from rich.console import Console
+    from rich.table import Table
+
+    st = _read_store(store)
+    try:
+        info = st.get_run(run)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    table = Table("key", "value", title=f"run {info['id']}", show_header=False)
+    checkpoint = st.run_dir(info["id"]) / "checkpoint.pt"
+    rows = {
+        "name": info["name"], "status": info["status"], "seed": info["seed"], "created": _when(info["created"]),
+        "updated": _when(info["updated"]), "finished": _when(info["finished"]),
+        "process": f"{info['pid']} on {info['host']}",
+        "versions": ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "checkpoint": str(checkpoint) if checkpoint.exists() else "-",
+    }
+    rows |= {name: f"{v['value']:.6g} (update {v['step']})" for name, v in sorted(info["last"].items())}
+    rows |= _flat(info["spec"])
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: list[str] = typer.Argument(..., help="Two or more run ids or prefixes."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    all_keys: bool = typer.Option(False, "--all", help="Show every spec key, not only those that differ."),
+) -> None:
+    """Compare runs side by side: the spec values that differ and the final metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    st = _read_store(store)
+    try:
+        infos = [st.get_run(r) for r in runs]
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    specs = [_flat(info["spec"]) for info in infos]
+    keys = list(dict.fromkeys(k for s in specs for k in s))
+    if not all_keys:
+        keys = [k for k in keys if len({repr(s.get(k)) for s in specs}) > 1]
+    table = Table("", *(info["id"] for info in infos))
+    table.add_row("status", *(info["status"] for info in infos))
+    table.add_row("updates", *(_steps(info) for info in infos))
+    for name in ("train/loss", "valid/error", "test/error"):
+        cells = [_pct(info, name) if name.endswith("error") else
+                 (f"{info['last'][name]['value']:.4f}" if name in info["last"] else "-") for info in infos]
+        table.add_row(name, *cells)
+    for key in keys:
+        table.add_row(key, *(str(s.get(key, "-")) for s in specs))
+    Console().print(table)
+
+
+# --- experiments: `deepscope experiments list|run` (deepscope.experiments) ---------------------------
+
+experiments_app = typer.Typer(help="Check the claims of the texts: run an experiment, get a verdict.",
+                              no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
+
+
+@experiments_app.command("list")
+def experiments_list() -> None:
+    """List the experiments: name, claim and source."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepscope.experiments import EXPERIMENTS
+
+    table = Table("name", "claim", "source", "trains runs", show_lines=True)
+    for exp in EXPERIMENTS.values():
+        table.add_row(exp.name, exp.claim, exp.source, "yes" if exp.grid is not None else "no")
+    Console().print(table)
+
+
+@experiments_app.command("run")
+def experiments_run(
+    name: str = typer.Argument(..., help="Experiment name (see `deepscope experiments list`)."),
+    profile: str = typer.Option("quick", "--profile", "-p", help="tiny | quick | paper."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Number of seeds (default: the profile's)."),
+    store: Path | None = typer.Option(
+        None, "--store", help="Run store for the runs and the verdict (default for experiments that train: "
+        "$DEEPSCOPE_STORE, else ./runs; others record only when given)."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Parallel training processes (default min(2, cpus))."),
+    out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Directory for the figures and verdict JSON."),
+    backend: str = typer.Option("local", "--backend", help="local (processes) | ray (the [ray] extra)."),
+) -> None:
+    """Run experiment NAME; print the verdict with its numbers. Exit 0 if it passes, 1 if it fails, 2 on bad input."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepscope.experiments import get_experiment, run_experiment
+    from deepscope.store import default_root
+
+    try:
+        experiment = get_experiment(name)
+        if store is None and experiment.grid is not None:
+            store = default_root()
+        verdict = run_experiment(name, profile, seeds=seeds, store=store, jobs=jobs, out_dir=out, backend=backend)
+    except (ValueError, ImportError) as e:
+        raise _fail(str(e)) from None
+    console = Console()
+    console.print(f"[bold]{experiment.name}[/bold]: {experiment.claim} [dim]({experiment.source})[/dim]")
+    checks = Table("", "check", title=f"profile {profile}, seeds {verdict.seeds}", show_header=False)
+    for check, ok in verdict.checks.items():
+        checks.add_row("[green]pass[/green]" if ok else "[red]FAIL[/red]", check)
+    console.print(checks)
+    numbers = Table("number", "value")
+    for key, value in verdict.numbers.items():
+        numbers.add_row(key, f"{value:.4g}")
+    console.print(numbers)
+    console.print(verdict.summary)
+    for path in verdict.figures:
+        console.print(f"figure: {path}")
+    if store is not None:
+        console.print(f"recorded in {store}")
+    word = "[bold green]PASSED[/bold green]" if verdict.passed else "[bold red]FAILED[/bold red]"
+    console.print(f"verdict: {word} in {verdict.duration:.1f} s")
+    raise typer.Exit(0 if verdict.passed else 1)
+
+
+# --- doctor / report: `deepscope doctor`, `deepscope report` (deepscope.diagnose, deepscope.plots) ----------
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _print_findings(findings, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not findings:
+        console.print(f"[bold green]healthy[/]: no rule fired ({title})")
+        return
+    table = Table("severity", "finding", "where", "advice", title=title, show_lines=True, expand=True)
+    for f in findings:
+        evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
+        where = [", ".join(f.layers)] if f.layers else []
+        where += [f"since update {f.first_step}"] if f.first_step is not None else []
+        where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
+        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
+                      f"[bold]{f.code}[/]\n{f.message}\n[dim]{evidence}[/]", "\n".join(where), f.advice)
+    console.print(table)
+
+
+@app.command("doctor")
+def doctor_command(
+    spec: Path | None = typer.Argument(None, help="Run spec (TOML); omit it with --model.", show_default=False),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a value: --set optim.lr=0.1."),
+    updates: int = typer.Option(500, "--updates", help="Train for N updates with the probe."),
+    monitor: int = typer.Option(300, "--monitor", help="Fixed validation examples the probe records on."),
+    model: str | None = typer.Option(None, "--model", help="Your own network: package.module:factory."),
+    data: str | None = typer.Option(None, "--data", help="Dataset name (replaces data.name)."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train briefly with the probe, print the findings and write the HTML report.
+
+    Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
+    """
+    from deepscope.config import apply_overrides, load_spec, validate_spec
+    from deepscope.diagnose import doctor, has_problem, model_from_factory
+    from deepscope.store import Store
+
+    overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
+    try:
+        if spec is None and model is None:
+            raise ValueError("give a spec file (deepscope doctor SPEC.toml) or --model package.module:factory")
+        if spec is not None:
+            run_spec = load_spec(spec, overrides)
+        else:
+            name = model.rpartition(":")[2] or "model"
+            run_spec = validate_spec(apply_overrides({"name": name, "train": {"updates": updates}}, overrides),
+                                     source="--set")
+        net = model_from_factory(model) if model is not None else None
+        st = Store(store)
+        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
+                        quiet=quiet)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
+    typer.echo(f"report: {result.report}")
+    typer.echo(f"run {result.run_id} stored in {st.path}")
+    raise typer.Exit(1 if has_problem(result.findings) else 0)
+
+
+@app.command("report")
+def report_command(
+    runs: list[str] = typer.Argument(..., help="Run ids or unique prefixes, side by side."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="Report file."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    title: str = typer.Option("deepscope report", "--title", help="Page title."),
+) -> None:
+    """Write one self-contained HTML report (findings and Glorot & Bengio's figures) for stored runs."""
+    from deepscope.plots.report import RunData, report
+
+    st = _read_store(store)
+    try:
+        bundles = [RunData.from_store(st, run) for run in runs]
+        path = report(bundles, out_path=output, title=title)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    for run in bundles:
+        _print_findings(run.diagnosis(), f"run {run.run_id}")
+    typer.echo(f"report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,392 @@
+"""The run specification: one pydantic model per TOML section, loaded from a file plus ``--set`` overrides.
+
+A spec file has the sections ``[data]``, ``[model]``, ``[init]``, ``[optim]``, ``[schedule]`` and
+``[train]`` (and a top-level ``name``)::
+
+    name = "glorot-tanh-n"
+    [data]
+    name = "shapeset"
+    [model]
+    depth = 5
+    width = 1000
+    activation = "tanh"
+    [init]
+    scheme = "glorot_uniform"
+    [optim]
+    name = "sgd"
+    lr = 0.01
+    [train]
+    updates = 100000
+    batch_size = 10
+
+``[init]``, ``[optim]`` and ``[schedule]`` take, besides their name, the parameters of the chosen
+scheme, optimizer or schedule (``std``, ``momentum``, ``gamma`` ...), checked against its signature.
+Every name is checked against its registry, and every error names the key, the value and what is
+allowed. A TOML file has no null: write ``"none"`` to clear an optional value (``--set train.patience=none``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "DataSpec",
+    "InitSpec",
+    "ModelSpec",
+    "OptimSpec",
+    "RunSpec",
+    "ScheduleSpec",
+    "SpecError",
+    "TrainSpec",
+    "apply_overrides",
+    "load_spec",
+    "parse_value",
+    "validate_spec",
+]
+
+
+class SpecError(ValueError):
+    """A run specification that cannot be used; the message names the key, the value and what is allowed."""
+
+
+def _none(value: Any) -> Any:
+    """TOML has no null: the strings "none" and "null" mean None for optional values."""
+    return None if isinstance(value, str) and value.lower() in ("none", "null") else value
+
+
+def _names_error(key: str, value: Any, valid) -> ValueError:
+    return ValueError(f"{key}={value!r} is not known; choose one of: {', '.join(valid)}")
+
+
+def _check_params(section: str, what: str, extras: dict, allowed: list[str], required: list[str] = ()) -> None:
+    unknown = [k for k in extras if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"unknown key {section}.{unknown[0]} for {what}; valid keys of [{section}]: "
+            f"{', '.join(['name' if section != 'init' else 'scheme', *allowed])}"
+        )
+    if missing := [k for k in required if k not in extras]:
+        raise ValueError(f"{what} needs {section}.{missing[0]} (e.g. --set {section}.{missing[0]}=...)")
+
+
+Nullable = BeforeValidator(_none)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Section):
+    """``[data]``: which dataset (and its options), preprocessing fitted on train, augmentation of train batches."""
+
+    name: str = "shapeset"
+    options: dict[str, Any] = Field(default_factory=dict)
+    preprocess: list[str] = Field(default_factory=list)
+    augment: list[str] = Field(default_factory=list)
+    augment_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("preprocess", "augment", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        value = _none(value)
+        return [] if value is None else [value] if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from deepscope.data import DATASETS
+
+        if value not in DATASETS:
+            raise _names_error("data.name", value, DATASETS)
+        return value
+
+    @model_validator(mode="after")
+    def _known_options(self) -> DataSpec:
+        from deepscope.data import DATASETS
+
+        known = list(inspect.signature(DATASETS[self.name]).parameters)
+        if unknown := [k for k in self.options if k not in known]:
+            raise ValueError(f"unknown key data.options.{unknown[0]} for dataset {self.name!r}; "
+                             f"valid keys of data.options: {', '.join(known)}")
+        return self
+
+    @field_validator("preprocess")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        from deepscope.data.preprocess import METHODS
+
+        for method in value:
+            if method not in METHODS:
+                raise _names_error("data.preprocess", method, METHODS)
+        return value
+
+    @model_validator(mode="after")
+    def _check_augment(self) -> DataSpec:
+        from deepscope.data import make_augment
+
+        if self.augment:
+            try:
+                make_augment(self.augment, **self.augment_options)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"data.augment={self.augment!r}: {e}") from None
+        return self
+
+
+class ModelSpec(_Section):
+    """``[model]``: the builder (``mlp`` or ``convnet``) and its switches."""
+
+    builder: Literal["mlp", "convnet"] = "mlp"
+    depth: int = Field(5, ge=1)
+    width: int = Field(1000, ge=1)
+    channels: list[int] = Field(default_factory=lambda: [16, 32])
+    kernel_size: int = Field(3, ge=1)
+    activation: str = "tanh"
+    activation_kwargs: dict[str, Any] = Field(default_factory=dict)
+    norm: Annotated[str | None, Nullable] = None
+    norm_position: Literal["before", "after"] = "before"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    maxout_k: int = Field(2, ge=1)
+
+    @field_validator("norm")
+    @classmethod
+    def _known_norm(cls, value: str | None) -> str | None:
+        if value not in (None, "batch"):
+            raise _names_error("model.norm", value, ["none", "batch"])
+        return value
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        from deepscope.nn.activations import ACTIVATIONS
+
+        if value not in ACTIVATIONS:
+            raise _names_error("model.activation", value, ACTIVATIONS)
+        return value
+
+
+class _ParamSection(_Section):
+    """A section whose extra keys are the parameters of the chosen scheme / optimizer / schedule."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_cleared(cls, data: Any) -> Any:
+        """A parameter set to "none" is removed (so ``--set init.std=none`` undoes ``std``)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields or _none(v) is not None}
+        return data
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters besides the name (and ``lr``)."""
+        return dict(self.model_extra or {})
+
+
+class InitSpec(_ParamSection):
+    """``[init]``: the scheme (``auto`` = the one each activation recommends) and its parameters."""
+
+    scheme: str = "auto"
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from deepscope.init import APPLY_ONLY, SCHEMES
+
+        if value not in SCHEMES and value not in APPLY_ONLY:
+            raise _names_error("init.scheme", value, [*SCHEMES, *APPLY_ONLY])
+        return value
+
+    @model_validator(mode="after")
+    def _check_params(self) -> InitSpec:
+        from deepscope.init import SCHEMES
+
+        if self.scheme in SCHEMES:
+            params = list(inspect.signature(SCHEMES[self.scheme]).parameters.values())[1:]
+            params = [p for p in params if p.name not in ("fans", "generator", "x")]
+            required = [p.name for p in params if p.default is inspect.Parameter.empty]
+            _check_params("init", f"init scheme {self.scheme!r}", self.params, [p.name for p in params], required)
+        else:
+            _check_params("init", f"init scheme {self.scheme!r}", self.params, [])
+        return self
+
+
+class OptimSpec(_ParamSection):
+    """``[optim]``: the optimizer, its learning rate and its other parameters (``momentum``, ``weight_decay`` ...)."""
+
+    name: str = "sgd"
+    lr: float = Field(0.01, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        from deepscope.optim import OPTIMIZERS
+
+        if value not in OPTIMIZERS:
+            raise _names_error("optim.name", value, OPTIMIZERS)
+        return value
+
+    @model_validator(mode="after")
+    def _check_params(self) -> OptimSpec:
+        from deepscope.optim import OPTIMIZERS
+
+        _check_params("optim", f"optimizer {self.name!r}", self.params, ["lr", *OPTIMIZERS[self.name].allowed()])
+        return self
+
+
+class ScheduleSpec(_ParamSection):
+    """``[schedule]``: the learning-rate schedule and its parameters (``step_size``, ``gamma`` ...)."""
+
+    name: str = "constant"
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        from deepscope.optim import SCHEDULES
+
+        if value not in SCHEDULES:
+            raise _names_error("schedule.name", value, SCHEDULES)
+        return value
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ScheduleSpec:
+        from deepscope.optim import SCHEDULES
+
+        params = inspect.signature(SCHEDULES[self.name]).parameters.values()
+        allowed = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        required = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+        _check_params("schedule", f"schedule {self.name!r}", self.params, allowed, required)
+        return self
+
+
+class TrainSpec(_Section):
+    """``[train]``: length (``updates`` or ``epochs``), batch size, evaluation, stopping, clipping, seed, device."""
+
+    updates: Annotated[int | None, Nullable] = Field(None, ge=1)
+    epochs: Annotated[int | None, Nullable] = Field(None, ge=1)
+    batch_size: int = Field(10, ge=1)
+    eval_every: Annotated[int | None, Nullable] = Field(None, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    patience: Annotated[int | None, Nullable] = Field(None, ge=1)
+    checkpoint_every: Annotated[int | None, Nullable] = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    clip_norm: Annotated[float | None, Nullable] = Field(None, gt=0)
+    clip_value: Annotated[float | None, Nullable] = Field(None, gt=0)
+    loss: str = "cross_entropy"
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        from deepscope.optim import LOSSES
+
+        if value not in LOSSES:
+            raise _names_error("train.loss", value, LOSSES)
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainSpec:
+        if (self.updates is None) == (self.epochs is None):
+            given = "both" if self.updates is not None else "neither"
+            raise ValueError(f"give exactly one of train.updates or train.epochs (got {given})")
+        return self
+
+
+class RunSpec(_Section):
+    """A whole run. ``RunSpec.model_validate(spec.model_dump(mode="json")) == spec``."""
+
+    name: str = "run"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    init: InitSpec = Field(default_factory=InitSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    train: TrainSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON types (what the run store keeps)."""
+        return self.model_dump(mode="json")
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataSpec, "model": ModelSpec, "init": InitSpec, "optim": OptimSpec, "schedule": ScheduleSpec,
+    "train": TrainSpec,
+}
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value: a TOML literal when it is one (``3``, ``1e-3``, ``true``, ``[16, 32]``), else a string."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    return raw if isinstance(value, datetime.date | datetime.time) else value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of ``data`` with each ``"section.key=value"`` of ``overrides`` set."""
+    data = _copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set model.activation=tanh")
+        *path, last = key.split(".")
+        node = data
+        for i, part in enumerate(path):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
+        node[last] = parse_value(raw.strip())
+    return data
+
+
+def _copy(data: Any) -> Any:
+    return {k: _copy(v) for k, v in data.items()} if isinstance(data, dict) else data
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section or key {key!r}; valid ones: {', '.join(RunSpec.model_fields)}"
+        return f"unknown key {key}; valid keys of [{loc[0]}]: {', '.join(SECTIONS[loc[0]].model_fields)}"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    if error["type"] == "missing":
+        hint = " (with train.updates or train.epochs)" if key == "train" else ""
+        return f"missing {key}{hint}"
+    return f"{key}={error['input']!r}: {error['msg']}"
+
+
+def validate_spec(data: dict, source: str = "spec") -> RunSpec:
+    """A :class:`RunSpec` from a dict, with errors as one :class:`SpecError` naming each bad key."""
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
+    """Read a TOML spec, apply ``--set`` style overrides, validate. ``name`` defaults to the file's stem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec file ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    return validate_spec(apply_overrides(data, overrides), source=str(path))

@@ -1,0 +1,158 @@
+"""The pieces every experiment is made of: ``Experiment`` (what to run and how to judge it), ``Context``
+(what one invocation was asked for) and ``Verdict`` (what came out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROFILES", "Context", "Experiment", "Verdict", "new_figure", "save_figure"]
+
+PROFILES = ("tiny", "quick", "paper")
+"""tiny: seconds, for tests (machinery, not science); quick: the real check, minutes on 2 CPU cores;
+paper: the full-scale setup of the source."""
+
+
+@dataclass
+class Verdict:
+    """The outcome of one experiment: pass/fail, the measured numbers behind it, and the figure(s).
+
+    ``checks`` maps a readable statement of each condition (with the numbers it compared) to whether it
+    held; ``passed`` is true when all of them did.
+    """
+
+    passed: bool
+    numbers: dict[str, float]
+    summary: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    duration: float = 0.0
+    name: str = ""
+    profile: str = ""
+    seeds: list[int] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_checks(cls, checks: Mapping[str, bool], numbers: Mapping[str, float], summary: str) -> Verdict:
+        """A verdict that passes when every check holds; ``summary`` states the claim in measured terms."""
+        checks = {key: bool(ok) for key, ok in checks.items()}
+        numbers = {key: float(value) for key, value in numbers.items()}
+        return cls(passed=all(checks.values()), numbers=numbers, summary=summary, checks=checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings, non-finite numbers as strings)."""
+        out = dataclasses.asdict(self)
+        out["figures"] = [str(path) for path in self.figures]
+        out["numbers"] = {k: v if math.isfinite(v) else str(v) for k, v in self.numbers.items()}
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+@dataclass
+class Context:
+    """What one invocation of an experiment was asked for, handed to its ``grid``, ``run``, ``verdict``
+    and ``figure`` functions.
+
+    ``settings`` is the chosen profile's dict; ``seeds`` the seeds to repeat over; ``out_dir`` where
+    figures go. ``sweep(specs)`` trains a list of run specs in parallel (local processes or Ray) into the
+    run store at ``store_root`` and returns their :class:`~deepscope.experiments.sweep.RunOutcome`.
+    """
+
+    name: str
+    profile: str
+    settings: dict[str, Any]
+    seeds: list[int]
+    out_dir: Path
+    store_root: Path | None = None
+    jobs: int | None = None
+    backend: str = "local"
+    run_ids: list[str] = field(default_factory=list)
+
+    def sweep(self, specs: Sequence[Any]) -> list[Any]:
+        """Train ``specs`` (RunSpec objects or dicts) with :func:`deepscope.experiments.sweep.run_grid`."""
+        from deepscope.experiments.sweep import run_grid
+
+        outcomes = run_grid(specs, store_root=self.store_root, jobs=self.jobs, backend=self.backend)
+        self.run_ids.extend(outcome.run_id for outcome in outcomes if outcome.run_id)
+        return outcomes
+
+    def ensure_store(self) -> Path:
+        """The run store directory, ``<out_dir>/runs`` when none was given: for experiments that read
+        their runs' curves or probe records back."""
+        if self.store_root is None:
+            self.store_root = self.out_dir / "runs"
+        return self.store_root
+
+    def path(self, suffix: str = "", ext: str = "png") -> Path:
+        """``<out_dir>/<name>[-suffix].<ext>``, the directory created if needed."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{self.name}-{suffix}" if suffix else self.name
+        return self.out_dir / f"{stem}.{ext}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One claim of the texts, made checkable.
+
+    - ``profiles``: ``{"tiny": {...}, "quick": {...}, "paper": {...}}``, each a dict of settings (sizes,
+      steps, ...); the optional key ``"seeds"`` gives the default number of seeds.
+    - ``grid(ctx) -> list[RunSpec]``: the training runs, for experiments built on the trainer.
+    - ``run(ctx) -> results``: measures. Optional when ``grid`` is given: the default runs the grid with
+      ``ctx.sweep`` and the results are the list of run outcomes.
+    - ``verdict(results, ctx) -> Verdict``: pass/fail with the measured numbers (``Verdict.from_checks``).
+    - ``figure(results, ctx) -> list[Path]``: writes PNG(s) under ``ctx.out_dir`` (``ctx.path(...)``).
+    """
+
+    name: str
+    claim: str
+    source: str
+    profiles: Mapping[str, Mapping[str, Any]]
+    verdict: Callable[[Any, Context], Verdict]
+    figure: Callable[[Any, Context], list[Path]]
+    run: Callable[[Context], Any] | None = None
+    grid: Callable[[Context], list[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is None and self.grid is None:
+            raise ValueError(f"experiment {self.name!r} needs a run function, a grid, or both")
+        missing = [p for p in PROFILES if p not in self.profiles]
+        if missing:
+            raise ValueError(f"experiment {self.name!r} lacks profile(s) {missing}; every experiment has {PROFILES}")
+
+    def settings(self, profile: str) -> dict[str, Any]:
+        """A copy of the settings of ``profile``; an unknown profile lists the valid ones."""
+        if profile not in self.profiles:
+            raise ValueError(f"profile={profile!r} is not known; choose one of: {', '.join(self.profiles)}")
+        return dict(self.profiles[profile])
+
+    def measure(self, ctx: Context) -> Any:
+        """The raw results: ``run(ctx)``, or the grid trained with ``ctx.sweep``."""
+        if self.run is not None:
+            return self.run(ctx)
+        return ctx.sweep(self.grid(ctx))
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, **kwargs):
+    """A matplotlib ``Figure`` and its axes array, without pyplot (no global state, Agg when saved)."""
+    from matplotlib.figure import Figure
+
+    size = size or (4.2 * ncols, 3.4 * nrows)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,116 @@
+"""Helpers shared by the figure modules: picking series out of record rows, and PNG embedding.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly (rendered by the Agg canvas, no pyplot,
+so nothing global is touched and figures are freed when dropped). Every figure function takes plain rows
+-- stats rows, histogram rows, scalar rows as the probe, the trainer and the store produce them -- and
+returns a Figure, or ``None`` when the rows hold nothing it could draw.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from deepscope.diagnose import layer_order
+
+__all__ = ["DPI", "histogram_figure", "layer_color", "new_figure", "pick_source", "series", "to_data_uri"]
+
+DPI = 100
+_LAYER_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22"]
+
+Row = Mapping[str, Any]
+
+
+def layer_color(index: int) -> str:
+    return _LAYER_COLORS[index % len(_LAYER_COLORS)]
+
+
+def new_figure(width: float = 4.6, height: float = 3.2, ncols: int = 1, sharey: bool = False):
+    """A Figure and its axes (a list when ``ncols > 1``), with the report's style."""
+    fig = Figure(figsize=(width * ncols, height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, ncols, sharey=sharey, squeeze=True)
+    for ax in (axes if ncols > 1 else [axes]):
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(labelsize=8)
+    return fig, axes
+
+
+def pick_source(rows: Iterable[Row], quantity: str) -> str | None:
+    """The source to draw ``quantity`` from: the fixed monitor set when recorded (as the paper does), else train."""
+    sources = {r["source"] for r in rows if r["quantity"] == quantity}
+    for source in ("monitor", "train"):
+        if source in sources:
+            return source
+    return next(iter(sorted(sources)), None)
+
+
+def series(rows: Iterable[Row], quantity: str, stat: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``layer -> (steps, values)`` for one quantity and stat, layers in depth order (input first)."""
+    rows = list(rows)
+    order = layer_order(rows)
+    rows = [r for r in rows if r["quantity"] == quantity]
+    source = pick_source(rows, quantity)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["source"] == source and r["stat"] == stat:
+            out.setdefault(r["layer"], []).append((int(r["step"]), float(r["value"])))
+    result = {}
+    for layer in sorted(out, key=order.__getitem__):
+        points = out[layer]
+        points.sort()
+        result[layer] = ([s for s, _ in points], [v if math.isfinite(v) else math.nan for _, v in points])
+    return result
+
+
+def to_data_uri(fig: Figure) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI (the report embeds it: no files, no network)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+
+def histogram_figure(rows: Iterable[Row], quantity: str, title: str, xlabel: str) -> Figure | None:
+    """Normalized histograms of one quantity, one line per layer, at the first and at the last recorded update.
+
+    The probe's histogram rows have equal-width bins from ``lo`` to ``hi``; each is drawn as a density
+    (area 1), so layers with different ranges compare (Glorot & Bengio 2010, figs. 4, 6-8).
+    """
+    rows = list(rows)
+    order = layer_order(rows)
+    rows = [r for r in rows if r["quantity"] == quantity]
+    source = pick_source(rows, quantity)
+    rows = [r for r in rows if r["source"] == source and sum(r["counts"]) > 0 and r["hi"] > r["lo"]]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: order[r["layer"]])
+    steps = sorted({int(r["step"]) for r in rows})
+    shown = [steps[0]] if len(steps) == 1 else [steps[0], steps[-1]]
+    fig, axes = new_figure(3.6, 3.0, ncols=len(shown))
+    axes = list(axes) if len(shown) > 1 else [axes]
+    for ax, step in zip(axes, shown, strict=True):
+        for r in rows:
+            if int(r["step"]) != step:
+                continue
+            counts = [float(c) for c in r["counts"]]
+            lo, hi = float(r["lo"]), float(r["hi"])
+            width = (hi - lo) / len(counts)
+            total = sum(counts) * width
+            centers = [lo + (i + 0.5) * width for i in range(len(counts))]
+            ax.plot(centers, [c / total for c in counts], color=layer_color(order[r["layer"]]),
+                    linewidth=1.1, label=r["layer"])
+        when = "initialization" if step == 0 else "end" if step == steps[-1] else "first record"
+        ax.set_title(f"{when} (update {step})", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
+    axes[0].set_ylabel("density", fontsize=8)
+    axes[-1].legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig

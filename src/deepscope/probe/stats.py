@@ -1,0 +1,160 @@
+"""On-device reductions behind the probe's instruments (Glorot & Bengio 2010, figures 2-10).
+
+Every function takes a tensor and returns one flat tensor on the same device: the statistics in
+the order of the matching ``*_STATS`` names, then, for the histogram, ``lo, hi, counts...``. The
+probe concatenates these small tensors and moves them to the CPU once per record.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from deepscope.nn.activations import ActivationSpec
+
+__all__ = [
+    "GRADIENT_STATS",
+    "JACOBIAN_STATS",
+    "MAX_PERCENTILE_VALUES",
+    "WEIGHT_GRADIENT_STATS",
+    "activation_stats",
+    "activation_stat_names",
+    "gradient_stats",
+    "histogram",
+    "mean_std",
+    "percentiles",
+    "singular_value_stats",
+    "weight_gradient_stats",
+]
+
+GRADIENT_STATS = ("mean", "std")
+WEIGHT_GRADIENT_STATS = ("mean", "std", "norm")
+JACOBIAN_STATS = ("sv_mean", "sv_min", "sv_max")
+
+# Percentiles of larger tensors are taken on an evenly strided subsample of at most this many values,
+# which bounds their cost independently of width and batch size (the sampling error of the 2nd/98th
+# percentile is then about 0.0006 / density at that percentile).
+MAX_PERCENTILE_VALUES = 2**16
+
+
+def _flat(x: Tensor) -> Tensor:
+    x = x.detach().reshape(-1)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def histogram(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
+    """Counts of ``x`` in ``bins`` equal-width bins from ``lo`` to ``hi`` (0-dim tensors, lo <= x <= hi).
+
+    ``lo`` and ``hi`` stay on the device (``torch.histc`` alone wants Python floats, which would
+    synchronize): the data are mapped to bin coordinates first, the top edge counted in the last bin.
+    """
+    width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+    if x.device.type != "cpu":  # histc is fast on accelerators, where bincount would synchronize
+        return torch.histc(x.sub(lo).div_(width), bins=bins, min=0.0, max=1.0)
+    # on the CPU, bincount of the bin indices is about 3x faster than histc (non-finite values land in bin 0)
+    index = x.sub(lo).mul_(bins / width).to(torch.int32).clamp_(0, bins - 1)
+    return torch.bincount(index, minlength=bins).to(x.dtype)
+
+
+def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population standard deviation of a flat tensor, two-pass (several times faster on the
+    CPU than ``torch.std_mean``, and as accurate)."""
+    mean = x.mean()
+    d = x - mean
+    return mean, torch.sqrt(torch.dot(d, d) / x.numel())
+
+
+def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
+    """Percentiles ``qs`` (fractions) of a tensor, linear interpolation as ``numpy.percentile``.
+
+    Uses ``torch.topk`` on the tail that holds each order statistic instead of a full sort. Above
+    :data:`MAX_PERCENTILE_VALUES` values, every ``stride``-th value is used, with ``stride`` coprime
+    to ``row`` (the values per example) so that every unit is sampled.
+    """
+    x = _flat(x)
+    if x.numel() > MAX_PERCENTILE_VALUES:
+        stride = math.ceil(x.numel() / MAX_PERCENTILE_VALUES)
+        while math.gcd(stride, row) != 1:
+            stride += 1
+        x = x[::stride]
+    n = x.numel()
+    out = []
+    for q in qs:
+        h = (n - 1) * q
+        i = math.floor(h)
+        j = min(i + 1, n - 1)
+        if i < n - 1 - i:  # the lower tail is the smaller one: the i+1 / j+1 smallest values
+            tail = torch.topk(x, j + 1, largest=False, sorted=False).values
+            a, b = torch.topk(tail, j + 1 - i, largest=True, sorted=True).values.flip(0)[[0, -1]]
+        else:  # the (n - i) largest values
+            tail = torch.topk(x, n - i, largest=True, sorted=False).values
+            a, b = torch.topk(tail, j - i + 1, largest=False, sorted=True).values[[0, -1]]
+        out.append(a + (b - a) * (h - i))
+    return torch.stack(out)
+
+
+def activation_stat_names(spec: ActivationSpec | None) -> tuple[str, ...]:
+    """Names of the statistics :func:`activation_stats` returns for an activation ``spec``."""
+    names = ("mean", "std", "p2", "p98")
+    if spec is not None and spec.saturated is not None:
+        names += ("saturated",)
+    if spec is not None and spec.dead is not None:
+        names += ("dead",)
+    return names
+
+
+def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tensor:
+    """Mean, std, 2nd/98th percentiles, [saturated], [dead], then the histogram of activations ``z``.
+
+    ``z`` has the examples along dim 0. ``saturated`` is the fraction of values the registry calls
+    saturated; ``dead`` the fraction of units (every non-batch position) inactive on every example.
+    The histogram spans the activation's registry range, widened to the data when they leave it;
+    without a registry entry it spans the data.
+    """
+    z = z.detach()
+    x = _flat(z)
+    mean, std = mean_std(x)
+    parts = [mean[None], std[None], percentiles(x, (0.02, 0.98), row=z[0].numel())]
+    zmin, zmax = torch.aminmax(x)
+    if spec is not None:
+        if spec.saturated is not None:
+            parts.append((torch.count_nonzero(spec.saturated(z)) / z.numel())[None])
+        if spec.dead is not None:
+            dead = spec.dead(z).reshape(z.shape[0], -1).all(dim=0)
+            parts.append((torch.count_nonzero(dead) / dead.numel())[None])
+        lo = torch.clamp(zmin, max=spec.range[0])
+        hi = torch.clamp(zmax, min=spec.range[1])
+    else:
+        lo, hi = zmin, zmax
+    parts += [lo[None], hi[None], histogram(x, lo, hi, bins)]
+    return torch.cat([p.to(x.dtype) for p in parts])
+
+
+def gradient_stats(g: Tensor, bins: int) -> Tensor:
+    """Mean and std of back-propagated gradients, then their histogram over ``[-max|g|, max|g|]``."""
+    x = _flat(g)
+    mean, std = mean_std(x)
+    m = _abs_max(x)
+    return torch.cat([mean[None], std[None], -m[None], m[None], histogram(x, -m, m, bins)])
+
+
+def _abs_max(x: Tensor) -> Tensor:
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(-lo, hi)
+
+
+def weight_gradient_stats(g: Tensor, bins: int) -> Tensor:
+    """Mean, std and L2 norm of a weight gradient, then its histogram over ``[-max|g|, max|g|]``."""
+    x = _flat(g)
+    mean, std = mean_std(x)
+    m = _abs_max(x)
+    norm = torch.sqrt((std.square() + mean.square()) * x.numel())  # sum(x^2), without another pass
+    return torch.cat([mean[None], std[None], norm[None], -m[None], m[None], histogram(x, -m, m, bins)])
+
+
+def singular_value_stats(sv: Tensor) -> Tensor:
+    """Mean, min and max of a set of singular values (all examples pooled)."""
+    sv = _flat(sv)
+    return torch.stack([sv.mean(), sv.min(), sv.max()])

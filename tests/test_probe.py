@@ -1,0 +1,394 @@
+"""Probe statistics against tensors captured by a hand-written forward pass, and the probe's hygiene."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepscope.probe import Probe, probe_callback
+from deepscope.probe.stats import percentiles
+
+
+def rows_of(probe, **filters):
+    return {(r["layer"], r["stat"]): r["value"] for r in probe.to_rows(**filters)}
+
+
+def hist_of(probe, **filters):
+    return {
+        h["layer"]: h
+        for h in probe.histograms
+        if all(h[k] == v for k, v in filters.items())
+    }
+
+
+def small_mlp(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # some tanh units saturate
+        model[2].bias[:4] = -5.0  # some relu units are dead on every example
+    return model
+
+
+def hand_forward(model, x):
+    """The same network written out: pre-activations s and activations z of both hidden layers."""
+    w1, b1, w2, b2, w3, b3 = (p.detach().clone() for p in model.parameters())
+    s1 = (x @ w1.T + b1).requires_grad_(True)
+    z1 = torch.tanh(s1)
+    s2 = z1 @ w2.T + b2
+    z2 = torch.relu(s2)
+    out = z2 @ w3.T + b3
+    return s1, z1, s2, z2, out
+
+
+def np_hist(values, lo, hi, bins):
+    return np.histogram(values, bins=bins, range=(lo, hi))[0]
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(40, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+
+
+def test_percentiles_match_numpy():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 10, 51, 1000):
+        x = torch.randn(n, generator=g)
+        got = percentiles(x, (0.0, 0.02, 0.5, 0.98, 1.0)).numpy()
+        want = np.percentile(x.numpy(), [0, 2, 50, 98, 100])
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # above MAX_PERCENTILE_VALUES: a strided subsample that still visits every unit
+    scale = torch.where(torch.arange(1000) % 5 == 0, 2.0, 0.1)  # every 5th unit is 20 times wider
+    z = torch.randn(300, 1000, generator=g) * scale
+    want = np.percentile(z.numpy(), [2, 98])
+    np.testing.assert_allclose(percentiles(z, (0.02, 0.98), row=1000).numpy(), want, atol=0.05)
+    naive = np.percentile(z.flatten()[::5].numpy(), 98)  # a stride of 5 would see only the wide units
+    assert abs(naive - want[1]) > 0.5
+
+
+def test_monitor_activation_statistics_match_hand_forward(data):
+    x, y = data
+    model = small_mlp()
+    probe = Probe(model, monitor=(x, y), bins=10, jacobian_examples=0)
+    with probe:
+        pass
+    _, z1, _, z2, _ = hand_forward(model, x)
+    probe_rows = rows_of(probe, source="monitor", quantity="activation")
+    hists = hist_of(probe, source="monitor", quantity="activation")
+    for name, z in (("1", z1.detach().numpy()), ("3", z2.detach().numpy())):
+        assert probe_rows[(name, "mean")] == pytest.approx(z.mean(), abs=1e-6)
+        assert probe_rows[(name, "std")] == pytest.approx(z.std(), abs=1e-6)
+        assert probe_rows[(name, "p2")] == pytest.approx(np.percentile(z, 2), abs=1e-6)
+        assert probe_rows[(name, "p98")] == pytest.approx(np.percentile(z, 98), abs=1e-6)
+    t = z1.detach().numpy()
+    assert probe_rows[("1", "saturated")] == pytest.approx((np.abs(t) > 0.99).mean())
+    assert 0 < probe_rows[("1", "saturated")] < 1
+    assert ("1", "dead") not in probe_rows  # tanh has no dead notion
+    r = z2.detach().numpy()
+    dead = (r == 0).all(axis=0).mean()
+    assert dead >= 4 / 12
+    assert probe_rows[("3", "dead")] == pytest.approx(dead)
+    # histograms: tanh over its range [-1, 1]; relu over [-0.5, 3] widened to the data
+    assert (hists["1"]["lo"], hists["1"]["hi"]) == (-1.0, 1.0)
+    np.testing.assert_allclose(hists["1"]["counts"], np_hist(t, -1, 1, 10), atol=1)
+    lo, hi = hists["3"]["lo"], hists["3"]["hi"]
+    assert lo == -0.5 and hi == pytest.approx(max(3.0, r.max()))
+    np.testing.assert_allclose(hists["3"]["counts"], np_hist(r, lo, hi, 10), atol=1)
+    assert sum(hists["3"]["counts"]) == r.size
+
+
+def test_monitor_preactivation_gradients_match_autograd(data):
+    x, y = data
+    model = small_mlp()
+    probe = Probe(model, monitor=(x, y), bins=8, jacobian_examples=0)
+    with probe:
+        pass
+    s1, _, s2, _, out = hand_forward(model, x)
+    g1, g2 = torch.autograd.grad(F.cross_entropy(out, y), [s1, s2])
+    got = rows_of(probe, source="monitor", quantity="preact_grad")
+    hists = hist_of(probe, source="monitor", quantity="preact_grad")
+    for name, g in (("1", g1.numpy()), ("3", g2.numpy())):
+        assert got[(name, "mean")] == pytest.approx(g.mean(), abs=1e-9)
+        assert got[(name, "std")] == pytest.approx(g.std(), rel=1e-5)
+        m = np.abs(g).max()
+        assert hists[name]["lo"] == pytest.approx(-m) and hists[name]["hi"] == pytest.approx(m)
+        np.testing.assert_allclose(hists[name]["counts"], np_hist(g, -m, m, 8), atol=1)
+    assert got[("1", "std")] != got[("3", "std")]
+
+
+def test_training_step_instruments(data):
+    """Train source: activations and dLoss/ds of the batch, weight gradients, update/weight ratio."""
+    x, y = data
+    model = small_mlp()
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, every=1, bins=6)
+    with probe:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()  # the probe must have captured the gradients before this
+        probe.step()
+    s1, z1, s2, _, out = hand_forward(reference, x)
+    g1, g2 = torch.autograd.grad(F.cross_entropy(out, y), [s1, s2])
+    ref_loss = F.cross_entropy(reference(x), y)
+    ref_loss.backward()
+    act = rows_of(probe, source="train", quantity="activation")
+    assert act[("1", "std")] == pytest.approx(z1.detach().numpy().std(), abs=1e-6)
+    pg = rows_of(probe, source="train", quantity="preact_grad")
+    assert pg[("1", "std")] == pytest.approx(g1.numpy().std(), rel=1e-5)
+    assert pg[("3", "mean")] == pytest.approx(g2.numpy().mean(), abs=1e-9)
+    wg = rows_of(probe, source="train", quantity="weight_grad")
+    ratio = rows_of(probe, source="train", quantity="update_ratio")
+    for name, lin in (("0", reference[0]), ("2", reference[2]), ("4", reference[4])):
+        g = lin.weight.grad
+        assert wg[(name, "mean")] == pytest.approx(g.mean().item(), abs=1e-9)
+        assert wg[(name, "std")] == pytest.approx(g.std(correction=0).item(), rel=1e-5)
+        assert wg[(name, "norm")] == pytest.approx(g.norm().item(), rel=1e-5)
+        assert ratio[(name, "ratio")] == pytest.approx((0.1 * g).norm().item() / lin.weight.norm().item(), rel=1e-4)
+    whist = hist_of(probe, source="train", quantity="weight_grad")
+    g = reference[2].weight.grad.numpy()
+    m = np.abs(g).max()
+    np.testing.assert_allclose(whist["2"]["counts"], np_hist(g, -m, m, 6), atol=1)
+    assert {r["step"] for r in probe.records} == {0}
+
+
+def test_records_every_nth_step_and_labels(data):
+    x, y = data
+    model = small_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Probe(model, every=3, monitor=(x[:10], y[:10]), jacobian_examples=0) as probe:
+        for _ in range(8):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            probe.step()
+    steps = {src: sorted({r["step"] for r in probe.records if r["source"] == src}) for src in ("train", "monitor")}
+    assert steps == {"train": [0, 3, 6], "monitor": [0, 3, 6]}
+
+
+def test_monitor_x_only_records_activations_not_gradients(data):
+    x, _ = data
+    probe = Probe(small_mlp(), monitor=x, jacobian_examples=2)
+    with probe:
+        pass
+    quantities = {r["quantity"] for r in probe.records}
+    assert quantities == {"activation", "jacobian"}
+
+
+def test_training_step_bit_identical_with_and_without_monitor(data):
+    x, y = data
+    torch.manual_seed(3)
+    base = nn.Sequential(
+        nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 16), nn.ReLU(),
+        nn.Dropout(0.2), nn.Linear(16, 4),
+    )
+    runs = []
+    for with_probe in (False, True):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        torch.manual_seed(7)
+        losses, grads = [], []
+        probe = Probe(model, every=1, monitor=(x[:25], y[:25]), jacobian_examples=3) if with_probe else None
+        if probe:
+            probe.__enter__()
+        for i in range(3):
+            loss = F.cross_entropy(model(x[i * 10 : i * 10 + 10]), y[i * 10 : i * 10 + 10])
+            loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.detach())
+            if probe:
+                probe.step()
+        if probe:
+            probe.__exit__(None, None, None)
+            assert {r["source"] for r in probe.records} == {"train", "monitor"}
+        runs.append((losses, grads, model.state_dict(), opt.state_dict(), torch.get_rng_state()))
+    (l0, g0, s0, o0, r0), (l1, g1, s1, o1, r1) = runs
+    assert all(torch.equal(a, b) for a, b in zip(l0, l1, strict=True))
+    assert all(torch.equal(a, b) for ga, gb in zip(g0, g1, strict=True) for a, b in zip(ga, gb, strict=True))
+    assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert all(torch.equal(o0["state"][k]["momentum_buffer"], o1["state"][k]["momentum_buffer"]) for k in o0["state"])
+    assert torch.equal(r0, r1)
+
+
+def hook_state(model):
+    return [
+        (
+            name,
+            dict(m._forward_hooks),
+            dict(m._forward_pre_hooks),
+            dict(m._backward_hooks),
+            dict(m._backward_pre_hooks),
+            m.training,
+        )
+        for name, m in model.named_modules()
+    ]
+
+
+def test_hooks_removed_and_model_unchanged_even_on_exception(data):
+    x, y = data
+    model = small_mlp()
+    model[1].eval()  # a mixed mode must survive the monitor pass
+    user_hook = model[3].register_forward_hook(lambda m, a, o: None)
+    model(x).sum().backward()  # .grad set before the probe
+    before_hooks = hook_state(model)
+    before_params = {k: v.clone() for k, v in model.state_dict().items()}
+    before_grads = [p.grad.clone() for p in model.parameters()]
+    before_out = model(x)
+
+    for fail in (False, True):
+        try:
+            with Probe(model, every=1, monitor=(x, y), jacobian_examples=2) as probe:
+                assert probe._hooks.handles  # armed for the first training step
+                if fail:
+                    raise KeyError("boom")
+        except KeyError:
+            assert fail
+        assert hook_state(model) == before_hooks
+        assert all(not p._post_accumulate_grad_hooks for p in model.parameters())
+        assert all(torch.equal(v, before_params[k]) for k, v in model.state_dict().items())
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before_grads, strict=True))
+        assert torch.equal(model(x), before_out)
+    user_hook.remove()
+
+
+def test_no_hooks_between_recorded_steps(data):
+    x, y = data
+    model = small_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    empty = hook_state(model)
+    with Probe(model, every=5) as probe:
+        assert hook_state(model) != empty
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        probe.step()
+        assert hook_state(model) == empty and not probe._hooks.handles
+
+
+def test_in_place_activations_and_reuse():
+    torch.manual_seed(0)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Linear(6, 6), nn.Linear(6, 3), nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.b(self.relu(self.a(self.relu(x))))
+
+    model = Twice()
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    probe = Probe(model, monitor=(x, y))
+    with probe:
+        pass
+    got = rows_of(probe, source="monitor", quantity="preact_grad")
+    assert {k[0] for k in got} == {"relu@2"}  # the first call acts on the input, which needs no gradient
+    s = (torch.relu(x) @ model.a.weight.T.detach() + model.a.bias.detach()).requires_grad_(True)
+    out = torch.relu(s) @ model.b.weight.T.detach() + model.b.bias.detach()
+    (g,) = torch.autograd.grad(F.cross_entropy(out, y), s)
+    assert got[("relu@2", "std")] == pytest.approx(g.std(correction=0).item(), rel=1e-5)
+    act = rows_of(probe, source="monitor", quantity="activation")
+    assert act[("relu", "mean")] == pytest.approx(torch.relu(x).mean().item(), rel=1e-6)
+    assert "relu" in probe.jacobian_unavailable
+
+
+def test_paper_gradients_at_initialization():
+    """Glorot & Bengio fig. 7 and sec. 4.2.2 on a 5-layer tanh net at initialization."""
+    torch.manual_seed(0)
+    width, n_in = 256, 256
+    x, y = torch.rand(300, n_in), torch.randint(0, 9, (300,))
+
+    def net(init):
+        layers, n = [], n_in
+        for _ in range(5):
+            lin = nn.Linear(n, width)
+            bound = 1 / n**0.5 if init == "standard" else (6 / (n + width)) ** 0.5
+            nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(lin.bias)
+            layers += [lin, nn.Tanh()]
+            n = width
+        return nn.Sequential(*layers, nn.Linear(width, 9))
+
+    result = {}
+    for init in ("standard", "normalized"):
+        probe = Probe(net(init), monitor=(x, y), jacobian_examples=1)
+        with probe:
+            pass
+        rows = probe.to_rows(source="monitor", quantity="preact_grad", stat="std")
+        stds = [r["value"] for r in sorted(rows, key=lambda r: int(r["layer"]))]
+        sv = [r["value"] for r in probe.to_rows(quantity="jacobian", stat="sv_mean")]
+        result[init] = stds, float(np.mean(sv))
+    std_standard, sv_standard = result["standard"]
+    std_normalized, sv_normalized = result["normalized"]
+    # standard init: back-propagated gradients shrink toward the input layer
+    assert all(a < b for a, b in zip(std_standard, std_standard[1:], strict=False))
+    assert std_standard[-1] / std_standard[0] > 4
+    # normalized init: within a factor of 2 across layers
+    assert max(std_normalized) / min(std_normalized) < 2
+    # average Jacobian singular value: about 0.5 (standard) and 0.8 (normalized)
+    assert 0.4 < sv_standard < 0.6 and 0.65 < sv_normalized < 0.9
+
+
+def test_bad_arguments_name_key_and_value(data):
+    x, y = data
+    model = small_mlp()
+    with pytest.raises(ValueError, match="every=0"):
+        Probe(model, every=0)
+    with pytest.raises(ValueError, match="'hidden9.act'.*choose from: 0, 1"):
+        Probe(model, layers=["hidden9.act"])
+    with pytest.raises(ValueError, match="monitor=dict"):
+        Probe(model, monitor={"x": x})
+    with pytest.raises(ValueError, match="monitor: x has 40 examples but y has 3"):
+        Probe(model, monitor=(x, y[:3]))
+    with pytest.raises(ValueError, match="jacobian_every=150.*every=100"):
+        Probe(model, jacobian_every=150)
+    with pytest.raises(ValueError, match="filter colour='red'"):
+        Probe(model).to_rows(colour="red")
+    with pytest.raises(RuntimeError, match="context manager"):
+        Probe(model).step()
+
+
+def test_named_layers_and_callback(data):
+    x, y = data
+    model = small_mlp()
+    probe = Probe(model, every=2, monitor=(x, y), layers=["2"], jacobian_examples=0)
+    assert [(layer.name, layer.kind) for layer in probe.layers] == [("2", "output")]
+    callback = probe_callback(probe)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    class Ctx:
+        def __init__(self, event, step):
+            self.event, self.step = event, step
+
+    with probe:
+        for step in range(1, 5):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            callback(Ctx("step", step))
+        callback(Ctx("end", 4))
+    acts = {(r["source"], r["step"]) for r in probe.to_rows(quantity="activation", layer="2", stat="mean")}
+    assert acts == {("monitor", 0), ("train", 0), ("monitor", 2), ("train", 2), ("monitor", 4)}
+    cols = probe.to_columns(layer="2", stat="mean", quantity="activation")
+    assert list(cols) == ["step", "source", "layer", "quantity", "stat", "value"] and len(cols["step"]) == 5
+
+
+def test_memory_per_record_independent_of_width():
+    counts = []
+    for width in (8, 64):
+        model = nn.Sequential(nn.Linear(5, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3))
+        x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+        probe = Probe(model, every=1, monitor=(x, y), bins=7)
+        with probe:
+            F.cross_entropy(model(x), y).backward()
+            probe.step()
+        assert all(len(h["counts"]) == 7 for h in probe.histograms)
+        counts.append((len(probe.records), len(probe.histograms)))
+    assert counts[0] == counts[1]
