@@ -1,5 +1,11 @@
-"""deepscope: make deep networks train, and see why they do or don't."""
+"""deepscope: make deep networks train, and see why they do or don't.
 
+The public API, re-exported here; heavier parts (store, report, experiments) load on first use.
+``deepscope.train`` and ``deepscope.diagnose`` are modules: ``from deepscope.train import train``,
+``from deepscope.diagnose import diagnose``.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -8,6 +14,42 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
-from deepscope.probe import Probe
+from deepscope.probe import Probe, probe_callback
 
-__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "Probe", "__version__", "get_activation", "make_activation"]
+_LAZY = {
+    "mlp": "deepscope.nn.models",
+    "convnet": "deepscope.nn.models",
+    "init": "deepscope.init",
+    "make_optimizer": "deepscope.optim",
+    "make_schedule": "deepscope.optim",
+    "make_loss": "deepscope.optim",
+    "get_dataset": "deepscope.data",
+    "Preprocessor": "deepscope.data.preprocess",
+    "RunSpec": "deepscope.config",
+    "load_spec": "deepscope.config",
+    "Store": "deepscope.store",
+    "doctor": "deepscope.diagnose",
+    "report": "deepscope.plots",
+    "run_experiment": "deepscope.experiments",
+}
+
+
+def __getattr__(name: str):
+    if name == "init":
+        return import_module("deepscope.init")
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deepscope' has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "Maxout",
+    "PReLU",
+    "Probe",
+    "__version__",
+    "get_activation",
+    "make_activation",
+    "probe_callback",
+    *_LAZY,
+]

@@ -46,29 +46,21 @@ def list_components() -> None:
 
 
 def _registries() -> dict[str, list[str]]:
-    """Other registries, by kind (filled in as modules land)."""
-    out: dict[str, list[str]] = {}
-    try:
-        from deepscope.init import SCHEMES
+    """Every other registry, by kind."""
+    from deepscope.data import AUGMENTATIONS, DATASETS
+    from deepscope.data.preprocess import METHODS
+    from deepscope.init import APPLY_ONLY, SCHEMES
+    from deepscope.optim import LOSSES, OPTIMIZERS, SCHEDULES
 
-        out["initializations"] = list(SCHEMES)
-    except ImportError:
-        pass
-    try:
-        from deepscope.optim import LOSSES, OPTIMIZERS, SCHEDULES
-
-        out["optimizers"] = list(OPTIMIZERS)
-        out["schedules"] = list(SCHEDULES)
-        out["losses"] = list(LOSSES)
-    except ImportError:
-        pass
-    try:
-        from deepscope.data.preprocess import METHODS
-
-        out["preprocessing"] = list(METHODS)
-    except ImportError:
-        pass
-    return out
+    return {
+        "initializations": [*SCHEMES, *APPLY_ONLY],
+        "optimizers": list(OPTIMIZERS),
+        "schedules": list(SCHEDULES),
+        "losses": list(LOSSES),
+        "preprocessing": list(METHODS),
+        "datasets": list(DATASETS),
+        "augmentations": list(AUGMENTATIONS),
+    }
 
 
 # --- sub-commands are added below, one section per area -------------------------------------------

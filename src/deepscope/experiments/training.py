@@ -179,8 +179,8 @@ def plot_generalization(axes, groups: dict[str, list[TrainedRun]], seed: int) ->
     ax.bar(at + 0.2, [s["test_error"] for s in stats], width=0.4, label="test")
     for x, s in zip(at, stats, strict=True):
         ax.annotate(f"gap {s['gap']:.2f}", (x, s["test_error"]), ha="center", va="bottom", fontsize=8)
-    ax.set(xticks=at, xticklabels=names, ylabel="error (mean over seeds)", ylim=(0, 1))
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set(xticks=at, xticklabels=names, ylabel="error (mean over seeds)", ylim=(0, 1.2))
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     ax = axes[1]
     for name in names:
         run = next(r for r in groups[name] if r.seed == seed)
