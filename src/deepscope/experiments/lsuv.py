@@ -122,7 +122,7 @@ EXPERIMENT = Experiment(
     profiles={
         "tiny": {**_COMMON, "depth": 4, "width": 64, "image_size": 16, "batch_size": 256},
         "quick": {**_COMMON, "depth": 20, "width": 256, "image_size": 32, "batch_size": 512, "seeds": 3},
-        "paper": {**_COMMON, "depth": 30, "width": 1000, "image_size": 32, "batch_size": 1024, "seeds": 5},
+        "paper": {**_COMMON, "depth": 30, "width": 1000, "image_size": 32, "batch_size": 512, "seeds": 3},
     },
     run=run,
     verdict=verdict,

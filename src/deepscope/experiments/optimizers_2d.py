@@ -106,14 +106,14 @@ def verdict(res: Results, ctx: Context) -> Verdict:
         )
     for opt in ADAPTIVE:
         step = numbers[f"saddle/{opt}/escape_step"]
-        checks[f"saddle: {opt} leaves it (|y| >= 1) at step {step:g} < sgd {sgd_escape:g}"] = (
+        checks[f"saddle: {opt} leaves it (|y| >= 1) at step {step:.0f} < sgd {sgd_escape:.0f}"] = (
             step < min(sgd_escape, never)
         )
     summary = (
         f"valley (lr {cfg['valley_lr']}): final loss sgd {sgd_loss:.3g}, momentum "
         f"{numbers['valley/momentum/final_loss']:.3g}, nesterov {numbers['valley/nesterov/final_loss']:.3g}; "
-        f"saddle (lr {cfg['saddle_lr']}): escape step sgd {sgd_escape:g}, "
-        + ", ".join(f"{opt} {numbers[f'saddle/{opt}/escape_step']:g}" for opt in ADAPTIVE)
+        f"saddle (lr {cfg['saddle_lr']}): escape step sgd {sgd_escape:.0f}, "
+        + ", ".join(f"{opt} {numbers[f'saddle/{opt}/escape_step']:.0f}" for opt in ADAPTIVE)
     )
     return Verdict.from_checks(checks, numbers, summary)
 

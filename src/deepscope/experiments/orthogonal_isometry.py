@@ -119,7 +119,7 @@ def figure(results: list[Result], ctx: Context) -> list:
     return [save_figure(fig, ctx.path())]
 
 
-_COMMON = {"input_var": 0.01}
+_COMMON = {"input_var": 0.001}  # pre-activations ~1e-3: tanh near its linear regime
 
 EXPERIMENT = Experiment(
     name="orthogonal-isometry",

@@ -16,7 +16,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "RunOutcome", "default_jobs", "run_grid", "run_one"]
+__all__ = ["BACKENDS", "RunOutcome", "default_jobs", "init_worker", "run_grid", "run_one"]
 
 BACKENDS = ("local", "ray")
 
@@ -36,6 +36,14 @@ class RunOutcome:
 def default_jobs() -> int:
     """min(2, cpu count): the machine is shared, and one torch process already uses several threads."""
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def init_worker(workers: int) -> None:
+    """Pool initializer: each of ``workers`` processes gets its share of the cores as intra-op threads. With
+    torch's default (every process one thread per core) two workers on 2 cores ran ~10x slower, spin-waiting."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def run_one(spec: Any, store_root: str | None = None) -> RunOutcome:
@@ -87,7 +95,9 @@ def run_grid(
         return _run_ray(specs, root, jobs)
     if jobs == 1 or len(specs) == 1:
         return [run_one(spec, root) for spec in specs]
-    with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=get_context("spawn")) as pool:
+    workers = min(jobs, len(specs))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                             initargs=(workers,)) as pool:
         futures = [pool.submit(run_one, spec, root) for spec in specs]
         try:
             return [future.result() for future in futures]
