@@ -166,6 +166,9 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar: only the final lines."),
     resume: str | None = typer.Option(None, "--resume", help="Continue run RUN (id or prefix) from its checkpoint."),
     updates: int | None = typer.Option(None, "--updates", help="Train for N updates (replaces train.updates/epochs)."),
+    probe_every: int | None = typer.Option(
+        None, "--probe-every", help="Record the probe's instruments every N updates into the store."),
+    probe_monitor: int = typer.Option(300, "--probe-monitor", help="Fixed validation examples the probe runs on."),
 ) -> None:
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
@@ -183,7 +186,12 @@ def train_command(
             run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
         else:
             run_spec = None
-        result = train(run_spec, store=st, quiet=quiet, resume=resume)
+        callbacks = []
+        if probe_every is not None:
+            from deepscope.probe.trainer import TrainerProbe
+
+            callbacks.append(TrainerProbe(probe_every, probe_monitor))
+        result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks)
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
     if quiet and result.message:

@@ -59,6 +59,7 @@ class TrainContext:
     run_id: str | None
     store: Store | None
     spec: RunSpec
+    eval_sets: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # preprocessed, on the device
 
 
 @dataclass
@@ -375,7 +376,7 @@ class _Trainer:
             if checkpoint is not None:
                 self.saved_step = self.step
         self.ctx = TrainContext("start", self.step, self.model, self.optimizer, None, self.metrics, self.run_id,
-                                store, spec)
+                                store, spec, self.eval_sets)
 
     # --- checkpoints -------------------------------------------------------------------------------
 
