@@ -11,15 +11,6 @@ from deepscope.diagnose import Finding, check_model, diagnose, diagnose_input, h
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small nets on a shared 2-core machine: one intra-op thread avoids spinning threads fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rows(quantity, stat, per_step, layers=LAYERS, source="monitor"):
     """Stats rows from {step: [value per layer]}."""
     return [

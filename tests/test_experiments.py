@@ -26,15 +26,6 @@ from deepscope.store import Store
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: one intra-op thread avoids thread hand-offs on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _keys(prefixes, suffixes):
     return {f"{p}/{s}" for p, s in itertools.product(prefixes, suffixes)}
 

@@ -14,14 +14,6 @@ from deepscope.train import load_model, train
 OPTIONS = {"n_valid": 50, "n_test": 50, "size": 16, "seed": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spec(updates=40):
     return validate_spec({
         "name": "probed",

@@ -24,14 +24,10 @@ SHAPESET = {"n_valid": 60, "n_test": 60, "size": 16}
 
 @pytest.fixture(autouse=True)
 def small(monkeypatch):
-    """Tiny models: one thread is faster and steadier on a shared machine; small stream chunks (so that a
-    resume also lands inside a chunk) and a small preprocessing sample keep data generation short."""
+    """Small stream chunks (so that a resume also lands inside a chunk) and a small preprocessing sample
+    keep data generation short."""
     monkeypatch.setattr(train_module, "STREAM_CHUNK", 100)
     monkeypatch.setattr(train_module, "FIT_SAMPLE", 500)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(n_train=120, seed=0) -> Dataset:
