@@ -2,7 +2,7 @@
 
 Glorot & Bengio (2010) watch activations and gradients layer by layer on 300 fixed test examples while
 deep nets learn Shapeset-3x2 online. Four runs are probed here (every ``every`` updates, monitor = the
-first ``n_monitor`` test examples):
+first ``n_monitor`` test examples; one seed, the first of ``ctx.seeds``):
 
 - ``sigmoid4``: sigmoid, 4 hidden layers, standard init -- fig. 2 (mean and std of activations);
 - ``tanh``: tanh, 5 hidden layers, standard init U[-1/sqrt(n), 1/sqrt(n)] -- figs. 3 (top), 4 (top), and the
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.experiments.sweep import default_jobs
+from deepscope.experiments.sweep import default_jobs, init_worker
 from deepscope.experiments.training import run_spec
 from deepscope.plots.common import layer_color
 
@@ -72,7 +72,8 @@ class ProbedRun:
         return np.array([s for s, _ in rows], dtype=int), np.array([v for _, v in rows], dtype=float)
 
     def layers(self, quantity: str = "activation") -> list[str]:
-        """The probed layers that recorded ``quantity``, bottom to top."""
+        """The probed layers that recorded ``quantity``, in the order of their first record (bottom to top for
+        activations; the backward pass records gradients top to bottom)."""
         return list(dict.fromkeys(r["layer"] for r in self.stats if r["quantity"] == quantity))
 
 
@@ -149,7 +150,8 @@ def probed_runs(ctx: Context, specs: dict[str, dict], every: int, n_monitor: int
     if workers <= 1:
         runs = [_probed_run(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                                 initargs=(workers,)) as pool:
             runs = list(pool.map(_probed_run, jobs))
     ctx.run_ids.extend(r.run_id for r in runs if r.run_id)
     return {r.label: r for r in runs}
@@ -245,7 +247,7 @@ def init_profile(ax, runs: dict[str, ProbedRun], quantity: str, stat: str, title
     """One statistic per layer at initialization, standard vs normalized tanh (the verdict's evidence)."""
     for i, label in enumerate(("tanh", "tanh_n")):
         r = runs[label]
-        layers = r.layers(quantity)
+        layers = [layer for layer in r.layers() if layer in r.layers(quantity)]  # bottom to top
         values = [r.value(quantity, stat, layer) for layer in layers]
         ax.plot(range(1, len(layers) + 1), values, "o-", color=layer_color(i), label=_TITLES[label])
         ax.set_xticks(range(1, len(layers) + 1), layers, fontsize=7)
