@@ -29,6 +29,7 @@ def one_thread():
 def test_registered_with_every_profile():
     for name in ("glorot2010-table1", "glorot2010-figures", "sigmoid-saturation"):
         assert {"tiny", "quick", "paper"} <= set(EXPERIMENTS[name].profiles)
+    assert "demo" in get_experiment("sigmoid-saturation").profiles  # make demo runs it
     paper = get_experiment("glorot2010-table1").settings("paper")
     assert (paper["depth"], paper["width"], paper["batch_size"]) == (5, 1000, 10)  # the paper's setup
 
