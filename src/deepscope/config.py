@@ -28,6 +28,7 @@ allowed. A TOML file has no null: write ``"none"`` to clear an optional value (`
 from __future__ import annotations
 
 import datetime
+import importlib
 import inspect
 import tomllib
 from pathlib import Path
@@ -64,6 +65,20 @@ def _names_error(key: str, value: Any, valid) -> ValueError:
     return ValueError(f"{key}={value!r} is not known; choose one of: {', '.join(valid)}")
 
 
+def _known(field: str, key: str, module: str, *registries: str) -> Any:
+    """A validator of ``field``: its value (each item, for a list) must be a name in the registries of ``module``,
+    which is imported when a value is checked, not when this module is."""
+
+    def check(cls, value: Any) -> Any:
+        names = [name for registry in registries for name in getattr(importlib.import_module(module), registry)]
+        for item in value if isinstance(value, list) else [value]:
+            if item not in names:
+                raise _names_error(key, item, names)
+        return value
+
+    return field_validator(field)(check)
+
+
 def _check_params(section: str, what: str, extras: dict, allowed: list[str], required: list[str] = ()) -> None:
     unknown = [k for k in extras if k not in allowed]
     if unknown:
@@ -97,14 +112,8 @@ class DataSpec(_Section):
         value = _none(value)
         return [] if value is None else [value] if isinstance(value, str) else value
 
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        from deepscope.data import DATASETS
-
-        if value not in DATASETS:
-            raise _names_error("data.name", value, DATASETS)
-        return value
+    _known_dataset = _known("name", "data.name", "deepscope.data", "DATASETS")
+    _known_methods = _known("preprocess", "data.preprocess", "deepscope.data.preprocess", "METHODS")
 
     @model_validator(mode="after")
     def _known_options(self) -> DataSpec:
@@ -115,16 +124,6 @@ class DataSpec(_Section):
             raise ValueError(f"unknown key data.options.{unknown[0]} for dataset {self.name!r}; "
                              f"valid keys of data.options: {', '.join(known)}")
         return self
-
-    @field_validator("preprocess")
-    @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
-        from deepscope.data.preprocess import METHODS
-
-        for method in value:
-            if method not in METHODS:
-                raise _names_error("data.preprocess", method, METHODS)
-        return value
 
     @model_validator(mode="after")
     def _check_augment(self) -> DataSpec:
@@ -160,14 +159,7 @@ class ModelSpec(_Section):
             raise _names_error("model.norm", value, ["none", "batch"])
         return value
 
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        from deepscope.nn.activations import ACTIVATIONS
-
-        if value not in ACTIVATIONS:
-            raise _names_error("model.activation", value, ACTIVATIONS)
-        return value
+    _known_activation = _known("activation", "model.activation", "deepscope.nn.activations", "ACTIVATIONS")
 
 
 class _ParamSection(_Section):
@@ -194,14 +186,7 @@ class InitSpec(_ParamSection):
 
     scheme: str = "auto"
 
-    @field_validator("scheme")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        from deepscope.init import APPLY_ONLY, SCHEMES
-
-        if value not in SCHEMES and value not in APPLY_ONLY:
-            raise _names_error("init.scheme", value, [*SCHEMES, *APPLY_ONLY])
-        return value
+    _known_scheme = _known("scheme", "init.scheme", "deepscope.init", "SCHEMES", "APPLY_ONLY")
 
     @model_validator(mode="after")
     def _check_params(self) -> InitSpec:
@@ -223,14 +208,7 @@ class OptimSpec(_ParamSection):
     name: str = "sgd"
     lr: float = Field(0.01, gt=0)
 
-    @field_validator("name")
-    @classmethod
-    def _known_optimizer(cls, value: str) -> str:
-        from deepscope.optim import OPTIMIZERS
-
-        if value not in OPTIMIZERS:
-            raise _names_error("optim.name", value, OPTIMIZERS)
-        return value
+    _known_optimizer = _known("name", "optim.name", "deepscope.optim", "OPTIMIZERS")
 
     @model_validator(mode="after")
     def _check_params(self) -> OptimSpec:
@@ -245,14 +223,7 @@ class ScheduleSpec(_ParamSection):
 
     name: str = "constant"
 
-    @field_validator("name")
-    @classmethod
-    def _known_schedule(cls, value: str) -> str:
-        from deepscope.optim import SCHEDULES
-
-        if value not in SCHEDULES:
-            raise _names_error("schedule.name", value, SCHEDULES)
-        return value
+    _known_schedule = _known("name", "schedule.name", "deepscope.optim", "SCHEDULES")
 
     @model_validator(mode="after")
     def _check_params(self) -> ScheduleSpec:
@@ -281,14 +252,7 @@ class TrainSpec(_Section):
     clip_value: Annotated[float | None, Nullable] = Field(None, gt=0)
     loss: str = "cross_entropy"
 
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, value: str) -> str:
-        from deepscope.optim import LOSSES
-
-        if value not in LOSSES:
-            raise _names_error("train.loss", value, LOSSES)
-        return value
+    _known_loss = _known("loss", "train.loss", "deepscope.optim", "LOSSES")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:

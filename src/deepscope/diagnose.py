@@ -22,7 +22,7 @@ Two checks need more than the records:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
@@ -587,21 +587,11 @@ def check_model(model, x=None) -> list[Finding]:
     (seed 002; seed 004 section 7.5). With ``x`` the layers' outputs are also measured: the largest spread
     across units of one example's output is added to the evidence.
     """
-    import torch
-
     from deepscope.init import LAYER_TYPES
 
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, LAYER_TYPES) and not _inside_maxout(name, model)]
-    spreads: dict[str, float] = {}
-    if x is not None:
-        handles = [m.register_forward_hook(_spread_hook(name, spreads)) for name, m in layers]
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
+    spreads = layer_outputs(model, x, layers, _unit_spread) if x is not None else {}
     clones, evidence = [], {}
     for name, m in layers[:-1]:
         w = m.weight.detach()
@@ -637,12 +627,27 @@ def _inside_maxout(name: str, model) -> bool:
     return bool(name) and "." in name and isinstance(model.get_submodule(parent), Maxout)
 
 
-def _spread_hook(name: str, spreads: dict[str, float]):
-    def hook(module, inputs, output):
-        units = output.detach().transpose(0, 1).reshape(output.shape[1], -1)  # (units, examples * positions)
-        spreads[name] = float((units - units[0]).abs().max())
+def _unit_spread(output) -> float:
+    """The largest difference between a unit's output and the first unit's, over examples and positions."""
+    units = output.detach().transpose(0, 1).reshape(output.shape[1], -1)  # (units, examples * positions)
+    return float((units - units[0]).abs().max())
 
-    return hook
+
+def layer_outputs(model, x, layers: Iterable[tuple[str, Any]], measure: Callable[[Any], Any]) -> dict[str, Any]:
+    """``{name: measure(output)}`` of each ``(name, module)`` of ``layers`` in one forward pass of ``x`` without
+    autograd, in the order the modules ran (forward hooks, removed afterwards; a module run twice keeps its last)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    handles = [m.register_forward_hook(lambda module, inputs, output, name=name: out.__setitem__(name, measure(output)))
+               for name, m in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def diagnose_input(x) -> list[Finding]:

@@ -13,12 +13,12 @@ training error.
 
 from __future__ import annotations
 
-from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.experiments.base import Context, Experiment, Verdict
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
     generalization,
-    plot_generalization,
+    generalization_figure,
     run_spec,
     shapeset_data,
     train_runs,
@@ -69,11 +69,10 @@ def verdict(results: list[TrainedRun], ctx: Context) -> Verdict:
 
 def figure(results: list[TrainedRun], ctx: Context) -> list:
     cfg = ctx.settings
-    fig, axes = new_figure(1, 2, size=(10, 3.8))
-    plot_generalization(axes[0], by_setting(results), ctx.seeds[0])
-    axes[0, 0].set_title(f"convnet {cfg['channels']}, {cfg['n_train']} training images")
-    fig.suptitle(f"Data augmentation ({', '.join(cfg['augment'])}): the train/test gap shrinks (seed 002)")
-    return [save_figure(fig, ctx.path())]
+    return generalization_figure(
+        results, ctx, f"convnet {cfg['channels']}, {cfg['n_train']} training images",
+        f"Data augmentation ({', '.join(cfg['augment'])}): the train/test gap shrinks (seed 002)",
+    )
 
 
 _COMMON = {"channels": [16, 32], "lr": 0.01, "batch_size": 32, "augment": ["hflip", "vflip", "rotate"],

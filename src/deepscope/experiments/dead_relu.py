@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from deepscope.data import get_dataset
 from deepscope.data.preprocess import Preprocessor
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.experiments.training import minibatch_step
 from deepscope.nn.models import mlp
 from deepscope.optim import make_optimizer
 
@@ -90,12 +90,7 @@ def train_one(activation: str, condition: str, seed: int, data: tuple[Tensor, Te
                 half = torch.cat(masks)
         if step == cfg["updates"]:
             break
-        idx = torch.randint(0, len(x), (cfg["batch_size"],), generator=generator)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
+        losses.append(minibatch_step(model, optimizer, x, y, cfg["batch_size"], generator))
     end = torch.cat(masks)
     revived = float((half & ~end).sum() / half.sum().clamp_min(1))
     return Trained(activation, condition, seed, steps, torch.stack(records).numpy(), revived,

@@ -13,12 +13,12 @@ test error - training error.
 
 from __future__ import annotations
 
-from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.experiments.base import Context, Experiment, Verdict
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
     generalization,
-    plot_generalization,
+    generalization_figure,
     run_spec,
     shapeset_data,
     train_runs,
@@ -64,11 +64,10 @@ def verdict(results: list[TrainedRun], ctx: Context) -> Verdict:
 
 def figure(results: list[TrainedRun], ctx: Context) -> list:
     cfg = ctx.settings
-    fig, axes = new_figure(1, 2, size=(10, 3.8))
-    plot_generalization(axes[0], by_setting(results), ctx.seeds[0])
-    axes[0, 0].set_title(f"{cfg['depth']}x{cfg['width']} ReLU MLP, {cfg['n_train']} training images")
-    fig.suptitle("Dropout: the train/test gap shrinks (Srivastava et al. 2014; seed 002)")
-    return [save_figure(fig, ctx.path())]
+    return generalization_figure(
+        results, ctx, f"{cfg['depth']}x{cfg['width']} ReLU MLP, {cfg['n_train']} training images",
+        "Dropout: the train/test gap shrinks (Srivastava et al. 2014; seed 002)",
+    )
 
 
 _COMMON = {"depth": 2, "width": 512, "dropout": 0.5, "lr": 0.01, "batch_size": 32}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.experiments.small_init_vanishing import layer_activations
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
@@ -64,14 +65,8 @@ def init_activation_std(init: str, depth: int, width: int, in_features: int, see
     """Std of each hidden layer's ReLU output at initialization, for N(0, 1) inputs."""
     generator = torch.Generator().manual_seed(seed)
     model = mlp(in_features, 9, depth, width, activation="relu", init=init, init_kwargs={"generator": generator})
-    h = torch.randn(512, in_features, generator=generator)
-    stds = []
-    with torch.no_grad():
-        for name, block in model.named_children():
-            if name.startswith("hidden"):
-                h = block(h)
-                stds.append(h.std().item())
-    return np.array(stds)
+    x = torch.randn(512, in_features, generator=generator)
+    return np.array([h.std().item() for h in layer_activations(model, x)])
 
 
 def run(ctx: Context) -> Results:

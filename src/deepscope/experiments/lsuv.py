@@ -20,22 +20,15 @@ from torch import Tensor, nn
 
 from deepscope import init
 from deepscope.data.shapeset import generate
+from deepscope.diagnose import layer_outputs
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.nn.models import mlp
 
 
 def linear_output_vars(model: nn.Module, x: Tensor) -> np.ndarray:
     """The variance of every ``nn.Linear``'s output on ``x``, in forward order (forward hooks)."""
-    outs: list[Tensor] = []
-    handles = [m.register_forward_hook(lambda m, i, o: outs.append(o.var())) for m in model.modules()
-               if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(outs).numpy()
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return torch.stack(list(layer_outputs(model, x, linears, torch.var).values())).numpy()
 
 
 @dataclass

@@ -8,17 +8,24 @@ the trained models again (e.g. the training-set error in eval mode, which the tr
 A run's name is ``"<experiment>:<setting>"``; ``by_setting`` groups the runs of each setting over the seeds.
 
 The runs go to the experiment's store (``ctx.ensure_store()``: the one given, else ``<out_dir>/runs``).
+
+Experiments that train by hand (to look inside the model after every update) take their steps with
+``minibatch_step``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-from deepscope.experiments.base import Context
+from deepscope.experiments.base import Context, new_figure, save_figure
 from deepscope.train import CHECKPOINT
 
 __all__ = [
@@ -28,6 +35,8 @@ __all__ = [
     "chance_loss",
     "final_value",
     "generalization",
+    "generalization_figure",
+    "minibatch_step",
     "plot_generalization",
     "run_spec",
     "shapeset_data",
@@ -190,3 +199,25 @@ def plot_generalization(axes, groups: dict[str, list[TrainedRun]], seed: int) ->
         ax.plot(steps, values, ls=":", color=ax.lines[-1].get_color(), label=f"{name}: train (on the fly)")
     ax.set(xlabel="update", ylabel="error", title=f"errors during training (seed {seed})", ylim=(0, 1))
     ax.legend(fontsize=7)
+
+
+def generalization_figure(results: Sequence[TrainedRun], ctx: Context, title: str, suptitle: str) -> list[Path]:
+    """The figure of :func:`plot_generalization` for ``results`` (seed ``ctx.seeds[0]``), the first panel titled
+    ``title``, saved at ``ctx.path()``."""
+    fig, axes = new_figure(1, 2, size=(10, 3.8))
+    plot_generalization(axes[0], by_setting(results), ctx.seeds[0])
+    axes[0, 0].set_title(title)
+    fig.suptitle(suptitle)
+    return [save_figure(fig, ctx.path())]
+
+
+def minibatch_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batch_size: int,
+                   generator: torch.Generator) -> Tensor:
+    """One update on ``batch_size`` examples of ``(x, y)`` drawn at random (with replacement) by ``generator``;
+    returns the batch's cross-entropy, detached."""
+    idx = torch.randint(0, len(x), (batch_size,), generator=generator)
+    loss = F.cross_entropy(model(x[idx]), y[idx])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from deepscope.data.shapeset import generate
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.experiments.training import minibatch_step
 from deepscope.nn.models import mlp
 from deepscope.optim import make_optimizer
 
@@ -65,12 +65,7 @@ def train_one(scheme: str, seed: int, x: Tensor, y: Tensor, cfg: dict) -> Traine
     order = torch.Generator().manual_seed(seed)
     spreads, losses = [], []
     for step in range(cfg["steps"]):
-        idx = torch.randint(0, len(x), (cfg["batch_size"],), generator=order)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
+        losses.append(minibatch_step(model, opt, x, y, cfg["batch_size"], order))
         if step % cfg["record_every"] == 0 or step == cfg["steps"] - 1:
             spreads.append(torch.stack([unit_spread(layer) for layer in linears]))
     moved = [(layer.weight.detach() - w0).abs().max().item() for layer, w0 in zip(linears, start, strict=True)]

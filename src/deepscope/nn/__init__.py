@@ -1,26 +1,8 @@
 """Activations and model builders."""
 
-from deepscope.nn.activations import (
-    ACTIVATIONS,
-    ActivationSpec,
-    Maxout,
-    PReLU,
-    Softsign,
-    get_activation,
-    make_activation,
-    spec_for_module,
-)
+from deepscope.nn import activations
+from deepscope.nn.activations import *  # noqa: F403  (the names of activations.__all__)
 from deepscope.nn.models import convnet, mlp
 
-__all__ = [
-    "ACTIVATIONS",
-    "ActivationSpec",
-    "Maxout",
-    "PReLU",
-    "Softsign",
-    "convnet",
-    "get_activation",
-    "make_activation",
-    "mlp",
-    "spec_for_module",
-]
+__all__ = ["convnet", "mlp"]
+__all__ += activations.__all__
