@@ -68,3 +68,25 @@ def test_cli_probe_every_and_bad_value(tmp_path):
     bad = runner.invoke(app, ["train", str(toml), "--store", str(tmp_path), "-q", "--probe-every", "0"])
     assert bad.exit_code == 2
     assert "every=0" in bad.output
+
+
+def test_cli_jacobian_options(tmp_path):
+    runner = CliRunner()
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'name = "cli"\n[data]\nname = "shapeset"\noptions = { n_valid = 40, n_test = 40, size = 16 }\n'
+        '[model]\ndepth = 3\nwidth = 8\n[train]\nupdates = 20\nbatch_size = 10\ndevice = "cpu"\n'
+    )
+    args = ["train", str(toml), "--store", str(tmp_path), "-q", "--probe-every", "10"]
+    ok = runner.invoke(app, [*args, "--probe-jacobian-every", "10", "--probe-jacobian-method", "exact"])
+    assert ok.exit_code == 0, ok.output
+    run_id = Store(tmp_path).runs()[0]["id"]
+    rows = [r for r in Store(tmp_path).stats(run_id) if r["quantity"] == "jacobian"]
+    assert {r["step"] for r in rows} == {0, 10, 20}
+    assert {r["stat"] for r in rows} == {"sv_mean", "sv_min", "sv_max"}
+    bad = runner.invoke(app, [*args, "--probe-jacobian-method", "svd"])
+    assert bad.exit_code == 2
+    assert "jacobian_method='svd'" in bad.output and "lanczos" in bad.output
+    bad = runner.invoke(app, [*args, "--probe-jacobian-every", "15"])
+    assert bad.exit_code == 2 and "multiple of every=10" in bad.output
+    assert len(Store(tmp_path).runs()) == 1  # bad options fail before a run is created

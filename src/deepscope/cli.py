@@ -169,6 +169,12 @@ def train_command(
     probe_every: int | None = typer.Option(
         None, "--probe-every", help="Record the probe's instruments every N updates into the store."),
     probe_monitor: int = typer.Option(300, "--probe-monitor", help="Fixed validation examples the probe runs on."),
+    probe_jacobian_every: int | None = typer.Option(
+        None, "--probe-jacobian-every",
+        help="Also record Jacobian singular values every N updates (a multiple of --probe-every); "
+        "default: at the first record only."),
+    probe_jacobian_method: str = typer.Option(
+        "auto", "--probe-jacobian-method", help="Jacobian singular values: auto, exact or lanczos."),
 ) -> None:
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
@@ -190,7 +196,8 @@ def train_command(
         if probe_every is not None:
             from deepscope.probe.trainer import TrainerProbe
 
-            callbacks.append(TrainerProbe(probe_every, probe_monitor))
+            callbacks.append(TrainerProbe(probe_every, probe_monitor, jacobian_every=probe_jacobian_every,
+                                          jacobian_method=probe_jacobian_method))
         result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks)
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None

@@ -4,12 +4,26 @@ The map from one recorded activation to the next is only taken where it is a cle
 slice of an ``nn.Sequential`` chain with no other recorded layer in between. For an MLP block
 (Linear, optional BatchNorm/Dropout in eval, element-wise activation) the per-example Jacobian is
 ``diag(f'(s)) A`` with ``A`` the block's affine part, built directly; any other slice goes through
-``torch.func.vmap(torch.func.jacrev(...))``. Everything else (skip connections, attention,
+``torch.func`` (Jacobian-vector products). Everything else (skip connections, attention,
 recurrences) is reported as not available, with the reason, rather than guessed.
+
+Two ways to the singular values (``method``):
+
+- ``"exact"``: the explicit per-example Jacobian and ``torch.linalg.svdvals``; mean, min and max.
+- ``"lanczos"``: stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru, Chen & Saad 2017) on
+  ``J^T J`` (or ``J J^T``, the smaller), from Jacobian-vector products only: ``LANCZOS_STEPS`` steps
+  from ``LANCZOS_VECTORS`` random start vectors per example. Halfway between the Gauss and
+  Gauss-Radau rules for ``sqrt`` lies the mean singular value: bias about 1 % or less, and one start
+  vector's spread about ``1.8 / sqrt(units)`` (6 % at 300 units), averaged over examples and vectors
+  (about 1 % for 10 examples of a 1000-unit layer). The largest Ritz value gives the maximum (a
+  lower bound, which converges first). The minimum is not estimated. Cost: ``2 x LANCZOS_STEPS``
+  products with one batch of vectors, instead of ``d`` products and a cubic SVD per example.
+- ``"auto"`` (default): exact when the smaller side of the Jacobian has at most ``EXACT_MAX_DIM`` units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +31,81 @@ from torch import Tensor, nn
 
 from deepscope.probe.hooks import Layer, sequential_chains
 
-__all__ = ["MAX_JACOBIAN_ENTRIES", "JacobianMap", "plan_jacobians"]
+__all__ = [
+    "EXACT_MAX_DIM",
+    "JACOBIAN_METHODS",
+    "LANCZOS_STEPS",
+    "LANCZOS_VECTORS",
+    "MAX_JACOBIAN_ENTRIES",
+    "JacobianMap",
+    "lanczos_singular_values",
+    "plan_jacobians",
+]
 
-# Per-example Jacobians with more entries than this (d_out x d_in) are not computed.
+JACOBIAN_METHODS = ("auto", "exact", "lanczos")
+# Explicit per-example Jacobians with more entries than this (d_out x d_in) are not built.
 MAX_JACOBIAN_ENTRIES = 2**22
+# "auto" takes the exact SVD up to this many units on the smaller side of the Jacobian.
+EXACT_MAX_DIM = 128
+LANCZOS_STEPS = 8
+LANCZOS_VECTORS = 2  # start vectors per example
+LANCZOS_SEED = 0  # the same start vectors at every record, so that records compare
+
+Matvec = Callable[[Tensor], Tensor]
+
+
+def lanczos_singular_values(
+    jv: Matvec, jtv: Matvec, start: Tensor, steps: int = LANCZOS_STEPS, *, output_side: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Mean and largest singular value of ``b`` matrices ``J_i`` (one per row of ``start``), from products only.
+
+    ``jv(V)`` maps a ``(b, d_in)`` batch to ``(b, d_out)`` (row ``i`` times ``J_i``), ``jtv(U)`` back with
+    ``J_i^T``. Lanczos with full reorthogonalization runs on ``A = J^T J`` from the rows of ``start``
+    (``(b, d_in)``), or on ``A = J J^T`` with ``output_side=True`` (``start`` is then ``(b, d_out)``): take
+    the smaller side so that the mean is over ``min(d_out, d_in)`` values, as for ``svdvals``.
+
+    ``v^T A^(1/2) v`` for the unit start vector ``v`` estimates ``tr(A^(1/2)) / n``, the mean singular
+    value (stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017). For ``sqrt`` the Gauss rule of the
+    Lanczos matrix over-estimates it and the Gauss-Radau rule with a node at 0 under-estimates it (Golub
+    & Meurant 2010, ch. 6); the mean is taken halfway, which keeps the bias under about 1 % at 8 steps even
+    when many singular values are near 0 (saturated units). Returns two ``(b,)`` tensors.
+    """
+    op = (lambda u: jv(jtv(u))) if output_side else (lambda v: jtv(jv(v)))
+    b, n = start.shape
+    steps = max(1, min(steps, n))
+    tiny = torch.finfo(start.dtype).tiny
+    q = start / torch.linalg.vector_norm(start, dim=1, keepdim=True).clamp_min(tiny)
+    basis = q.new_zeros(steps, b, n)
+    alpha, beta = q.new_zeros(steps, b), q.new_zeros(steps, b)
+    for j in range(steps):
+        basis[j] = q
+        w = op(q)
+        alpha[j] = (w * q).sum(1)
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            w = w - torch.einsum("mb,mbn->bn", torch.einsum("mbn,bn->mb", basis[: j + 1], w), basis[: j + 1])
+        beta[j] = torch.linalg.vector_norm(w, dim=1)
+        # an invariant subspace was found: the rule is exact and the rest of the matrix decouples
+        alive = beta[j] > 1e-6 * alpha[: j + 1].abs().amax(0).clamp_min(tiny)
+        beta[j] = torch.where(alive, beta[j], 0.0)
+        q = torch.where(alive[:, None], w / beta[j].clamp_min(tiny)[:, None], 0.0)
+    alpha, beta = alpha.T.double(), beta.T.double()
+    gauss, top = _quadrature(alpha, beta[:, :-1])
+    # Gauss-Radau: one more row whose diagonal makes 0 an eigenvalue, from the pivots of T (T is PSD)
+    pivot = alpha[:, 0]
+    for j in range(1, steps):
+        pivot = alpha[:, j] - beta[:, j - 1].square() / pivot.clamp_min(1e-300)
+    last = torch.where(beta[:, -1] > 0, beta[:, -1].square() / pivot.clamp_min(1e-300), 0.0)
+    radau, _ = _quadrature(torch.cat([alpha, last[:, None]], 1), beta)
+    return ((gauss + radau) / 2).to(start.dtype), top.to(start.dtype)
+
+
+def _quadrature(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_j tau_j sqrt(theta_j)`` and ``sqrt(max theta)`` for the tridiagonal matrices (diagonal, off-diagonal)."""
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+    theta, vectors = torch.linalg.eigh(t)
+    roots = theta.clamp_min(0.0).sqrt()
+    return (vectors[:, 0, :].square() * roots).sum(1), roots[:, -1]
+
 
 _AFFINE = (nn.Linear, nn.Identity, nn.Flatten, nn.modules.dropout._DropoutNd, nn.BatchNorm1d)
 
@@ -34,8 +119,8 @@ class JacobianMap:
     modules: list[nn.Module]
     elementwise_last: bool
 
-    def _affine(self) -> bool:
-        return self.elementwise_last and all(isinstance(m, _AFFINE) for m in self.modules[:-1])
+    def _affine(self, z: Tensor) -> bool:
+        return z.dim() == 2 and self.elementwise_last and all(isinstance(m, _AFFINE) for m in self.modules[:-1])
 
     def jacobians(self, z: Tensor) -> Tensor:
         """Per-example Jacobians at the source activations ``z`` (examples along dim 0): (k, d_out, d_in).
@@ -43,8 +128,9 @@ class JacobianMap:
         Raises ``ValueError`` when one Jacobian would exceed :data:`MAX_JACOBIAN_ENTRIES` entries.
         """
         z = z.detach()
-        if z.dim() == 2 and self._affine():
-            return self._analytic(z)
+        if self._affine(z):
+            a, slope = self._analytic(z)
+            return slope[:, :, None] * a[None]
         with torch.no_grad():
             d_out = self._apply(z[:1]).numel()
         d_in = z[0].numel()
@@ -57,13 +143,81 @@ class JacobianMap:
         """Singular values of every per-example Jacobian: (k, min(d_out, d_in))."""
         return torch.linalg.svdvals(self.jacobians(z))
 
+    def sizes(self, z: Tensor) -> tuple[int, int]:
+        """``(d_out, d_in)`` of one example's Jacobian."""
+        with torch.no_grad():
+            return self._apply(z[:1].detach()).numel(), z[0].numel()
+
+    def method(self, z: Tensor, method: str = "auto") -> str:
+        """The method ``"auto"`` resolves to for the source activations ``z``."""
+        if method not in JACOBIAN_METHODS:
+            raise ValueError(f"jacobian_method={method!r} is not known; choose one of: {', '.join(JACOBIAN_METHODS)}")
+        if method != "auto":
+            return method
+        return "exact" if min(self.sizes(z)) <= EXACT_MAX_DIM else "lanczos"
+
+    def spectrum(self, z: Tensor, method: str = "auto", steps: int = LANCZOS_STEPS) -> tuple[tuple[str, ...], Tensor]:
+        """Statistics of the singular values over the examples ``z``: names and a flat tensor.
+
+        ``"exact"``: ``sv_mean, sv_min, sv_max`` of every singular value of every example;
+        ``"lanczos"``: ``sv_mean, sv_max`` (see the module docstring).
+        """
+        z = z.detach()
+        if self.method(z, method) == "exact":
+            sv = self.singular_values(z)
+            return ("sv_mean", "sv_min", "sv_max"), torch.stack([sv.mean(), sv.min(), sv.max()])
+        z = z.repeat_interleave(LANCZOS_VECTORS, 0)
+        jv, jtv, d_out, active = self._operator(z)
+        d_in, k = z[0].numel(), z.shape[0]
+        output_side, share = d_out < d_in, None
+        if active is not None:
+            # units with zero slope (dead ReLUs) are zero rows of J: on the output side the start vectors
+            # leave them out and the mean is scaled by the share of live units, instead of asking the
+            # quadrature to resolve a point mass at zero
+            live = active.sum(1)
+            if bool((live <= d_in).all()):
+                output_side, share = True, live / min(d_out, d_in)
+        g = torch.Generator(device=z.device).manual_seed(LANCZOS_SEED)
+        start = torch.randn(k, d_out if output_side else d_in, generator=g, device=z.device, dtype=z.dtype)
+        if share is not None:
+            start = start * active
+        with torch.no_grad():
+            mean, top = lanczos_singular_values(jv, jtv, start, steps, output_side=output_side)
+        if share is not None:
+            mean = mean * share
+        return ("sv_mean", "sv_max"), torch.stack([mean.mean(), top.max()])
+
+    def _operator(self, z: Tensor) -> tuple[Matvec, Matvec, int, Tensor | None]:
+        """``J v`` and ``J^T u`` for a batch of one vector per example of ``z`` (flattened), ``d_out``, and
+        for ``diag(f'(s)) A`` maps the mask of units with a non-zero slope."""
+        if self._affine(z):
+            a, slope = self._analytic(z)
+            return (lambda v: slope * (v @ a.T)), (lambda u: (slope * u) @ a), a.shape[0], slope != 0
+        shape = z.shape
+
+        def f(x: Tensor) -> Tensor:
+            return self._apply(x).flatten(1)
+
+        with torch.enable_grad():
+            out, pullback = torch.func.vjp(f, z)
+
+        def jv(v: Tensor) -> Tensor:
+            with torch.enable_grad():
+                return torch.func.jvp(f, (z,), (v.reshape(shape),))[1]
+
+        def jtv(u: Tensor) -> Tensor:
+            with torch.enable_grad():
+                return pullback(u)[0].flatten(1)
+
+        return jv, jtv, out.shape[1], None
+
     def _apply(self, x: Tensor) -> Tensor:
         for m in self.modules:
             x = m(x)
         return x
 
-    def _analytic(self, z: Tensor) -> Tensor:
-        """``diag(f'(s)) A`` for affine modules followed by an element-wise activation."""
+    def _analytic(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(A, f'(s))``: the affine part ``A`` (d_out x d_in) and the per-example slopes; ``J = diag(f'(s)) A``."""
         *affine, act = self.modules
         a = None
         with torch.no_grad():
@@ -81,7 +235,7 @@ class JacobianMap:
         with torch.enable_grad():
             s = s.detach().requires_grad_(True)
             (slope,) = torch.autograd.grad(act(s.clone()).sum(), s)
-        return slope[:, :, None] * a.detach()[None]
+        return a.detach(), slope
 
 
 def _batch_statistics(m: nn.Module) -> bool:

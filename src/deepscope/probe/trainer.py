@@ -25,6 +25,11 @@ class TrainerProbe:
             raise ValueError(f"probe every={every!r} is not allowed; give an integer >= 1")
         if not isinstance(monitor, int) or isinstance(monitor, bool) or monitor < 0:
             raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0")
+        from torch import nn
+
+        from deepscope.probe import Probe
+
+        Probe(nn.Identity(), every=every, **probe_kwargs)  # bad options fail now, before a run is created
         self.every, self.monitor, self.kwargs = every, monitor, probe_kwargs
         self.probe = None
         self._open = False

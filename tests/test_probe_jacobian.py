@@ -1,0 +1,131 @@
+"""Jacobian singular values by stochastic Lanczos quadrature, against torch.linalg.svdvals of explicit Jacobians."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from deepscope.probe import Probe
+from deepscope.probe.jacobian import JacobianMap, lanczos_singular_values
+
+
+def matrix_products(mats):
+    """``J v`` and ``J^T u`` for a batch of explicit matrices, one vector per matrix."""
+    return (lambda v: torch.einsum("boi,bi->bo", mats, v)), (lambda u: torch.einsum("boi,bo->bi", mats, u))
+
+
+def test_lanczos_is_exact_once_the_krylov_space_is_the_whole_space():
+    g = torch.Generator().manual_seed(0)
+    mats = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)  # n = 5 <= steps: Gauss quadrature is exact
+    jv, jtv = matrix_products(mats)
+    start = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    mean, top = lanczos_singular_values(jv, jtv, start, steps=12)
+    sv = torch.linalg.svdvals(mats)
+    # the quadrature integrates sqrt against the start vector's spectral measure: sum_i (u_i . v)^2 sigma_i
+    _, _, vh = torch.linalg.svd(mats, full_matrices=False)
+    weights = torch.einsum("bkn,bn->bk", vh, start / start.norm(dim=1, keepdim=True)).square()
+    torch.testing.assert_close(mean, (weights * sv).sum(1))
+    torch.testing.assert_close(top, sv[:, 0])
+
+
+@pytest.mark.parametrize("shape", [(400, 400), (300, 450), (450, 300)])
+def test_lanczos_estimates_mean_and_max_of_random_matrices(shape):
+    g = torch.Generator().manual_seed(1)
+    d_out, d_in = shape
+    mats = torch.randn(8, d_out, d_in, generator=g) / d_in**0.5 * torch.rand(8, d_out, 1, generator=g)
+    sv = torch.linalg.svdvals(mats)
+    mats = mats.repeat_interleave(4, 0)  # four start vectors a matrix: one vector's spread is about 6 % here
+    jv, jtv = matrix_products(mats)
+    start = torch.randn(32, min(shape), generator=g)
+    mean, top = lanczos_singular_values(jv, jtv, start, output_side=d_out < d_in)
+    top = top.view(8, 4).amax(1)
+    assert mean.mean().item() == pytest.approx(sv.mean().item(), rel=0.04)
+    assert (top <= sv[:, 0] * (1 + 1e-5)).all()  # a Ritz value: a lower bound on the largest singular value
+    assert top.max().item() == pytest.approx(sv.max().item(), rel=0.03)
+    torch.testing.assert_close(top, sv[:, 0], rtol=0.06, atol=0)
+
+
+def explicit(fn, z):
+    """svdvals of the explicit Jacobian of ``fn`` at every example of ``z``."""
+    out = []
+    for e in range(len(z)):
+        j = jacobian(lambda v: fn(v[None])[0].flatten(), z[e])
+        out.append(torch.linalg.svdvals(j.reshape(j.shape[0], -1)))
+    return torch.stack(out)
+
+
+def wide_mlp(activation, width=300, dead=False, gain=1.0):
+    torch.manual_seed(5)
+    model = nn.Sequential(OrderedDict(
+        hidden1=nn.Sequential(OrderedDict(linear=nn.Linear(20, width), act=activation())),
+        hidden2=nn.Sequential(OrderedDict(linear=nn.Linear(width, width), act=activation())),
+        output=nn.Linear(width, 3),
+    ))  # fmt: skip
+    with torch.no_grad():
+        model.hidden2.linear.weight *= gain  # gain 6: most tanh units saturate, many singular values near 0
+    if dead:  # a third of the units of hidden2 never fire
+        with torch.no_grad():
+            model.hidden2.linear.bias[: width // 3] = -100.0
+    return model
+
+
+@pytest.mark.parametrize(
+    ("activation", "dead", "gain"), [(nn.Tanh, False, 1.0), (nn.Tanh, False, 6.0), (nn.ReLU, True, 1.0)]
+)
+def test_probe_auto_takes_lanczos_on_wide_layers(activation, dead, gain):
+    model = wide_mlp(activation, dead=dead, gain=gain)
+    x, y = torch.randn(40, 20), torch.randint(0, 3, (40,))
+    with Probe(model, monitor=(x, y), jacobian_examples=10) as probe:
+        pass
+    assert probe.jacobian_methods == {"hidden2": "lanczos"}
+    got = {r["stat"]: r["value"] for r in probe.to_rows(quantity="jacobian", layer="hidden2")}
+    assert set(got) == {"sv_mean", "sv_max"}  # a Ritz value bounds the minimum only from above: not reported
+    with torch.no_grad():
+        z = model.hidden1(x[:10])
+    ref = explicit(model.hidden2, z)
+    assert got["sv_mean"] == pytest.approx(ref.mean().item(), rel=0.04)
+    assert ref.max().item() * 0.97 < got["sv_max"] <= ref.max().item() * (1 + 1e-5)
+
+    with Probe(model, monitor=(x, y), jacobian_examples=10, jacobian_method="exact") as exact:
+        pass
+    rows = {r["stat"]: r["value"] for r in exact.to_rows(quantity="jacobian", layer="hidden2")}
+    assert rows["sv_mean"] == pytest.approx(ref.mean().item(), rel=1e-4)
+    assert rows["sv_min"] == pytest.approx(ref.min().item(), rel=1e-3, abs=1e-6)
+
+
+def test_lanczos_through_jacobian_vector_products_on_a_convolution():
+    torch.manual_seed(6)
+    block = [nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Tanh()]
+    for m in block:
+        m.eval()
+    with torch.no_grad():
+        block[1].running_var.uniform_(0.5, 2.0)
+    jmap = JacobianMap("b", "a", block, elementwise_last=True)
+    z = torch.randn(6, 4, 8, 8)
+    assert jmap.method(z) == "lanczos"  # 256 inputs, 384 outputs: above EXACT_MAX_DIM
+    names, values = jmap.spectrum(z, "lanczos")
+    ref = explicit(lambda v: block[2](block[1](block[0](v))), z)
+    assert names == ("sv_mean", "sv_max")
+    assert values[0].item() == pytest.approx(ref.mean().item(), rel=0.04)
+    assert ref.max().item() * 0.97 < values[1].item() <= ref.max().item() * (1 + 1e-5)
+
+
+def test_same_start_vectors_at_every_record_and_global_rng_untouched():
+    model = wide_mlp(nn.Tanh)
+    x = torch.randn(12, 20)
+    torch.manual_seed(123)
+    with Probe(model, monitor=x, jacobian_examples=4) as first:
+        pass
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    with Probe(model, monitor=x, jacobian_examples=4) as second:
+        pass
+    assert torch.rand(1) == after
+    assert first.to_rows(quantity="jacobian") == second.to_rows(quantity="jacobian")
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ValueError, match=r"jacobian_method='svd' is not known; choose one of: auto, exact, lanczos"):
+        Probe(nn.Linear(2, 2), jacobian_method="svd")
