@@ -157,6 +157,24 @@ def test_training_step_instruments(data):
     assert {r["step"] for r in probe.records} == {0}
 
 
+def test_update_ratio_of_a_large_weight_from_its_strided_sample():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(700, 600), nn.ReLU(), nn.Linear(600, 3))  # 420k weights > MAX_UPDATE_VALUES
+    with torch.no_grad():
+        model[0].bias[:200] = -50.0  # a third of the rows get no update at all
+    before = model[0].weight.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 700), torch.randint(0, 3, (64,))
+    with Probe(model, every=1) as probe:
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        probe.step()
+    exact = ((model[0].weight.detach() - before).norm() / before.norm()).item()
+    got = rows_of(probe, source="train", quantity="update_ratio")[("0", "ratio")]
+    assert got == pytest.approx(exact, rel=0.01)
+
+
 def test_records_every_nth_step_and_labels(data):
     x, y = data
     model = small_mlp()

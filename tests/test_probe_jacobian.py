@@ -77,18 +77,18 @@ def wide_mlp(activation, width=300, dead=False, gain=1.0):
 def test_probe_auto_takes_lanczos_on_wide_layers(activation, dead, gain):
     model = wide_mlp(activation, dead=dead, gain=gain)
     x, y = torch.randn(40, 20), torch.randint(0, 3, (40,))
-    with Probe(model, monitor=(x, y), jacobian_examples=10) as probe:
+    with Probe(model, monitor=(x, y), jacobian_examples=24) as probe:
         pass
     assert probe.jacobian_methods == {"hidden2": "lanczos"}
     got = {r["stat"]: r["value"] for r in probe.to_rows(quantity="jacobian", layer="hidden2")}
     assert set(got) == {"sv_mean", "sv_max"}  # a Ritz value bounds the minimum only from above: not reported
     with torch.no_grad():
-        z = model.hidden1(x[:10])
+        z = model.hidden1(x[:24])
     ref = explicit(model.hidden2, z)
     assert got["sv_mean"] == pytest.approx(ref.mean().item(), rel=0.04)
     assert ref.max().item() * 0.97 < got["sv_max"] <= ref.max().item() * (1 + 1e-5)
 
-    with Probe(model, monitor=(x, y), jacobian_examples=10, jacobian_method="exact") as exact:
+    with Probe(model, monitor=(x, y), jacobian_examples=24, jacobian_method="exact") as exact:
         pass
     rows = {r["stat"]: r["value"] for r in exact.to_rows(quantity="jacobian", layer="hidden2")}
     assert rows["sv_mean"] == pytest.approx(ref.mean().item(), rel=1e-4)
@@ -103,7 +103,7 @@ def test_lanczos_through_jacobian_vector_products_on_a_convolution():
     with torch.no_grad():
         block[1].running_var.uniform_(0.5, 2.0)
     jmap = JacobianMap("b", "a", block, elementwise_last=True)
-    z = torch.randn(6, 4, 8, 8)
+    z = torch.randn(16, 4, 8, 8)
     assert jmap.method(z) == "lanczos"  # 256 inputs, 384 outputs: above EXACT_MAX_DIM
     names, values = jmap.spectrum(z, "lanczos")
     ref = explicit(lambda v: block[2](block[1](block[0](v))), z)

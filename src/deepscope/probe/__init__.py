@@ -31,7 +31,9 @@ from deepscope.probe.stats import (
     activation_stat_names,
     activation_stats,
     gradient_stats,
+    update_ratio,
     weight_gradient_stats,
+    weight_sample,
 )
 
 __all__ = ["Probe", "StoreSink", "TensorBoardSink", "probe_callback"]
@@ -240,7 +242,7 @@ class Probe:
         self._token += 1
         self._source, self._calls, self._pending, self._weight_grads = "train", {}, [], {}
         with torch.no_grad():
-            self._snapshot = [w.param.detach().clone() for w in self.weights]
+            self._snapshot = [weight_sample(w.param) for w in self.weights]
         self._attach_layer_hooks(self._token)
         for w in self.weights:
             if w.param.requires_grad:
@@ -254,8 +256,7 @@ class Probe:
             entries.append((name, "weight_grad", WEIGHT_GRADIENT_STATS, values, True))
         with torch.no_grad():
             for w, before in zip(self.weights, self._snapshot, strict=True):
-                ratio = torch.dist(w.param, before) / torch.linalg.vector_norm(before)
-                entries.append((w.name, "update_ratio", ("ratio",), ratio[None], False))
+                entries.append((w.name, "update_ratio", ("ratio",), update_ratio(before, w.param), False))
         self._armed, self._source, self._pending, self._weight_grads, self._snapshot = False, None, [], {}, []
         self._token += 1
         self._emit("train", entries)

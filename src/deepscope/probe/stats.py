@@ -4,11 +4,12 @@ Every function takes a tensor and returns one flat tensor on the same device: th
 the order of the matching ``*_STATS`` names, then, for the histogram, ``lo, hi, counts...``. The
 probe concatenates these small tensors and moves them to the CPU once per record.
 
-Mean, std, norm, min/max and the saturated/dead fractions use every value. Percentiles and
-histogram counts of large tensors use an evenly strided subsample (at most
-:data:`MAX_PERCENTILE_VALUES` / :data:`MAX_HISTOGRAM_VALUES` values, every unit visited), which
-bounds their cost independently of width and batch size; histogram counts then sum to the sample
-size, not to the number of values (plots and diagnoses normalize them).
+Mean, std, norm, min/max and the saturated/dead fractions use every value. Percentiles, histogram
+counts and update/weight ratios of large tensors use an evenly strided subsample (at most
+:data:`MAX_PERCENTILE_VALUES` / :data:`MAX_HISTOGRAM_VALUES` / :data:`MAX_UPDATE_VALUES` values,
+every unit visited), which bounds their cost independently of width and batch size; histogram
+counts then sum to the sample size, not to the number of values (plots and diagnoses normalize
+them), and the ratio of a 1000 x 1000 weight is about 0.5 % off.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "GRADIENT_STATS",
     "MAX_HISTOGRAM_VALUES",
     "MAX_PERCENTILE_VALUES",
+    "MAX_UPDATE_VALUES",
     "WEIGHT_GRADIENT_STATS",
     "activation_stat_names",
     "activation_stats",
@@ -32,7 +34,9 @@ __all__ = [
     "mean_std",
     "percentiles",
     "subsample",
+    "update_ratio",
     "weight_gradient_stats",
+    "weight_sample",
 ]
 
 GRADIENT_STATS = ("mean", "std")
@@ -42,6 +46,8 @@ WEIGHT_GRADIENT_STATS = ("mean", "std", "norm")
 # 50 histogram bins from 2**16 values hold about 1300 values each, counted to about 3 %.
 MAX_PERCENTILE_VALUES = 2**14
 MAX_HISTOGRAM_VALUES = 2**16
+# The update/weight ratio of larger weights compares the same strided sample before and after the step.
+MAX_UPDATE_VALUES = 2**16
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -91,8 +97,8 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
 def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
     """Percentiles ``qs`` (fractions) of a tensor, linear interpolation as ``numpy.percentile``.
 
-    Two ``torch.kthvalue`` selections per percentile (no sort); above :data:`MAX_PERCENTILE_VALUES`
-    values, on a contiguous copy of a :func:`subsample`.
+    One ``torch.topk`` of the shorter tail per percentile (no full sort); above
+    :data:`MAX_PERCENTILE_VALUES` values, on a contiguous copy of a :func:`subsample`.
     """
     x = subsample(_flat(x), MAX_PERCENTILE_VALUES, row).contiguous()
     n = x.numel()
@@ -100,8 +106,11 @@ def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
     for q in qs:
         h = (n - 1) * q
         i = math.floor(h)
-        a = torch.kthvalue(x, i + 1).values
-        b = torch.kthvalue(x, i + 2).values if i + 1 < n and h > i else a
+        j = min(i + 1, n - 1)
+        if j < n - 1 - i:  # order statistics i and j (from 0, ascending) among the j + 1 smallest
+            a, b = torch.topk(x, j + 1, largest=False, sorted=True).values[[i, j]]
+        else:  # ... or among the n - i largest, in descending order
+            a, b = torch.topk(x, n - i, largest=True, sorted=True).values[[n - 1 - i, n - 1 - j]]
         out.append(a + (b - a) * (h - i))
     return torch.stack(out)
 
@@ -168,6 +177,18 @@ def weight_gradient_stats(g: Tensor, bins: int) -> Tensor:
     n = x.numel()
     mean, square = x.mean(), torch.dot(x, x)
     std = torch.sqrt((square / n - mean.square()).clamp_min(0.0))
-    m = _abs_max(x)
     sample = subsample(x, MAX_HISTOGRAM_VALUES, g[0].numel())
+    m = _abs_max(sample)  # the histogram's range: it counts the sample only
     return torch.cat([mean[None], std[None], square.sqrt()[None], -m[None], m[None], histogram(sample, -m, m, bins)])
+
+
+def weight_sample(w: Tensor) -> Tensor:
+    """A copy of the values of weight ``w`` that :func:`update_ratio` compares (all of them, up to
+    :data:`MAX_UPDATE_VALUES`)."""
+    return subsample(_flat(w), MAX_UPDATE_VALUES, w[0].numel()).clone()
+
+
+def update_ratio(before: Tensor, w: Tensor) -> Tensor:
+    """``||w - w_before|| / ||w_before||`` on the sample :func:`weight_sample` took before the step (shape (1,))."""
+    now = subsample(_flat(w), MAX_UPDATE_VALUES, w[0].numel())
+    return (torch.linalg.vector_norm(now - before) / torch.linalg.vector_norm(before))[None]
