@@ -12,7 +12,8 @@ examples) is a one-off, printed separately. Last, the cost of one recording step
 batch is instrumented, followed by ``probe.step()`` with the monitor pass -- relative to a plain step at
 batch 128 (target <= 3): with every instrument including the Jacobian singular values, on a monitor set of
 10 examples and on the paper's 300, without the Jacobians (the steady state with the default
-``jacobian_every=None``), and with exact SVDs for comparison.
+``jacobian_every=None``), and with exact SVDs for comparison. And the memory the probe keeps per record,
+for widths 250 and 1000 (it must not depend on width).
 
     python benchmarks/probe.py [--chunks10 10] [--chunks128 6] [--threads N]
 """
@@ -20,6 +21,7 @@ batch 128 (target <= 3): with every instrument including the Jacobian singular v
 from __future__ import annotations
 
 import argparse
+import pickle
 import statistics
 import time
 
@@ -145,6 +147,31 @@ def recording_step(data, monitor) -> None:
         )
 
 
+def retained_memory(data) -> None:
+    """What the probe keeps: bytes of its rows after 2 and 4 records, for widths 250 and 1000."""
+    x, y = data
+    sizes = {}
+    for width in (250, 1000):
+        torch.manual_seed(0)
+        model = mlp(INPUTS, CLASSES, depth=DEPTH, width=width, activation="tanh")
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        with Probe(model, every=1, monitor=(x[:50], y[:50]), jacobian_examples=0) as probe:
+            for step in range(4):
+                F.cross_entropy(model(x[:32]), y[:32]).backward()
+                opt.step()
+                opt.zero_grad()
+                probe.step()
+                if step in (1, 3):
+                    sizes[width, step + 1] = len(pickle.dumps((probe.records, probe.histograms)))
+    per_record = {w: (sizes[w, 4] - sizes[w, 2]) / 2 for w in (250, 1000)}
+    ratio = per_record[1000] / per_record[250]
+    verdict = "ok" if abs(ratio - 1) < 0.01 else "OVER"
+    print(
+        f"retained rows per record: {per_record[250] / 1e3:.1f} kB at width 250, {per_record[1000] / 1e3:.1f} kB at "
+        f"width 1000; ratio {ratio:.2f} (target: independent of width, 1.00: {verdict})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks10", type=int, default=10, help="chunks of 100 steps per variant at batch 10")
@@ -161,6 +188,7 @@ def main() -> None:
     loop_ratio(128, args.chunks128, data, monitor)
     first_record(data, monitor)
     recording_step(data, monitor)
+    retained_memory(data)
 
 
 if __name__ == "__main__":
