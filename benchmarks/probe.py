@@ -15,7 +15,7 @@ batch 128 (target <= 3): with every instrument including the Jacobian singular v
 ``jacobian_every=None``), and with exact SVDs for comparison. And the memory the probe keeps per record,
 for widths 250 and 1000 (it must not depend on width).
 
-    python benchmarks/probe.py [--chunks10 10] [--chunks128 6] [--threads N]
+    python benchmarks/probe.py [--chunks10 16] [--chunks128 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ def retained_memory(data) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks10", type=int, default=10, help="chunks of 100 steps per variant at batch 10")
-    parser.add_argument("--chunks128", type=int, default=6, help="chunks of 100 steps per variant at batch 128")
+    parser.add_argument("--chunks10", type=int, default=16, help="chunks of 100 steps per variant at batch 10")
+    parser.add_argument("--chunks128", type=int, default=10, help="chunks of 100 steps per variant at batch 128")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
