@@ -415,6 +415,26 @@ def test_doctor_command_exit_codes_and_report(tmp_path):
     assert run_cli(["report", "nope", "--store", store, "-o", out]).exit_code == 2
 
 
+def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):
+    from deepscope.config import load_spec
+    from deepscope.diagnose import doctor
+    from deepscope.plots.report import RunData
+    from deepscope.store import Store
+
+    store = Store(tmp_path / "runs")
+    result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100, store=store)
+    # the symmetry finding comes from the weights, which the store does not keep: the report reads it back
+    again = RunData.from_store(store, result.run_id).diagnosis()
+    assert [f.to_dict() for f in again] == [f.to_dict() for f in result.findings]
+    assert only(again, "symmetry").layers == ["hidden1.linear", "hidden2.linear"]
+    out = run_cli(["report", result.run_id, "--store", store.root, "-o", tmp_path / "again.html"])
+    assert out.exit_code == 0 and "symmetry" in out.output
+
+    (store.run_dir(result.run_id) / "checks.json").write_text('{"not": "a list"}')
+    bad = run_cli(["report", result.run_id, "--store", store.root, "-o", tmp_path / "bad.html"])
+    assert bad.exit_code == 2 and "checks.json" in bad.output and "not a list of findings" in bad.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "model.activation=nope"], "model.activation"),
     (["--updates", 0], "updates=0"),

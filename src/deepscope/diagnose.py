@@ -38,7 +38,10 @@ __all__ = [
     "doctor",
     "has_problem",
     "layer_order",
+    "load_checks",
+    "merge_checks",
     "model_from_factory",
+    "save_checks",
     "sort_findings",
 ]
 
@@ -726,6 +729,42 @@ def _preprocessor(spec, data):
     return pre.fit(x_fit)
 
 
+CHECKS_FILE = "checks.json"  # doctor's model and input findings, in the run's folder of the store
+
+
+def merge_checks(findings: list[Finding], checks: list[Finding]) -> list[Finding]:
+    """The records' findings with the model/input ``checks``; a check replaces a finding of the same code."""
+    codes = {c.code for c in checks}
+    return sort_findings([f for f in findings if f.code not in codes] + list(checks))
+
+
+def save_checks(path, checks: list[Finding]) -> None:
+    """Write ``checks`` as JSON (``deepscope report`` reads them back with :func:`load_checks`)."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps([c.to_dict() for c in checks], indent=1))
+
+
+def load_checks(path) -> list[Finding]:
+    """The findings :func:`save_checks` wrote; none when the file does not exist.
+
+    A file that is not such a list raises ``ValueError`` naming it.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+        return [Finding(**{k: v for k, v in row.items() if k in Finding.__dataclass_fields__}) for row in rows]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a list of findings written by deepscope doctor ({e})") from None
+
+
 def _merge_symmetry(findings: list[Finding], at_init: list[Finding], at_end: list[Finding]) -> list[Finding]:
     """One symmetry finding: the model check (weights) when it saw clones, else the records' constant layers."""
     if not at_init and not at_end:
@@ -822,12 +861,15 @@ def doctor(
     probe = state["probe"]
     losses = torch.stack(state["losses"]).float().tolist() if state["losses"] else []
     loss_rows = [dict(step=i + 1, name="train/loss", value=v) for i, v in enumerate(losses)]
-    findings = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
-    findings = _merge_symmetry(findings, state["init"], state.get("end", []))
-    findings = sort_findings(findings + diagnose_input(x_mon))
+    # what the records cannot tell later: the model's weights at init and at the end, and the inputs
+    checks = _merge_symmetry([], state["init"], state.get("end", [])) + diagnose_input(x_mon)
+    findings = merge_checks(diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded),
+                            checks)
+    if store is not None:
+        save_checks(store.run_dir(run_id) / CHECKS_FILE, checks)
 
     run = RunData(spec.name, run_id=run_id, spec=recorded, status=status, stats=probe.records,
-                  histograms=probe.histograms, findings=findings,
+                  histograms=probe.histograms, findings=findings, checks=checks,
                   scalars=store.scalars(run_id) if store is not None else state["evals"])
     if report_path is None:
         report_path = store.run_dir(run_id) / "report.html" if store is not None else Path("doctor-report.html")

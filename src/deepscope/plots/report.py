@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import Finding, diagnose, has_problem, sort_findings
+from deepscope.diagnose import CHECKS_FILE, Finding, diagnose, has_problem, load_checks, merge_checks, sort_findings
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
 from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
@@ -42,19 +42,21 @@ class RunData:
     stats: Rows = field(default_factory=list)
     histograms: Rows = field(default_factory=list)
     scalars: Rows = field(default_factory=list)
-    findings: list[Finding] | None = None  # None: computed by diagnose() from the rows
+    findings: list[Finding] | None = None  # None: computed by diagnose() from the rows, with the checks
+    checks: list[Finding] = field(default_factory=list)  # doctor's model and input checks
 
     @classmethod
     def from_store(cls, store, run_id: str) -> RunData:
-        """Read one run (id or unique prefix) and all its records from a :class:`~deepscope.store.Store`."""
+        """One run (id or unique prefix) of a :class:`~deepscope.store.Store`: its records and doctor's checks."""
         run = store.get_run(run_id)
         return cls(name=run["name"], run_id=run["id"], spec=run["spec"], status=run["status"],
                    stats=store.stats(run["id"]), histograms=store.histograms(run["id"]),
-                   scalars=store.scalars(run["id"]))
+                   scalars=store.scalars(run["id"]), checks=load_checks(store.run_dir(run["id"]) / CHECKS_FILE))
 
     def diagnosis(self) -> list[Finding]:
         if self.findings is None:
-            self.findings = diagnose(self.stats, scalars=self.scalars, histograms=self.histograms, spec=self.spec)
+            found = diagnose(self.stats, scalars=self.scalars, histograms=self.histograms, spec=self.spec)
+            self.findings = merge_checks(found, self.checks)
         return self.findings
 
 
