@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -261,6 +262,43 @@ def test_cli_run_exits_1_on_a_failed_verdict(tmp_path, monkeypatch):
     monkeypatch.setitem(EXPERIMENTS, "always-fails", failing)
     result = runner.invoke(app, ["experiments", "run", "always-fails", "-p", "tiny", "-o", str(tmp_path)])
     assert result.exit_code == 1 and "FAILED" in result.output
+
+
+def test_set_changes_the_settings_the_experiment_sees(tmp_path, monkeypatch):
+    seen = {}
+    probe_exp = Experiment(
+        "settings-check", "c", "s",
+        {"tiny": {"updates": 10, "lr": 0.1, "widths": [8, 16], "net": {"depth": 2}}, "quick": {}, "paper": {}},
+        run=lambda ctx: seen.update(ctx.settings), figure=lambda r, ctx: [],
+        verdict=lambda r, ctx: Verdict.from_checks({"ran": True}, {}, "ok"),
+    )  # fmt: skip
+    monkeypatch.setitem(EXPERIMENTS, "settings-check", probe_exp)
+    overrides = ["updates=20", "lr=1", "widths=[4]", "net.depth=3"]
+    run_experiment("settings-check", "tiny", out_dir=tmp_path, store=tmp_path / "store", overrides=overrides)
+    assert seen == {"updates": 20, "lr": 1.0, "widths": [4], "net": {"depth": 3}}
+    assert isinstance(seen["lr"], float)
+    (run,) = Store(tmp_path / "store").runs()
+    assert Store(tmp_path / "store").get_run(run["id"])["spec"]["settings"] == seen  # recorded as run
+    assert probe_exp.profiles["tiny"]["net"] == {"depth": 2}  # the profile itself is untouched
+    for bad, message in [
+        ("nope=1", "--set nope: not a setting of settings-check --profile tiny; choose one of: lr, net, updates"),
+        ("updates=abc", "--set updates=abc: give an integer, as the profile's 10"),
+        ("lr=[1]", "give a number"),
+        ("updates", "expected key=value"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_experiment("settings-check", "tiny", out_dir=tmp_path, overrides=[bad])
+    result = runner.invoke(app, ["experiments", "run", "settings-check", "-p", "tiny", "-o", str(tmp_path),
+                                 "--set", "updates=x"])
+    assert result.exit_code == 2 and "give an integer" in result.output
+
+
+def test_cli_show_lists_each_profiles_settings():
+    result = runner.invoke(app, ["experiments", "show", "dropout"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    quick = get_experiment("dropout").profiles["quick"]
+    assert all(key in result.output for key in quick) and repr(quick["width"]) in result.output
+    assert runner.invoke(app, ["experiments", "show", "nope"]).exit_code == 2
 
 
 @pytest.mark.parametrize("args", [["nope"], ["lsuv", "--profile", "huge"], ["lsuv", "--seeds", "0"]])

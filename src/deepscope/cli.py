@@ -340,6 +340,27 @@ def experiments_list() -> None:
     Console().print(table)
 
 
+@experiments_app.command("show")
+def experiments_show(name: str = typer.Argument(..., help="Experiment name.")) -> None:
+    """Show an experiment's claim, source and the settings of each profile (what `--set` can change)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepscope.experiments import get_experiment
+
+    try:
+        exp = get_experiment(name)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    console = Console()
+    console.print(f"[bold]{exp.name}[/bold]: {exp.claim} [dim]({exp.source})[/dim]")
+    keys = list(dict.fromkeys(k for settings in exp.profiles.values() for k in settings))
+    table = Table("setting", *exp.profiles)
+    for key in keys:
+        table.add_row(key, *(repr(settings[key]) if key in settings else "" for settings in exp.profiles.values()))
+    console.print(table)
+
+
 @experiments_app.command("run")
 def experiments_run(
     name: str = typer.Argument(..., help="Experiment name (see `deepscope experiments list`)."),
@@ -351,6 +372,8 @@ def experiments_run(
     jobs: int | None = typer.Option(None, "--jobs", "-j", help="Parallel training processes (default min(2, cpus))."),
     out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Directory for the figures and verdict JSON."),
     backend: str = typer.Option("local", "--backend", help="local (processes) | ray (the [ray] extra)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Change a setting of the profile: --set updates=2000 (see `experiments show NAME`)."),
 ) -> None:
     """Run experiment NAME; print the verdict with its numbers. Exit 0 if it passes, 1 if it fails, 2 on bad input."""
     from rich.console import Console
@@ -363,7 +386,8 @@ def experiments_run(
         experiment = get_experiment(name)
         if store is None and experiment.grid is not None:
             store = default_root()
-        verdict = run_experiment(name, profile, seeds=seeds, store=store, jobs=jobs, out_dir=out, backend=backend)
+        verdict = run_experiment(name, profile, seeds=seeds, store=store, jobs=jobs, out_dir=out, backend=backend,
+                                 overrides=list(set_ or []))
     except (ValueError, ImportError) as e:
         raise _fail(str(e)) from None
     console = Console()

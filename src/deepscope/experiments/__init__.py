@@ -61,6 +61,7 @@ and the ids of the training runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,17 @@ def run_experiment(
     jobs: int | None = None,
     out_dir: str | Path = "experiments",
     backend: str = "local",
+    overrides: Sequence[str] = (),
 ) -> Verdict:
     """Run experiment ``name`` on ``profile`` over ``seeds`` seeds (0..K-1; default: the profile's) and
     return its :class:`Verdict`, with figures written under ``out_dir``.
 
     ``store`` (a directory or a ``deepscope.store.Store``) receives the training runs, if any, and a
     summary run ``experiment:<name>``. ``jobs`` and ``backend`` ("local" or "ray") drive the sweep.
+    ``overrides`` change settings of the profile (``["updates=2000", "widths=[64, 128]"]``).
     """
     experiment = get_experiment(name)
-    settings = experiment.settings(profile)
+    settings = experiment.settings(profile, overrides)
     n_seeds = settings.get("seeds", 1) if seeds is None else seeds
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"seeds={n_seeds!r}: the number of seeds must be an integer >= 1")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -129,17 +130,55 @@ class Experiment:
         if missing:
             raise ValueError(f"experiment {self.name!r} lacks profile(s) {missing}; every experiment has {PROFILES}")
 
-    def settings(self, profile: str) -> dict[str, Any]:
-        """A copy of the settings of ``profile``; an unknown profile lists the valid ones."""
+    def settings(self, profile: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+        """A copy of the settings of ``profile`` with ``overrides`` (``"key=value"``, as ``--set``) applied.
+
+        An unknown profile or key lists the valid ones; a value must be of the kind the profile gives
+        (an integer where the profile has one, a number for a float, a list for a list, ...).
+        """
         if profile not in self.profiles:
             raise ValueError(f"profile={profile!r} is not known; choose one of: {', '.join(self.profiles)}")
-        return dict(self.profiles[profile])
+        settings = copy.deepcopy(dict(self.profiles[profile]))
+        for item in overrides:
+            _override(settings, item, f"{self.name} --profile {profile}")
+        return settings
 
     def measure(self, ctx: Context) -> Any:
         """The raw results: ``run(ctx)``, or the grid trained with ``ctx.sweep``."""
         if self.run is not None:
             return self.run(ctx)
         return ctx.sweep(self.grid(ctx))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "an integer" if isinstance(value, int) else "a number"
+    return {str: "a string", list: "a list", tuple: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _override(settings: dict, item: str, where: str) -> None:
+    """Set one ``"key=value"`` (dotted keys reach into nested settings) after checking key and kind."""
+    from deepscope.config import parse_value
+
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {item!r}: expected key=value, e.g. --set updates=2000")
+    *path, last = key.split(".")
+    node = settings
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        valid = ", ".join(sorted(settings))
+        raise ValueError(f"--set {key}: not a setting of {where}; choose one of: {valid}")
+    old, value = node[last], parse_value(raw.strip())
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if old is not None and (_kind(old) != _kind(value)):
+        raise ValueError(f"--set {key}={raw.strip()}: give {_kind(old)}, as the profile's {old!r}")
+    node[last] = list(value) if isinstance(old, tuple) else value
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, **kwargs):
