@@ -274,23 +274,32 @@ def test_set_changes_the_settings_the_experiment_sees(tmp_path, monkeypatch):
     )  # fmt: skip
     monkeypatch.setitem(EXPERIMENTS, "settings-check", probe_exp)
     overrides = ["updates=20", "lr=1", "widths=[4]", "net.depth=3"]
-    run_experiment("settings-check", "tiny", out_dir=tmp_path, store=tmp_path / "store", overrides=overrides)
+    verdict = run_experiment("settings-check", "tiny", out_dir=tmp_path, store=tmp_path / "store",
+                             overrides=overrides)
     assert seen == {"updates": 20, "lr": 1.0, "widths": [4], "net": {"depth": 3}}
+    saved = json.loads((tmp_path / "settings-check.json").read_text())
+    assert saved["settings"] == seen and saved["overrides"] == overrides == verdict.overrides
     assert isinstance(seen["lr"], float)
     (run,) = Store(tmp_path / "store").runs()
     assert Store(tmp_path / "store").get_run(run["id"])["spec"]["settings"] == seen  # recorded as run
     assert probe_exp.profiles["tiny"]["net"] == {"depth": 2}  # the profile itself is untouched
     for bad, message in [
-        ("nope=1", "--set nope: not a setting of settings-check --profile tiny; choose one of: lr, net, updates"),
+        ("nope=1", "--set nope: not a setting of settings-check --profile tiny; choose one of: lr, net, updates, "
+                   "widths"),
+        ("net.nope=1", "--set net.nope: not a setting of settings-check --profile tiny; choose one of: net.depth"),
         ("updates=abc", "--set updates=abc: give an integer, as the profile's 10"),
-        ("lr=[1]", "give a number"),
-        ("updates", "expected key=value"),
+        ("lr=[1]", "--set lr=[1]: give a number, as the profile's 0.1"),
+        ('widths=["a"]', """--set widths=["a"]: give a list of integers, as the profile's [8, 16]"""),
+        ("updates", "--set 'updates': expected key=value, e.g. --set updates=2000"),
     ]:
-        with pytest.raises(ValueError, match=re.escape(message)):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             run_experiment("settings-check", "tiny", out_dir=tmp_path, overrides=[bad])
     result = runner.invoke(app, ["experiments", "run", "settings-check", "-p", "tiny", "-o", str(tmp_path),
                                  "--set", "updates=x"])
     assert result.exit_code == 2 and "give an integer" in result.output
+    result = runner.invoke(app, ["experiments", "run", "settings-check", "-p", "tiny", "-o", str(tmp_path),
+                                 "--set", "updates=30"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "profile tiny, --set updates=30" in result.output
 
 
 def test_cli_show_lists_each_profiles_settings():

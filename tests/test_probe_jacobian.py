@@ -114,18 +114,32 @@ def test_lanczos_through_jacobian_vector_products_on_a_convolution():
 
 def test_same_start_vectors_at_every_record_and_global_rng_untouched():
     model = wide_mlp(nn.Tanh)
-    x = torch.randn(12, 20)
-    torch.manual_seed(123)
-    with Probe(model, monitor=x, jacobian_examples=4) as first:
-        pass
-    after = torch.rand(1)
-    torch.manual_seed(123)
-    with Probe(model, monitor=x, jacobian_examples=4) as second:
-        pass
-    assert torch.rand(1) == after
-    assert first.to_rows(quantity="jacobian") == second.to_rows(quantity="jacobian")
+    jmap = Probe(model)._maps["hidden2"]
+    with torch.no_grad():
+        z = model.hidden1(torch.randn(4, 20))
+    state = torch.get_rng_state()
+    first = jmap.spectrum(z, "lanczos")[1]
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator: the user's RNG does not move
+    torch.rand(5)
+    assert torch.equal(jmap.spectrum(z, "lanczos")[1], first)  # the same start vectors whatever the RNG state
+    assert not first.requires_grad
 
 
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match=r"jacobian_method='svd' is not known; choose one of: auto, exact, lanczos"):
         Probe(nn.Linear(2, 2), jacobian_method="svd")
+
+
+def test_auto_takes_lanczos_when_the_explicit_jacobian_would_be_too_large():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 9, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(9 * 64 * 64, 128),
+                          nn.Tanh(), nn.Linear(128, 3))
+    x = torch.randn(4, 1, 64, 64)
+    with Probe(model, monitor=x, jacobian_examples=2) as probe:  # 128 x 36864 > MAX_JACOBIAN_ENTRIES
+        pass
+    assert probe.jacobian_methods == {"4": "lanczos"} and "4" not in probe.jacobian_unavailable
+    got = {r["stat"]: r["value"] for r in probe.to_rows(quantity="jacobian", layer="4")}
+    with torch.no_grad():
+        z = model[1](model[0](x[:2]))
+    top = explicit(lambda v: model[4](model[3](model[2](v))), z).max().item()
+    assert 0 < got["sv_mean"] < got["sv_max"] <= top * (1 + 1e-5)

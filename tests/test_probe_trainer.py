@@ -47,6 +47,15 @@ def test_records_reach_the_store_and_match_a_hand_computation_on_the_final_model
         assert stored == pytest.approx([out.std(correction=0).item()], rel=1e-4)  # population std
 
 
+def test_probe_options_reach_the_probe_and_bad_ones_fail_before_training(tmp_path):
+    probe = TrainerProbe(every=10, monitor=20, layers=["hidden2.act"], bins=7)
+    train(spec(20), store=Store(tmp_path), callbacks=[probe], quiet=True)
+    assert {r["layer"] for r in probe.records if r["quantity"] == "activation"} == {"hidden2"}
+    assert {len(h["counts"]) for h in probe.histograms} == {7}
+    with pytest.raises(ValueError, match="bins=0 is not allowed"):
+        TrainerProbe(every=10, bins=0)
+
+
 def test_hooks_are_removed_when_training_ends(tmp_path):
     probe = TrainerProbe(every=5, monitor=10)
     result = train(spec(10), store=Store(tmp_path), callbacks=[probe], quiet=True)
@@ -89,4 +98,6 @@ def test_cli_jacobian_options(tmp_path):
     assert "jacobian_method='svd'" in bad.output and "lanczos" in bad.output
     bad = runner.invoke(app, [*args, "--probe-jacobian-every", "15"])
     assert bad.exit_code == 2 and "multiple of every=10" in bad.output
+    alone = runner.invoke(app, ["train", str(toml), "--store", str(tmp_path), "-q", "--probe-jacobian-method", "exact"])
+    assert alone.exit_code == 2 and "need --probe-every" in alone.output
     assert len(Store(tmp_path).runs()) == 1  # bad options fail before a run is created

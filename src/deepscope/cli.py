@@ -193,6 +193,8 @@ def train_command(
         else:
             run_spec = None
         callbacks = []
+        if probe_every is None and (probe_jacobian_every is not None or probe_jacobian_method != "auto"):
+            raise ValueError("--probe-jacobian-every and --probe-jacobian-method need --probe-every N")
         if probe_every is not None:
             from deepscope.probe.trainer import TrainerProbe
 
@@ -392,7 +394,9 @@ def experiments_run(
         raise _fail(str(e)) from None
     console = Console()
     console.print(f"[bold]{experiment.name}[/bold]: {experiment.claim} [dim]({experiment.source})[/dim]")
-    checks = Table("", "check", title=f"profile {profile}, seeds {verdict.seeds}", show_header=False)
+    changed = f", --set {' '.join(verdict.overrides)}" if verdict.overrides else ""
+    console.print(f"profile {profile}{changed}, seeds {verdict.seeds}", soft_wrap=True)
+    checks = Table("", "check", show_header=False)
     for check, ok in verdict.checks.items():
         checks.add_row("[green]pass[/green]" if ok else "[red]FAIL[/red]", check)
     console.print(checks)

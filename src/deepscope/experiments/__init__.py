@@ -180,6 +180,7 @@ def run_experiment(
     verdict.figures = [Path(path) for path in ([figures] if isinstance(figures, str | Path) else figures)]
     verdict.duration = time.perf_counter() - start
     verdict.name, verdict.profile, verdict.seeds, verdict.run_ids = name, profile, ctx.seeds, list(ctx.run_ids)
+    verdict.settings, verdict.overrides = settings, list(overrides)
     verdict.save(ctx.path(ext="json"))
     if ctx.store_root is not None:
         _record(verdict, experiment, ctx)
@@ -196,6 +197,7 @@ def _record(verdict: Verdict, experiment: Experiment, ctx: Context) -> str:
         "source": experiment.source,
         "profile": ctx.profile,
         "settings": ctx.settings,
+        "overrides": verdict.overrides,
         "seeds": ctx.seeds,
         "passed": verdict.passed,
         "summary": verdict.summary,

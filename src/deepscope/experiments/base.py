@@ -38,6 +38,8 @@ class Verdict:
     profile: str = ""
     seeds: list[int] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the profile's, with the overrides applied
+    overrides: list[str] = field(default_factory=list)  # ``--set key=value`` items
 
     @classmethod
     def from_checks(cls, checks: Mapping[str, bool], numbers: Mapping[str, float], summary: str) -> Verdict:
@@ -163,21 +165,30 @@ def _override(settings: dict, item: str, where: str) -> None:
     from deepscope.config import parse_value
 
     key, sep, raw = item.partition("=")
-    key = key.strip()
+    key, raw = key.strip(), raw.strip()
     if not sep or not key:
         raise ValueError(f"--set {item!r}: expected key=value, e.g. --set updates=2000")
     *path, last = key.split(".")
-    node = settings
+    node, prefix = settings, ""
     for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or last not in node:
-        valid = ", ".join(sorted(settings))
+        if not isinstance(node.get(part), dict):
+            break
+        node, prefix = node[part], f"{prefix}{part}."
+    if not key.startswith(prefix) or key[len(prefix) :] not in node:
+        valid = ", ".join(prefix + k for k in sorted(node))
         raise ValueError(f"--set {key}: not a setting of {where}; choose one of: {valid}")
-    old, value = node[last], parse_value(raw.strip())
+    old, value = node[last], parse_value(raw)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if old is not None and (_kind(old) != _kind(value)):
-        raise ValueError(f"--set {key}={raw.strip()}: give {_kind(old)}, as the profile's {old!r}")
+    if old is not None and _kind(old) != _kind(value):
+        raise ValueError(f"--set {key}={raw}: give {_kind(old)}, as the profile's {old!r}")
+    if isinstance(old, list | tuple) and old:
+        items = [float(v) if isinstance(old[0], float) and isinstance(v, int) and not isinstance(v, bool) else v
+                 for v in value]
+        if any(_kind(v) != _kind(old[0]) for v in items):
+            plural = _kind(old[0]).partition(" ")[2] + "s" if _kind(old[0]).startswith("a") else "booleans"
+            raise ValueError(f"--set {key}={raw}: give a list of {plural}, as the profile's {old!r}")
+        value = items
     node[last] = list(value) if isinstance(old, tuple) else value
 
 

@@ -36,7 +36,7 @@ from deepscope.probe.stats import (
     weight_sample,
 )
 
-__all__ = ["Probe", "StoreSink", "TensorBoardSink", "probe_callback"]
+__all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options", "probe_callback"]
 
 _Entry = tuple[str, str, tuple[str, ...], Tensor, bool]  # layer, quantity, stat names, values, has histogram
 
@@ -60,6 +60,28 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{key}={value!r} is not allowed; give an integer >= {minimum}")
     return value
+
+
+def check_options(
+    every: int = 100,
+    bins: int = 50,
+    jacobian_examples: int = 10,
+    jacobian_every: int | None = None,
+    jacobian_method: str = "auto",
+    start_step: int = 0,
+) -> None:
+    """Raise ``ValueError`` naming the option, its value and what is allowed, for the options of :class:`Probe`
+    that do not depend on the model (so that a trainer can check them before training starts)."""
+    _positive_int("every", every)
+    _positive_int("bins", bins)
+    _positive_int("jacobian_examples", jacobian_examples, minimum=0)
+    _positive_int("start_step", start_step, minimum=0)
+    if jacobian_every is not None and _positive_int("jacobian_every", jacobian_every) % every != 0:
+        raise ValueError(f"jacobian_every={jacobian_every!r} is not allowed; give a multiple of every={every}")
+    if jacobian_method not in JACOBIAN_METHODS:
+        raise ValueError(
+            f"jacobian_method={jacobian_method!r} is not known; choose one of: {', '.join(JACOBIAN_METHODS)}"
+        )
 
 
 class Probe:
@@ -118,19 +140,10 @@ class Probe:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.every = _positive_int("every", every)
-        self.bins = _positive_int("bins", bins)
-        self.jacobian_examples = _positive_int("jacobian_examples", jacobian_examples, minimum=0)
-        if jacobian_every is not None and (
-            _positive_int("jacobian_every", jacobian_every) % self.every != 0
-        ):
-            raise ValueError(f"jacobian_every={jacobian_every!r} is not allowed; give a multiple of every={every}")
-        self.jacobian_every = jacobian_every
-        if jacobian_method not in JACOBIAN_METHODS:
-            raise ValueError(
-                f"jacobian_method={jacobian_method!r} is not known; choose one of: {', '.join(JACOBIAN_METHODS)}"
-            )
-        self.jacobian_method = jacobian_method
+        check_options(every=every, bins=bins, jacobian_examples=jacobian_examples, jacobian_every=jacobian_every,
+                      jacobian_method=jacobian_method, start_step=start_step)
+        self.every, self.bins, self.jacobian_examples = every, bins, jacobian_examples
+        self.jacobian_every, self.jacobian_method = jacobian_every, jacobian_method
         self.jacobian_methods: dict[str, str] = {}
         self.loss_fn = loss_fn or _default_loss
         self.sinks = list(sinks)
@@ -146,7 +159,7 @@ class Probe:
 
         self.records: list[dict] = []
         self.histograms: list[dict] = []
-        self._step = _positive_int("start_step", start_step, minimum=0)
+        self._step = start_step
         self._active = False
         self._armed = False
         self._hooks = Hooks()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
+_CHECKED = ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")
 
 
 class TrainerProbe:
@@ -25,11 +26,10 @@ class TrainerProbe:
             raise ValueError(f"probe every={every!r} is not allowed; give an integer >= 1")
         if not isinstance(monitor, int) or isinstance(monitor, bool) or monitor < 0:
             raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0")
-        from torch import nn
+        from deepscope.probe import check_options
 
-        from deepscope.probe import Probe
-
-        Probe(nn.Identity(), every=every, **probe_kwargs)  # bad options fail now, before a run is created
+        # bad options fail now, before a run is created (layer names can only be checked on the model)
+        check_options(every, **{k: v for k, v in probe_kwargs.items() if k in _CHECKED})
         self.every, self.monitor, self.kwargs = every, monitor, probe_kwargs
         self.probe = None
         self._open = False
