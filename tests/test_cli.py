@@ -55,3 +55,18 @@ def test_top_level_api_resolves_lazily():
         assert "no_such_thing" in str(err)
     else:
         raise AssertionError("unknown attribute did not raise")
+
+
+def test_train_says_at_which_update_a_run_diverged(tmp_path):
+    from deepscope.store import Store
+
+    spec = tmp_path / "dv.toml"
+    spec.write_text(
+        'name = "dv"\n[data]\nname = "shapeset"\noptions = { n_valid = 40, n_test = 40, size = 16 }\n'
+        '[model]\ndepth = 2\nwidth = 16\nactivation = "relu"\n[init]\nscheme = "normal"\nstd = 10.0\n'
+        '[optim]\nlr = 1e6\n[train]\nupdates = 200\neval_every = 100\nbatch_size = 10\ndevice = "cpu"\n'
+    )
+    result = runner.invoke(app, ["train", str(spec), "--store", str(tmp_path), "-q"])
+    assert result.exit_code == 1
+    nan = [r for r in Store(tmp_path).scalars("dv-1", "train/loss") if r["value"] != r["value"]]
+    assert f"diverged at update {nan[0]['step']}; stopped at update 100" in result.output

@@ -415,6 +415,16 @@ def test_doctor_command_exit_codes_and_report(tmp_path):
     assert run_cli(["report", "nope", "--store", store, "-o", out]).exit_code == 2
 
 
+def test_report_says_when_a_run_has_no_probe_records(tmp_path):
+    store = tmp_path / "runs"
+    trained = run_cli(["train", spec_file(tmp_path), "--store", store, "-q", "--updates", 5])
+    assert trained.exit_code == 0, trained.output
+    out = run_cli(["report", "tiny-1", "--store", store, "-o", tmp_path / "r.html"])
+    assert out.exit_code == 0
+    assert "no probe records to diagnose; train it with --probe-every N" in out.output
+    assert "healthy" not in out.output
+
+
 def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):
     from deepscope.config import load_spec
     from deepscope.diagnose import doctor

@@ -200,11 +200,26 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     assert result.status == "diverged" and first_bad > 20
     assert f"at update {first_bad}: the run diverged" in result.message
     assert "lower learning rate" in result.message and "clip_norm" in result.message
-    assert "glorot_uniform" in result.message and "update 20" in result.message
+    assert "update 20" in result.message and result.diverged_at == first_bad and result.eval_step == 20
+    assert "initialization" not in result.message  # the spec already uses glorot_uniform
     ckpt = load_checkpoint(tmp_path / "tiny-1" / "checkpoint.pt")
     assert ckpt["step"] == 20 and all(t.isfinite().all() for t in ckpt["model"].values())
     assert store.get_run("tiny-1")["status"] == "diverged"
     assert math.isnan(store.scalars("tiny-1", "train/loss")[-1]["value"])
+
+
+def test_divergence_advice_leaves_out_what_the_spec_already_does():
+    from deepscope.train import _divergence_message
+
+    plain = make_spec(init={"scheme": "standard"})
+    text = _divergence_message(plain, 7, math.nan, None, -1)
+    assert text == ("The loss is nan at update 7: the run diverged. Try a lower learning rate (optim.lr=0.05 now, "
+                    "e.g. --set optim.lr=0.005), gradient clipping (--set train.clip_norm=1.0) or a normalized "
+                    "initialization (--set init.scheme=glorot_uniform).")
+    clipped = make_spec(train={"clip_norm": 1.0})
+    assert _divergence_message(clipped, 7, math.inf, None, -1) == (
+        "The loss is inf at update 7: the run diverged. Try a lower learning rate (optim.lr=0.05 now, "
+        "e.g. --set optim.lr=0.005).")
 
 
 # --- the numbers ---------------------------------------------------------------------------------------------
@@ -317,6 +332,8 @@ def test_cli_train_and_runs(tmp_path):
     runner.invoke(app, ["train", str(spec), "--store", store, "-q", "--updates", "10"])
     ls = runner.invoke(app, ["runs", "ls", "--store", store])
     assert ls.exit_code == 0 and "cli-run-1" in ls.output and "cli-run-2" in ls.output and "finished" in ls.output
+    only = runner.invoke(app, ["runs", "ls", "*-2", "--store", store])
+    assert only.exit_code == 0 and "cli-run-2" in only.output and "cli-run-1" not in only.output
     show = runner.invoke(app, ["runs", "show", "cli-run-1", "--store", store])
     assert show.exit_code == 0 and "softsign" in show.output
     compare = runner.invoke(app, ["runs", "compare", "cli-run-1", "cli-run-2", "--store", store])

@@ -30,6 +30,8 @@ _LAZY = {
     "Store": "deepscope.store",
     "doctor": "deepscope.diagnose",
     "report": "deepscope.plots",
+    "RunData": "deepscope.plots.report",
+    "TrainerProbe": "deepscope.probe.trainer",
     "run_experiment": "deepscope.experiments",
 }
 

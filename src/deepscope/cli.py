@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 
 import typer
@@ -198,19 +201,30 @@ def train_command(
         if probe_every is not None:
             from deepscope.probe.trainer import TrainerProbe
 
-            callbacks.append(TrainerProbe(probe_every, probe_monitor, jacobian_every=probe_jacobian_every,
-                                          jacobian_method=probe_jacobian_method))
+            try:
+                callbacks.append(TrainerProbe(probe_every, probe_monitor, jacobian_every=probe_jacobian_every,
+                                              jacobian_method=probe_jacobian_method))
+            except ValueError as e:  # name the flags, not the Probe's arguments
+                flags = {"every": "--probe-every", "monitor": "--probe-monitor",
+                         "jacobian_every": "--probe-jacobian-every", "jacobian_method": "--probe-jacobian-method"}
+                raise ValueError(re.sub(r"(?<![\w-])(jacobian_every|jacobian_method|every|monitor)=",
+                                        lambda m: f"{flags[m[1]]}=", str(e).removeprefix("probe "))) from None
         result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks)
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
     if quiet and result.message:
         typer.echo(result.message, err=True)
     m = result.metrics
+    status, last = result.status, result.eval_step
+    if result.diverged_at is not None:
+        status, last = f"diverged at update {result.diverged_at}", result.diverged_at
+    if last is not None and last != result.step:
+        status += f"; stopped at update {result.step}"
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
-        typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.step} updates [{result.status}]")
+        typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.eval_step} updates [{status}]")
     else:
-        typer.echo(f"{result.status} after {result.step} updates")
+        typer.echo(f"{status}" if result.diverged_at is not None else f"{status} after {result.step} updates")
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
     typer.echo(f"run {result.run_id} stored in {st.path}{where}")
     if result.status != "finished":
@@ -244,17 +258,24 @@ def _flat(spec: dict) -> dict[str, object]:
 
 
 @runs_app.command("ls")
-def runs_ls(store: Path | None = typer.Option(None, "--store", help=_STORE_HELP)) -> None:
+def runs_ls(
+    pattern: str | None = typer.Argument(None, help="Only runs whose id or name matches this glob, e.g. 'tanh*'."),
+    store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+) -> None:
     """List the runs of the store: status, length, validation and test error."""
+    from fnmatch import fnmatchcase
+
     from rich.console import Console
     from rich.table import Table
 
     st = _read_store(store)
     table = Table(title=f"runs in {st.path}")
-    table.add_column("id", overflow="fold")
+    table.add_column("id", no_wrap=True)
     for column in ("status", "updates", "valid err", "test err", "created"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("status", "created") else "right")
     for run in st.runs():
+        if pattern is not None and not (fnmatchcase(run["id"], pattern) or fnmatchcase(run["name"], pattern)):
+            continue
         table.add_row(run["id"], run["status"], _steps(run), _pct(run, "valid/error"), _pct(run, "test/error"),
                       _when(run["created"]))
     Console().print(table)
@@ -336,9 +357,12 @@ def experiments_list() -> None:
 
     from deepscope.experiments import EXPERIMENTS
 
-    table = Table("name", "claim", "source", "trains runs", show_lines=True)
+    table = Table(show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("claim")
+    table.add_column("source")
     for exp in EXPERIMENTS.values():
-        table.add_row(exp.name, exp.claim, exp.source, "yes" if exp.grid is not None else "no")
+        table.add_row(exp.name, exp.claim, exp.source)
     Console().print(table)
 
 
@@ -373,7 +397,7 @@ def experiments_run(
         "$DEEPSCOPE_STORE, else ./runs; others record only when given)."),
     jobs: int | None = typer.Option(None, "--jobs", "-j", help="Parallel training processes (default min(2, cpus))."),
     out: Path = typer.Option(Path("experiments"), "--out", "-o", help="Directory for the figures and verdict JSON."),
-    backend: str = typer.Option("local", "--backend", help="local (processes) | ray (the [ray] extra)."),
+    backend: str = typer.Option("local", "--backend", help="local (processes) | ray (the \\[ray] extra)."),
     set_: list[str] | None = typer.Option(
         None, "--set", help="Change a setting of the profile: --set updates=2000 (see `experiments show NAME`)."),
 ) -> None:
@@ -444,7 +468,9 @@ def doctor_command(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a value: --set optim.lr=0.1."),
     updates: int = typer.Option(500, "--updates", help="Train for N updates with the probe."),
     monitor: int = typer.Option(300, "--monitor", help="Fixed validation examples the probe records on."),
-    model: str | None = typer.Option(None, "--model", help="Your own network: package.module:factory."),
+    model: str | None = typer.Option(
+        None, "--model", help="Your own network: package.module:factory (a no-argument callable returning an "
+        "nn.Module), importable from the current directory."),
     data: str | None = typer.Option(None, "--data", help="Dataset name (replaces data.name)."),
     store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
@@ -468,6 +494,8 @@ def doctor_command(
             name = model.rpartition(":")[2] or "model"
             run_spec = validate_spec(apply_overrides({"name": name, "train": {"updates": updates}}, overrides),
                                      source="--set")
+        if model is not None and "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
         result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
@@ -497,7 +525,11 @@ def report_command(
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
     for run in bundles:
-        _print_findings(run.diagnosis(), f"run {run.run_id}")
+        if not run.stats and not run.checks:
+            typer.echo(f"run {run.run_id}: no probe records to diagnose; train it with --probe-every N "
+                       "(or run deepscope doctor on its spec)")
+        else:
+            _print_findings(run.diagnosis(), f"run {run.run_id}")
     typer.echo(f"report: {path}")
 
 

@@ -75,6 +75,8 @@ class Result:
     checkpoint: Path | None = None
     message: str = ""
     model: nn.Module | None = field(default=None, repr=False)
+    eval_step: int | None = None  # the update at which ``metrics`` were evaluated
+    diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
 
 
 # --- building blocks ----------------------------------------------------------------------------------
@@ -239,13 +241,20 @@ def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tupl
     return model.eval(), pre, spec
 
 
+# schemes that do not scale the weights to the layer's fan-in/fan-out
+_UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
+
+
 def _divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int) -> str:
+    """What happened and what to try, leaving out what the spec already does."""
+    tries = [f"a lower learning rate (optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g})"]
+    if spec.train.clip_norm is None and spec.train.clip_value is None:
+        tries.append("gradient clipping (--set train.clip_norm=1.0)")
+    if spec.init.scheme in _UNSCALED_INITS:
+        tries.append("a normalized initialization (--set init.scheme=glorot_uniform)")
     kept = f" The last good checkpoint (update {saved_step}) is kept: {checkpoint}." if checkpoint else ""
-    return (
-        f"The loss is {value} at update {update}: the run diverged. Try a lower learning rate "
-        f"(optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g}), gradient clipping "
-        f"(--set train.clip_norm=1.0) or a normalized initialization (--set init.scheme=glorot_uniform).{kept}"
-    )
+    return (f"The loss is {value} at update {update}: the run diverged. Try {', '.join(tries[:-1])}"
+            f"{' or ' if len(tries) > 1 else ''}{tries[-1]}.{kept}")
 
 
 # --- the trainer ------------------------------------------------------------------------------------------
@@ -357,6 +366,8 @@ class _Trainer:
         self.wrong = torch.zeros((), device=device, dtype=torch.long)
         self.n = self.seen = 0
         self.metrics: dict[str, float] = {}
+        self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
+        self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
         self.best: dict[str, float] = {}
         self.bad_evals = 0
         self.saved_step = -1
@@ -449,6 +460,7 @@ class _Trainer:
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.metrics.clear()
         self.metrics.update(metrics)
+        self.eval_step = self.step
         if self.store is not None:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
@@ -570,9 +582,11 @@ class _Trainer:
             run_id=self.run_id, status=status, step=self.step, metrics=dict(self.metrics),
             test_error=self.metrics.get("test/error"), best=dict(self.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
+            eval_step=self.eval_step, diverged_at=self.diverged_at,
         )
 
     def _diverged(self, update: int, value: float) -> str:
+        self.diverged_at = update
         if self.store is not None:
             self.store.log_scalars(self.run_id, update, {"train/loss": value})
             self.store.flush()

@@ -286,8 +286,8 @@ def plan_jacobians(model: nn.Module, layers: list[Layer]) -> tuple[dict[str, Jac
     for layer in layers:
         if layer.name not in in_chain:
             reasons[layer.name] = (
-                "not inside an nn.Sequential chain, so the map from the previous layer is not a clean "
-                "sub-module (skip connection, attention or recurrence)"
+                "not inside an nn.Sequential chain: the probe takes the map from the previous layer only from "
+                "a plain chain of modules (a custom forward can add skip connections, attention or recurrences)"
                 if layer.kind == "activation"
                 else "a layer output of an unobservable module, not an activation"
             )
