@@ -1,6 +1,7 @@
 """Diagnosis rules: thresholds on synthetic rows, then each rule on a real failing network and its healthy twin."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -471,7 +472,9 @@ def test_doctor_command_on_a_user_model(tmp_path, monkeypatch):
         "    nn.init.constant_(net[1].bias, -10.0)\n"
         "    return net\n"
     )
-    monkeypatch.syspath_prepend(tmp_path)
+    # run from the folder that holds the module, as a user would: the CLI makes it importable
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     result = run_cli(["doctor", "--model", "my_nets_for_doctor:dead_relu", "--data", "shapeset",
                       "--set", "data.options={size = 16, n_valid = 200, n_test = 200}",
                       "--set", "data.preprocess=standardize", "--updates", 40, "--monitor", 100,
