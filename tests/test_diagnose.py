@@ -424,6 +424,8 @@ def test_report_says_when_a_run_has_no_probe_records(tmp_path):
     assert out.exit_code == 0
     assert "no probe records to diagnose; train it with --probe-every N" in out.output
     assert "healthy" not in out.output
+    html = (tmp_path / "r.html").read_text()
+    assert "not probed" in html and "badge ok" not in html
 
 
 def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):

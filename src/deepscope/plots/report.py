@@ -160,6 +160,7 @@ def _run_context(run: RunData) -> dict[str, Any]:
         "warnings": sum(f.severity == "warning" for f in findings),
         "healthy": not has_problem(findings),
         "has_records": bool(run.stats or run.scalars or run.histograms),
+        "probed": bool(run.stats or run.histograms or run.checks),
     }
 
 
