@@ -16,9 +16,9 @@ Two ways to the singular values (``method``):
   ``sqrt`` lies the mean singular value: bias about 1 % or less for the nets of the texts, up to a few %
   when most singular values are near 0 (heavy saturation); one start vector's spread is about
   ``1.8 / sqrt(units)`` (6 % at 300 units), averaged over the examples (about 2 % for 10 examples of
-  a 1000-unit layer). The largest Ritz value gives the maximum (a
-  lower bound, which converges first). The minimum is not estimated. Cost: ``2 x LANCZOS_STEPS``
-  products with one batch of vectors, instead of ``d`` products and a cubic SVD per example.
+  a 1000-unit layer). The largest Ritz value gives the maximum (a lower bound, which converges
+  first); the minimum is not estimated. Cost: ``2 x LANCZOS_STEPS`` products with one batch of
+  vectors, instead of ``d`` products and a cubic SVD per example.
 - ``"auto"`` (default): exact when the smaller side of the Jacobian has at most ``EXACT_MAX_DIM`` units
   (and the explicit Jacobian has at most ``MAX_JACOBIAN_ENTRIES`` entries), Lanczos otherwise.
 """
