@@ -111,6 +111,11 @@ def test_jacobian_and_curves():
         assert list(c.lines[0].get_ydata()) == pytest.approx([0.8] * 3)  # the mean
         caps = sorted(v for cap in c.lines[1] for v in cap.get_ydata())
         assert caps == pytest.approx([0.3] * 3 + [1.4] * 3)  # bars from min to max
+    assert ax.get_title().endswith("(mean, min-max)")
+    lanczos = [r for r in run.stats if r.get("stat") != "sv_min"]  # Lanczos records: mean and max only
+    ax = jacobian.jacobian_singular_values(lanczos).axes[0]
+    caps = sorted(v for cap in ax.containers[0].lines[1] for v in cap.get_ydata())
+    assert caps == pytest.approx([0.8] * 3 + [1.4] * 3) and ax.get_title().endswith("(mean, bar up to the max)")
     fig = curves.error_curves({"a": run.scalars})
     test_line = next(line for line in lines(fig) if line.get_label() == "a test")
     assert list(test_line.get_ydata()) == pytest.approx([85 * math.exp(-s / 500) for s in STEPS[1:]])

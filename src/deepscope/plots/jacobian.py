@@ -15,7 +15,10 @@ __all__ = ["jacobian_singular_values"]
 
 
 def jacobian_singular_values(stats: Sequence[Mapping[str, Any]]) -> Figure | None:
-    """Mean singular value per layer (line) with the min-max range (bars), at the first and the last record."""
+    """Mean singular value per layer (line) with the min-max range (bars), at the first and the last record.
+
+    Lanczos estimates carry no minimum: their bars run from the mean to the maximum, and the title says so.
+    """
     sv_mean = series(stats, "jacobian", "sv_mean")
     if not sv_mean:
         return None
@@ -42,6 +45,7 @@ def jacobian_singular_values(stats: Sequence[Mapping[str, Any]]) -> Figure | Non
     ax.axhline(1.0, color="#555", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(layers)), layers, fontsize=8, rotation=30 if len(layers) > 6 else 0)
     ax.set_ylabel("singular value", fontsize=8)
-    ax.set_title("Layer Jacobian singular values (mean, min-max)", fontsize=10)
+    span = "min-max" if sv_min else "bar up to the max"
+    ax.set_title(f"Layer Jacobian singular values (mean, {span})", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return fig
