@@ -178,7 +178,7 @@ class JacobianMap:
             # leave them out and the mean is scaled by the share of live units, instead of asking the
             # quadrature to resolve a point mass at zero
             live = active.sum(1)
-            if bool((live <= d_in).all()):
+            if d_out <= d_in or bool((live <= d_in).all()):  # (the first test spares a device sync)
                 output_side, share = True, live / min(d_out, d_in)
         g = torch.Generator(device=z.device).manual_seed(LANCZOS_SEED)
         start = torch.randn(k, d_out if output_side else d_in, generator=g, device=z.device, dtype=z.dtype)
