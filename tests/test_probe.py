@@ -1,6 +1,7 @@
 """Probe statistics against tensors captured by a hand-written forward pass, and the probe's hygiene."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscope.probe import Probe, probe_callback
-from deepscope.probe.stats import percentiles
+from deepscope.probe.stats import _topk_percentiles, percentiles
 
 
 def rows_of(probe, **filters):
@@ -61,6 +62,10 @@ def test_percentiles_match_numpy():
         got = percentiles(x, (0.0, 0.02, 0.5, 0.98, 1.0)).numpy()
         want = np.percentile(x.numpy(), [0, 2, 50, 98, 100])
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        # the torch.topk selection used off the CPU
+        ranks = [(math.floor((n - 1) * q), min(math.floor((n - 1) * q) + 1, n - 1),
+                  (n - 1) * q - math.floor((n - 1) * q)) for q in (0.0, 0.02, 0.5, 0.98, 1.0)]
+        np.testing.assert_allclose(_topk_percentiles(x, ranks).numpy(), want, rtol=1e-6, atol=1e-6)
     # above MAX_PERCENTILE_VALUES: a strided subsample that still visits every unit
     scale = torch.where(torch.arange(1000) % 5 == 0, 2.0, 0.1)  # every 5th unit is 20 times wider
     z = torch.randn(300, 1000, generator=g) * scale

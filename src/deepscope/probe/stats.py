@@ -97,21 +97,35 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
 def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
     """Percentiles ``qs`` (fractions) of a tensor, linear interpolation as ``numpy.percentile``.
 
-    One ``torch.topk`` of the shorter tail per percentile (no full sort); above
-    :data:`MAX_PERCENTILE_VALUES` values, on a contiguous copy of a :func:`subsample`.
+    Selection, not a full sort: ``numpy.partition`` on the CPU (one call for every order statistic),
+    ``torch.topk`` of the shorter tail elsewhere; above :data:`MAX_PERCENTILE_VALUES` values, on a
+    contiguous copy of a :func:`subsample`.
     """
     x = subsample(_flat(x), MAX_PERCENTILE_VALUES, row).contiguous()
     n = x.numel()
-    out = []
+    ranks = []
     for q in qs:
         h = (n - 1) * q
         i = math.floor(h)
-        j = min(i + 1, n - 1)
+        ranks.append((i, min(i + 1, n - 1), h - i))
+    if x.device.type == "cpu":
+        import numpy as np
+
+        part = np.partition(x.numpy(), sorted({k for i, j, _ in ranks for k in (i, j)}))
+        return torch.tensor([part[i] + (part[j] - part[i]) * f for i, j, f in ranks], dtype=x.dtype)
+    return _topk_percentiles(x, ranks)
+
+
+def _topk_percentiles(x: Tensor, ranks: list[tuple[int, int, float]]) -> Tensor:
+    """``x[i] + (x[j] - x[i]) * f`` of the sorted flat ``x`` for each ``(i, j, f)``, by ``torch.topk``."""
+    n = x.numel()
+    out = []
+    for i, j, f in ranks:
         if j < n - 1 - i:  # order statistics i and j (from 0, ascending) among the j + 1 smallest
             a, b = torch.topk(x, j + 1, largest=False, sorted=True).values[[i, j]]
         else:  # ... or among the n - i largest, in descending order
             a, b = torch.topk(x, n - i, largest=True, sorted=True).values[[n - 1 - i, n - 1 - j]]
-        out.append(a + (b - a) * (h - i))
+        out.append(a + (b - a) * f)
     return torch.stack(out)
 
 
