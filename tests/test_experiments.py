@@ -261,7 +261,7 @@ def test_cli_run_exits_1_on_a_failed_verdict(tmp_path, monkeypatch):
                          figure=lambda r, ctx: [])
     monkeypatch.setitem(EXPERIMENTS, "always-fails", failing)
     result = runner.invoke(app, ["experiments", "run", "always-fails", "-p", "tiny", "-o", str(tmp_path)])
-    assert result.exit_code == 1 and "FAILED" in result.output
+    assert result.exit_code == 1 and "FAILED" in result.output and "impossible (does not hold)" in result.output
 
 
 def test_set_changes_the_settings_the_experiment_sees(tmp_path, monkeypatch):

@@ -403,6 +403,7 @@ def experiments_run(
 ) -> None:
     """Run experiment NAME; print the verdict with its numbers. Exit 0 if it passes, 1 if it fails, 2 on bad input."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from deepscope.experiments import get_experiment, run_experiment
@@ -422,7 +423,9 @@ def experiments_run(
     console.print(f"profile {profile}{changed}, seeds {verdict.seeds}", soft_wrap=True)
     checks = Table("", "check", show_header=False)
     for check, ok in verdict.checks.items():
-        checks.add_row("[green]pass[/green]" if ok else "[red]FAIL[/red]", check)
+        # a check states the claim with the measured numbers; a failed one is a false statement
+        checks.add_row("[green]pass[/green]" if ok else "[red]FAIL[/red]",
+                       escape(check) if ok else f"{escape(check)} [red](does not hold)[/red]")
     console.print(checks)
     numbers = Table("number", "value")
     for key, value in verdict.numbers.items():
