@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepscope.nn.activations import ACTIVATIONS
 from deepscope.probe import Probe, probe_callback
-from deepscope.probe.stats import _topk_percentiles, percentiles
+from deepscope.probe.stats import _topk_percentiles, activation_stat_names, activation_stats, percentiles
 
 
 def rows_of(probe, **filters):
@@ -415,3 +416,17 @@ def test_memory_per_record_independent_of_width():
         assert all(len(h["counts"]) == 7 for h in probe.histograms)
         counts.append((len(probe.records), len(probe.histograms)))
     assert counts[0] == counts[1]
+
+
+def test_dead_fraction_counts_channels_of_a_convolution():
+    relu = ACTIVATIONS["relu"]
+    z = torch.zeros(4, 3, 5, 5)  # ReLU outputs of 3 channels on 4 examples
+    z[2, 1, 4, 0] = 0.7  # channel 1 fires once: at one position of one example
+    z[:, 2] = torch.rand(4, 5, 5) + 0.1  # channel 2 fires everywhere
+    stats = dict(zip(activation_stat_names(relu), activation_stats(z, relu, 10).tolist(), strict=False))
+    assert stats["dead"] == pytest.approx(1 / 3)  # only channel 0 never fires
+    # an MLP unit is each feature: dead when 0 on every example
+    h = torch.zeros(6, 4)
+    h[0, 1] = 1.0
+    stats = dict(zip(activation_stat_names(relu), activation_stats(h, relu, 10).tolist(), strict=False))
+    assert stats["dead"] == pytest.approx(3 / 4)

@@ -160,7 +160,8 @@ def test_convnet_generic_jacobian_against_explicit():
     dead = {r["layer"]: r["value"] for r in probe.to_rows(source="monitor", stat="dead")}
     with torch.no_grad():
         z5 = model[:6](x)
-    assert dead["5"] == pytest.approx((z5 == 0).all(dim=0).float().mean().item())
+    # a conv unit is a channel: dead when it is 0 at every position of every example
+    assert dead["5"] == pytest.approx((z5 == 0).transpose(0, 1).flatten(1).all(dim=1).float().mean().item())
 
 
 class Block(nn.Module):

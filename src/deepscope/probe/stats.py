@@ -143,7 +143,9 @@ def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tenso
     """Mean, std, 2nd/98th percentiles, [saturated], [dead], then the histogram of activations ``z``.
 
     ``z`` has the examples along dim 0. ``saturated`` is the fraction of values the registry calls
-    saturated; ``dead`` the fraction of units (every non-batch position) inactive on every example.
+    saturated; ``dead`` the fraction of units inactive on every example. A unit is every non-batch
+    position, except for 4-D and 5-D outputs (convolutions, ``(N, C, H, W)``), where it is a channel:
+    a filter dead at every position of every example (a background pixel alone would be no sign).
     The histogram spans the activation's registry range, widened to the data when they leave it;
     without a registry entry it spans the data.
     """
@@ -157,7 +159,12 @@ def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tenso
         if spec.saturated is not None:
             parts.append((torch.count_nonzero(spec.saturated(z)) / z.numel())[None])
         if spec.dead is not None:
-            dead = spec.dead(z).reshape(z.shape[0], -1).all(dim=0)
+            inactive = spec.dead(z)
+            if z.dim() >= 4:  # (N, C, H, W[, D]): a unit is a channel, its filter at every position
+                inactive = inactive.transpose(0, 1).reshape(z.shape[1], -1)
+                dead = inactive.all(dim=1)
+            else:
+                dead = inactive.reshape(z.shape[0], -1).all(dim=0)
             parts.append((torch.count_nonzero(dead) / dead.numel())[None])
         lo = torch.clamp(zmin, max=spec.range[0])
         hi = torch.clamp(zmax, min=spec.range[1])
