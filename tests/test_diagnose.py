@@ -98,6 +98,10 @@ def test_dead_units_warning_and_error():
     f = only(diagnose(rows("activation", "dead", {0: [1.0, 1.0, 0.0]})), "dead_units")
     assert f.layers == ["hidden1", "hidden2"] and f.severity == "error"
     assert "Leaky ReLU" in f.advice and "PReLU" in f.advice
+    assert f.advice.endswith("a lower learning rate, or batch normalization before the ReLU.")
+    with_bn = {"model": {"activation": "relu", "norm": "batch", "norm_position": "before"}}
+    f = only(diagnose(rows("activation", "dead", {0: [1.0, 1.0, 0.0]}), spec=with_bn), "dead_units")
+    assert f.advice.endswith("He initialization with zero biases, or a lower learning rate.")  # BN is there
 
 
 def test_constant_layer_is_symmetry_unless_saturated_or_dead():

@@ -375,7 +375,7 @@ def _rule_saturation(rec: _Records, activation: str | None) -> list[Finding]:
     ]
 
 
-def _rule_dead(rec: _Records) -> list[Finding]:
+def _rule_dead(rec: _Records, spec: Any = None) -> list[Finding]:
     hits = _first_and_recovery(rec.get("activation", "dead"), DEAD_FRACTION)
     if not hits:
         return []
@@ -388,10 +388,18 @@ def _rule_dead(rec: _Records) -> list[Finding]:
             f"up to {peak:.0%} of the units output 0 on every monitor example, from update {step}",
             layers=list(hits), first_step=step, recovers=recovers,
             evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION},
-            advice="Use Leaky ReLU or PReLU (a non-zero slope for x < 0 keeps gradients flowing), He "
-            "initialization with zero biases, a lower learning rate, or batch normalization before the ReLU.",
+            advice=_dead_advice(spec),
         )
     ]
+
+
+def _dead_advice(spec: Any) -> str:
+    """The fixes for dead ReLUs, leaving out batch normalization before the ReLU when the spec has it."""
+    has_bn = _spec_value(spec, "norm") == "batch" and _spec_value(spec, "norm_position") in (None, "before")
+    fixes = ["He initialization with zero biases", "a lower learning rate"]
+    fixes += [] if has_bn else ["batch normalization before the ReLU"]
+    return (f"Use Leaky ReLU or PReLU (a non-zero slope for x < 0 keeps gradients flowing), "
+            f"{', '.join(fixes[:-1])}, or {fixes[-1]}.")
 
 
 def _rule_constant_layer(rec: _Records) -> list[Finding]:
@@ -551,7 +559,7 @@ def diagnose(
     findings += _rule_non_finite(rec)
     findings += _rule_gradient_depth(rec, activation)
     findings += _rule_saturation(rec, activation)
-    findings += _rule_dead(rec)
+    findings += _rule_dead(rec, spec)
     findings += _rule_variance_depth(rec, activation)
     explained = any(f.code in _STALLING for f in findings)
     findings += _rule_learning_rate(list(scalars or ()), rec, spec, explained)
