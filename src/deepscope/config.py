@@ -296,21 +296,27 @@ def parse_value(raw: str) -> Any:
     return raw if isinstance(value, datetime.date | datetime.time) else value
 
 
+def split_override(item: str, example: str = "model.activation=tanh") -> tuple[str, str, Any]:
+    """``"a.b=value"`` -> ``("a.b", "value", parsed value)``; anything else raises :class:`SpecError`."""
+    key, sep, raw = item.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected key=value, e.g. --set {example}")
+    return key, raw, parse_value(raw)
+
+
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Return a copy of ``data`` with each ``"section.key=value"`` of ``overrides`` set."""
     data = _copy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SpecError(f"--set {item!r}: expected key=value, e.g. --set model.activation=tanh")
+        key, _, value = split_override(item)
         *path, last = key.split(".")
         node = data
         for i, part in enumerate(path):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpecError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
-        node[last] = parse_value(raw.strip())
+        node[last] = value
     return data
 
 

@@ -162,12 +162,9 @@ def _kind(value: Any) -> str:
 
 def _override(settings: dict, item: str, where: str) -> None:
     """Set one ``"key=value"`` (dotted keys reach into nested settings) after checking key and kind."""
-    from deepscope.config import parse_value
+    from deepscope.config import split_override
 
-    key, sep, raw = item.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise ValueError(f"--set {item!r}: expected key=value, e.g. --set updates=2000")
+    key, raw, value = split_override(item, example="updates=2000")
     *path, last = key.split(".")
     node, prefix = settings, ""
     for part in path:
@@ -177,7 +174,7 @@ def _override(settings: dict, item: str, where: str) -> None:
     if not key.startswith(prefix) or key[len(prefix) :] not in node:
         valid = ", ".join(prefix + k for k in sorted(node))
         raise ValueError(f"--set {key}: not a setting of {where}; choose one of: {valid}")
-    old, value = node[last], parse_value(raw)
+    old = node[last]
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if old is not None and _kind(old) != _kind(value):
