@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -109,8 +110,6 @@ def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
         i = math.floor(h)
         ranks.append((i, min(i + 1, n - 1), h - i))
     if x.device.type == "cpu":
-        import numpy as np
-
         part = np.partition(x.numpy(), sorted({k for i, j, _ in ranks for k in (i, j)}))
         return torch.tensor([part[i] + (part[j] - part[i]) * f for i, j, f in ranks], dtype=x.dtype)
     return _topk_percentiles(x, ranks)
