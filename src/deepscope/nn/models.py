@@ -21,13 +21,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from torch import nn
 
 from deepscope import init as init_module
 from deepscope.nn.activations import Maxout, get_activation, make_activation
 
-__all__ = ["convnet", "mlp"]
+__all__ = ["build_model", "convnet", "mlp"]
 
 NORMS = (None, "batch")
 NORM_POSITIONS = ("before", "after")
@@ -188,3 +189,18 @@ def convnet(
         c_in, h, w = c, h // 2, w // 2
     layers += [("flatten", nn.Flatten()), ("output", nn.Linear(c_in * h * w, num_classes))]
     return _initialize(nn.Sequential(OrderedDict(layers)), init, init_kwargs)
+
+
+def build_model(spec, input_shape: Sequence[int], num_classes: int, *, x=None, initialize: bool = True) -> nn.Module:
+    """The network of a run spec's ``[model]``, initialized by its ``[init]`` (LSUV calibrates on the batch ``x``)."""
+    m, init_kwargs = spec.model, spec.init.params
+    init = spec.init.scheme if initialize else None
+    if init == "lsuv":
+        init_kwargs = {**init_kwargs, "x": x}
+    common = dict(activation=m.activation, init=init, norm=m.norm, norm_position=m.norm_position, dropout=m.dropout,
+                  activation_kwargs=m.activation_kwargs, init_kwargs=init_kwargs)
+    if m.builder == "mlp":
+        return mlp(tuple(input_shape), num_classes, m.depth, m.width, maxout_k=m.maxout_k, **common)
+    c, *hw = input_shape
+    return convnet(c, num_classes, tuple(hw), tuple(m.channels), m.kernel_size, **common)
+

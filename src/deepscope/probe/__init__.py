@@ -36,7 +36,7 @@ from deepscope.probe.stats import (
     weight_sample,
 )
 
-__all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options", "probe_callback"]
+__all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options"]
 
 _Entry = tuple[str, str, tuple[str, ...], Tensor, bool]  # layer, quantity, stat names, values, has histogram
 
@@ -437,19 +437,3 @@ class Probe:
                     self._weight_grads[name] = weight_gradient_stats(p.grad, self.bins)
 
         return hook
-
-
-def probe_callback(probe: Probe) -> Callable[[Any], None]:
-    """A trainer callback: ``probe.step(ctx.step)`` on "step" events, ``probe.flush()`` on "eval"/"end".
-
-    The probe must already be active (``with probe:`` around the training call), so its hooks are
-    removed whatever happens.
-    """
-
-    def callback(ctx: Any) -> None:
-        if ctx.event == "step":
-            probe.step(ctx.step)
-        elif ctx.event in ("eval", "end"):
-            probe.flush()
-
-    return callback

@@ -11,24 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deepscope.records import filter_rows, to_columns
+
 __all__ = ["StoreSink", "TensorBoardSink", "filter_rows", "to_columns"]
-
-STAT_COLUMNS = ("step", "source", "layer", "quantity", "stat", "value")
-
-
-def filter_rows(rows: list[dict], filters: dict[str, Any]) -> list[dict]:
-    """The rows whose fields equal every ``filters`` value; an unknown field raises ``ValueError``."""
-    for key in filters:
-        if key not in STAT_COLUMNS:
-            allowed = ", ".join(STAT_COLUMNS)
-            raise ValueError(f"filter {key}={filters[key]!r} is not allowed; filter on one of: {allowed}")
-    return [r for r in rows if all(r[k] == v for k, v in filters.items())]
-
-
-def to_columns(rows: list[dict]) -> dict[str, list]:
-    """A list of row dicts as a column table ``{column: [values...]}`` (``pandas.DataFrame(...)``-ready)."""
-    return {c: [r[c] for r in rows] for c in STAT_COLUMNS}
-
 
 class StoreSink:
     """Streams records to a deepscope run store: ``store.log_stats`` / ``store.log_histograms`` per record.

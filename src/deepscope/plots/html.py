@@ -19,12 +19,14 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import CHECKS_FILE, Finding, diagnose, has_problem, load_checks, merge_checks, sort_findings
+from deepscope.diagnosis.findings import Finding, has_problem, load_checks, merge_checks, sort_findings
+from deepscope.diagnosis.rules import diagnose
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
 from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
 from deepscope.plots.gradients import backprop_histograms, weight_gradient_histograms, weight_gradient_intervals
 from deepscope.plots.jacobian import jacobian_singular_values
+from deepscope.store import CHECKS_FILE
 
 __all__ = ["FIGURES", "RunData", "render", "report"]
 
@@ -210,7 +212,7 @@ def report(runs: Sequence[str | RunData], store=None, out_path: str | Path = "re
            title: str = "deepscope report") -> Path:
     """Write one self-contained HTML report for ``runs`` (run ids read from ``store``, or :class:`RunData`).
 
-    Findings come first (from :func:`~deepscope.diagnose.diagnose` unless a RunData carries its own), then
+    Findings come first (from :func:`~deepscope.diagnosis.diagnose` unless a RunData carries its own), then
     the comparison of learning curves, then each figure family with the runs side by side. A figure a run
     has no data for is replaced by a note. Returns the path written.
     """
