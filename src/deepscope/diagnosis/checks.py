@@ -83,18 +83,27 @@ def _unit_spread(output) -> float:
 
 def layer_outputs(model, x, layers: Iterable[tuple[str, Any]], measure: Callable[[Any], Any]) -> dict[str, Any]:
     """``{name: measure(output)}`` of each ``(name, module)`` of ``layers`` in one forward pass of ``x`` without
-    autograd, in the order the modules ran (forward hooks, removed afterwards; a module run twice keeps its last)."""
+    autograd, in the order the modules ran (forward hooks, removed afterwards; a module run twice keeps its last).
+
+    The pass leaves no trace: the random number generators and the model's buffers (batch-norm running
+    statistics) are as they were before, so a check inside training does not change the run.
+    """
     import torch
 
     out: dict[str, Any] = {}
     handles = [m.register_forward_hook(lambda module, inputs, output, name=name: out.__setitem__(name, measure(output)))
                for name, m in layers]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    devices = [x.device.index or 0] if getattr(x, "device", None) is not None and x.device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             model(x)
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     return out
 
 
