@@ -32,7 +32,7 @@ def check_model(model, x=None) -> list[Finding]:
     Looks at every ``nn.Linear`` / ``nn.Conv{1,2,3}d`` / ``Maxout`` except the last one (the output layer, whose
     units differ through their targets). Rows of the weight (one per output unit or channel) that are
     equal within ``SYMMETRY_TOL * max|W|`` -- all zero included -- make clones that SGD updates in lock step
-    (seed 002; seed 004 section 7.5). With ``x`` the layers' outputs are also measured: the largest spread
+    (Jen (2020); Varma & Das, ch. 7, section 7.5). With ``x`` the layers' outputs are also measured: the largest spread
     across units of one example's output is added to the evidence.
     """
     from deepscope.init import LAYER_TYPES
@@ -63,7 +63,7 @@ def check_model(model, x=None) -> list[Finding]:
             f"every unit of {', '.join(clones)} has the same incoming weights and bias: the units are clones",
             layers=clones, first_step=None, recovers=False, evidence=evidence,
             advice="Break the symmetry: initialize weights randomly (normalized/Glorot or He initialization), "
-            "never with zeros or a constant (seed 004 section 7.5).",
+            "never with zeros or a constant (Varma & Das, ch. 7, section 7.5).",
         )
     ]
 
@@ -108,7 +108,7 @@ def layer_outputs(model, x, layers: Iterable[tuple[str, Any]], measure: Callable
 
 
 def diagnose_input(x) -> list[Finding]:
-    """Centering and scaling of a batch of inputs, per component (seed 004 section 7.6).
+    """Centering and scaling of a batch of inputs, per component (Varma & Das, ch. 7, section 7.6).
 
     ``x`` is a batch (first dimension = examples). Centered: the per-component means carry less than
     ``INPUT_MEAN_FRACTION`` of the input's RMS. Scaled: the RMS of the centered input lies in
@@ -134,8 +134,9 @@ def diagnose_input(x) -> list[Finding]:
             f"the per-component means make up {mean_fraction:.0%} of the input RMS (mean {float(mu.mean()):.3g})",
             layers=["input"], evidence={"mean_fraction": mean_fraction, "mean": float(mu.mean()),
                                         "threshold": INPUT_MEAN_FRACTION},
-            advice="Center the inputs: subtract the per-component mean of the training set (seed 004 section "
-            "7.6; deepscope preprocessing 'center' or 'standardize', fitted on training data only).",
+            advice="Center the inputs: subtract the per-component mean of the training set (LeCun et al. 1998; "
+            "Varma & Das, ch. 7, section 7.6; deepscope preprocessing 'center' or 'standardize', fitted on training "
+            "data only).",
         ))
     if not INPUT_SCALE_LOW <= scale <= INPUT_SCALE_HIGH or spread > INPUT_SPREAD_RATIO:
         findings.append(Finding(
@@ -144,7 +145,7 @@ def diagnose_input(x) -> list[Finding]:
             layers=["input"], evidence={"std": scale, "std_spread": spread, "low": INPUT_SCALE_LOW,
                                         "high": INPUT_SCALE_HIGH, "spread_threshold": INPUT_SPREAD_RATIO},
             advice="Scale the inputs after centering: divide each component by its training-set std, or map "
-            "to [-1, 1] (seed 004 section 7.6; preprocessing 'standardize').",
+            "to [-1, 1] (Varma & Das, ch. 7, section 7.6; preprocessing 'standardize').",
         ))
     return findings
 

@@ -36,12 +36,12 @@ EXPLODING_RATIO = 1e2  # std(lowest layer) / std(top layer) above this -> explod
 # a quarter of the units pinned to an asymptote already stalls the layer's learning.
 SATURATION_FRACTION = 0.25
 
-# Dead units (seed 004 section 7.4.2, fig. 7.13): fraction of a ReLU layer's units that output 0 on
+# Dead units (Varma & Das, ch. 7, section 7.4.2, fig. 7.13): fraction of a ReLU layer's units that output 0 on
 # every monitor example. He-initialized ReLU layers have a few percent at most.
 DEAD_FRACTION = 0.25
 DEAD_ERROR_FRACTION = 0.9  # at or above this the layer is (nearly) all dead: an error, not a warning
 
-# Symmetry (seed 002; seed 004 section 7.5 "break symmetry"): a layer whose output std over units and
+# Symmetry (Jen (2020); Varma & Das, ch. 7, section 7.5 "break symmetry"): a layer whose output std over units and
 # monitor examples is at most SYMMETRY_TOL x |mean| (so exactly 0 when the mean is 0) gives one constant
 # output -> its units are clones. Relative, because tiny-but-varying outputs (N(0, 0.01) init in a deep
 # net) are vanishing activations, not clones. In check_model: the incoming weight rows (and biases) of
@@ -53,12 +53,12 @@ SYMMETRY_TOL = 1e-6
 # Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
 VARIANCE_DEPTH_RATIO = 10.0
 
-# Learning rate (seed 004 section 7.2, fig. 7.6), read from the "train/loss" curve, smoothed by taking
+# Learning rate (Varma & Das, ch. 7, section 7.2, fig. 7.6), read from the "train/loss" curve, smoothed by taking
 # the median of LR_WINDOWS equal windows (robust to mini-batch noise):
 LR_WINDOWS = 10
 LR_MIN_POINTS = 6  # fewer loss points than this -> only the NaN/Inf check runs
 LR_RISE = 0.25  # smoothed loss rising 25% above its running minimum (or its start) -> too high
-# Too low: "a slow decrease in the loss" (seed 004 fig. 7.6) -- the smoothed loss falls less than
+# Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
 # LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
 # median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
 # The loss alone cannot tell a low rate from a hard task early in training (Shapeset's loss falls a few
@@ -301,7 +301,7 @@ def _rule_constant_layer(rec: Records) -> list[Finding]:
             layers=list(hits), first_step=step, recovers=None,
             evidence={"activation_std": 0.0, "layers": float(len(hits))},
             advice="Break the symmetry: initialize weights randomly (normalized/Glorot or He initialization), "
-            "never with zeros or a constant (seed 004 section 7.5).",
+            "never with zeros or a constant (Varma & Das, ch. 7, section 7.5).",
         )
     ]
 
@@ -356,7 +356,7 @@ def _rule_learning_rate(
     lr = _spec_value(spec, "lr")
     evidence_lr = {"lr": float(lr)} if isinstance(lr, int | float) else {}
     bad = [s for s, v in loss if not math.isfinite(v)]
-    lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; seed 004 " \
+    lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; Varma & Das, ch. 7 " \
             "section 7.2); gradient clipping guards against the occasional huge step."
     if bad:
         return [Finding("lr_too_high", "error", f"the training loss became NaN/Inf at update {bad[0]}",
@@ -392,8 +392,8 @@ def _rule_learning_rate(
                         f"the training loss fell only {drop:.1%} over {steps[-1] - steps[0]} updates, in steps that "
                         f"change the weights by {step_ratio:.1e} of their norm",
                         first_step=steps[0], recovers=None, evidence=evidence,
-                        advice="Raise the learning rate (e.g. 3-10x) and anneal it later (seed 004 section 7.2), "
-                        "or use an adaptive optimizer (Adam, RMSProp).")]
+                        advice="Raise the learning rate (e.g. 3-10x) and anneal it later (Varma & Das, ch. 7, "
+                        "section 7.2), or use an adaptive optimizer (Adam, RMSProp).")]
     return []
 
 

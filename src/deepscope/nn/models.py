@@ -12,7 +12,7 @@ are initialized by :func:`deepscope.init.apply` (``init=None`` keeps PyTorch's d
 
 ``activation_kwargs`` go to :func:`~deepscope.nn.activations.make_activation` (e.g. ``{"slope": 0.1}``
 for leaky_relu). For prelu they also accept ``per``: ``"neuron"`` (one learned slope per unit, as
-seed 004 defines PReLU; the mlp default), ``"channel"`` (one per feature map; the convnet default)
+Varma & Das, ch. 7 defines PReLU; the mlp default), ``"channel"`` (one per feature map; the convnet default)
 or ``"shared"`` (a single slope). In an mlp ``"neuron"`` and ``"channel"`` are the same thing.
 """
 

@@ -192,7 +192,7 @@ def render(runs: Sequence[RunData], *, title: str = "deepscope report") -> str:
     comparison = [
         {"title": "Error during training (figs. 11-12)",
          **_image(error_curves(labels), "no error curves recorded (train/error, valid/error, test/error)")},
-        {"title": "Loss during training (seed 004 fig. 7.6)",
+        {"title": "Loss during training (Varma & Das, ch. 7, fig. 7.6)",
          **_image(loss_curves(labels), "no loss curve recorded (train/loss)")},
     ]
     sections = [
