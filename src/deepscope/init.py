@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, spec_for_module
+from deepscope.registry import lookup
 
 __all__ = [
     "LAYER_TYPES",
@@ -306,10 +307,7 @@ APPLY_ONLY = ("auto",)
 
 def get_scheme(name: str) -> Callable[..., object]:
     """The scheme function registered as ``name``; an unknown name lists the valid ones."""
-    try:
-        return SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"init={name!r} is not known; choose one of: {', '.join(SCHEMES)}") from None
+    return lookup(SCHEMES, "init", name)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
+from deepscope.registry import lookup
+
 __all__ = [
     "LOSSES",
     "OPTIMIZERS",
@@ -40,10 +42,6 @@ __all__ = [
 ]
 
 Schedule = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
-
-
-def _unknown(kind: str, name: str, valid: Iterable[str]) -> ValueError:
-    return ValueError(f"{kind}={name!r} is not known; choose one of: {', '.join(sorted(valid))}")
 
 
 # --- optimizers -------------------------------------------------------------------------------------
@@ -126,10 +124,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def get_optimizer(name: str) -> OptimizerSpec:
     """The registry entry for ``name``; an unknown name lists the valid ones."""
-    try:
-        return OPTIMIZERS[name]
-    except KeyError:
-        raise _unknown("optimizer", name, OPTIMIZERS) from None
+    return lookup(OPTIMIZERS, "optimizer", name)
 
 
 def make_optimizer(name: str, params: Iterable | nn.Module, lr: float, **kwargs) -> torch.optim.Optimizer:
@@ -246,10 +241,7 @@ SCHEDULE_STEPS_ON: dict[str, str] = {name: "update" for name in SCHEDULES} | {"r
 def make_schedule(name: str, optimizer: torch.optim.Optimizer, total_updates: int | None = None,
                   **kwargs) -> Schedule:
     """Build schedule ``name`` on ``optimizer``; ``kwargs`` are the schedule's own (see its function)."""
-    try:
-        fn = SCHEDULES[name]
-    except KeyError:
-        raise _unknown("schedule", name, SCHEDULES) from None
+    fn = lookup(SCHEDULES, "schedule", name)
     params = inspect.signature(fn).parameters
     allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = [k for k in kwargs if k not in allowed]
@@ -338,7 +330,4 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 def make_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss ``name`` as a function ``(logits, integer targets) -> scalar tensor``."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise _unknown("loss", name, LOSSES) from None
+    return lookup(LOSSES, "loss", name)

@@ -27,6 +27,7 @@ from torch import nn
 
 from deepscope import init as init_module
 from deepscope.nn.activations import Maxout, get_activation, make_activation
+from deepscope.registry import integer
 
 __all__ = ["build_model", "convnet", "mlp"]
 
@@ -35,9 +36,7 @@ NORM_POSITIONS = ("before", "after")
 PRELU_PER = ("neuron", "channel", "shared")
 
 
-def _check_int(key: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r}: must be an integer >= {minimum}")
+_check_int = integer
 
 
 def _check_switches(norm, norm_position, dropout) -> None:

@@ -35,6 +35,7 @@ from deepscope.probe.stats import (
     weight_gradient_stats,
     weight_sample,
 )
+from deepscope.registry import integer
 
 __all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options"]
 
@@ -56,10 +57,7 @@ def _default_loss(output: Any, y: Tensor) -> Tensor:
     return F.cross_entropy(_first_tensor(output), y)
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r} is not allowed; give an integer >= {minimum}")
-    return value
+_positive_int = integer
 
 
 def check_options(
