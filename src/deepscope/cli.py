@@ -246,17 +246,6 @@ def _steps(run: dict) -> str:
     return str(max((v["step"] for v in run["last"].values()), default=0))
 
 
-def _flat(spec: dict) -> dict[str, object]:
-    """A spec as ``section.key -> value`` (dict values such as ``data.options`` kept whole)."""
-    out: dict[str, object] = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
 @runs_app.command("ls")
 def runs_ls(
     pattern: str | None = typer.Argument(None, help="Only runs whose id or name matches this glob, e.g. 'tanh*'."),
@@ -290,6 +279,8 @@ def runs_show(
     from rich.console import Console
     from rich.table import Table
 
+    from deepscope.config import flatten
+
     st = _read_store(store)
     try:
         info = st.get_run(run)
@@ -305,7 +296,7 @@ def runs_show(
         "checkpoint": str(checkpoint) if checkpoint.exists() else "-",
     }
     rows |= {name: f"{v['value']:.6g} (update {v['step']})" for name, v in sorted(info["last"].items())}
-    rows |= _flat(info["spec"])
+    rows |= flatten(info["spec"])
     for key, value in rows.items():
         table.add_row(key, str(value))
     Console().print(table)
@@ -321,12 +312,14 @@ def runs_compare(
     from rich.console import Console
     from rich.table import Table
 
+    from deepscope.config import flatten
+
     st = _read_store(store)
     try:
         infos = [st.get_run(r) for r in runs]
     except ValueError as e:
         raise _fail(str(e)) from None
-    specs = [_flat(info["spec"]) for info in infos]
+    specs = [flatten(info["spec"]) for info in infos]
     keys = list(dict.fromkeys(k for s in specs for k in s))
     if not all_keys:
         keys = [k for k in keys if len({repr(s.get(k)) for s in specs}) > 1]

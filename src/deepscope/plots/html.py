@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure
 
+from deepscope.config import flatten
 from deepscope.diagnosis.findings import Finding, has_problem, load_checks, merge_checks, sort_findings
 from deepscope.diagnosis.rules import diagnose
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
@@ -98,19 +99,8 @@ _SUMMARY = {
 _FINAL_SCALARS = ("test/error", "valid/error", "train/error", "train/loss")
 
 
-def _flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    if not isinstance(spec, Mapping):
-        return {prefix: spec} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in spec.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def _summary(spec: Any) -> list[tuple[str, str]]:
-    flat = {path: value for path, value in _flatten(spec).items() if value is not None and value != []}
+    flat = {path: value for path, value in flatten(spec).items() if value is not None and value != []}
     out = []
     for label, paths in _SUMMARY.items():
         for path in paths:
