@@ -49,11 +49,12 @@ def _teacher() -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def teacher_data(n_train: int = N_TRAIN, *, label_noise: float = 0.0, offset: float = 0.0, scale: float = 1.0,
-                 random_labels: bool = False, seed: int = 0) -> Dataset:
+                 random_labels: bool = False, outliers: float = 0.0, seed: int = 0) -> Dataset:
     """Inputs N(0, 1) (times ``scale``, plus ``offset``) shaped (1, 8, 8); labels of a fixed random tanh teacher.
 
     ``label_noise``: the fraction of training labels replaced by random ones (valid/test stay clean);
-    ``random_labels``: every label random (nothing to learn).
+    ``random_labels``: every label random (nothing to learn); ``outliers``: the fraction of training inputs
+    multiplied by 30 (rare corrupted examples).
     """
     g = torch.Generator().manual_seed(seed)
     teacher = _teacher()
@@ -66,6 +67,8 @@ def teacher_data(n_train: int = N_TRAIN, *, label_noise: float = 0.0, offset: fl
         elif noisy and label_noise > 0:
             flip = torch.rand(n, generator=g) < label_noise
             y = torch.where(flip, torch.randint(0, CLASSES, (n,), generator=g), y)
+        if noisy and outliers > 0:
+            x = torch.where((torch.rand(n, generator=g) < outliers).reshape(n, 1, 1, 1), 30.0 * x, x)
         return x * scale + offset, y
 
     return Dataset("teacher", SHAPE, CLASSES, [str(i) for i in range(CLASSES)], split(n_train, True),
@@ -121,11 +124,11 @@ class Encoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(8, d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(d_model, 4, 64, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d_model, CLASSES)
+        self.head = nn.Linear(8 * d_model, CLASSES)
 
     def forward(self, x):
         h = self.encoder(self.embed(x.reshape(len(x), 8, 8)) + self.pos)
-        return self.head(h.mean(1))
+        return self.head(h.flatten(1))
 
 
 class Recurrent(nn.Module):
@@ -219,6 +222,14 @@ def relu_mlp(bias: float | None = None, momentum_bn: float | None = None, **kwar
             nn.init.constant_(m.bias, bias)
         if momentum_bn is not None and isinstance(m, nn.BatchNorm1d):
             m.momentum = momentum_bn
+    return model
+
+
+def big_output(gain: float = 100.0) -> nn.Module:
+    """A 4 x 64 tanh MLP, Glorot init, whose output layer's weights are ``gain`` times too large."""
+    model = mlp(SHAPE, CLASSES, 4, 64, "tanh")
+    with torch.no_grad():
+        model.output.weight.mul_(gain)
     return model
 
 
@@ -337,8 +348,9 @@ CASES: list[Case] = [
     # --- broken: the new rules -----------------------------------------------------------------------
     _case("sigmoid-into-ce", ("output_loss_mismatch",), model=SigmoidOut),
     _case("unregistered-layers", ("not_learning",), model=Unregistered),
-    _case("loss-spikes-momentum", ("loss_spikes", "lr_too_high"), activation="relu", init="he_normal",
-          optim="momentum", lr=0.3),
+    _case("outlier-examples", ("gradient_spikes", "loss_spikes"), activation="relu", init="he_normal",
+          optim="momentum", lr=0.02, data=lambda: teacher_data(outliers=0.005)),
+    _case("huge-output-init", ("output_saturated",), model=big_output),
     _case("plateau-random-labels", ("plateau",), activation="tanh", init="glorot_uniform", optim="adam", lr=1e-3,
           data=lambda: teacher_data(random_labels=True)),
     _case("overfitting", ("overfitting",), width=128, depth=3, activation="relu", init="he_normal", optim="adam",

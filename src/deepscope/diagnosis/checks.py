@@ -151,6 +151,13 @@ _BOUNDED_OUTPUTS = {
     "TanhBackward0": "tanh outputs in (-1, 1)", "HardtanhBackward0": "hardtanh outputs in [-1, 1]",
     "HardsigmoidBackward0": "hardsigmoid outputs in [0, 1]", "SoftsignBackward0": "softsign outputs in (-1, 1)",
 }
+# Output saturated at initialization: the largest logit exceeds the second by more than OUTPUT_LOGIT_GAP on at least
+# OUTPUT_SATURATED_FRACTION of the monitor examples. A gap of 10 puts the top softmax probability above
+# 1 - 5e-5 before any training: the cross-entropy of a wrong guess is then ~10 nats, its gradient is carried by
+# the few wrong examples only (Glorot & Bengio 2010 sec. 4.1 on saturated outputs); a well-initialized net
+# starts with logits of order 1 (gaps below 5 on the benchmark's healthy set-ups).
+OUTPUT_LOGIT_GAP = 10.0
+OUTPUT_SATURATED_FRACTION = 0.5
 PROBABILITY_TOL = 1e-4  # rows >= -tol that sum to 1 within tol are probabilities, whatever computed them
 OUTPUT_CHECK_EXAMPLES = 64  # monitor examples of the one forward pass the output/optimizer check makes
 
@@ -215,7 +222,7 @@ def check_training(model, optimizer=None, x=None) -> list[Finding]:
             "should learn (freeze layers only on purpose, e.g. a pretrained backbone).",
         ))
     if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.is_floating_point():
-        findings += _output_check(out.detach())
+        findings += _output_check(out.detach(), type(out.grad_fn).__name__ if out.grad_fn is not None else "")
     return findings
 
 
@@ -238,14 +245,15 @@ def _graph_leaves(out) -> list:
     return leaves
 
 
-def _output_check(out) -> list[Finding]:
-    """``output_loss_mismatch`` when the output is made by a squashing function or its rows are probabilities."""
-    made_by = _BOUNDED_OUTPUTS.get(type(out.grad_fn).__name__ if out.grad_fn is not None else "")
+def _output_check(out, last_op: str) -> list[Finding]:
+    """``output_loss_mismatch`` when the output is made by a squashing function (``last_op``, the name of the
+    output's autograd node) or its rows are probabilities; else ``output_saturated`` for huge logit gaps."""
+    made_by = _BOUNDED_OUTPUTS.get(last_op)
     rows = out.reshape(len(out), -1).double()
     probabilities = bool(out.dim() == 2 and rows.shape[1] > 1 and (rows >= -PROBABILITY_TOL).all()
                          and ((rows.sum(1) - 1).abs() <= PROBABILITY_TOL).all())
     if made_by is None and not probabilities:
-        return []
+        return _saturated_logits(rows) if out.dim() == 2 and rows.shape[1] > 1 else []
     what = "softmax probabilities" if probabilities else made_by
     lo, hi = float(rows.min()), float(rows.max())
     return [Finding(
@@ -256,6 +264,24 @@ def _output_check(out) -> list[Finding]:
         evidence={"output_min": lo, "output_max": hi, "rows_are_probabilities": float(probabilities)},
         advice="Return the logits (remove the final softmax/sigmoid/tanh from forward); apply softmax only to "
         "read probabilities at prediction time (or use log_softmax with nll_loss).",
+    )]
+
+
+def _saturated_logits(logits) -> list[Finding]:
+    top2 = logits.topk(2, dim=1).values
+    gaps = top2[:, 0] - top2[:, 1]
+    fraction = float((gaps > OUTPUT_LOGIT_GAP).double().mean()) if bool(gaps.isfinite().all()) else 1.0
+    if fraction < OUTPUT_SATURATED_FRACTION:
+        return []
+    return [Finding(
+        "output_saturated", "warning",
+        f"the output softmax is saturated on {fraction:.0%} of the monitor examples (median gap between the two "
+        f"largest logits {float(gaps.median()):.3g}): probabilities pinned at 0 and 1",
+        layers=["output"], first_step=0, recovers=None,
+        evidence={"saturated_fraction": fraction, "median_logit_gap": float(gaps.median()),
+                  "gap_threshold": OUTPUT_LOGIT_GAP},
+        advice="Scale the output layer down at initialization (Glorot/He init, or zero-initialize the last layer), "
+        "keep the hidden activations' variance near 1 (normalized initialization, batch normalization).",
     )]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
@@ -299,23 +300,48 @@ def diagnose(
     ``scalars`` are rows ``dict(step, name, value)`` (``"train/loss"`` is read); ``histograms`` are
     histogram rows, used for the saturation fraction where the stats lack it; ``spec`` (a dict or a
     run specification) names the activation and learning rate so the advice can be specific.
+
+    Any rows are accepted: malformed rows are skipped, non-finite values are read as what they are. A rule
+    that fails all the same (a bug) gives a ``diagnosis_error`` info finding instead of an exception, so the
+    other rules still answer.
     """
-    rows = list(records)
+    rec = Records(records or ())
     if histograms is not None:
-        rows += _saturation_from_histograms(histograms, {(r["layer"], r["step"]) for r in rows
-                                                         if r["quantity"] == "activation" and r["stat"] == "saturated"})
-    rec = Records(rows)
-    activation = activation_name(spec)
+        have = {(layer, step) for _, q, stat, layer, step, _ in rec.items() if (q, stat) == ("activation", "saturated")}
+        extra = _saturation_from_histograms(histograms, have)
+        if extra:
+            rec = Records([*rec.rows, *extra])
+    scalars = list(scalars or ())
+    activation = _safe(lambda: activation_name(spec), None)
     findings: list[Finding] = []
-    findings += _rule_constant_layer(rec)
-    findings += _rule_non_finite(rec)
-    findings += _rule_gradient_depth(rec, activation)
-    findings += _rule_saturation(rec, activation)
-    findings += _rule_dead(rec, spec)
-    findings += _rule_variance_depth(rec, activation)
+    rules = [lambda: _rule_constant_layer(rec), lambda: _rule_non_finite(rec),
+             lambda: _rule_gradient_depth(rec, activation), lambda: _rule_saturation(rec, activation),
+             lambda: _rule_dead(rec, spec), lambda: _rule_variance_depth(rec, activation)]
+    for rule in rules:
+        findings += _run(rule)
     explained = any(f.code in _STALLING for f in findings)
-    findings += training_rules(scalars, rec, spec, explained)
+    findings += _run(lambda: training_rules(scalars, rec, spec, explained))
     return sort_findings(findings)
+
+
+def _safe(fn, default):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def _run(rule) -> list[Finding]:
+    """The findings of ``rule()``, or one ``diagnosis_error`` info finding naming the exception."""
+    try:
+        return list(rule())
+    except Exception as e:  # never let one rule take the whole diagnosis down
+        import traceback
+
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return [Finding("diagnosis_error", "info", f"a diagnosis rule failed: {type(e).__name__}: {e} "
+                        f"({Path(where.filename).name}:{where.lineno}); the other findings stand",
+                        advice="Please report this with the records (deepscope runs export).")]
 
 
 def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: set) -> list[dict]:
@@ -326,13 +352,17 @@ def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: s
     """
     out = []
     for h in histograms:
-        if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
-            continue
-        lo, hi, counts = float(h["lo"]), float(h["hi"]), list(h["counts"])
-        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or sum(counts) <= 0:
+        try:
+            if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
+                continue
+            lo, hi, counts = float(h["lo"]), float(h["hi"]), [float(c) for c in h["counts"]]
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed row says nothing
+        total = sum(counts)
+        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or not 0 < total < math.inf:
             continue
         edge = max(1, round(0.01 * len(counts)))
-        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / sum(counts)
+        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / total
         out.append(dict(step=h["step"], source=h["source"], layer=h["layer"], quantity="activation",
                         stat="saturated", value=fraction))
     return out

@@ -37,6 +37,23 @@ DOCTOR_RECORDS = 10  # probe records over the run (plus the one at initializatio
 DOCTOR_EVALS = 10  # evaluations over the run (the error curves of the report, the overfitting rule)
 
 
+# Curve findings a check explains better: a frozen or eval-mode batch norm makes the validation loss differ
+# from the training loss (not overfitting); a model whose layers do not learn or whose output does not fit the
+# loss sits at the chance level for that reason (not a plateau of a healthy set-up).
+_EXPLAINED_BY_CHECKS = {
+    "overfitting": {"bn_stats_frozen", "eval_mode"},
+    "plateau": {"not_learning", "output_loss_mismatch", "output_saturated", "eval_mode", "symmetry"},
+}
+
+
+def chance_loss(labels) -> float:
+    """The cross-entropy of predicting the class frequencies of ``labels``: the loss of a model that learned nothing
+    from the inputs."""
+    counts = torch.bincount(torch.as_tensor(labels).reshape(-1).long().clamp(min=0)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
 @dataclass
 class DoctorResult:
     """What :func:`doctor` found: the run, its findings (errors first), what was recorded and the report."""
@@ -169,6 +186,8 @@ def doctor(
     loss_rows += [dict(step=start + i + 1, name="train/grad_norm", value=v) for i, v in enumerate(norms)]
     # the evaluations, but the per-update losses stand for the training loss
     loss_rows += [r for r in checks.evals if not r["name"].startswith("train/")]
+    if data.valid is not None and len(data.valid[1]):
+        loss_rows.append(dict(step=0, name="valid/chance_loss", value=chance_loss(data.valid[1])))
     recorded = spec.to_dict()
     if model is not None:
         from deepscope.trainer import describe_model
@@ -176,8 +195,9 @@ def doctor(
         recorded["model"] = describe_model(model)
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
     found_checks = checks.findings()
-    findings = merge_checks(diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded),
-                            found_checks)
+    found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
+    codes = {f.code for f in found_checks}
+    findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
     if store is not None:
         save_checks(store.run_dir(result.run_id) / CHECKS_FILE, found_checks)
     scalars = store.scalars(result.run_id) if store is not None else checks.evals
