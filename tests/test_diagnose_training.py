@@ -128,14 +128,16 @@ def test_plateau_at_the_chance_level_with_moving_weights():
     chance = math.log(4)
     flat = [chance * 1.05, chance * 1.01, chance, chance * 1.004, chance * 0.995, chance * 1.002]
     rows = ratios({"hidden1": 1e-3, "output": 2e-3})
-    scalars = evals(flat) + [dict(step=0, name="valid/chance_loss", value=chance)]
+    scalars = evals(flat, every=60) + [dict(step=0, name="valid/chance_loss", value=chance)]
     f = only(diagnose(rows, scalars=scalars), "plateau")
     assert f.evidence["chance_loss"] == chance and f.evidence["valid_loss_best_late"] == pytest.approx(chance * 0.995)
     assert "labels" in f.advice
     # small steps: the learning rate's business, not a plateau; learning below chance: no plateau
     assert "plateau" not in codes(diagnose(ratios({"hidden1": 1e-6, "output": 1e-6}), scalars=scalars))
-    learned = evals([v * 0.9 for v in flat]) + [dict(step=0, name="valid/chance_loss", value=chance)]
+    learned = evals([v * 0.9 for v in flat], every=60) + [dict(step=0, name="valid/chance_loss", value=chance)]
     assert "plateau" not in codes(diagnose(rows, scalars=learned))
+    early = evals(flat, every=rt.PLATEAU_MIN_UPDATES // 10) + [dict(step=0, name="valid/chance_loss", value=chance)]
+    assert "plateau" not in codes(diagnose(rows, scalars=early))  # too soon to tell
     quadratic = {"train": {"loss": "quadratic"}}  # the chance level is that of the cross-entropy
     assert "plateau" not in codes(diagnose(rows, scalars=scalars, spec=quadratic))
 

@@ -61,6 +61,9 @@ OVERFIT_RISE = 0.2
 # steps of a low learning rate) and no other finding explains it.
 # The model has learned nothing beyond the class frequencies although gradients flow.
 PLATEAU_MARGIN = 0.02
+# A plateau needs time to show: in the first updates every net is near the chance level. The last evaluation
+# must come at least PLATEAU_MIN_UPDATES updates after the first (doctor runs 500 by default).
+PLATEAU_MIN_UPDATES = 200
 
 # Layers that do not learn: a layer whose median update/weight ratio is below NOT_LEARNING_RELATIVE times the
 # fastest layer's. Healthy nets of the benchmark keep all layers within 30x of each other (Adam within 3x);
@@ -246,7 +249,7 @@ def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Rec
     if spec_value(spec, "loss") not in (None, "cross_entropy"):
         return []  # the chance level below is that of the cross-entropy
     values = [v for _, v in valid if math.isfinite(v)]
-    if len(values) < OVERFIT_MIN_EVALS:
+    if len(values) < OVERFIT_MIN_EVALS or valid[-1][0] - valid[0][0] < PLATEAU_MIN_UPDATES:
         return []
     late = values[len(values) // 2:]
     step_ratio = _median_fastest_update_ratio(rec)
