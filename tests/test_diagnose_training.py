@@ -308,3 +308,21 @@ def test_doctor_names_softmax_into_cross_entropy():
     result = doctor(SPEC, model=model, dataset=tiny_data(), updates=40, monitor=100, report=False)
     f = only(result.findings, "output_loss_mismatch")
     assert f.evidence["rows_are_probabilities"] == 1.0 and not result.healthy
+
+
+def test_doctor_command_prints_findings_before_the_report_and_can_skip_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepscope.cli import app
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\n[data]\noptions = { n_valid = 100, n_test = 100, size = 16 }\n'
+                    '[model]\ndepth = 2\nwidth = 16\n[init]\nscheme = "zeros"\n[train]\nupdates = 20\n')
+    store = tmp_path / "runs"
+    out = CliRunner().invoke(app, ["doctor", str(spec), "--updates", "20", "--monitor", "100", "--store", str(store),
+                                   "-q", "-o", str(tmp_path / "r.html")]).output
+    assert out.index("symmetry") < out.index("report:") and (tmp_path / "r.html").exists()
+    skipped = CliRunner().invoke(app, ["doctor", str(spec), "--updates", "20", "--monitor", "100", "--store",
+                                       str(store), "-q", "--no-report"])
+    assert skipped.exit_code == 1 and "symmetry" in skipped.output and "report:" not in skipped.output
+    assert not (store / "s-2" / "report.html").exists()
