@@ -305,10 +305,11 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     loss = curve(scalars, "train/loss")
     valid = curve(scalars, "valid/loss")
     chance = curve(scalars, "valid/chance_loss")
-    findings = _rule_learning_rate(loss, rec, spec, explained)
+    rate = _rule_learning_rate(loss, rec, spec, explained)
+    findings = rate + _rule_not_learning(rec, explained)
+    if not rate:  # a loss thrown about by too high a rate says nothing of generalization
+        findings += _rule_overfitting(loss, valid)
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
-    findings += _rule_not_learning(rec, explained)
-    findings += _rule_overfitting(loss, valid)
     explained = explained or bool(findings)
     findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained)
     return findings
