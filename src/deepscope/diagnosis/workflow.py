@@ -111,7 +111,8 @@ class _Checks(Callback):
             self.modes = check_modes(ctx.model)
         self.losses.append(ctx.loss)  # stays on the device; read once at the end
         grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
-        self.grad_norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads
+        norms = [torch.linalg.vector_norm(g) for g in grads]  # stays on the device, like the loss
+        self.grad_norms.append(torch.linalg.vector_norm(torch.stack(norms)) if norms
                                else torch.zeros((), device=ctx.loss.device))
 
     def on_eval(self, ctx) -> None:
