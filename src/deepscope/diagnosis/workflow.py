@@ -96,6 +96,7 @@ class _Checks(Callback):
         self.batchnorm: list[Finding] = []  # running statistics that never moved
         self.bn_before: dict = {}
         self.first_step = 0
+        self.check_modes = True
         self.x = None
 
     def on_start(self, ctx) -> None:
@@ -107,8 +108,11 @@ class _Checks(Callback):
         self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step
 
     def on_step(self, ctx) -> None:
-        if ctx.step == self.first_step + 1:
-            self.modes = check_modes(ctx.model)
+        if self.check_modes:  # the first update, and the first after each evaluation (where model.eval() is called)
+            self.check_modes = False
+            if not self.modes and (found := check_modes(ctx.model)):
+                found[0].first_step = ctx.step
+                self.modes = found
         self.losses.append(ctx.loss)  # stays on the device; read once at the end
         grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
         norms = [torch.linalg.vector_norm(g) for g in grads]  # stays on the device, like the loss
@@ -116,6 +120,7 @@ class _Checks(Callback):
                                else torch.zeros((), device=ctx.loss.device))
 
     def on_eval(self, ctx) -> None:
+        self.check_modes = True
         self.evals += [dict(step=ctx.step, name=k, value=v) for k, v in ctx.metrics.items()]
 
     def on_end(self, ctx) -> None:
