@@ -46,6 +46,10 @@ _EXPLAINED_BY_CHECKS = {
 }
 
 
+# Findings read from the loss and gradient norm of every update and the chance level, which the store does not keep
+_FROM_UPDATE_CURVES = {"loss_spikes", "gradient_spikes", "plateau"}
+
+
 def chance_loss(labels) -> float:
     """The cross-entropy of predicting the class frequencies of ``labels``: the loss of a model that learned nothing
     from the inputs."""
@@ -158,10 +162,16 @@ def doctor(
     The probe records ``DOCTOR_RECORDS`` times on a fixed monitor set of ``monitor`` validation examples
     (preprocessed as the trainer does). ``model`` trains your own ``nn.Module`` with the spec's data,
     optimizer, schedule and training sections (``train(spec, model=model)``). Findings come from
-    :func:`~deepscope.diagnosis.rules.diagnose` on the records and the per-update training loss,
-    :func:`~deepscope.diagnosis.checks.check_model` at the start and at the end, and
+    :func:`~deepscope.diagnosis.rules.diagnose` on the records, the loss and gradient norm of every update, the
+    evaluations and the chance level of the validation labels; from
+    :func:`~deepscope.diagnosis.checks.check_model` (symmetry) at the start and at the end,
+    :func:`~deepscope.diagnosis.checks.check_training` (frozen, missing or unregistered parameters, the output
+    fed to the loss) at the start, :func:`~deepscope.diagnosis.checks.check_modes` at the first update and after
+    each evaluation, :func:`~deepscope.diagnosis.checks.check_batchnorm` (start vs end) and
     :func:`~deepscope.diagnosis.checks.diagnose_input` on the monitor inputs. With ``report`` the HTML report
-    goes to ``report_path`` (default: ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store).
+    goes to ``report_path`` (default: ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store);
+    with ``report=False`` none is drawn (:func:`write_report` draws it later). ``timings`` gives the seconds of
+    training, from its end to the findings, and of the report.
     """
     from deepscope.data import get_dataset
     from deepscope.trainer import train
@@ -204,8 +214,9 @@ def doctor(
     found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
     codes = {f.code for f in found_checks}
     findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
-    if store is not None:
-        save_checks(store.run_dir(result.run_id) / CHECKS_FILE, found_checks)
+    if store is not None:  # kept for `deepscope report`, with what the stored per-evaluation rows cannot re-derive
+        kept = found_checks + [f for f in findings if f.code in _FROM_UPDATE_CURVES]
+        save_checks(store.run_dir(result.run_id) / CHECKS_FILE, kept)
     scalars = store.scalars(result.run_id) if store is not None else checks.evals
     out = DoctorResult(result.run_id, result.status, findings, store=store, records=probe.records,
                        histograms=probe.histograms, losses=losses, grad_norms=norms, scalars=scalars,
