@@ -345,3 +345,24 @@ def test_doctor_sees_a_model_left_in_eval_mode_after_an_evaluation():
           callbacks=[checks_, Forgets()], quiet=True)
     f = only(checks_.findings(), "eval_mode")
     assert f.first_step == 11 and "model.training is False" in f.message
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return {"logits": self.lin(x)}
+
+
+def test_checks_accept_odd_models():
+    """Lazy batch norm not yet initialized, NaN weights, an output that is not a tensor: no finding, no error."""
+    lazy = nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.Linear(8, 3))
+    assert batchnorm_state(lazy) == {}
+    assert check_training(lazy, None, X) == [] and check_batchnorm({}, lazy, 3) == []
+    broken = nn.Linear(10, 3)
+    with torch.no_grad():
+        broken.weight.fill_(math.nan)
+    assert check_training(broken, None, X) == []  # non-finite statistics are the records' rules' business
+    assert check_training(DictOut(), None, X) == [] and check_modes(DictOut()) == []
