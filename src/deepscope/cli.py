@@ -471,13 +471,15 @@ def doctor_command(
     store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    no_report: bool = typer.Option(False, "--no-report", help="Print the findings only; draw no HTML report."),
 ) -> None:
-    """Train briefly with the probe, print the findings and write the HTML report.
+    """Train briefly with the probe, print the findings, then write the HTML report.
 
     Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
+    from deepscope.diagnosis.workflow import write_report
     from deepscope.store import Store
 
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
@@ -494,13 +496,17 @@ def doctor_command(
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
-        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
-                        quiet=quiet)
+        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False, quiet=quiet)
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
     _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
-    typer.echo(f"report: {result.report}")
     typer.echo(f"run {result.run_id} stored in {st.path}")
+    if not no_report:
+        sys.stdout.flush()  # the findings are out before the figures are drawn
+        try:
+            typer.echo(f"report: {write_report(result, output)}")
+        except OSError as e:
+            raise _fail(str(e)) from None
     raise typer.Exit(1 if has_problem(result.findings) else 0)
 
 
