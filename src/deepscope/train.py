@@ -15,6 +15,7 @@ next backward pass.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope import checkpoint as _checkpoint
 from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, batches, get_dataset, make_augment
 from deepscope.data.preprocess import Preprocessor
@@ -36,11 +38,13 @@ from deepscope.data.registry import derive_seed
 from deepscope.nn.models import convnet, mlp
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.store import Store
+from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "evaluate", "load_checkpoint", "load_model", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 REFRESH_SECONDS = 0.25  # progress bar: at most four refreshes (and host reads) a second
+EXPLOSION = 10.0  # a training loss above EXPLOSION x max(its first value, ln K) stops the run as diverged
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
 STREAM_CHUNK = 2000  # stream examples generated per call (batches of one chunk are consecutive updates)
@@ -218,15 +222,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint as saved by :func:`train` (plain containers and tensors; loaded with ``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """A checkpoint as saved by :func:`train` (plain containers and tensors; loaded with ``weights_only=True``);
+    a :class:`~deepscope.checkpoint.CheckpointError` naming the file when it is not one."""
+    return _checkpoint.load(path)
 
 
 def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tuple[nn.Module, Preprocessor, RunSpec]:
@@ -245,15 +243,17 @@ def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tupl
 _UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
 
 
-def _divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int) -> str:
-    """What happened and what to try, leaving out what the spec already does."""
+def _divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int,
+                        what: str = "") -> str:
+    """What happened (``what``, by default a non-finite loss) and what to try, leaving out what the spec does."""
     tries = [f"a lower learning rate (optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g})"]
     if spec.train.clip_norm is None and spec.train.clip_value is None:
         tries.append("gradient clipping (--set train.clip_norm=1.0)")
     if spec.init.scheme in _UNSCALED_INITS:
         tries.append("a normalized initialization (--set init.scheme=glorot_uniform)")
     kept = f" The last good checkpoint (update {saved_step}) is kept: {checkpoint}." if checkpoint else ""
-    return (f"The loss is {value} at update {update}: the run diverged. Try {', '.join(tries[:-1])}"
+    what = what or f"The loss is {value} at update {update}: the run diverged."
+    return (f"{what} Try {', '.join(tries[:-1])}"
             f"{' or ' if len(tries) > 1 else ''}{tries[-1]}.{kept}")
 
 
@@ -268,33 +268,41 @@ def train(
     quiet: bool = False,
     resume: str | None = None,
     dataset: Dataset | None = None,
+    force: bool = False,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
     ``resume`` is the id (or unique prefix) of a run in ``store`` to continue from its checkpoint; its
     stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``). ``dataset`` replaces
     the dataset named by ``spec.data`` (your own tensors). Without a store nothing is written to disk.
+    A run has one writer: resuming claims the run in the store, refused while another live process trains
+    it, unless ``force`` (see :meth:`~deepscope.store.Store.claim`).
     """
     if store is not None and not isinstance(store, Store):
         store = Store(store)
-    checkpoint, run_id = None, None
+    checkpoint, run_id, claimed = None, None, None
     if resume is not None:
         if store is None:
             raise ValueError("resume needs the store that holds the run (store=...)")
-        run = store.get_run(resume)
-        run_id = run["id"]
-        if run["status"] == "running":
-            raise ValueError(f"run {run_id} is still running (pid {run['pid']} on {run['host']})")
-        checkpoint = _run_checkpoint(store, run_id)
-        spec = spec if spec is not None else checkpoint["spec"]
-    if spec is None:
-        raise ValueError("train() needs a spec (or resume=RUN with a store)")
-    spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
-    device = resolve_device(spec.train.device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
-        torch.manual_seed(spec.train.seed)
-        return _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet).run()
+        run_id = store.resolve(resume)
+        claimed = store.claim(run_id, force=force)
+    try:
+        if resume is not None:
+            checkpoint = _run_checkpoint(store, run_id)
+            spec = spec if spec is not None else checkpoint["spec"]
+        if spec is None:
+            raise ValueError("train() needs a spec (or resume=RUN with a store)")
+        spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
+        device = resolve_device(spec.train.device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
+            torch.manual_seed(spec.train.seed)
+            trainer = _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet)
+            claimed = None  # the trainer owns the run now and records how it ends
+            return trainer.run()
+    finally:
+        if claimed is not None:  # refused before training: the run is as it was
+            store.release(run_id, claimed)
 
 
 def _run_checkpoint(store: Store, run: str) -> dict[str, Any]:
@@ -304,6 +312,18 @@ def _run_checkpoint(store: Store, run: str) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"run {run_id} has no checkpoint to resume from (looked for {path})")
     return load_checkpoint(path)
+
+
+class _TakenOver(Exception):
+    """Raised before a checkpoint write when another process has claimed the run (with force)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"Run {run_id} was taken over by another process (--resume --force); this one stops "
+                         "without writing its checkpoint.")
+
+
+class _Taken(str):
+    """The message of a run taken over: its status is the new owner's to set."""
 
 
 class _Trainer:
@@ -321,6 +341,7 @@ class _Trainer:
             raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
                             "learned online: give train.updates instead")
         self.data = data
+        check_batch_size(spec, data)
 
         # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
         self.pre = Preprocessor(spec.data.preprocess or "none")
@@ -344,6 +365,8 @@ class _Trainer:
         }
 
         self.total = t.updates if t.updates is not None else t.epochs * self.next_batch.per_epoch
+        if checkpoint is not None:
+            _checkpoint.check_resume(run_id, checkpoint["spec"], spec.to_dict(), checkpoint["step"], self.total)
         self.eval_every = t.eval_every or (self.next_batch.per_epoch if t.epochs else max(1, self.total // 20))
         self.checkpoint_every = t.checkpoint_every or self.eval_every
 
@@ -371,9 +394,16 @@ class _Trainer:
         self.best: dict[str, float] = {}
         self.bad_evals = 0
         self.saved_step = -1
+        self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
 
         if checkpoint is not None:
-            self._restore(checkpoint)
+            try:
+                self._restore(checkpoint)
+            except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+                path = store.run_dir(run_id) / CHECKPOINT if store is not None else "the checkpoint"
+                raise _checkpoint.CheckpointError(
+                    f"the checkpoint {path} does not fit run {run_id}'s spec ({str(e).splitlines()[0][:160]}); "
+                    "it is damaged or from another run: start the run again") from None
         self.run_id = run_id
         self.path: Path | None = None
         if store is not None:
@@ -407,6 +437,7 @@ class _Trainer:
                              "seen": self.seen},
             "metrics": dict(self.metrics),
             "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals},
+            "start_loss": self.start_loss,
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -421,6 +452,7 @@ class _Trainer:
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
         self.best, self.bad_evals = dict(ckpt["early_stopping"]["best"]), ckpt["early_stopping"]["bad_evals"]
+        self.start_loss = ckpt.get("start_loss")
         _set_rng_state(ckpt["rng"])
 
     def _all_finite(self) -> bool:
@@ -433,7 +465,9 @@ class _Trainer:
             return True
         if not self._all_finite():
             return False
-        _save_checkpoint(self.path, self._state())
+        if not self.store.owns(self.run_id):
+            raise _TakenOver(self.run_id)
+        _checkpoint.save(self.path, self._state())
         self.saved_step = self.step
         return True
 
@@ -446,6 +480,24 @@ class _Trainer:
             return None
         i = int((~window.isfinite()).nonzero()[0, 0])
         return self.step - self.n + i + 1, float(window[i])
+
+    def _exploded(self) -> str | None:
+        """The explosion rule: the mean training loss since the last evaluation above EXPLOSION times
+        max(first update's loss, ln K) -- a loss that grows without bound while staying finite."""
+        if self.n == 0:
+            return None
+        if self.start_loss is None:
+            self.start_loss = float(self.losses[0])
+        reference = max(self.start_loss, math.log(max(self.data.num_classes, 2)))
+        mean = float(self.losses[: self.n].mean())
+        if not mean > EXPLOSION * reference:
+            return None
+        self.diverged_at = self.step
+        return _divergence_message(
+            self.spec, self.step, mean, self.path if self.saved_step >= 0 else None, self.saved_step,
+            what=f"The training loss averaged {mean:.4g} up to update {self.step}, more than {EXPLOSION:g} times "
+                 f"max(its first value, ln {self.data.num_classes}) = {reference:.3g}: the loss exploded and the run "
+                 "is stopped as diverged.")
 
     def run_evaluation(self) -> None:
         t = self.spec.train
@@ -533,6 +585,10 @@ class _Trainer:
                         if bad := self._first_bad_update():
                             status, message = "diverged", self._diverged(*bad)
                             break
+                        if exploded := self._exploded():
+                            status, message = "diverged", exploded
+                            self.run_evaluation()  # the exploded loss is recorded; the checkpoint is not
+                            break
                         self.run_evaluation()
                         self._emit("eval")
                         console.print(_eval_line(self.step, self.total, self.metrics), markup=False)
@@ -569,11 +625,15 @@ class _Trainer:
             if self.saved_step >= 0:
                 message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
                             f"Resume with: deepscope train --resume {self.run_id}")
-        except Exception:  # a failing callback, say: what was flushed stays, the run reads as interrupted
+        except _TakenOver as e:  # another process took the run over (--force): leave it everything
+            status, message = "interrupted", _Taken(e)
+        except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
             if self.store is not None:
-                self.store.set_status(self.run_id, "interrupted")
+                self.store.discard()
+                with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
+                    self.store.set_status(self.run_id, "interrupted")
             raise
-        if self.store is not None:
+        if self.store is not None and not isinstance(message, _Taken):
             self.store.set_status(self.run_id, status)
         self._emit("end")
         if message:
@@ -598,6 +658,7 @@ class _Trainer:
 
 
 def _progress(console, total: int, done: int, name: str, quiet: bool):
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -605,7 +666,7 @@ def _progress(console, total: int, done: int, name: str, quiet: bool):
         TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  lr {task.fields[lr]}  {task.fields[speed]}"),
         TimeRemainingColumn(), console=console, auto_refresh=False, disable=quiet, transient=False,
     )
-    progress.add_task(name, total=total, completed=done, loss="-", acc="-", lr="-", speed="")
+    progress.add_task(escape(name), total=total, completed=done, loss="-", acc="-", lr="-", speed="")
     return progress
 
 
