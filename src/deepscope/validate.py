@@ -27,9 +27,12 @@ def _first_line(error: BaseException) -> str:
 
 def _culprit(call: Callable[[dict], Any], params: dict) -> str | None:
     """The key of ``params`` without which ``call`` succeeds (the bad one), if there is one."""
+    import torch
+
     for key in params:
         try:
-            call({k: v for k, v in params.items() if k != key})
+            with torch.random.fork_rng(devices=[]):
+                call({k: v for k, v in params.items() if k != key})
         except Exception:  # noqa: BLE001 - still failing: not this key
             continue
         return key
@@ -41,8 +44,11 @@ def _try(section: str, what: str, call: Callable[[dict], Any], params: dict) -> 
     for key, value in params.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{section}.{key}={value!r} is not a finite number")
+    import torch
+
     try:
-        call(params)
+        with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
+            call(params)
     except Exception as e:  # noqa: BLE001 - any failure of a registry entry is the user's value
         key = _culprit(call, params)
         where = f"{section}.{key}={params[key]!r}" if key else \
