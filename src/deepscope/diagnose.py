@@ -974,6 +974,7 @@ def _train_model(model, spec, recorded: dict, data, store, callback, quiet: bool
 def model_from_factory(path: str):
     """Import ``package.module:factory`` and call it with no arguments; it must return an ``nn.Module``."""
     import importlib
+    import inspect
 
     from torch import nn
 
@@ -989,7 +990,20 @@ def model_from_factory(path: str):
         if not hasattr(factory, part):
             raise ValueError(f"--model {path!r}: {module_name!r} has no attribute {attr!r}")
         factory = getattr(factory, part)
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            inspect.signature(factory).bind()
+        except TypeError as e:
+            raise ValueError(f"--model {path!r}: {attr} cannot be called without arguments ({e}); give a factory "
+                             "that takes none") from None
+        except ValueError:
+            pass  # no signature to check (a builtin): call it and see
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed: say so in one line
+            raise ValueError(f"--model {path!r}: calling {attr}() failed ({type(e).__name__}: {e})") from None
+    else:
+        model = factory
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {path!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -81,6 +81,7 @@ class Result:
     model: nn.Module | None = field(default=None, repr=False)
     eval_step: int | None = None  # the update at which ``metrics`` were evaluated
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
+    store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
 
 
 # --- building blocks ----------------------------------------------------------------------------------
@@ -278,8 +279,8 @@ def train(
     A run has one writer: resuming claims the run in the store, refused while another live process trains
     it, unless ``force`` (see :meth:`~deepscope.store.Store.claim`).
     """
-    if store is not None and not isinstance(store, Store):
-        store = Store(store)
+    if store is not None and not isinstance(store, Store) and resume is not None:
+        store = Store(store)  # a new run opens its store once its spec, data and model are checked
     checkpoint, run_id, claimed = None, None, None
     if resume is not None:
         if store is None:
@@ -407,6 +408,8 @@ class _Trainer:
         self.run_id = run_id
         self.path: Path | None = None
         if store is not None:
+            if not isinstance(store, Store):
+                store = self.store = Store(store)
             if run_id is None:
                 self.run_id = store.create_run(spec.name, spec.to_dict(), t.seed)
             else:
@@ -642,7 +645,7 @@ class _Trainer:
             run_id=self.run_id, status=status, step=self.step, metrics=dict(self.metrics),
             test_error=self.metrics.get("test/error"), best=dict(self.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
-            eval_step=self.eval_step, diverged_at=self.diverged_at,
+            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
         )
 
     def _diverged(self, update: int, value: float) -> str:
