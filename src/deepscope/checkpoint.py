@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -40,14 +41,19 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "write failed" in str(e) or \
-            "No space" in str(e)
-        if full:
-            raise OSError(errno.ENOSPC, f"the disk is full: cannot write the checkpoint {path}; free some space "
-                          "or give --store DIR on another disk") from None
-        raise OSError(getattr(e, "errno", None) or errno.EIO,
-                      f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e})") from None
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (free is not None and free < max(2**20, written)):
+            error = OSError(f"the disk is full: cannot write the checkpoint {path} ({free} bytes free); free some "
+                            "space or give --store DIR on another disk")
+            error.errno = errno.ENOSPC
+        else:
+            error = OSError(f"cannot write the checkpoint {path} ({getattr(e, 'strerror', None) or e})")
+        raise error from None
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -46,12 +46,14 @@ def _explain(error: BaseException, path: Path) -> StoreError:
         return StoreError(f"{path} is not a deepscope run store (not an SQLite database of runs); move it away {other}")
     if "malformed" in text or "corrupt" in text:
         return StoreError(f"{path} is damaged ({error}); move it away (keep a copy to recover what you can) {other}")
-    if "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (errno.EROFS,
-                                                                                                   errno.EACCES)):
-        return StoreError(f"{path} is read-only: training needs a writable store; {other} on a writable disk")
+    unwritable = not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
+    if "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (
+            errno.EROFS, errno.EACCES)) or ("unable to open" in text and path.parent.is_dir() and unwritable):
+        return StoreError(f"{path} is read-only and training writes to its store: make it writable, {other} on a "
+                          "writable disk")
     if "locked" in text or "busy" in text:
         return StoreError(f"{path} is locked by another process for too long ({error}); try again")
-    return StoreError(f"cannot use the run store {path} ({error}); {other}")
+    return StoreError(f"cannot use the run store {path} ({error}): check the file and its directory, {other}")
 
 
 def _guarded(method):
