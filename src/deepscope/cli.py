@@ -7,20 +7,9 @@ import re
 import sys
 from pathlib import Path
 
+import typer
 
-def _interrupted_quietly(kind, value, tb, _default=sys.excepthook):
-    """Ctrl-C while deepscope starts (importing torch, say): one line, not a traceback."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("deepscope: interrupted", file=sys.stderr)
-    else:
-        _default(kind, value, tb)
-
-
-sys.excepthook = _interrupted_quietly
-
-import typer  # noqa: E402
-
-import deepscope  # noqa: E402
+import deepscope
 
 app = typer.Typer(
     name="deepscope",
