@@ -202,7 +202,8 @@ def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(tmp_path, train
         pytest.skip("cannot mount a tmpfs here")
     try:  # in a process of its own, so that the run's owner is gone when the store is read
         result = subprocess.run([sys.executable, "-m", "deepscope.cli", "train", str(trained / "tiny.toml"),
-                                 "--set", "model.width=200", "--store", str(disk), "-q"], capture_output=True, text=True)
+                                 "--set", "model.width=200", "--store", str(disk), "-q"],
+                                capture_output=True, text=True)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "the disk is full" in lines[0] and str(disk / "tiny-1" / "checkpoint.pt") in lines[0]
