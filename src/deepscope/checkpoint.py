@@ -2,7 +2,8 @@
 
 :func:`save` writes ``checkpoint.pt.<pid>.tmp`` next to the checkpoint and renames it over the old one
 (``os.replace`` is atomic), so a reader never sees half a file and two processes never share a temporary
-file; the temporary file is removed when the write fails (a full disk, say). :func:`load` reads with
+file; the temporary file is removed when the write fails (a full disk, say), and those of killed writers
+at the next successful write (a run has one writer: any other temporary file is stale). :func:`load` reads with
 ``torch.load(..., weights_only=True)`` -- plain containers and tensors only, no code can run -- and turns
 every failure (not a checkpoint, damaged, truncated, empty, a pickle that asks to run code) into one
 :class:`CheckpointError` line naming the file.
@@ -40,6 +41,8 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tmp)
         os.replace(tmp, path)
+        for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a killed writer (the run has one writer)
+            stale.unlink(missing_ok=True)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
