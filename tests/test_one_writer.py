@@ -156,3 +156,22 @@ def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tmp_path):
     earlier = [losses[i : i + 20] for i in range(0, stop - 20, 20)]
     assert all(sum(w) / 20 <= EXPLOSION * max(losses[0], math.log(9)) for w in earlier)
     assert Store(tmp_path).get_run(result.run_id)["status"] == "diverged"
+
+
+def test_a_run_taken_over_with_force_stops_its_old_writer_without_writing(tmp_path):
+    from deepscope.config import load_spec
+    from deepscope.train import load_checkpoint, train
+
+    (tmp_path / "tiny.toml").write_text(SPEC)
+    spec = load_spec(tmp_path / "tiny.toml", ["train.checkpoint_every=5", "train.updates=40"])
+    usurper = Store(tmp_path / "store")
+
+    def take_over(ctx):
+        if ctx.event == "step" and ctx.step == 7:  # another process resumes the run with --force
+            usurper.claim(ctx.run_id, force=True)
+
+    result = train(spec, store=tmp_path / "store", quiet=True, callbacks=[take_over])
+    assert result.status == "interrupted" and "taken over by another process" in result.message
+    assert load_checkpoint(tmp_path / "store" / "tiny-1" / "checkpoint.pt")["step"] == 5  # not 10: not written
+    run = Store(tmp_path / "store").get_run("tiny-1")
+    assert run["status"] == "running" and usurper.owns("tiny-1")  # left to the new owner
