@@ -83,6 +83,9 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or (missing := [k for k in REQUIRED if k not in state]):
         what = f"has no {missing[0]!r}" if isinstance(state, dict) else f"holds a {type(state).__name__}"
         raise CheckpointError(f"the checkpoint {path} {what}: {advice}")
+    kinds = {"step": int, "spec": dict, "input_shape": list, "num_classes": int, "model": dict, "accumulators": dict}
+    if bad := [k for k, kind in kinds.items() if not isinstance(state[k], kind)]:
+        raise CheckpointError(f"the checkpoint {path} has a {type(state[bad[0]]).__name__} as {bad[0]!r}: {advice}")
     return state
 
 

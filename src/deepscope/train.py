@@ -355,7 +355,11 @@ class _Trainer:
                 x_fit = data.stream.batch(0, FIT_SAMPLE if preprocessing or spec.init.scheme == "lsuv" else 2)[0]
             self.pre.fit(x_fit)
         else:
-            self.pre.load_state_dict(checkpoint["preprocessor"])
+            try:
+                self.pre.load_state_dict(checkpoint["preprocessor"])
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+                raise _checkpoint.CheckpointError(f"the checkpoint of run {run_id} has a damaged preprocessor state "
+                                                  f"({type(e).__name__}); start the run again") from None
         self.pre.to(device)
         augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
         self.next_batch = _TrainBatches(data, t.batch_size, t.seed, device, augment,
@@ -623,7 +627,8 @@ class _Trainer:
         except KeyboardInterrupt:
             status = "interrupted"
             if consistent:  # between two updates: the state is whole, save it
-                self.save()
+                with contextlib.suppress(_TakenOver):
+                    self.save()
             message = f"Interrupted at update {self.step}."
             if self.saved_step >= 0:
                 message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
