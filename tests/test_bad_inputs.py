@@ -290,3 +290,8 @@ def test_sigint_during_start_up_prints_no_traceback(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode != 0
+
+
+def test_resume_of_an_unknown_run_names_it(trained):
+    result = runner.invoke(app, ["train", "--resume", "nope", "--store", str(trained / "store"), "-q"])
+    _one_line_error(result, "run 'nope' not found in")
