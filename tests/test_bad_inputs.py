@@ -72,7 +72,7 @@ SPEC_CASES = [
     (["--set", "model.width=-4"], "model.width=-4"),
     (["--set", "name=a/b"], "name='a/b'"),
     (["--set", "name=" + "n" * 300], "at most 100 characters"),
-    (["--updates", "0"], "--updates 0"),
+    (["--updates", "0"], "--updates=0"),
     (["--force"], "--force goes with --resume"),
     (["--probe-every", "0"], "--probe-every"),
 ]
@@ -105,7 +105,7 @@ def test_unreadable_spec_files_are_named(tmp_path, content, needle):
     (["data", "show", "shapeset", "-o", "nodir/x.png"], "-o nodir/x.png"),
     (["doctor", "--model", "os:system"], "--model 'os:system': system cannot be called without arguments"),
     (["doctor", "--model", "os:getcwd"], "--model 'os:getcwd': the factory returned str"),
-    (["doctor", "--model", "m:f", "--updates", "0"], "--updates 0"),
+    (["doctor", "--model", "m:f", "--updates", "0"], "--updates=0"),
     (["report", "x", "-o", "nodir/r.html"], "-o nodir/r.html"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "width=-4"], "width=-4"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "updates=0"], "updates=0"),

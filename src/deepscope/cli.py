@@ -198,7 +198,7 @@ def train_command(
     from deepscope.train import train
 
     if updates is not None and updates < 1:
-        raise _fail(f"--updates {updates}: give a number of updates >= 1")
+        raise _fail(f"--updates={updates}: give a number of updates >= 1")
     if force and resume is None:
         raise _fail("--force goes with --resume RUN (it takes over a run that reads as running)")
     overrides = list(set_ or []) + ([f"train.updates={updates}", "train.epochs=none"] if updates else [])
@@ -508,7 +508,7 @@ def doctor_command(
 
     for flag, value in (("--updates", updates), ("--monitor", monitor)):
         if value < 1:
-            raise _fail(f"{flag} {value}: give an integer >= 1")
+            raise _fail(f"{flag}={value}: give an integer >= 1")
     if output is not None and not output.parent.is_dir():
         raise _fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
