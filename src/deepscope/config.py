@@ -135,7 +135,7 @@ class DataSpec(_Section):
                 make_augment(self.augment)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"data.augment={self.augment!r}: {e}") from None
-            check_augment(self.augment, self.augment_options)
+            check_augment(tuple(self.augment), self.augment_options)
         return self
 
 

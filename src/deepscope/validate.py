@@ -97,8 +97,23 @@ def _optimizer(name: str, lr: float, params: dict, schedule: tuple[str, dict] | 
     _finite([w.detach(), torch.tensor([g["lr"] for g in optimizer.param_groups])], f"optimizer {name!r}")
 
 
+_PASSED: set[str] = set()  # the registry choices already tried in this process (a sweep validates many specs)
+
+
 def dry_run(spec) -> None:
     """Build and step every registry entry ``spec`` (a :class:`~deepscope.config.RunSpec`) names, on tiny tensors."""
+    import json
+
+    key = json.dumps([spec.init.model_dump(mode="json"), spec.optim.model_dump(mode="json"),
+                      spec.schedule.model_dump(mode="json"), spec.train.updates, spec.model.activation,
+                      spec.model.activation_kwargs], sort_keys=True, default=repr)
+    if key not in _PASSED:
+        _dry_run(spec)
+        if len(_PASSED) < 10000:
+            _PASSED.add(key)
+
+
+def _dry_run(spec) -> None:
     import torch
 
     from deepscope.nn.models import _activation
@@ -118,14 +133,21 @@ def dry_run(spec) -> None:
     _try("model.activation_kwargs", f"activation {spec.model.activation!r}", activation, spec.model.activation_kwargs)
 
 
-def check_augment(names: list[str], options: dict) -> None:
+def check_augment(names: tuple[str, ...], options: dict) -> None:
     """Apply the augmentations ``names`` with ``options`` to a tiny RGB batch; one line naming the bad option."""
+    import json
+
     import torch
+
+    key = json.dumps([names, options], sort_keys=True, default=repr)
+    if key in _PASSED:
+        return
 
     from deepscope.data import make_augment
 
     _try("data.augment_options", f"augmentation {', '.join(names)}",
-         lambda p: make_augment(names, **p)(torch.rand(2, 3, 8, 8)), options)
+         lambda p: make_augment(list(names), **p)(torch.rand(2, 3, 8, 8)), options)
+    _PASSED.add(key)
 
 
 def _memory_bytes() -> int | None:
