@@ -285,7 +285,12 @@ def test_sigint_during_start_up_prints_no_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deepscope.cli", "train", str(tmp_path / "tiny.toml"),
                              "--store", str(tmp_path / "store")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(0.3)  # inside the imports
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        proc.kill()
+        pytest.skip("needs /proc to see when the process imports torch")
+    while proc.poll() is None and "torch" not in maps.read_text():  # deepscope is importing torch: start-up
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
