@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -73,34 +74,38 @@ def kills_and_resumes(work: Path, rng: random.Random) -> bool:
     t0 = time.perf_counter()
     subprocess.run([*CLI, "train", str(spec), "--store", str(reference), "-q"], check=True, capture_output=True)
     full = time.perf_counter() - t0
-    args, landed, ok = ["train", str(spec)], 0, True
+    args, delays, ok = ["train", str(spec)], [], True
     for attempt in range(KILLS + 50):
         proc = subprocess.Popen([*CLI, *args, "--store", str(killed), "-q"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        if landed < KILLS:
+        if len(delays) < KILLS:
+            delay = rng.uniform(0.05, 0.25) * full  # start-up included: some kills land in it
             try:
-                proc.wait(timeout=rng.uniform(0.1, 0.4) * full)  # start-up included: some kills land in it
+                proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
-                landed += 1
+                delays.append(delay)
         out, err = proc.communicate()
-        if (check := _integrity(killed)) != "ok":
-            print(f"  integrity_check after kill {landed}: {check}")
+        if (killed / "deepscope.db").exists() and (check := _integrity(killed)) != "ok":
+            print(f"  integrity_check after kill {len(delays)}: {check}")
             ok = False
-        if proc.returncode == 0:
+        if proc.returncode == 0 or "has already done" in err:  # finished (a kill may land after the last update)
             break
         if proc.returncode not in (-signal.SIGKILL, 2) or "Traceback" in err:
             print(f"  attempt {attempt}: exit {proc.returncode}: {err.strip()[-300:]}")
             ok = False
         if (killed / "rel-1" / "checkpoint.pt").exists():
             args = ["train", "--resume", "rel-1"]
-        elif (killed / "deepscope.db").exists():  # killed before the first checkpoint: start again
+        else:  # killed before the first checkpoint: nothing to resume, start again
+            shutil.rmtree(killed, ignore_errors=True)
             args = ["train", str(spec)]
+    landed = len(delays)
     same_scalars = _scalars(reference, "rel-1") == _scalars(killed, "rel-1")
     a, b = _weights(reference, "rel-1"), _weights(killed, "rel-1")
     same_weights = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     leftovers = list(killed.rglob("*.tmp"))
-    print(f"sigkill/resume: {landed} SIGKILLs at random moments of a {full:.1f} s run, each then resumed; "
+    print(f"sigkill/resume: {landed} SIGKILLs ({', '.join(f'{d:.1f}' for d in delays)} s after a start) of a "
+          f"{full:.1f} s run, each then resumed; "
           f"integrity_check ok after each: {ok}; "
           f"final weights bit-identical: {same_weights}; scalars identical: {same_scalars}; "
           f"temporary files left: {len(leftovers)}")
