@@ -18,8 +18,8 @@ LAYERS = [
     ["experiments", "integrations", "diagnosis.workflow", "diagnosis.repair"],
     ["trainer", "checkpoint", "progress", "plots"],
     ["diagnosis"],
-    ["probe", "records", "store", "callbacks"],
-    ["nn", "init", "data", "optim", "config", "registry"],
+    ["probe", "records", "store", "store_safety", "callbacks"],
+    ["nn", "init", "data", "optim", "config", "registry", "validate"],
 ]
 
 

@@ -28,7 +28,7 @@ from deepscope.diagnosis.checks import (
 from deepscope.diagnosis.findings import Finding, has_problem, merge_checks, save_checks
 from deepscope.diagnosis.rules import diagnose
 from deepscope.probe.trainer import MONITOR, TrainerProbe
-from deepscope.store import CHECKS_FILE, REPORT_FILE, Store
+from deepscope.store import CHECKS_FILE, REPORT_FILE
 
 __all__ = ["DOCTOR_UPDATES", "DoctorResult", "doctor", "write_report"]
 
@@ -183,8 +183,6 @@ def doctor(
     data_spec["train"] = {**data_spec.get("train", {}), "updates": updates, "epochs": None,
                           "eval_every": max(1, updates // DOCTOR_EVALS)}
     spec = validate_spec(data_spec, source="doctor spec")
-    if store is not None and not isinstance(store, Store):
-        store = Store(store)
     data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
 
     began = time.perf_counter()
@@ -194,6 +192,7 @@ def doctor(
         result = train(spec, model=model, store=store, callbacks=[checks, probe], quiet=quiet, dataset=data)
     finally:
         probe.close()  # training raised: the probe's hooks go all the same
+    store = result.store  # opened by train once the spec, the data and the model passed their checks
     trained = time.perf_counter()
     losses = torch.stack(checks.losses).float().tolist() if checks.losses else []
     norms = torch.stack(checks.grad_norms).float().tolist() if checks.grad_norms else []
