@@ -158,7 +158,9 @@ class Scene:
 
 
 _BASE_POLYGONS = torch.stack([regular_polygon(n) for n in N_VERTICES])
-_TURN_STEPS = torch.stack([torch.cat([s, s[-1:].expand(ROTATION_STEPS // 3 - len(s))]) for s in map(turn_steps, N_VERTICES)])
+_TURN_STEPS = torch.stack(
+    [torch.cat([s, s[-1:].expand(ROTATION_STEPS // 3 - len(s))]) for s in map(turn_steps, N_VERTICES)]
+)
 _TURN_CHOICES = torch.tensor([ROTATION_STEPS // n for n in N_VERTICES])
 _AREA_RATIOS = torch.tensor([_area_ratio(n) for n in N_VERTICES], dtype=torch.float64)
 
