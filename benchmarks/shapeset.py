@@ -8,8 +8,8 @@ wall-clock numbers on a busy machine are lower). Ratio to the 20,000 images/s bu
 Faithfulness: ``--images`` images of each fill, read as a user would see them (foreground = pixels that differ
 from the background level, taken from the image border). Per class, the mean area of single-object images against
 the authors' 98.9 / 143.8 / 215.2 px; the share of single objects in more than one 4-connected piece (authors:
-20 %, detached tip pixels); how much of the first object the second one covers in two-object images (authors: mean 0.122, median
-0.076). The authors' numbers: 20,000 images of their generator (glorotxa/Shapeset, "Shapeset-3*2").
+20 %, detached tip pixels); how much of the first object the second one covers in two-object images (authors:
+mean 0.122, median 0.076). The authors' numbers: 20,000 images of their generator (glorotxa/Shapeset, "Shapeset-3*2").
 Run: ``.venv/bin/python benchmarks/shapeset.py``.
 """
 
