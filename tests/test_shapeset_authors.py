@@ -238,3 +238,16 @@ def test_options_reach_the_dataset_registry():
                                 ("layout", "yxz", "yx, xy")):  # fmt: skip
         with pytest.raises(ValueError, match=f"{key}={value!r} is not known; choose one of: {allowed}"):
             get_dataset("shapeset", n_valid=0, n_test=0, **{key: value})
+
+
+def test_cli_names_a_bad_option_and_accepts_a_good_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepscope.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "show", "shapeset", "-n", "4", "--option", "raster=bogus"])
+    assert result.exit_code == 2 and "raster='bogus' is not known; choose one of: pygame, exact" in result.output
+    out = tmp_path / "xy.png"
+    result = runner.invoke(app, ["data", "show", "shapeset", "-n", "4", "-o", str(out), "--option", "layout=xy"])
+    assert result.exit_code == 0 and out.exists(), result.output
