@@ -16,7 +16,7 @@ ROOT = Path(deepscope.__file__).parent
 LAYERS = [
     ["cli"],
     ["experiments", "integrations", "diagnosis.workflow", "diagnosis.repair"],
-    ["trainer", "checkpoint", "progress", "plots"],
+    ["trainer", "checkpoint", "progress", "runtime", "plots"],
     ["diagnosis"],
     ["probe", "records", "store", "store_safety", "callbacks"],
     ["nn", "init", "data", "optim", "config", "registry", "validate"],

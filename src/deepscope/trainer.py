@@ -21,11 +21,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +37,10 @@ from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
-from deepscope.nn.activations import spec_for_module
 from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.progress import divergence_message, eval_line, new_progress, refresh
+from deepscope.runtime import describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
 from deepscope.validate import check_batch_size
 
@@ -72,59 +69,6 @@ class Result:
     eval_step: int | None = None  # the update at which ``metrics`` were evaluated
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
-
-
-# --- building blocks ----------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device='cuda' but no CUDA device is available; choose one of: auto, cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
-             batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """Mean loss and error fraction of ``model`` on ``(x, y)``, as 0-d tensors on the model's device."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = model(xb)
-        loss_sum += loss_fn(logits, yb) * len(xb)
-        wrong += (logits.argmax(1) != yb).sum()
-    model.train(was_training)
-    return loss_sum / len(x), wrong / len(x)
-
-
-@contextmanager
-def _stop_on_signals(flag: dict):
-    """While active, a first Ctrl-C (SIGINT) or SIGTERM sets ``flag["stop"]``: the loop stops after the
-    current update and saves a checkpoint. A second one raises KeyboardInterrupt at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# --- the trainer ------------------------------------------------------------------------------------------
 
 
 def train(
@@ -447,7 +391,7 @@ class _Trainer:
         next_refresh, last_step, last_time = time.perf_counter() + REFRESH_SECONDS, self.step, time.perf_counter()
         consistent = True
         try:
-            with progress, _stop_on_signals(flag):
+            with progress, stop_on_signals(flag):
                 while self.step < self.total:
                     consistent = False
                     x, y = next_batch(self.step)
@@ -544,9 +488,3 @@ class _Trainer:
             self.store.flush()
         return divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
                                    self.saved_step)
-
-
-def describe_model(model: nn.Module) -> dict[str, str]:
-    """A user's module as a spec section: its class, and its activation when it uses exactly one."""
-    names = {s.name for m in model.modules() if (s := spec_for_module(m)) is not None}
-    return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}
