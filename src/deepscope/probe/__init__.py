@@ -371,7 +371,7 @@ class Probe:
         hooks = hooks if hooks is not None else self._hooks
         for layer in self.layers:
             m = layer.module
-            if layer.kind == "activation" and layer.elementwise:
+            if layer.kind == "activation" and layer.preact:
                 hooks.add(m.register_forward_pre_hook(self._preact_hook(layer, token)))
             elif isinstance(m, Maxout):  # its pre-activations are the k affine pieces
                 hooks.add(m.linear.register_forward_hook(self._maxout_hook(layer, token)))

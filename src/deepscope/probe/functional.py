@@ -1,0 +1,141 @@
+"""Non-linearities a module applies inside its own ``forward``, read from the source code: nothing is run.
+
+A hook sees module calls only; ``F.relu(x)``, ``x.clamp(min=0)`` or ``torch.where(x > 0, x, 0.01 * x)``
+inside a ``forward`` are invisible to it. Rather than trace the model (``torch.fx`` executes the
+``forward``'s Python code: a counter in it counts, a ``torch.rand`` in it draws), the probe parses the
+source of ``forward`` with :mod:`ast` and looks for calls of known non-linear functions and tensor
+methods, following ``self.method(...)`` and module-level helper functions a few levels down and
+``self.fn = F.gelu``-style attributes. Branches on a flag of the module (``if self.functional:``,
+``self.act if self.x is None else ...``) are resolved from the module's attributes.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import types
+from typing import Any
+
+from torch import nn
+
+__all__ = ["NONLINEAR", "functional_nonlinearities"]
+
+# Functions and tensor methods (in-place variants included) that apply a non-linearity element-wise.
+NONLINEAR = frozenset({
+    "relu", "relu_", "relu6", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "silu", "elu", "elu_", "selu",
+    "selu_", "celu", "celu_", "leaky_relu", "leaky_relu_", "softplus", "softsign", "mish", "hardswish",
+    "hardsigmoid", "hardtanh", "hardtanh_", "hardshrink", "softshrink", "tanhshrink", "prelu", "rrelu",
+    "rrelu_", "glu", "logsigmoid", "threshold", "threshold_", "clamp", "clamp_", "clamp_min", "clamp_min_",
+    "clamp_max", "clamp_max_", "clip", "clip_", "where", "maximum", "minimum", "fmax", "fmin", "erf",
+    "heaviside", "sign",
+})  # fmt: skip
+
+_DEPTH = 3
+_UNKNOWN = object()
+
+
+def _source_tree(fn: Any) -> ast.AST | None:
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+
+
+def _attribute(module: nn.Module, name: str) -> Any:
+    """``module.name`` without running a property or ``__getattr__``: instance dict, children, parameters."""
+    for store in (module.__dict__, module._modules, module._parameters, module._buffers):
+        if name in store:
+            return store[name]
+    return _UNKNOWN
+
+
+def _self_value(node: ast.AST, module: nn.Module) -> Any:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return _attribute(module, node.attr)
+    return _UNKNOWN
+
+
+def _condition(test: ast.AST, module: nn.Module) -> bool | None:
+    """The value of a test on the module's own attributes (``self.flag``, ``not self.x``, ``self.x is None``)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _condition(test.operand, module)
+        return None if inner is None else not inner
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.comparators[0], ast.Constant):
+        value, const = _self_value(test.left, module), test.comparators[0].value
+        if value is _UNKNOWN or const is not None or not isinstance(test.ops[0], ast.Is | ast.IsNot):
+            return None
+        return (value is None) == isinstance(test.ops[0], ast.Is)
+    value = _self_value(test, module)
+    if value is None or isinstance(value, bool | int | str | nn.Module):
+        return bool(value)
+    return None
+
+
+class _Finder(ast.NodeVisitor):
+    def __init__(self, module: nn.Module, globals_: dict, depth: int, seen: set):
+        self.module, self.globals, self.depth, self.seen = module, globals_, depth, seen
+        self.found: set[str] = set()
+
+    def visit_If(self, node: ast.If | ast.IfExp) -> None:
+        taken = _condition(node.test, self.module)
+        self.visit(node.test)
+        branches = {True: node.body, False: node.orelse}
+        for flag, branch in branches.items():
+            if taken is None or taken == flag:
+                for child in branch if isinstance(branch, list) else [branch]:
+                    self.visit(child)
+
+    visit_IfExp = visit_If
+
+    def visit_Call(self, node: ast.Call) -> None:
+        self.generic_visit(node)
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            target = _self_value(func, self.module)
+            if target is _UNKNOWN and isinstance(func.value, ast.Name) and func.value.id == "self":
+                target = inspect.getattr_static(type(self.module), func.attr, None)  # a method of the class
+            if target is not _UNKNOWN and (isinstance(func.value, ast.Name) and func.value.id == "self"):
+                self._callee(target)
+            elif func.attr in NONLINEAR:
+                self.found.add(func.attr)
+        elif isinstance(func, ast.Name):
+            if func.id in NONLINEAR:
+                self.found.add(func.id)
+            else:
+                self._callee(self.globals.get(func.id))
+
+    def _callee(self, target: Any) -> None:
+        """A callable reached from ``forward``: a module (observable), a known function, or Python code to read."""
+        if target is None or isinstance(target, nn.Module):
+            return
+        name = getattr(target, "__name__", "")
+        if name in NONLINEAR and not isinstance(target, types.FunctionType | types.MethodType):
+            self.found.add(name)  # a builtin such as torch.tanh held in an attribute
+            return
+        fn = getattr(target, "__func__", target)
+        if isinstance(fn, types.FunctionType) and not fn.__module__.startswith("torch."):
+            self.found |= _calls(fn, self.module, self.depth + 1, self.seen)
+        elif name in NONLINEAR:
+            self.found.add(name)  # torch.nn.functional.gelu and friends
+
+
+def _calls(fn: types.FunctionType, module: nn.Module, depth: int, seen: set) -> set[str]:
+    if depth > _DEPTH or fn.__code__ in seen:
+        return set()
+    seen.add(fn.__code__)
+    tree = _source_tree(fn)
+    if tree is None:
+        return set()
+    finder = _Finder(module, fn.__globals__, depth, seen)
+    finder.visit(tree)
+    return finder.found
+
+
+def functional_nonlinearities(module: nn.Module) -> list[str] | None:
+    """Sorted names of the non-linear functions ``module.forward`` calls itself (not through a submodule);
+    ``None`` when its source cannot be read."""
+    forward = getattr(type(module).forward, "__func__", type(module).forward)
+    if not isinstance(forward, types.FunctionType) or _source_tree(forward) is None:
+        return None
+    return sorted(_calls(forward, module, 0, set()))
