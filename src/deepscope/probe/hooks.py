@@ -165,9 +165,10 @@ def find_layers(
 ) -> list[Layer]:
     """The recorded layers, in module registration order.
 
-    With ``layers=None``: every activation module (:func:`custom_activation` ones included), plus the outputs of unobservable modules (except
-    the model itself) and of the Linear/Conv modules directly inside them. Otherwise exactly the
-    named modules (``"hidden1.act"``); an unknown name raises ``ValueError`` listing the valid ones.
+    With ``layers=None``: every activation module (:func:`custom_activation` ones included), plus the
+    outputs of unobservable modules (except the model itself) and of the Linear/Conv modules directly
+    inside them. Otherwise exactly the named modules (``"hidden1.act"``); an unknown name raises
+    ``ValueError`` listing the valid ones.
     """
     modules = dict(model.named_modules())
     chosen: list[tuple[str, nn.Module]] = []
@@ -224,7 +225,8 @@ def sequential_chains(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Mo
     """Every outermost ``nn.Sequential`` as ``(its name, the flat list of what it applies, in order)``.
 
     Nested ``nn.Sequential`` children are expanded, so ``model(x)`` for an MLP built of blocks is
-    exactly the composition of the listed modules. Subclasses that override ``forward`` are not chains.
+    exactly the composition of the listed modules; a module that appears twice (weight tying) is listed
+    at both places. Subclasses that override ``forward`` are not chains.
     """
 
     def plain(m: nn.Module) -> bool:
@@ -232,7 +234,9 @@ def sequential_chains(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Mo
 
     def expand(seq: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
         out = []
-        for name, child in seq.named_children():
+        for name, child in seq._modules.items():  # not named_children(): a module used twice stays twice
+            if child is None:
+                continue
             path = f"{prefix}.{name}" if prefix else name
             out += expand(child, path) if plain(child) else [(path, child)]
         return out
