@@ -21,14 +21,15 @@ from torch import nn
 
 __all__ = ["NONLINEAR", "functional_nonlinearities"]
 
-# Functions and tensor methods (in-place variants included) that apply a non-linearity element-wise.
+# Functions and tensor methods (in-place variants included) that apply a non-linearity: element-wise ones,
+# and softmax (attention). log_softmax, which turns a model's output into log-probabilities, is left out.
 NONLINEAR = frozenset({
     "relu", "relu_", "relu6", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "silu", "elu", "elu_", "selu",
     "selu_", "celu", "celu_", "leaky_relu", "leaky_relu_", "softplus", "softsign", "mish", "hardswish",
     "hardsigmoid", "hardtanh", "hardtanh_", "hardshrink", "softshrink", "tanhshrink", "prelu", "rrelu",
     "rrelu_", "glu", "logsigmoid", "threshold", "threshold_", "clamp", "clamp_", "clamp_min", "clamp_min_",
     "clamp_max", "clamp_max_", "clip", "clip_", "where", "maximum", "minimum", "fmax", "fmin", "erf",
-    "heaviside", "sign",
+    "heaviside", "sign", "softmax",
 })  # fmt: skip
 
 _DEPTH = 3
