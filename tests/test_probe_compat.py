@@ -206,6 +206,32 @@ def test_functional_activations_listed_and_custom_activation_modules_recorded():
     assert grad[("1", "std")] == pytest.approx(g.std(correction=0).item(), rel=1e-5)
 
 
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+
+
+class LookupNet(nn.Module):
+    """The activation comes from a table at run time: the source does not name it."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act, self.a, self.b = act, nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(ACTIVATIONS[self.act](self.a(x)))
+
+
+@pytest.mark.parametrize("monitor", [True, False])
+def test_functional_activations_the_source_does_not_show_are_listed_after_the_first_record(monitor):
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    model = LookupNet("tanh")
+    probe = Probe(model, every=1, monitor=(x, y) if monitor else None)
+    assert probe.unobservable == []
+    with probe:
+        F.cross_entropy(model(x), y).backward()
+        probe.step()
+    assert probe.unobservable == [("(model)", "calls tanh inside forward (seen at the first record; not recorded)")]
+
+
 def test_frozen_first_layer_gets_its_backpropagated_gradient_on_both_sources():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))

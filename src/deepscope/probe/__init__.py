@@ -24,6 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from deepscope.nn.activations import Maxout
 from deepscope.probe.compat import compiled, default_loss, eager, first_tensor, in_backward, rank, unwrap
+from deepscope.probe.functional import Watcher
 from deepscope.probe.hooks import Hooks, Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.jacobian import plan_jacobians
 from deepscope.probe.options import check_options, parse_monitor, positive_int
@@ -38,6 +39,7 @@ from deepscope.probe.stats import (
     weight_gradient_stats,
     weight_sample,
 )
+from deepscope.probe.trainer import probe_callback
 
 __all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options", "probe_callback"]
 
@@ -151,6 +153,7 @@ class Probe:
         self._snapshot: list[Tensor] = []
         self._calls: dict[int, int] = {}
         self._forwards = 0
+        self._watcher: Watcher | None = None
         self._trainable = True
         self._root_inputs: set[int] = set()
         self._grad_refs: dict[str, Tensor] = {}
@@ -239,6 +242,8 @@ class Probe:
             self._snapshot = [weight_sample(w.param) for w in self.weights]
         self._attach_layer_hooks(self._token)
         self._hooks.add(self._net.register_forward_pre_hook(self._root_hook(self._token)))
+        if self._watcher is None:  # no monitor pass ran yet: look for functional activations in this one
+            self._start_watching(self._hooks, self._token)
         for w in self.weights:
             if w.param.requires_grad:
                 self._hooks.add(w.param.register_post_accumulate_grad_hook(self._weight_hook(w.name, self._token)))
@@ -289,6 +294,8 @@ class Probe:
                         leaf = x.detach().requires_grad_(True)
                         x = self._input = leaf.clone()
                         self._grad_inputs.append(leaf)
+                    if self._watcher is None:
+                        self._start_watching(hooks, self._token)
                     out = model(x)
                     hooks.remove()
                     if y is not None:
@@ -379,6 +386,22 @@ class Probe:
             return False
         return self._source == "monitor" or (torch.is_grad_enabled() and self._forwards <= 1)
 
+    def _start_watching(self, hooks: Hooks, token: int) -> None:
+        """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
+        self._watcher = Watcher()
+        skip = {id(layer.module) for layer in self.layers if layer.kind == "activation"}
+
+        def report(found: list[tuple[str, str]]) -> None:
+            known = {name for name, _ in self.unobservable}
+            self.unobservable += [(name, reason) for name, reason in found if name not in known]
+
+        for handle in self._watcher.watch(self._net, skip, lambda: token == self._token, report):
+            hooks.add(handle)
+
+    def _quiet(self) -> contextlib.AbstractContextManager:
+        """The probe's own computations are not the model's: hidden from the :class:`Watcher`."""
+        return self._watcher.quiet() if self._watcher is not None else contextlib.nullcontext()
+
     def _root_hook(self, token: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             if token == self._token and torch.is_grad_enabled() and not in_backward():
@@ -441,7 +464,7 @@ class Probe:
             z = first_tensor(out)
             if z is None or z.dim() == 0 or not z.is_floating_point():
                 return
-            with torch.no_grad():
+            with torch.no_grad(), self._quiet():
                 stats = activation_stats(z, spec, self.bins)
             self._pending.append((self._name(layer, call), "activation", names, stats, True))
             if self._source == "monitor" and self._want_jacobians and call == 1 and layer.name in self._map_sources:
@@ -472,19 +495,3 @@ class Probe:
                         self._weight_grads[w.name] = weight_gradient_stats(w.param.grad, self.bins)
 
         return hook
-
-
-def probe_callback(probe: Probe) -> Callable[[Any], None]:
-    """A trainer callback: ``probe.step(ctx.step)`` on "step" events, ``probe.flush()`` on "eval"/"end".
-
-    The probe must already be active (``with probe:`` around the training call), so its hooks are
-    removed whatever happens.
-    """
-
-    def callback(ctx: Any) -> None:
-        if ctx.event == "step":
-            probe.step(ctx.step)
-        elif ctx.event in ("eval", "end"):
-            probe.flush()
-
-    return callback

@@ -12,14 +12,17 @@ methods, following ``self.method(...)`` and module-level helper functions a few 
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import textwrap
 import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["NONLINEAR", "functional_nonlinearities"]
+__all__ = ["NONLINEAR", "Watcher", "functional_nonlinearities"]
 
 # Functions and tensor methods (in-place variants included) that apply a non-linearity: element-wise ones,
 # and softmax (attention). log_softmax, which turns a model's output into log-probabilities, is left out.
@@ -140,3 +143,81 @@ def functional_nonlinearities(module: nn.Module) -> list[str] | None:
     if not isinstance(forward, types.FunctionType) or _source_tree(forward) is None:
         return None
     return sorted(_calls(forward, module, 0, set()))
+
+
+class Watcher(TorchFunctionMode):
+    """The non-linear torch functions each module calls itself, seen while one forward pass runs.
+
+    The source cannot show everything (``fn = table[name]; fn(x)``); during the first pass the probe
+    records anyway, this mode notes every function of :data:`NONLINEAR` (and fused attention) with the
+    innermost module running at the time. :meth:`watch` pushes and pops that module stack with hooks;
+    :meth:`quiet` hides the probe's own computations.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.seen: dict[str, set[str]] = {}
+        self.paused = False
+        self.done = False
+
+    def __torch_function__(self, func: Any, types_: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if self.stack and not self.paused and (name in NONLINEAR or name == "scaled_dot_product_attention"):
+            self.seen.setdefault(self.stack[-1], set()).add(name)
+        return func(*args, **(kwargs or {}))
+
+    def watch(
+        self, model: nn.Module, skip: set[int], active: Callable[[], bool], report: Callable[[list], None]
+    ) -> list[Any]:
+        """Hooks that watch the next forward pass of ``model`` while ``active()``, then ``report`` the
+        :meth:`findings`. Modules in ``skip`` (recorded activations), and ``torch.nn`` activation
+        modules, are visible to the probe and never reported."""
+        handles, on = [], [False]
+
+        def push(name: str) -> Callable:
+            def hook(module: nn.Module, args: tuple) -> None:
+                self.stack.append(name)
+
+            return hook
+
+        def pop(module: nn.Module, args: tuple, out: Any) -> None:
+            if self.stack:
+                self.stack.pop()
+
+        def enter(module: nn.Module, args: tuple) -> None:
+            if active() and not on[0] and not self.done:
+                on[0] = True
+                self.__enter__()
+
+        def leave(module: nn.Module, args: tuple, out: Any) -> None:
+            if on[0]:
+                on[0] = False
+                self.__exit__(None, None, None)
+                self.done = True
+                report(self.findings())
+
+        handles.append(model.register_forward_pre_hook(enter))
+        for path, m in model.named_modules():
+            visible = id(m) in skip or type(m).__module__ == "torch.nn.modules.activation"
+            handles.append(m.register_forward_pre_hook(push("" if visible else (path or "(model)"))))
+            handles.append(m.register_forward_hook(pop, always_call=True))
+        handles.append(model.register_forward_hook(leave, always_call=True))
+        return handles
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Calls made inside the block are not the model's (the probe's own statistics)."""
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
+
+    def findings(self) -> list[tuple[str, str]]:
+        """``(module, reason)`` for the modules seen calling non-linear functions."""
+        return [
+            (name, f"calls {', '.join(sorted(calls))} inside forward (seen at the first record; not recorded)")
+            for name, calls in self.seen.items()
+            if name
+        ]

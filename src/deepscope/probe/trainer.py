@@ -77,3 +77,19 @@ class TrainerProbe:
 def trainer_probe(every: int = 100, monitor: int = MONITOR, **probe_kwargs: Any) -> Callable[[Any], None]:
     """A :class:`TrainerProbe` callback for ``train(spec, callbacks=[trainer_probe(100)])``."""
     return TrainerProbe(every, monitor, **probe_kwargs)
+
+
+def probe_callback(probe: Any) -> Callable[[Any], None]:
+    """A trainer callback: ``probe.step(ctx.step)`` on "step" events, ``probe.flush()`` on "eval"/"end".
+
+    The probe must already be active (``with probe:`` around the training call), so its hooks are
+    removed whatever happens.
+    """
+
+    def callback(ctx: Any) -> None:
+        if ctx.event == "step":
+            probe.step(ctx.step)
+        elif ctx.event in ("eval", "end"):
+            probe.flush()
+
+    return callback
