@@ -345,8 +345,9 @@ class Probe:
         for i, e in enumerate(entries):
             by_device.setdefault(e[3].device, []).append(i)
         values: list[list[float]] = [[] for _ in entries]
-        for idx in by_device.values():
-            flat = torch.cat([entries[i][3].detach().reshape(-1).float() for i in idx]).tolist()
+        for device, idx in by_device.items():
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # float64 statistics stay float64
+            flat = torch.cat([entries[i][3].detach().reshape(-1).to(dtype) for i in idx]).tolist()
             at = 0
             for i in idx:
                 n = entries[i][3].numel()
