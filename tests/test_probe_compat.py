@@ -193,14 +193,18 @@ def test_functional_activations_listed_and_custom_activation_modules_recorded():
     assert probe.unobservable == [("(model)", "calls clamp, where inside forward")]
     assert [(layer.name, layer.kind) for layer in probe.layers] == [("a", "output"), ("b", "output"), ("c", "output")]
 
-    model = nn.Sequential(nn.Linear(5, 6), LeakyAct(), nn.Linear(6, 3))
-    with Probe(model, monitor=(x, y)) as probe:
+    model = nn.Sequential(nn.Linear(5, 6), LeakyAct(), nn.Linear(6, 6), LeakyAct(), nn.Linear(6, 3))
+    with Probe(model, monitor=(x, y), jacobian_examples=3) as probe:
         pass
     assert probe.unobservable == []
-    assert [(layer.name, layer.kind) for layer in probe.layers] == [("1", "activation")]
+    assert [(layer.name, layer.kind) for layer in probe.layers] == [("1", "activation"), ("3", "activation")]
+    with torch.no_grad():
+        z1 = model[:2](x[:3])
+    sv = torch.cat([torch.linalg.svdvals(jacobian(lambda v: model[3](model[2](v[None]))[0], e)) for e in z1])
+    assert stats(probe, quantity="jacobian")[("3", "sv_mean")] == pytest.approx(sv.mean().item(), rel=1e-5)
     s = model[0](x).detach().requires_grad_(True)
     z = torch.where(s > 0, s, 0.01 * s)
-    (g,) = torch.autograd.grad(F.cross_entropy(model[2](z), y), s)
+    (g,) = torch.autograd.grad(F.cross_entropy(model[2:](z), y), s)
     act, grad = stats(probe, quantity="activation"), stats(probe, quantity="preact_grad")
     assert act[("1", "std")] == pytest.approx(z.std(correction=0).item(), rel=1e-5)
     assert grad[("1", "std")] == pytest.approx(g.std(correction=0).item(), rel=1e-5)
@@ -311,6 +315,9 @@ def test_tiny_bert_from_a_config():
     name = next(layer.name for layer in probe.layers if layer.module is act)
     assert stats(probe, quantity="activation")[(name, "mean")] == pytest.approx(captured["z"].mean().item(), rel=1e-5)
     assert (name, "std") in stats(probe, quantity="preact_grad")
+    unobservable = dict(probe.unobservable)
+    # the attention (scaled_dot_product_attention, or softmax with attn_implementation="eager") is listed
+    assert "inside forward" in unobservable["bert.encoder.layer.0.attention.self"]
 
 
 def test_compiled_model_records_as_eager():
