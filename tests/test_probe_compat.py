@@ -366,3 +366,13 @@ def test_update_ratio_sample_of_a_300x300_weight():
         probe.step()
     exact = ((model[0].weight.detach() - before).norm() / before.norm()).item()
     assert stats(probe, quantity="update_ratio")[("0", "ratio")] == pytest.approx(exact, rel=0.005)
+
+
+def test_rows_filter_on_rank():
+    from deepscope.probe.sinks import filter_rows
+
+    rows = [{"step": 0, "source": "train", "layer": "1", "quantity": "activation", "stat": "mean", "value": v,
+             "rank": r} for r, v in ((0, 0.5), (1, 0.25))]
+    assert [r["value"] for r in filter_rows(rows, {"rank": 1})] == [0.25]
+    with pytest.raises(ValueError, match=r"filter node=1 is not allowed; filter on one of: .*, rank"):
+        filter_rows(rows, {"node": 1})
