@@ -47,7 +47,7 @@ WEIGHT_GRADIENT_STATS = ("mean", "std", "norm")
 # 50 histogram bins from 2**16 values hold about 1300 values each, counted to about 3 %.
 MAX_PERCENTILE_VALUES = 2**14
 MAX_HISTOGRAM_VALUES = 2**16
-# The update/weight ratio of larger weights compares the same strided sample before and after the step.
+# The update/weight ratio of larger weights compares the same sample before and after the step.
 MAX_UPDATE_VALUES = 2**16
 
 
