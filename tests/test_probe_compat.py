@@ -376,3 +376,28 @@ def test_rows_filter_on_rank():
     assert [r["value"] for r in filter_rows(rows, {"rank": 1})] == [0.25]
     with pytest.raises(ValueError, match=r"filter node=1 is not allowed; filter on one of: .*, rank"):
         filter_rows(rows, {"node": 1})
+
+
+def _softsign(x):
+    return F.softsign(x)
+
+
+class Indirect(nn.Module):
+    """Non-linearities reached through an attribute, a method, a helper function and a flag."""
+
+    def __init__(self, gated):
+        super().__init__()
+        self.gated, self.fn, self.a, self.b = gated, torch.tanh, nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def _mix(self, h):
+        return h.sigmoid() * h if self.gated else h
+
+    def forward(self, x):
+        return self.b(_softsign(self._mix(self.fn(self.a(x)))))
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_source_reader_follows_attributes_methods_helpers_and_flags(gated):
+    probe = Probe(Indirect(gated))
+    want = "sigmoid, softsign, tanh" if gated else "softsign, tanh"
+    assert probe.unobservable == [("(model)", f"calls {want} inside forward")]

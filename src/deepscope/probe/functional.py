@@ -96,10 +96,10 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
         func = node.func
         if isinstance(func, ast.Attribute):
-            target = _self_value(func, self.module)
-            if target is _UNKNOWN and isinstance(func.value, ast.Name) and func.value.id == "self":
-                target = inspect.getattr_static(type(self.module), func.attr, None)  # a method of the class
-            if target is not _UNKNOWN and (isinstance(func.value, ast.Name) and func.value.id == "self"):
+            if isinstance(func.value, ast.Name) and func.value.id == "self":  # a child, an attribute, a method
+                target = _self_value(func, self.module)
+                if target is _UNKNOWN:
+                    target = inspect.getattr_static(type(self.module), func.attr, None)
                 self._callee(target)
             elif func.attr in NONLINEAR:
                 self.found.add(func.attr)
@@ -118,7 +118,7 @@ class _Finder(ast.NodeVisitor):
             self.found.add(name)  # a builtin such as torch.tanh held in an attribute
             return
         fn = getattr(target, "__func__", target)
-        if isinstance(fn, types.FunctionType) and not fn.__module__.startswith("torch."):
+        if isinstance(fn, types.FunctionType) and not (fn.__module__ or "").startswith("torch."):
             self.found |= _calls(fn, self.module, self.depth + 1, self.seen)
         elif name in NONLINEAR:
             self.found.add(name)  # torch.nn.functional.gelu and friends
