@@ -478,10 +478,16 @@ def doctor_command(
     store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    fix: bool = typer.Option(False, "--fix", help="Try the candidate fixes in short trials, verify them, write "
+                             "the repaired spec <run>-fixed.toml."),
+    budget: int | None = typer.Option(None, "--budget", help="With --fix: N trial runs (default: the fixes of the "
+                                      "top two findings plus one combination)."),
+    backend: str = typer.Option("local", "--backend", help="With --fix: run the trials on local processes or ray."),
 ) -> None:
     """Train briefly with the probe, print the findings and write the HTML report.
 
-    Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
+    Exit status: 0 healthy (with --fix: or a verified repair was found), 1 a problem was found (an error or a
+    warning; with --fix: and no fix was verified), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
@@ -501,14 +507,29 @@ def doctor_command(
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
-        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
-                        quiet=quiet)
-    except (ValueError, OSError) as e:
+        if fix:
+            from deepscope.diagnosis.repair import repair
+
+            fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
+                           backend=backend, report_path=output, quiet=quiet)
+            result = fixed.baseline
+        else:
+            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
+                            quiet=quiet)
+    except (ValueError, OSError, ImportError) as e:
         raise _fail(str(e)) from None
     _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
-    typer.echo(f"report: {result.report}")
+    if fix:
+        from rich.console import Console
+
+        from deepscope.diagnosis.repair import repair_table, summary
+
+        if fixed.trials:
+            Console().print(repair_table(fixed))
+        typer.echo("\n".join(summary(fixed)))
+    typer.echo(f"report: {fixed.report if fix else result.report}")
     typer.echo(f"run {result.run_id} stored in {st.path}")
-    raise typer.Exit(1 if has_problem(result.findings) else 0)
+    raise typer.Exit(fixed.exit_code if fix else 1 if has_problem(result.findings) else 0)
 
 
 @app.command("report")

@@ -100,6 +100,8 @@ def doctor(
     report_path: Any = None,
     report: bool = True,
     quiet: bool = True,
+    fix: bool = False,
+    budget: int | None = None,
 ) -> DoctorResult:
     """Train ``spec`` (a RunSpec or its dict) for ``updates`` updates with the probe, diagnose, write the report.
 
@@ -110,7 +112,14 @@ def doctor(
     :func:`~deepscope.diagnosis.checks.check_model` at the start and at the end, and
     :func:`~deepscope.diagnosis.checks.diagnose_input` on the monitor inputs. With ``report`` the HTML report
     goes to ``report_path`` (default: ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store).
+    ``fix=True`` goes on to try the candidate fixes (``budget`` trial runs) and returns the
+    :class:`~deepscope.diagnosis.repair.RepairResult` of :func:`~deepscope.diagnosis.repair.repair` instead.
     """
+    if fix:
+        from deepscope.diagnosis.repair import repair
+
+        return repair(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor, budget=budget,
+                      report=report, report_path=report_path, quiet=quiet)
     import torch
 
     from deepscope.data import get_dataset
