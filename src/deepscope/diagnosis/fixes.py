@@ -116,7 +116,9 @@ def _lsuv(spec: dict) -> None:
 
 
 def _swap(old: str, new: str) -> Callable[[dict], None]:
-    """Activation ``old`` -> ``new``; an init that was ``old``'s pairing becomes ``new``'s, any other is kept."""
+    """Activation ``old`` -> ``new``, with the init that fits ``new`` (its registry pairing) unless the init adapts
+    by itself ("auto", "lsuv"): Glorot & Bengio (2010) pair tanh/softsign with the normalized init, He et al.
+    (2015) ReLU-like units with theirs."""
 
     def fn(spec: dict) -> None:
         from deepscope.nn.activations import ACTIVATIONS
@@ -124,7 +126,7 @@ def _swap(old: str, new: str) -> Callable[[dict], None]:
         if _activation(spec) != old:
             raise NotApplicable(f"replaces {old}; the activation is {_activation(spec)}")
         spec["model"]["activation"], spec["model"]["activation_kwargs"] = new, {}
-        if spec["init"]["scheme"] == ACTIVATIONS[old].init and len(spec["init"]) == 1:
+        if spec["init"]["scheme"] not in ("auto", "lsuv"):
             spec["init"] = {"scheme": ACTIVATIONS[new].init}
 
     return fn
@@ -162,6 +164,8 @@ def _replace_modules(model, kinds: tuple[type, ...], make: Callable[[], Any], wh
 
 
 def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
+    """Swap the activation modules, then give each layer the init that fits the activation after it."""
+
     def fn(model, seed: int) -> None:
         from torch import nn
 
@@ -170,6 +174,7 @@ def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
         make = {"tanh": nn.Tanh, "softsign": nn.Softsign, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU}[new]
         kinds = ACTIVATIONS[old].module_types
         _replace_modules(model, kinds, make, f"{old} ({kinds[0].__name__})")
+        _reinit_module(model, seed)
 
     return fn
 
@@ -247,6 +252,11 @@ def frozen_parameters(model) -> list[Finding]:
                     "deepscope's trainer then gives them to the optimizer.")]
 
 
+def _swap_fix(name: str, old: str, new: str) -> Fix:
+    return Fix(name, f"{old} -> {new}, with the init that fits it", "activation", _swap(old, new),
+               _swap_module(old, new))
+
+
 # --- the registry -----------------------------------------------------------------------------------
 
 FIXES: dict[str, Fix] = {f.name: f for f in [
@@ -267,12 +277,10 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         _preprocess("standardize"), run_level=True),
     Fix("reinit", "re-initialize with the scheme that fits the activation", "init", _reinit, _reinit_module),
     Fix("lsuv", "LSUV initialization", "init", _lsuv),
-    Fix("act_tanh", "sigmoid -> tanh", "activation", _swap("sigmoid", "tanh"), _swap_module("sigmoid", "tanh")),
-    Fix("act_softsign", "tanh -> softsign", "activation", _swap("tanh", "softsign"),
-        _swap_module("tanh", "softsign")),
-    Fix("act_leaky_relu", "ReLU -> Leaky ReLU", "activation", _swap("relu", "leaky_relu"),
-        _swap_module("relu", "leaky_relu")),
-    Fix("act_prelu", "ReLU -> PReLU", "activation", _swap("relu", "prelu"), _swap_module("relu", "prelu")),
+    _swap_fix("act_tanh", "sigmoid", "tanh"),
+    _swap_fix("act_softsign", "tanh", "softsign"),
+    _swap_fix("act_leaky_relu", "relu", "leaky_relu"),
+    _swap_fix("act_prelu", "relu", "prelu"),
     Fix("batch_norm", "batch normalization after each hidden layer", "norm", _batch_norm, _batch_norm_module),
     Fix("unfreeze", "unfreeze the frozen parameters", "unfreeze", None, _unfreeze_module),
 ]}

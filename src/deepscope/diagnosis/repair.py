@@ -115,24 +115,23 @@ def judge(before: dict[str, float], after: dict[str, float], targets, before_fin
           before_status: str = "finished") -> tuple[bool, bool, bool, str]:
     """``(improved, cleared, verified, verdict)`` of a trial against the baseline.
 
-    improved: validation error lower by >= ERROR_MARGIN, or validation loss lower by >= LOSS_MARGIN (relative)
-    with a validation error no higher. cleared: none of ``targets`` is among the trial's problems (errors and
-    warnings). verified: the trial finished, improved and cleared, and has no error-severity finding whose
-    code the baseline did not have.
+    improved: the validation error is lower by >= ERROR_MARGIN, or the validation loss is lower by >= LOSS_MARGIN
+    (relative) with the error at most ERROR_MARGIN higher. cleared: none of ``targets`` is among the trial's
+    problems (errors and warnings), unless it recovers by the end of the run. verified: the trial finished,
+    improved and cleared, and has no error-severity finding whose code the baseline did not have.
     """
     b_err, b_loss = _score(before, before_status)
     a_err, a_loss = _score(after, status)
-    improved = status == "finished" and (a_err <= b_err - ERROR_MARGIN
-                                         or (a_loss <= (1.0 - LOSS_MARGIN) * b_loss and a_err <= b_err))
-    problems = {f.code for f in after_findings if f.severity in PROBLEM}
+    improved = status == "finished" and (a_err <= b_err - ERROR_MARGIN or (
+        a_loss <= (1.0 - LOSS_MARGIN) * b_loss and a_err <= b_err + ERROR_MARGIN))
+    problems = {f.code for f in after_findings if f.severity in PROBLEM and f.recovers is not True}
     remaining = [c for c in targets if c in problems]
     cleared = not remaining
     before_codes = {f.code for f in before_findings if f.severity in PROBLEM}
     new = sorted({f.code for f in after_findings if f.severity == "error"} - before_codes)
     reasons = [] if status == "finished" else [status]
     if status == "finished" and not improved:
-        reasons.append(f"no gain beyond the margin (valid error {b_err:.1%} -> {a_err:.1%}, "
-                       f"loss {b_loss:.3g} -> {a_loss:.3g})")
+        reasons.append("no gain beyond the margin")
     reasons += [f"{c} remains" for c in remaining] + [f"new error: {c}" for c in new]
     verified = not reasons
     return improved, cleared, verified, "verified" if verified else "; ".join(reasons)
