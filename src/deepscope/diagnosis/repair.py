@@ -118,7 +118,7 @@ def judge(before: dict[str, float], after: dict[str, float], targets, before_fin
     improved: the validation error is lower by >= ERROR_MARGIN, or the validation loss is lower by >= LOSS_MARGIN
     (relative) with the error at most ERROR_MARGIN higher. cleared: none of ``targets`` is among the trial's
     problems (errors and warnings), unless it recovers by the end of the run. verified: the trial finished,
-    improved and cleared, and has no error-severity finding whose code the baseline did not have.
+    improved and cleared. The verdict also names error-severity findings the baseline did not have.
     """
     b_err, b_loss = _score(before, before_status)
     a_err, a_loss = _score(after, status)
@@ -127,14 +127,14 @@ def judge(before: dict[str, float], after: dict[str, float], targets, before_fin
     problems = {f.code for f in after_findings if f.severity in PROBLEM and f.recovers is not True}
     remaining = [c for c in targets if c in problems]
     cleared = not remaining
+    verified = status == "finished" and improved and cleared
     before_codes = {f.code for f in before_findings if f.severity in PROBLEM}
     new = sorted({f.code for f in after_findings if f.severity == "error"} - before_codes)
-    reasons = [] if status == "finished" else [status]
+    reasons = ["verified"] if verified else [] if status == "finished" else [status]
     if status == "finished" and not improved:
         reasons.append("no gain beyond the margin")
     reasons += [f"{c} remains" for c in remaining] + [f"new error: {c}" for c in new]
-    verified = not reasons
-    return improved, cleared, verified, "verified" if verified else "; ".join(reasons)
+    return improved, cleared, verified, "; ".join(reasons)
 
 
 # --- running trials ----------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def repair_table(result: RepairResult):
         table.add_row(str(i), f"{mark}{t.name}", ", ".join(t.targets), "yes" if t.cleared else "[red]no[/]",
                       f"{b_err:.1%} -> {err:.1%}", f"{b_loss:.3g} -> {loss:.3g}",
                       f"{t.seconds:.0f} s ({t.seconds / max(result.diagnosis_seconds, 1e-9):.1f}x)",
-                      "[green]verified[/]" if t.verified else t.verdict)
+                      t.verdict.replace("verified", "[green]verified[/]", 1))
     return table
 
 
