@@ -157,9 +157,9 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     finally:
         if store is not None:
             store.close()
-    return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics), findings=sort_findings(r.findings + frozen),
-                seconds=time.perf_counter() - start, records=r.records, histograms=r.histograms,
-                scalars=r.scalars, checks=r.checks + frozen, spec=r.spec)
+    return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics),
+                findings=sort_findings(frozen + r.findings), seconds=time.perf_counter() - start,
+                records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks + frozen, spec=r.spec)
 
 
 def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progress) -> bool:
@@ -172,6 +172,8 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
         trial.data = {k: out[k] for k in ("records", "histograms", "scalars", "checks", "spec")}
         progress(trial)
 
+    if not trials:
+        return False
     jobs = default_jobs() if jobs is None else jobs
     args = [(_trial_spec(t), copy.deepcopy(t.model)) for t in trials]  # a trial trains its module in place
     try:
@@ -304,7 +306,7 @@ def repair(
     baseline = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
                       report=False, quiet=quiet)
     if initial is not None and (frozen := frozen_parameters(initial)):
-        baseline.findings, baseline.checks = sort_findings(baseline.findings + frozen), baseline.checks + frozen
+        baseline.findings, baseline.checks = sort_findings(frozen + baseline.findings), baseline.checks + frozen
         if store is not None:
             save_checks(store.run_dir(baseline.run_id) / CHECKS_FILE, baseline.checks)
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
