@@ -168,5 +168,5 @@ def _well_formed(row: Any) -> bool:
     try:
         int(row["step"]), float(row["value"])
         return all(isinstance(row[k], str) for k in ("source", "layer", "quantity", "stat"))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return False

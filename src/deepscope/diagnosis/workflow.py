@@ -8,13 +8,23 @@ per-update losses. So a doctor run is the same run ``deepscope train`` would mak
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from deepscope.callbacks import Callback
 from deepscope.config import RunSpec, validate_spec
-from deepscope.diagnosis.checks import check_model, diagnose_input
+from deepscope.diagnosis.checks import (
+    batchnorm_state,
+    check_batchnorm,
+    check_model,
+    check_modes,
+    check_training,
+    diagnose_input,
+)
 from deepscope.diagnosis.findings import Finding, has_problem, merge_checks, save_checks
 from deepscope.diagnosis.rules import diagnose
 from deepscope.probe.trainer import MONITOR, TrainerProbe
@@ -24,7 +34,24 @@ __all__ = ["DOCTOR_UPDATES", "DoctorResult", "doctor"]
 
 DOCTOR_UPDATES = 500  # long enough for the loss curve and saturation to show, short enough to wait for
 DOCTOR_RECORDS = 10  # probe records over the run (plus the one at initialization)
-DOCTOR_EVALS = 5  # evaluations over the run (the error curves of the report)
+DOCTOR_EVALS = 10  # evaluations over the run (the error curves of the report, the overfitting rule)
+
+
+# Curve findings a check explains better: a frozen or eval-mode batch norm makes the validation loss differ
+# from the training loss (not overfitting); a model whose layers do not learn or whose output does not fit the
+# loss sits at the chance level for that reason (not a plateau of a healthy set-up).
+_EXPLAINED_BY_CHECKS = {
+    "overfitting": {"bn_stats_frozen", "eval_mode"},
+    "plateau": {"not_learning", "output_loss_mismatch", "output_saturated", "eval_mode", "symmetry"},
+}
+
+
+def chance_loss(labels) -> float:
+    """The cross-entropy of predicting the class frequencies of ``labels``: the loss of a model that learned nothing
+    from the inputs."""
+    counts = torch.bincount(torch.as_tensor(labels).reshape(-1).long().clamp(min=0)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
 
 
 @dataclass
@@ -39,10 +66,12 @@ class DoctorResult:
     records: list[dict] = field(default_factory=list, repr=False)  # the probe's stats rows
     histograms: list[dict] = field(default_factory=list, repr=False)
     losses: list[float] = field(default_factory=list, repr=False)  # the training loss of every update
+    grad_norms: list[float] = field(default_factory=list, repr=False)  # the gradient norm of every update
     scalars: list[dict] = field(default_factory=list, repr=False)  # the evaluations (step, name, value)
     checks: list[Finding] = field(default_factory=list)  # the findings of the model and input checks
     spec: dict = field(default_factory=dict, repr=False)  # the spec as recorded
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "train", "findings" (after it), "report"
 
     @property
     def healthy(self) -> bool:
@@ -50,15 +79,23 @@ class DoctorResult:
 
 
 class _Checks(Callback):
-    """Symmetry of the weights at the start and the end, the monitor inputs, and the per-update losses."""
+    """The checks that need the model: symmetry of the weights at the start and the end, parameters the
+    optimizer moves and the output the loss sees (start), the mode at the first update, batch-norm running
+    statistics (start vs end); the monitor inputs; and the loss and gradient norm of every update."""
 
     def __init__(self, monitor: int):
         self.monitor = monitor
         self.losses: list[Any] = []
+        self.grad_norms: list[Any] = []  # the gradient norm of every update, on the device
         self.evals: list[dict] = []
         self.at_start: list[Finding] = []
         self.at_end: list[Finding] = []
         self.inputs: list[Finding] = []
+        self.training: list[Finding] = []  # frozen / unregistered parameters, output fed to the loss
+        self.modes: list[Finding] = []  # eval mode during training
+        self.batchnorm: list[Finding] = []  # running statistics that never moved
+        self.bn_before: dict = {}
+        self.first_step = 0
         self.x = None
 
     def on_start(self, ctx) -> None:
@@ -66,27 +103,36 @@ class _Checks(Callback):
         self.x = valid[0][: self.monitor] if valid is not None else None
         self.at_start = check_model(ctx.model, self.x)
         self.inputs = diagnose_input(self.x) if self.x is not None and len(self.x) >= 2 else []
+        self.training = check_training(ctx.model, ctx.optimizer, self.x)
+        self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step
 
     def on_step(self, ctx) -> None:
+        if ctx.step == self.first_step + 1:
+            self.modes = check_modes(ctx.model)
         self.losses.append(ctx.loss)  # stays on the device; read once at the end
+        grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
+        self.grad_norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads
+                               else torch.zeros((), device=ctx.loss.device))
 
     def on_eval(self, ctx) -> None:
         self.evals += [dict(step=ctx.step, name=k, value=v) for k, v in ctx.metrics.items()]
 
     def on_end(self, ctx) -> None:
         self.at_end = check_model(ctx.model, self.x)
+        self.batchnorm = check_batchnorm(self.bn_before, ctx.model, ctx.step - self.first_step)
 
     def findings(self) -> list[Finding]:
-        """One symmetry finding (the weights at the start or the end), then the input findings."""
+        """One symmetry finding (the weights at the start or the end), then the other checks' findings."""
+        others = [*self.training, *self.modes, *self.batchnorm, *self.inputs]
         if not self.at_start and not self.at_end:
-            return list(self.inputs)
+            return others
         finding = (self.at_start or self.at_end)[0]
         finding.first_step = 0 if self.at_start else None
         finding.recovers = not self.at_end
         if not self.at_end:
             finding.severity = "warning"
             finding.message += "; training has broken the symmetry since"
-        return [finding, *self.inputs]
+        return [finding, *others]
 
 
 def doctor(
@@ -120,8 +166,6 @@ def doctor(
 
         return repair(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor, budget=budget,
                       report=report, report_path=report_path, quiet=quiet)
-    import torch
-
     from deepscope.data import get_dataset
     from deepscope.trainer import train
 
@@ -136,14 +180,23 @@ def doctor(
         store = Store(store)
     data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
 
+    began = time.perf_counter()
     checks = _Checks(monitor)
     probe = TrainerProbe(every=max(1, updates // DOCTOR_RECORDS), monitor=monitor)
     try:
         result = train(spec, model=model, store=store, callbacks=[checks, probe], quiet=quiet, dataset=data)
     finally:
         probe.close()  # training raised: the probe's hooks go all the same
+    trained = time.perf_counter()
     losses = torch.stack(checks.losses).float().tolist() if checks.losses else []
-    loss_rows = [dict(step=i + 1, name="train/loss", value=v) for i, v in enumerate(losses)]
+    norms = torch.stack(checks.grad_norms).float().tolist() if checks.grad_norms else []
+    start = result.step - len(losses)
+    loss_rows = [dict(step=start + i + 1, name="train/loss", value=v) for i, v in enumerate(losses)]
+    loss_rows += [dict(step=start + i + 1, name="train/grad_norm", value=v) for i, v in enumerate(norms)]
+    # the evaluations, but the per-update losses stand for the training loss
+    loss_rows += [r for r in checks.evals if not r["name"].startswith("train/")]
+    if data.valid is not None and len(data.valid[1]):
+        loss_rows.append(dict(step=0, name="valid/chance_loss", value=chance_loss(data.valid[1])))
     recorded = spec.to_dict()
     if model is not None:
         from deepscope.trainer import describe_model
@@ -151,13 +204,16 @@ def doctor(
         recorded["model"] = describe_model(model)
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
     found_checks = checks.findings()
-    findings = merge_checks(diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded),
-                            found_checks)
+    found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
+    codes = {f.code for f in found_checks}
+    findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
     if store is not None:
         save_checks(store.run_dir(result.run_id) / CHECKS_FILE, found_checks)
     scalars = store.scalars(result.run_id) if store is not None else checks.evals
-    out = DoctorResult(result.run_id, result.status, findings, None, store, probe.records, probe.histograms, losses,
-                       scalars, found_checks, recorded, dict(result.metrics))
+    out = DoctorResult(result.run_id, result.status, findings, store=store, records=probe.records,
+                       histograms=probe.histograms, losses=losses, grad_norms=norms, scalars=scalars,
+                       checks=found_checks, spec=recorded, metrics=dict(result.metrics))
+    out.timings = {"train": trained - began, "findings": time.perf_counter() - trained}
     if report:
         from deepscope.plots import RunData
         from deepscope.plots import report as write_report
@@ -166,5 +222,7 @@ def doctor(
             report_path = Path("doctor-report.html") if store is None else store.run_dir(result.run_id) / REPORT_FILE
         run = RunData(spec.name, run_id=result.run_id, spec=recorded, status=result.status, stats=probe.records,
                       histograms=probe.histograms, findings=findings, checks=found_checks, scalars=scalars)
+        drawing = time.perf_counter()
         out.report = write_report([run], out_path=report_path, title=f"deepscope doctor: {spec.name}")
+        out.timings["report"] = time.perf_counter() - drawing
     return out
