@@ -166,7 +166,7 @@ def test_frozen_layers_of_a_user_module_are_found_and_unfrozen():
     for p in [*net[1].parameters(), *net[3].parameters()]:
         p.requires_grad_(False)
     result = fix_run(spec(), model=net, budget=1)
-    assert "frozen_parameters" in [f.code for f in result.baseline.findings]
+    assert result.baseline.findings[0].code == "not_learning"
     (trial,) = [t for t in result.trials if t.fixes == ("unfreeze",)]
     assert trial.cleared and trial.verified
     assert trial.metrics["valid/error"] <= result.baseline.metrics["valid/error"] - ERROR_MARGIN
@@ -236,7 +236,7 @@ def test_doctor_fix_on_a_user_model_from_the_command_line(tmp_path, monkeypatch)
     out = run_cli(["doctor", "--model", "my_nets_for_repair:frozen", "--set",
                    "data.options={size = 16, n_valid = 200, n_test = 200}", "--set", "data.preprocess=standardize",
                    "--updates", 40, "--monitor", 100, "--store", tmp_path / "runs", "-q", "--fix", "--budget", 1])
-    assert "frozen_parameters" in out.output and "unfreeze" in out.output, out.output
+    assert "not_learning" in out.output and "unfreeze" in out.output, out.output
     assert out.exit_code in (0, 1) and ("repaired: unfreeze" in out.output) == (out.exit_code == 0)
 
     from deepscope.store import Store

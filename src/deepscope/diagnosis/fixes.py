@@ -27,13 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepscope.diagnosis.findings import Finding
+from torch import nn
 
-__all__ = ["FIXES", "FIXES_FOR", "Fix", "NotApplicable", "apply_fix", "apply_fixes", "frozen_parameters"]
+__all__ = ["FIXES", "FIXES_FOR", "AsLogits", "Fix", "NotApplicable", "TrainMode", "apply_fix", "apply_fixes"]
 
 ADAM_LR = 1e-3  # Kingma & Ba (2015), the default step size of Adam
 CLIP_NORM = 1.0  # Pascanu et al. (2013) clip the gradient norm at a threshold of the order of its usual size
 PLATEAU = {"factor": 0.3, "patience": 1}  # reduce_on_plateau: x0.3 after two evaluations without progress
+DROPOUT = 0.3  # Srivastava et al. (2014) keep hidden units with p = 0.5-0.8
+WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992)
+BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
 
 
 class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
@@ -45,7 +48,8 @@ class Fix:
     """A named transformation of a run. ``group`` names what it changes: a combination takes one fix per group.
 
     ``spec(d)`` changes the spec dict ``d`` in place (raising :class:`NotApplicable` when it does not apply);
-    ``run_level`` fixes do so for your own module too. ``module(model, seed)`` changes your module in place.
+    ``run_level`` fixes do so for your own module too. ``module(model, seed)`` changes your module in place (or
+    returns a module wrapping it).
     """
 
     name: str
@@ -148,6 +152,22 @@ def _preprocess(method: str) -> Callable[[dict], None]:
     return fn
 
 
+def _dropout(spec: dict) -> None:
+    if spec["model"].get("dropout", 0.0) > 0:
+        raise NotApplicable(f"the network already has dropout {spec['model']['dropout']}")
+    spec["model"]["dropout"] = DROPOUT
+
+
+def _weight_decay(spec: dict) -> None:
+    from deepscope.optim import OPTIMIZERS
+
+    if "weight_decay" not in OPTIMIZERS[spec["optim"]["name"]].allowed():
+        raise NotApplicable(f"optimizer {spec['optim']['name']!r} takes no weight_decay")
+    if spec["optim"].get("weight_decay"):
+        raise NotApplicable(f"the optimizer already decays weights (weight_decay={spec['optim']['weight_decay']})")
+    spec["optim"]["weight_decay"] = WEIGHT_DECAY
+
+
 # --- module-level transformations (your own nn.Module, changed in place) -------------------------------
 
 
@@ -238,18 +258,91 @@ def _unfreeze_module(model, seed: int) -> None:
         p.requires_grad_(True)
 
 
-def frozen_parameters(model) -> list[Finding]:
-    """A finding when some parameters of ``model`` do not train (``requires_grad=False``)."""
-    names = [name for name, p in model.named_parameters() if not p.requires_grad]
-    if not names:
-        return []
-    total = sum(1 for _ in model.parameters())
-    return [Finding("frozen_parameters", "warning",
-                    f"{len(names)} of {total} parameter tensors do not train (requires_grad=False)",
-                    layers=sorted({n.rpartition(".")[0] for n in names}), first_step=0, recovers=False,
-                    evidence={"frozen": float(len(names)), "parameters": float(total)},
-                    advice="Unfreeze them (requires_grad=True) unless they are frozen on purpose (fine-tuning); "
-                    "deepscope's trainer then gives them to the optimizer.")]
+def _register_module(model, seed: int) -> None:
+    """Layers kept in a plain Python list or dict attribute become an ``nn.ModuleList`` / ``nn.ModuleDict``: the
+    same objects in the same order, now registered, so ``parameters()`` and the optimizer see them."""
+    found = []
+    for owner_name, owner in list(model.named_modules()):
+        for name, value in list(vars(owner).items()):
+            if name.startswith("_"):  # torch's own registries (_modules, _parameters, ...)
+                continue
+            if isinstance(value, list | tuple) and value and all(isinstance(v, nn.Module) for v in value):
+                wrapped = nn.ModuleList(value)
+            elif isinstance(value, dict) and value and all(isinstance(v, nn.Module) and isinstance(k, str)
+                                                           for k, v in value.items()):
+                wrapped = nn.ModuleDict(value)
+            else:
+                continue
+            del vars(owner)[name]
+            setattr(owner, name, wrapped)
+            found.append(f"{owner_name}.{name}".lstrip("."))
+    if not found:
+        raise NotApplicable("no layers kept in a Python list or dict attribute")
+
+
+def _bn_momentum_module(model, seed: int) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum == 0]
+    if not norms:
+        raise NotApplicable("no batch norm with running-statistics momentum 0")
+    for m in norms:
+        m.momentum = BN_MOMENTUM
+
+
+class TrainMode(nn.Module):
+    """Wraps a module whose own ``train()`` keeps some layers in eval mode: ``train(mode)`` sets every
+    submodule's mode (so batch norm uses batch statistics and dropout drops while training)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> TrainMode:
+        super().train(mode)
+        for m in self.module.modules():
+            m.training = mode
+        return self
+
+
+def _train_mode_module(model, seed: int) -> TrainMode:
+    if not any(type(m).train is not nn.Module.train for m in model.modules()):
+        raise NotApplicable("no module overrides train(): its mode is the trainer's")
+    return TrainMode(model)
+
+
+class AsLogits(nn.Module):
+    """Wraps a module whose output is squashed (softmax, sigmoid or tanh) and reads it back as logits.
+
+    The kind is read from the first output: rows >= 0 that sum to 1 are probabilities -> ``log p`` (then
+    cross-entropy's log-softmax of ``log p`` is ``log p`` itself: the loss of the unsquashed logits); values in
+    [0, 1] -> ``logit p``; in [-1, 1] -> ``atanh y``; anything else passes unchanged.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module, self.kind = module, None
+
+    def forward(self, *args, **kwargs):
+        import torch
+
+        y = self.module(*args, **kwargs)
+        if self.kind is None:
+            d = y.detach()
+            if d.min() >= -1e-4 and torch.allclose(d.sum(-1), torch.ones(()), atol=1e-3):
+                self.kind = "log"
+            else:
+                self.kind = "logit" if d.min() >= 0 and d.max() <= 1 else "atanh" if d.abs().max() <= 1 else "none"
+        if self.kind == "log":
+            return y.clamp_min(1e-12).log()
+        if self.kind == "logit":
+            return torch.logit(y, eps=1e-6)
+        return torch.atanh(y.clamp(-1 + 1e-6, 1 - 1e-6)) if self.kind == "atanh" else y
+
+
+def _as_logits_module(model, seed: int) -> AsLogits:
+    return AsLogits(model)
 
 
 def _swap_fix(name: str, old: str, new: str) -> Fix:
@@ -260,6 +353,7 @@ def _swap_fix(name: str, old: str, new: str) -> Fix:
 # --- the registry -----------------------------------------------------------------------------------
 
 FIXES: dict[str, Fix] = {f.name: f for f in [
+    Fix("lr_x0.01", "learning rate x0.01", "lr", _lr(0.01), run_level=True),
     Fix("lr_x0.1", "learning rate x0.1", "lr", _lr(0.1), run_level=True),
     Fix("lr_x0.3", "learning rate x0.3", "lr", _lr(0.3), run_level=True),
     Fix("lr_x3", "learning rate x3", "lr", _lr(3.0), run_level=True),
@@ -283,6 +377,16 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     _swap_fix("act_prelu", "relu", "prelu"),
     Fix("batch_norm", "batch normalization after each hidden layer", "norm", _batch_norm, _batch_norm_module),
     Fix("unfreeze", "unfreeze the frozen parameters", "unfreeze", None, _unfreeze_module),
+    Fix("register", "register layers kept in Python lists/dicts (nn.ModuleList / nn.ModuleDict)", "register",
+        None, _register_module),
+    Fix("bn_momentum", f"batch-norm running statistics updated again (momentum {BN_MOMENTUM})", "bn_momentum",
+        None, _bn_momentum_module),
+    Fix("train_mode", "every submodule in train mode while training (overrides your train())", "train_mode",
+        None, _train_mode_module),
+    Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
+        "output", None, _as_logits_module),
+    Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
+    Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay, run_level=True),
 ]}
 
 FIXES_FOR: dict[str, list[str]] = {
@@ -293,12 +397,21 @@ FIXES_FOR: dict[str, list[str]] = {
     "dead_units": ["act_leaky_relu", "act_prelu", "reinit", "lr_x0.1", "batch_norm"],
     "variance_shrinks": ["reinit", "lsuv", "batch_norm"],
     "variance_grows": ["reinit", "lsuv", "batch_norm"],
-    "lr_too_high": ["lr_x0.1", "lr_x0.3", "clip_norm", "warmup_cosine", "reduce_on_plateau"],
+    "lr_too_high": ["lr_x0.1", "lr_x0.01", "lr_x0.3", "clip_norm", "warmup_cosine"],
     "lr_too_low": ["lr_x3", "lr_x10", "momentum", "adam"],
     "input_not_centered": ["center", "standardize"],
     "input_not_scaled": ["standardize"],
-    "frozen_parameters": ["unfreeze"],
+    "not_learning": ["unfreeze", "register"],
+    "output_loss_mismatch": ["as_logits"],
+    "output_saturated": ["reinit", "lr_x0.1", "clip_norm"],
+    "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
+    "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
+    "plateau": ["adam", "momentum", "lr_x3", "batch_norm"],
+    "overfitting": ["weight_decay", "dropout"],
+    "eval_mode": ["train_mode"],
+    "bn_stats_frozen": ["bn_momentum", "train_mode"],
 }
+"""Candidate fixes per finding code, best first. ``diagnosis_error`` (a bug of deepscope) has none."""
 
 
 def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[dict, Any]:
@@ -320,8 +433,7 @@ def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[
     if fix.module is None:
         raise NotApplicable("changes [model]/[init] of a spec-built network; there is no module-level version")
     model = copy.deepcopy(model)
-    fix.module(model, seed)
-    return spec, model
+    return spec, fix.module(model, seed) or model  # a wrapping fix returns the wrapper
 
 
 def apply_fixes(names, spec: dict, model: Any = None, seed: int = 0) -> tuple[dict, Any]:

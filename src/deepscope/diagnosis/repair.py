@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from deepscope.config import RunSpec, spec_toml, validate_spec
-from deepscope.diagnosis.findings import Finding, save_checks, sort_findings
-from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes, frozen_parameters
+from deepscope.diagnosis.findings import Finding
+from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes
 
 __all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "Trial", "judge", "repair", "repair_table",
            "run_trial", "summary"]
@@ -144,22 +144,19 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
               updates: int = 500, monitor: int = 300) -> dict:
     """One doctor run of ``spec`` (and your ``model``), without a report; a picklable summary of it."""
     from deepscope.diagnosis.workflow import doctor
-    from deepscope.store import CHECKS_FILE, Store
+    from deepscope.store import Store
 
-    frozen = frozen_parameters(model) if model is not None else []
     start = time.perf_counter()
     store = Store(store_root) if store_root is not None else None
     try:
         r = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
                    report=False, quiet=True)
-        if store is not None and frozen:
-            save_checks(store.run_dir(r.run_id) / CHECKS_FILE, r.checks + frozen)
     finally:
         if store is not None:
             store.close()
     return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics),
-                findings=sort_findings(frozen + r.findings), seconds=time.perf_counter() - start,
-                records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks + frozen, spec=r.spec)
+                findings=r.findings, seconds=time.perf_counter() - start,
+                records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks, spec=r.spec)
 
 
 def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progress) -> bool:
@@ -286,7 +283,7 @@ def repair(
     from deepscope.diagnosis.workflow import DOCTOR_UPDATES, doctor
     from deepscope.experiments.sweep import BACKENDS
     from deepscope.probe.trainer import MONITOR
-    from deepscope.store import CHECKS_FILE, Store
+    from deepscope.store import Store
 
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
@@ -305,10 +302,6 @@ def repair(
     start = time.perf_counter()
     baseline = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
                       report=False, quiet=quiet)
-    if initial is not None and (frozen := frozen_parameters(initial)):
-        baseline.findings, baseline.checks = sort_findings(frozen + baseline.findings), baseline.checks + frozen
-        if store is not None:
-            save_checks(store.run_dir(baseline.run_id) / CHECKS_FILE, baseline.checks)
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
     if codes:
