@@ -112,7 +112,8 @@ def test_a_combination_is_tried_from_verified_fixes_of_different_groups():
 
 def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_path):
     result = fix_run(spec(lr=2.0), budget=1, fixed_path=tmp_path / "f.toml")
-    assert len(result.trials) == 1 and result.trials[0].fixes == ("lr_x0.1",)
+    top = next(f.code for f in result.baseline.findings if f.severity in ("error", "warning"))
+    assert len(result.trials) == 1 and result.trials[0].targets == (top,)  # the top finding's first fix
     none = fix_run(spec(lr=2.0), budget=0, fixed_path=tmp_path / "g.toml")
     assert none.trials == [] and none.best is None and none.exit_code == 1 and not (tmp_path / "g.toml").exists()
 
@@ -120,10 +121,8 @@ def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_pa
 def test_a_healthy_run_gets_nothing_to_fix_and_no_trials(tmp_path):
     from deepscope.diagnosis.repair import summary
 
-    healthy = validate_spec(dict(name="ok", data=dict(options=dict(n_valid=200, n_test=200, size=16),
-                                                      preprocess="standardize"),
-                                 model=dict(depth=2, width=24), train=dict(updates=60)))
-    result = repair(healthy, updates=60, monitor=100, jobs=1, report_path=tmp_path / "r.html",
+    healthy = validate_spec({**spec().to_dict(), "data": {"preprocess": "standardize"}})
+    result = repair(healthy, dataset=blobs(), updates=150, monitor=100, jobs=1, report_path=tmp_path / "r.html",
                     fixed_path=tmp_path / "f.toml")
     assert result.healthy and result.trials == [] and result.exit_code == 0 and not (tmp_path / "f.toml").exists()
     assert summary(result) == ["nothing to fix: the diagnosis run is healthy (no trials run)"]
@@ -190,8 +189,8 @@ name = "shapeset"
 options = {{ n_valid = 200, n_test = 200, size = 16 }}
 preprocess = "standardize"
 [model]
-depth = 2
-width = 24
+depth = 3
+width = 32
 activation = "{activation}"
 [init]
 scheme = "{init}"
@@ -208,9 +207,12 @@ def tiny(tmp_path, name="tiny", activation="tanh", init="glorot_uniform", extra=
 
 
 def test_doctor_fix_exit_codes(tmp_path, monkeypatch):
+    import deepscope.data
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(deepscope.data, "get_dataset", lambda name, **options: blobs())  # no trial leaves the process
     store = tmp_path / "runs"
-    args = ["--updates", 60, "--monitor", 100, "--store", store, "-q", "--fix"]
+    args = ["--updates", 150, "--monitor", 100, "--store", store, "-q", "--fix"]
     healthy = run_cli(["doctor", tiny(tmp_path), *args])
     assert healthy.exit_code == 0, healthy.output
     assert "nothing to fix" in healthy.output and not list(tmp_path.glob("*-fixed.toml"))
