@@ -35,7 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run only the cases of these names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the diagnosis run (default 1)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel trial processes (default 2)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel trial processes (default: repair's choice, see SPAWN_SECONDS)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if not args.only or c.name in args.only]
@@ -69,7 +70,7 @@ def main() -> None:
     print(f"{'broken set-ups repaired':<24} {sum(broken):>4}/{len(broken):<4} {share:.0%} (target >= 90%)")
     print(f"{'healthy with a proposal':<24} {sum(proposed):>4}/{len(proposed):<4} (target 0)")
     print(f"repair time / diagnosis run: median {statistics.median(ratios):.1f}x, max {max(ratios):.1f}x; "
-          f"all cases {time.perf_counter() - started:.0f} s ({args.jobs} trial processes)")
+          f"all cases {time.perf_counter() - started:.0f} s (jobs={args.jobs})")
     sys.exit(0 if share >= 0.9 and not any(proposed) else 1)
 
 

@@ -35,6 +35,9 @@ __all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "Trial
 ERROR_MARGIN = 0.01  # a verified fix lowers the validation error by at least 1 point ...
 LOSS_MARGIN = 0.05  # ... or the validation loss by at least 5 % without raising the error
 TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are tried by default
+# A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
+# when the diagnosis run is shorter than this, trials run one after the other in this process instead.
+SPAWN_SECONDS = 10.0
 PROBLEM = ("error", "warning")
 
 
@@ -275,7 +278,8 @@ def repair(
     """Diagnose ``spec`` (or your ``model`` trained with it), try the candidate fixes, keep the best verified one.
 
     ``budget`` is the number of trial runs (default: every applicable fix of the top two findings, plus one
-    combination). ``jobs`` parallel workers on ``backend`` ("local" processes or "ray"). Trials go to ``store``
+    combination). ``jobs`` parallel workers on ``backend`` ("local" processes or "ray"); by default two local
+    processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
     like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
     ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
     are drawn side by side (``report_path``, default the baseline run's ``report.html``).
@@ -307,6 +311,8 @@ def repair(
     if codes:
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
+        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:
+            jobs = 1
         run_args = dict(dataset=dataset, store_root=str(store.root) if store is not None else None,
                         updates=updates, monitor=monitor)
         with _Progress(quiet) as progress:
