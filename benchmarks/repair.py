@@ -2,7 +2,8 @@
 
 For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.diagnosis.repair).
 Prints one line per case -- what doctor found, the best verified fix, the validation error before -> after,
-the number of trials and the whole repair's time as a multiple of its diagnosis run -- then the share of
+the number of trials and the whole repair's time as a multiple of its diagnosis run (a diagnosis run that
+diverges stops early, so its multiple is large) -- then the share of
 broken set-ups repaired (target >= 90 %) and the healthy set-ups for which a fix was proposed (target 0).
 
     python benchmarks/repair.py [--only NAME ...] [--threads 1] [--jobs 2]
@@ -50,6 +51,8 @@ def main() -> None:
             codes = list(dict.fromkeys(f.code for f in r.baseline.findings if f.severity in ("error", "warning")))
             before = r.baseline.metrics.get("valid/error", float("nan"))
             after = r.best.metrics["valid/error"] if r.best else before
+            start = f"{before:6.1%}" if r.baseline.status == "finished" else "diverged"
+            errors = f"{start} -> {after:6.1%}"
             ratio = r.seconds / r.diagnosis_seconds
             ratios.append(ratio)
             if case.healthy:
@@ -59,7 +62,7 @@ def main() -> None:
                 verdict = "repaired" if r.repaired else "NOT REPAIRED"
                 per_class[case.problem].append(r.repaired)
             print(f"{case.name:<24} {case.kind:<6} {','.join(codes[:2]) or '-':<38} "
-                  f"{r.best.name if r.best else '-':<30} {before:6.1%} -> {after:6.1%} {len(r.trials):>6} "
+                  f"{r.best.name if r.best else '-':<30} {errors:<16} {len(r.trials):>6} "
                   f"{ratio:6.1f}x  {verdict}{' (interrupted)' if r.interrupted else ''}", flush=True)
     print()
     print(f"{'problem class':<24} {'repaired':>9}")
