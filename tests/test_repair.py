@@ -118,6 +118,24 @@ def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_pa
     assert none.trials == [] and none.best is None and none.exit_code == 1 and not (tmp_path / "g.toml").exists()
 
 
+def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
+    import deepscope.diagnosis.repair as repair_module
+
+    real, calls = repair_module.run_trial, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repair_module, "run_trial", interrupted_second)
+    result = fix_run(spec(lr=2.0))
+    assert result.interrupted and len(calls) == 2
+    assert len(result.trials) == 1 and result.trials[0].status == "finished"  # the finished trial is kept
+    assert "interrupted: 1 finished trials kept" in "\n".join(repair_module.summary(result))
+
+
 def test_a_healthy_run_gets_nothing_to_fix_and_no_trials(tmp_path):
     from deepscope.diagnosis.repair import summary
 

@@ -308,7 +308,8 @@ def repair(
                       report=False, quiet=quiet)
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
-    if codes:
+    result.interrupted = baseline.status == "interrupted"  # Ctrl-C during the diagnosis run: no trials
+    if codes and not result.interrupted:
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
         if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:
