@@ -271,10 +271,11 @@ def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_
     store = tmp_path / "runs"
     example = Path(__file__).resolve().parents[1] / "examples" / "glorot-tanh-n.toml"
     out = run_cli(["doctor", example, "--set", "model.activation=sigmoid", "--set", "init.scheme=normal",
-                   "--set", "init.std=1", "--fix", "--store", store, "-q"])
+                   "--set", "init.std=1", "--fix", "--budget", 2, "--store", store, "-q"])
     assert out.exit_code == 0, out.output
     (fixed,) = tmp_path.glob("*-fixed.toml")
     assert fixed.name == "glorot-tanh-n-1-fixed.toml" and "repaired: " in out.output
+    assert "2 trials" in out.output  # the budget: reinit and act_tanh, the first fixes of saturation
     trained = run_cli(["train", fixed, "--updates", 5, "--store", store, "-q"])
     assert trained.exit_code == 0, trained.output
     html = (store / "glorot-tanh-n-1" / "report.html").read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,19 @@ TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are trie
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
 SPAWN_SECONDS = 10.0
+BACKENDS = ("local", "ray")  # as deepscope.experiments.sweep, which sits above diagnosis (not imported here)
+
+
+def _default_jobs() -> int:
+    """min(2, cpu count): the machine is shared, and one torch process already uses several threads."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _init_worker(workers: int) -> None:
+    """Each of ``workers`` processes gets its share of the cores as torch intra-op threads (as the sweep's)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 PROBLEM = ("error", "warning")
 
 
@@ -164,8 +178,6 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
 
 def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progress) -> bool:
     """Run ``trials`` (filling them in as they finish); True when interrupted (Ctrl-C keeps the finished ones)."""
-    from deepscope.experiments.sweep import default_jobs, init_worker
-
     def done(trial: Trial, out: dict) -> None:
         for key in ("run_id", "status", "metrics", "findings", "seconds"):
             setattr(trial, key, out[key])
@@ -174,7 +186,7 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
 
     if not trials:
         return False
-    jobs = default_jobs() if jobs is None else jobs
+    jobs = _default_jobs() if jobs is None else jobs
     args = [(_trial_spec(t), copy.deepcopy(t.model)) for t in trials]  # a trial trains its module in place
     try:
         if backend == "ray":
@@ -189,7 +201,7 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
         from multiprocessing import get_context
 
         workers = min(jobs, len(trials))
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=(workers,)) as pool:
             futures = {pool.submit(run_trial, spec, model, **run_args): t
                        for t, (spec, model) in zip(trials, args, strict=True)}
@@ -285,7 +297,6 @@ def repair(
     are drawn side by side (``report_path``, default the baseline run's ``report.html``).
     """
     from deepscope.diagnosis.workflow import DOCTOR_UPDATES, doctor
-    from deepscope.experiments.sweep import BACKENDS
     from deepscope.probe.trainer import MONITOR
     from deepscope.store import Store
 
