@@ -75,6 +75,16 @@ def teacher_data(n_train: int = N_TRAIN, *, label_noise: float = 0.0, offset: fl
                    split(N_VALID, False), split(N_TEST, False))
 
 
+SHAPESET = {"name": "shapeset", "options": {"n_valid": N_VALID, "n_test": N_TEST, "size": 16}}
+
+
+def shapeset_data() -> Dataset:
+    """Shapeset-3x2 at 16 x 16 (Glorot & Bengio 2010), learned online; 300 validation examples."""
+    from deepscope.data import get_dataset
+
+    return get_dataset("shapeset", **SHAPESET["options"])
+
+
 # --- modules of the user kind -------------------------------------------------------------------------
 
 
@@ -321,6 +331,18 @@ CASES: list[Case] = [
     Case("conv-relu-he", HEALTHY, "spec",
          spec("conv-relu-he", activation="relu", init="he_normal", optim="adam", lr=1e-3,
               model={"builder": "convnet", "channels": [8, 16]}), family="conv"),
+    # healthy twins on other seeds and batch sizes, and on Shapeset (the thresholds were not tuned on these)
+    _case("tanh-glorot-sgd-b10-seed1", HEALTHY, activation="tanh", init="glorot_uniform", lr=0.02, batch_size=10,
+          train={"seed": 1}),
+    _case("relu-he-adam-seed2", HEALTHY, activation="relu", init="he_normal", optim="adam", lr=1e-3,
+          train={"seed": 2}),
+    _case("lstm-seed1", HEALTHY, model=Recurrent, family="lstm", optim="adam", lr=3e-3, train={"seed": 1}),
+    Case("shapeset-tanh-glorot", HEALTHY, "spec",
+         spec("shapeset-tanh-glorot", width=128, activation="tanh", init="glorot_uniform", lr=0.05, batch_size=10,
+              preprocess="standardize", data=SHAPESET), data=shapeset_data),
+    Case("shapeset-relu-he-adam", HEALTHY, "spec",
+         spec("shapeset-relu-he-adam", width=128, activation="relu", init="he_normal", optim="adam", lr=1e-3,
+              batch_size=10, preprocess="standardize", data=SHAPESET), data=shapeset_data),
     # --- broken: the issue's fifteen ---------------------------------------------------------------
     _case("deep-sigmoid", ("saturation", "vanishing_gradients"), depth=6, activation="sigmoid",
           init={"scheme": "normal", "std": 1.0}),
@@ -332,6 +354,9 @@ CASES: list[Case] = [
           init="he_normal", optim="adam", lr=0.5),
     _case("lr-too-low", ("lr_too_low",), activation="tanh", init="glorot_uniform", lr=1e-5),
     _case("zero-init", ("symmetry",), activation="tanh", init="zeros"),
+    Case("shapeset-deep-sigmoid", ("saturation", "vanishing_gradients"), "spec",
+         spec("shapeset-deep-sigmoid", depth=5, width=128, activation="sigmoid", init="standard", lr=0.05,
+              batch_size=10, preprocess="standardize", data=SHAPESET), data=shapeset_data),
     _case("constant-init", ("symmetry",), activation="tanh", init={"scheme": "constant", "value": 0.05}),
     _case("saturated-tanh", ("saturation",), activation="tanh", init={"scheme": "normal", "std": 2.0}),
     _case("uncentred-inputs", ("input_not_centered",), activation="tanh", init="glorot_uniform",

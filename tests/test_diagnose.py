@@ -6,9 +6,8 @@ import sys
 import pytest
 import torch
 
-from deepscope.diagnosis import checks
+from deepscope.diagnosis import Finding, check_model, checks, diagnose, diagnose_input, has_problem, sort_findings
 from deepscope.diagnosis import rules as dg
-from deepscope.diagnosis import Finding, check_model, diagnose, diagnose_input, has_problem, sort_findings
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 

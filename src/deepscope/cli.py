@@ -478,19 +478,21 @@ def doctor_command(
     store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    no_report: bool = typer.Option(False, "--no-report", help="Print the findings only; draw no HTML report."),
     fix: bool = typer.Option(False, "--fix", help="Try the candidate fixes in short trials, verify them, write "
                              "the repaired spec <run>-fixed.toml."),
     budget: int | None = typer.Option(None, "--budget", help="With --fix: N trial runs (default: the fixes of the "
                                       "top two findings plus one combination)."),
     backend: str = typer.Option("local", "--backend", help="With --fix: run the trials on local processes or ray."),
 ) -> None:
-    """Train briefly with the probe, print the findings and write the HTML report.
+    """Train briefly with the probe, print the findings, then write the HTML report.
 
     Exit status: 0 healthy (with --fix: or a verified repair was found), 1 a problem was found (an error or a
     warning; with --fix: and no fix was verified), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
+    from deepscope.diagnosis.workflow import write_report
     from deepscope.store import Store
 
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
@@ -511,14 +513,15 @@ def doctor_command(
             from deepscope.diagnosis.repair import repair
 
             fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
-                           backend=backend, report_path=output, quiet=quiet)
+                           backend=backend, report=not no_report, report_path=output, quiet=quiet)
             result = fixed.baseline
         else:
-            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
+            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False,
                             quiet=quiet)
     except (ValueError, OSError, ImportError) as e:
         raise _fail(str(e)) from None
     _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
+    typer.echo(f"run {result.run_id} stored in {st.path}")
     if fix:
         from rich.console import Console
 
@@ -526,10 +529,15 @@ def doctor_command(
 
         if fixed.trials:
             Console().print(repair_table(fixed))
-        typer.echo("\n".join(summary(fixed)))
-    typer.echo(f"report: {fixed.report if fix else result.report}")
-    typer.echo(f"run {result.run_id} stored in {st.path}")
-    raise typer.Exit(fixed.exit_code if fix else 1 if has_problem(result.findings) else 0)
+        typer.echo("\n".join(summary(fixed)) + (f"\nreport: {fixed.report}" if fixed.report else ""))
+        raise typer.Exit(fixed.exit_code)
+    if not no_report:
+        sys.stdout.flush()  # the findings are out before the figures are drawn
+        try:
+            typer.echo(f"report: {write_report(result, output)}")
+        except OSError as e:
+            raise _fail(str(e)) from None
+    raise typer.Exit(1 if has_problem(result.findings) else 0)
 
 
 @app.command("report")

@@ -61,6 +61,9 @@ OVERFIT_RISE = 0.2
 # steps of a low learning rate) and no other finding explains it.
 # The model has learned nothing beyond the class frequencies although gradients flow.
 PLATEAU_MARGIN = 0.02
+# A plateau needs time to show: in the first updates every net is near the chance level. The last evaluation
+# must come at least PLATEAU_MIN_UPDATES updates after the first (doctor runs 500 by default).
+PLATEAU_MIN_UPDATES = 200
 
 # Layers that do not learn: a layer whose median update/weight ratio is below NOT_LEARNING_RELATIVE times the
 # fastest layer's. Healthy nets of the benchmark keep all layers within 30x of each other (Adam within 3x);
@@ -246,7 +249,7 @@ def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Rec
     if spec_value(spec, "loss") not in (None, "cross_entropy"):
         return []  # the chance level below is that of the cross-entropy
     values = [v for _, v in valid if math.isfinite(v)]
-    if len(values) < OVERFIT_MIN_EVALS:
+    if len(values) < OVERFIT_MIN_EVALS or valid[-1][0] - valid[0][0] < PLATEAU_MIN_UPDATES:
         return []
     late = values[len(values) // 2:]
     step_ratio = _median_fastest_update_ratio(rec)
@@ -302,10 +305,11 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     loss = curve(scalars, "train/loss")
     valid = curve(scalars, "valid/loss")
     chance = curve(scalars, "valid/chance_loss")
-    findings = _rule_learning_rate(loss, rec, spec, explained)
+    rate = _rule_learning_rate(loss, rec, spec, explained)
+    findings = rate + _rule_not_learning(rec, explained)
+    if not rate:  # a loss thrown about by too high a rate says nothing of generalization
+        findings += _rule_overfitting(loss, valid)
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
-    findings += _rule_not_learning(rec, explained)
-    findings += _rule_overfitting(loss, valid)
     explained = explained or bool(findings)
     findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained)
     return findings

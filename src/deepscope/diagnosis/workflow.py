@@ -30,7 +30,7 @@ from deepscope.diagnosis.rules import diagnose
 from deepscope.probe.trainer import MONITOR, TrainerProbe
 from deepscope.store import CHECKS_FILE, REPORT_FILE, Store
 
-__all__ = ["DOCTOR_UPDATES", "DoctorResult", "doctor"]
+__all__ = ["DOCTOR_UPDATES", "DoctorResult", "doctor", "write_report"]
 
 DOCTOR_UPDATES = 500  # long enough for the loss curve and saturation to show, short enough to wait for
 DOCTOR_RECORDS = 10  # probe records over the run (plus the one at initialization)
@@ -111,7 +111,8 @@ class _Checks(Callback):
             self.modes = check_modes(ctx.model)
         self.losses.append(ctx.loss)  # stays on the device; read once at the end
         grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
-        self.grad_norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads
+        norms = [torch.linalg.vector_norm(g) for g in grads]  # stays on the device, like the loss
+        self.grad_norms.append(torch.linalg.vector_norm(torch.stack(norms)) if norms
                                else torch.zeros((), device=ctx.loss.device))
 
     def on_eval(self, ctx) -> None:
@@ -215,14 +216,26 @@ def doctor(
                        checks=found_checks, spec=recorded, metrics=dict(result.metrics))
     out.timings = {"train": trained - began, "findings": time.perf_counter() - trained}
     if report:
-        from deepscope.plots import RunData
-        from deepscope.plots import report as write_report
-
-        if report_path is None:
-            report_path = Path("doctor-report.html") if store is None else store.run_dir(result.run_id) / REPORT_FILE
-        run = RunData(spec.name, run_id=result.run_id, spec=recorded, status=result.status, stats=probe.records,
-                      histograms=probe.histograms, findings=findings, checks=found_checks, scalars=scalars)
-        drawing = time.perf_counter()
-        out.report = write_report([run], out_path=report_path, title=f"deepscope doctor: {spec.name}")
-        out.timings["report"] = time.perf_counter() - drawing
+        write_report(out, report_path)
     return out
+
+
+def write_report(result: DoctorResult, path: Any = None) -> Path:
+    """Draw the HTML report of a :func:`doctor` result (run with ``report=False``) to ``path``; return the path.
+
+    The default path is ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store. Matplotlib is
+    imported here, not before: the findings need none of it. Sets ``result.report`` and ``result.timings["report"]``.
+    """
+    from deepscope.plots import RunData
+    from deepscope.plots import report as html_report
+
+    drawing = time.perf_counter()
+    if path is None:
+        path = Path("doctor-report.html") if result.store is None else result.store.run_dir(result.run_id) / REPORT_FILE
+    name = result.spec.get("name", "run")
+    run = RunData(name, run_id=result.run_id, spec=result.spec, status=result.status, stats=result.records,
+                  histograms=result.histograms, findings=result.findings, checks=result.checks,
+                  scalars=result.scalars)
+    result.report = html_report([run], out_path=path, title=f"deepscope doctor: {name}")
+    result.timings["report"] = time.perf_counter() - drawing
+    return result.report
