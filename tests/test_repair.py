@@ -15,6 +15,12 @@ from deepscope.diagnosis import Finding
 from deepscope.diagnosis.repair import ERROR_MARGIN, LOSS_MARGIN, judge, repair
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """A repair writes <run>-fixed.toml to the current directory: keep it out of the source tree."""
+    monkeypatch.chdir(tmp_path)
+
+
 def blobs(seed=0) -> Dataset:
     """Four overlapping Gaussian classes in a 1x4x4 image, in memory: learnable in a hundred updates."""
     g = torch.Generator().manual_seed(seed)
