@@ -45,7 +45,8 @@ class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
 
 @dataclass(frozen=True)
 class Fix:
-    """A named transformation of a run. ``group`` names what it changes: a combination takes one fix per group.
+    """A named transformation of a run. ``group`` names what it changes ("a+b": both): a combination takes one fix
+    per group.
 
     ``spec(d)`` changes the spec dict ``d`` in place (raising :class:`NotApplicable` when it does not apply);
     ``run_level`` fixes do so for your own module too. ``module(model, seed)`` changes your module in place (or
@@ -346,7 +347,7 @@ def _as_logits_module(model, seed: int) -> AsLogits:
 
 
 def _swap_fix(name: str, old: str, new: str) -> Fix:
-    return Fix(name, f"{old} -> {new}, with the init that fits it", "activation", _swap(old, new),
+    return Fix(name, f"{old} -> {new}, with the init that fits it", "activation+init", _swap(old, new),
                _swap_module(old, new))
 
 

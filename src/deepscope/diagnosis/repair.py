@@ -80,7 +80,7 @@ class Trial:
 
     @property
     def groups(self) -> set[str]:
-        return {FIXES[f].group for f in self.fixes}
+        return {g for f in self.fixes for g in FIXES[f].group.split("+")}
 
 
 @dataclass
@@ -419,8 +419,8 @@ def _write_fixed(best: Trial, original: dict, own_module: bool, path: Any) -> Pa
         spec = {k: v for k, v in spec.items() if k not in ("model", "init")}  # your module replaces them
         header.append("For a module of your own: train(load_spec(this file), model=your_module)")
         if module_fixes:
-            header.append("after deepscope.diagnosis.fixes.apply_fixes(" + repr(module_fixes)
-                          + ", spec, your_module) (module-level fixes: " + ", ".join(module_fixes) + ").")
+            header.append(f"with the module-level fixes {', '.join(module_fixes)} applied first: your_module = "
+                          f"deepscope.diagnosis.fixes.apply_fixes({module_fixes!r}, spec.to_dict(), your_module)[1]")
     path = Path(path)
     path.write_text(spec_toml(spec, header))
     return path
