@@ -272,8 +272,11 @@ def test_as_logits_gives_cross_entropy_the_loss_of_the_unsquashed_logits(squash)
         assert torch.allclose(loss(fixed(z), y), loss(z, y), atol=1e-6)
 
 
-def test_dropout_and_weight_decay_fixes():
+def test_dropout_weight_decay_and_early_stopping_fixes():
     before = spec()
+    assert changed(before, apply_fix("early_stopping", before)[0]) == {"train.patience": (None, 2)}
+    with pytest.raises(NotApplicable, match="already stops early"):
+        apply_fix("early_stopping", spec(train={"patience": 5}))
     assert changed(before, apply_fix("dropout", before)[0]) == {"model.dropout": (0.0, 0.3)}
     assert apply_fix("weight_decay", before)[0]["optim"]["weight_decay"] == 5e-4
     validate_spec(apply_fix("weight_decay", before)[0])

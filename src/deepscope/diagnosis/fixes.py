@@ -17,7 +17,8 @@ gradient-norm clipping (Pascanu et al. 2013), the initialization that fits the a
 2010; He et al. 2015; Klambauer et al. 2017), LSUV (Mishkin & Matas 2016), zero-centred activations
 instead of the sigmoid (Glorot & Bengio 2010), Leaky ReLU (Maas et al. 2013) and PReLU (He et al. 2015)
 against dead units, batch normalization (Ioffe & Szegedy 2015), input centering and scaling (LeCun et
-al. 1998, sec. 4.3).
+al. 1998, sec. 4.3), dropout (Srivastava et al. 2014), weight decay (Krogh & Hertz 1992) and early
+stopping (Prechelt 1998) against overfitting.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ PLATEAU = {"factor": 0.3, "patience": 1}  # reduce_on_plateau: x0.3 after two ev
 DROPOUT = 0.3  # Srivastava et al. (2014) keep hidden units with p = 0.5-0.8
 WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992)
 BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
+PATIENCE = 2  # early stopping: evaluations without a better validation error (Prechelt 1998)
 
 
 class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
@@ -157,6 +159,12 @@ def _dropout(spec: dict) -> None:
     if spec["model"].get("dropout", 0.0) > 0:
         raise NotApplicable(f"the network already has dropout {spec['model']['dropout']}")
     spec["model"]["dropout"] = DROPOUT
+
+
+def _early_stopping(spec: dict) -> None:
+    if spec["train"].get("patience") is not None:
+        raise NotApplicable(f"the run already stops early (train.patience={spec['train']['patience']})")
+    spec["train"]["patience"] = PATIENCE
 
 
 def _weight_decay(spec: dict) -> None:
@@ -388,6 +396,8 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         "output", None, _as_logits_module),
     Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
     Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay, run_level=True),
+    Fix("early_stopping", f"stop when the validation error has not improved for {PATIENCE} evaluations", "stopping",
+        _early_stopping, run_level=True),
 ]}
 
 FIXES_FOR: dict[str, list[str]] = {
@@ -408,7 +418,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "plateau": ["adam", "momentum", "lr_x3", "batch_norm"],
-    "overfitting": ["weight_decay", "dropout"],
+    "overfitting": ["early_stopping", "weight_decay", "dropout"],
     "eval_mode": ["train_mode"],
     "bn_stats_frozen": ["bn_momentum", "train_mode"],
 }
