@@ -243,6 +243,45 @@ def big_output(gain: float = 100.0) -> nn.Module:
     return model
 
 
+def frozen_backbone(net: nn.Module, head: str) -> nn.Module:
+    """``net`` with every parameter outside the module ``head`` frozen (``requires_grad=False``)."""
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith(head))
+    return net
+
+
+class SoftmaxEncoder(Encoder):
+    """The Transformer encoder, ending in softmax."""
+
+    def forward(self, x):
+        return torch.softmax(super().forward(x), dim=1)
+
+
+class EvalResidual(Residual):
+    """The residual GELU MLP with dropout, whose ``train()`` never leaves eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        return super().forward(self.drop(x))
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+def dead_conv() -> nn.Module:
+    """A ReLU conv net (He init) whose biases all start at -3."""
+    from deepscope.nn.models import convnet
+
+    model = convnet(1, CLASSES, (8, 8), (8, 16), 3, "relu", init="he_normal")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.constant_(m.bias, -3.0)
+    return model
+
+
 def frozen_but_head() -> nn.Module:
     """A 4 x 64 tanh MLP whose every parameter but the output layer's has ``requires_grad=False``."""
     model = mlp(SHAPE, CLASSES, 4, 64, "tanh")
@@ -384,4 +423,16 @@ CASES: list[Case] = [
     _case("bn-momentum-0", ("bn_stats_frozen",), model=lambda: relu_mlp(norm="batch", momentum_bn=0.0),
           optim="momentum", lr=0.02),
     _case("left-in-eval", ("eval_mode",), model=EvalMode, optim="momentum", lr=0.02),
+    # --- broken, other families (added after the thresholds were set) -------------------------------------
+    Case("conv-zero-init", ("symmetry",), "spec",
+         spec("conv-zero-init", activation="relu", init="zeros", optim="momentum", lr=0.02,
+              model={"builder": "convnet", "channels": [8, 16]}), family="conv"),
+    _case("conv-dead-bias-3", ("dead_units",), model=dead_conv, family="conv"),
+    _case("lstm-lr-too-high", ("lr_too_high", "exploding_gradients", "loss_spikes", "gradient_spikes"),
+          model=Recurrent, family="lstm", optim="sgd", lr=50.0),
+    _case("transformer-softmax-out", ("output_loss_mismatch",), model=SoftmaxEncoder, family="transformer",
+          optim="adam", lr=1e-3),
+    _case("resnet-frozen-backbone", ("not_learning",), model=lambda: frozen_backbone(ResNet(), "head"),
+          family="residual", optim="momentum", lr=0.02),
+    _case("residual-left-in-eval", ("eval_mode",), model=EvalResidual, family="residual", optim="adam", lr=1e-3),
 ]

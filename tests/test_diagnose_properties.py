@@ -48,7 +48,8 @@ specs = st.one_of(
     st.none(),
     st.fixed_dictionaries({"model": st.fixed_dictionaries({"activation": st.sampled_from(
         ["relu", "tanh", "sigmoid", "gelu", "unknown", None])}),
-        "optim": st.fixed_dictionaries({"lr": st.one_of(values, st.text(max_size=2), st.booleans())}),
+        "optim": st.fixed_dictionaries({"lr": st.one_of(values, st.text(max_size=2), st.booleans(),
+                                                       st.just(10 ** 400))}),
         "train": st.fixed_dictionaries({"loss": st.sampled_from(["cross_entropy", "quadratic", None])})}),
 )
 

@@ -326,3 +326,43 @@ def test_doctor_command_prints_findings_before_the_report_and_can_skip_it(tmp_pa
                                        str(store), "-q", "--no-report"])
     assert skipped.exit_code == 1 and "symmetry" in skipped.output and "report:" not in skipped.output
     assert not (store / "s-2" / "report.html").exists()
+
+
+def test_doctor_sees_a_model_left_in_eval_mode_after_an_evaluation():
+    from deepscope.callbacks import Callback
+    from deepscope.diagnosis.workflow import _Checks
+
+    class Forgets(Callback):  # a user's evaluation callback that never calls model.train() again
+        def on_eval(self, ctx):
+            ctx.model.eval()
+
+    torch.manual_seed(0)
+    from deepscope.trainer import train
+
+    checks_ = _Checks(monitor=50)
+    spec = {**SPEC, "train": {**SPEC["train"], "updates": 30, "eval_every": 10}}
+    train(spec, model=mlp((1, 4, 4), 3, 2, 16, "relu", init="he_normal", dropout=0.1), dataset=tiny_data(),
+          callbacks=[checks_, Forgets()], quiet=True)
+    f = only(checks_.findings(), "eval_mode")
+    assert f.first_step == 11 and "model.training is False" in f.message
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return {"logits": self.lin(x)}
+
+
+def test_checks_accept_odd_models():
+    """Lazy batch norm not yet initialized, NaN weights, an output that is not a tensor: no finding, no error."""
+    lazy = nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.Linear(8, 3))
+    assert batchnorm_state(lazy) == {}
+    assert check_training(lazy, None, X) == [] and check_batchnorm({}, lazy, 3) == []
+    broken = nn.Linear(10, 3)
+    with torch.no_grad():
+        broken.weight.fill_(math.nan)
+    assert check_training(broken, None, X) == []  # non-finite statistics are the records' rules' business
+    assert check_training(DictOut(), None, X) == [] and check_modes(DictOut()) == []

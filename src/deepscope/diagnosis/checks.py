@@ -268,9 +268,11 @@ def _output_check(out, last_op: str) -> list[Finding]:
 
 
 def _saturated_logits(logits) -> list[Finding]:
+    if not bool(logits.isfinite().all()):
+        return []  # Inf/NaN outputs: the exploding-gradient rule reports non-finite statistics
     top2 = logits.topk(2, dim=1).values
     gaps = top2[:, 0] - top2[:, 1]
-    fraction = float((gaps > OUTPUT_LOGIT_GAP).double().mean()) if bool(gaps.isfinite().all()) else 1.0
+    fraction = float((gaps > OUTPUT_LOGIT_GAP).double().mean())
     if fraction < OUTPUT_SATURATED_FRACTION:
         return []
     return [Finding(
@@ -305,10 +307,17 @@ def check_modes(model) -> list[Finding]:
 
 
 def batchnorm_state(model) -> dict[str, tuple]:
-    """``{name: (running_mean, running_var)}`` copies of every batch-norm layer that tracks running statistics."""
-    return {n: (m.running_mean.detach().clone(), m.running_var.detach().clone()) for n, m in model.named_modules()
-            if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None
-            and getattr(m, "running_var", None) is not None}
+    """``{name: (running_mean, running_var)}`` copies of every batch-norm layer that tracks running statistics
+    (lazy layers not yet initialized are left out)."""
+    from torch.nn.parameter import is_lazy
+
+    out = {}
+    for n, m in model.named_modules():
+        mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+        if getattr(m, "track_running_stats", False) and mean is not None and var is not None \
+                and not is_lazy(mean) and not is_lazy(var):
+            out[n] = (mean.detach().clone(), var.detach().clone())
+    return out
 
 
 def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Finding]:
@@ -316,8 +325,8 @@ def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Findi
     if updates < 1:
         return []
     now = batchnorm_state(model)
-    frozen = [n for n, (mean, var) in before.items() if n in now
-              and bool((now[n][0] == mean).all()) and bool((now[n][1] == var).all())]
+    frozen = [n for n, (mean, var) in before.items() if n in now and now[n][0].shape == mean.shape
+              and now[n][1].shape == var.shape and bool((now[n][0] == mean).all()) and bool((now[n][1] == var).all())]
     if not frozen:
         return []
     return [Finding(

@@ -94,11 +94,21 @@ def curve(scalars: Iterable[Any], name: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def _lr_evidence(spec: Any) -> dict[str, float]:
+    """``{"lr": the spec's learning rate}`` when it is a number, else nothing."""
+    lr = spec_value(spec, "lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float):
+        return {}
+    try:
+        return {"lr": float(lr)}
+    except OverflowError:
+        return {}
+
+
 def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, explained: bool) -> list[Finding]:
     if not loss:
         return []
-    lr = spec_value(spec, "lr")
-    evidence_lr = {"lr": float(lr)} if isinstance(lr, int | float) else {}
+    evidence_lr = _lr_evidence(spec)
     bad = [s for s, v in loss if not math.isfinite(v)]
     lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; seed 004 " \
             "section 7.2); gradient clipping guards against the occasional huge step."
@@ -171,8 +181,7 @@ def _rule_spikes(loss: list[tuple[int, float]], norms: list[tuple[int, float]], 
     out = []
     advice = ("Lower the learning rate (e.g. 3-10x), add a warm-up (schedule warmup_cosine), clip the gradient norm "
               "(train.clip_norm = 1; Pascanu et al. 2013); look for outliers or corrupted examples in the data.")
-    lr = spec_value(spec, "lr")
-    evidence_lr = {"lr": float(lr)} if isinstance(lr, int | float) and not isinstance(lr, bool) else {}
+    evidence_lr = _lr_evidence(spec)
     values = [v for _, v in loss]
     if len(values) > 2 * SPIKE_WINDOW and all(math.isfinite(v) for v in values):
         start = median(values[:SPIKE_WINDOW])

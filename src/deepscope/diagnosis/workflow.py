@@ -46,6 +46,10 @@ _EXPLAINED_BY_CHECKS = {
 }
 
 
+# Findings read from the loss and gradient norm of every update and the chance level, which the store does not keep
+_FROM_UPDATE_CURVES = {"loss_spikes", "gradient_spikes", "plateau"}
+
+
 def chance_loss(labels) -> float:
     """The cross-entropy of predicting the class frequencies of ``labels``: the loss of a model that learned nothing
     from the inputs."""
@@ -96,6 +100,7 @@ class _Checks(Callback):
         self.batchnorm: list[Finding] = []  # running statistics that never moved
         self.bn_before: dict = {}
         self.first_step = 0
+        self.check_modes = True
         self.x = None
 
     def on_start(self, ctx) -> None:
@@ -107,8 +112,11 @@ class _Checks(Callback):
         self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step
 
     def on_step(self, ctx) -> None:
-        if ctx.step == self.first_step + 1:
-            self.modes = check_modes(ctx.model)
+        if self.check_modes:  # the first update, and the first after each evaluation (where model.eval() is called)
+            self.check_modes = False
+            if not self.modes and (found := check_modes(ctx.model)):
+                found[0].first_step = ctx.step
+                self.modes = found
         self.losses.append(ctx.loss)  # stays on the device; read once at the end
         grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
         norms = [torch.linalg.vector_norm(g) for g in grads]  # stays on the device, like the loss
@@ -116,6 +124,7 @@ class _Checks(Callback):
                                else torch.zeros((), device=ctx.loss.device))
 
     def on_eval(self, ctx) -> None:
+        self.check_modes = True
         self.evals += [dict(step=ctx.step, name=k, value=v) for k, v in ctx.metrics.items()]
 
     def on_end(self, ctx) -> None:
@@ -155,10 +164,16 @@ def doctor(
     The probe records ``DOCTOR_RECORDS`` times on a fixed monitor set of ``monitor`` validation examples
     (preprocessed as the trainer does). ``model`` trains your own ``nn.Module`` with the spec's data,
     optimizer, schedule and training sections (``train(spec, model=model)``). Findings come from
-    :func:`~deepscope.diagnosis.rules.diagnose` on the records and the per-update training loss,
-    :func:`~deepscope.diagnosis.checks.check_model` at the start and at the end, and
+    :func:`~deepscope.diagnosis.rules.diagnose` on the records, the loss and gradient norm of every update, the
+    evaluations and the chance level of the validation labels; from
+    :func:`~deepscope.diagnosis.checks.check_model` (symmetry) at the start and at the end,
+    :func:`~deepscope.diagnosis.checks.check_training` (frozen, missing or unregistered parameters, the output
+    fed to the loss) at the start, :func:`~deepscope.diagnosis.checks.check_modes` at the first update and after
+    each evaluation, :func:`~deepscope.diagnosis.checks.check_batchnorm` (start vs end) and
     :func:`~deepscope.diagnosis.checks.diagnose_input` on the monitor inputs. With ``report`` the HTML report
-    goes to ``report_path`` (default: ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store).
+    goes to ``report_path`` (default: ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store);
+    with ``report=False`` none is drawn (:func:`write_report` draws it later). ``timings`` gives the seconds of
+    training, from its end to the findings, and of the report.
     ``fix=True`` goes on to try the candidate fixes (``budget`` trial runs) and returns the
     :class:`~deepscope.diagnosis.repair.RepairResult` of :func:`~deepscope.diagnosis.repair.repair` instead.
     """
@@ -208,8 +223,9 @@ def doctor(
     found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
     codes = {f.code for f in found_checks}
     findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
-    if store is not None:
-        save_checks(store.run_dir(result.run_id) / CHECKS_FILE, found_checks)
+    if store is not None:  # kept for `deepscope report`, with what the stored per-evaluation rows cannot re-derive
+        kept = found_checks + [f for f in findings if f.code in _FROM_UPDATE_CURVES]
+        save_checks(store.run_dir(result.run_id) / CHECKS_FILE, kept)
     scalars = store.scalars(result.run_id) if store is not None else checks.evals
     out = DoctorResult(result.run_id, result.status, findings, store=store, records=probe.records,
                        histograms=probe.histograms, losses=losses, grad_norms=norms, scalars=scalars,
