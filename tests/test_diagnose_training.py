@@ -143,7 +143,7 @@ def test_plateau_at_the_chance_level_with_moving_weights():
 
 
 def test_chance_loss_is_the_entropy_of_the_class_frequencies():
-    from deepscope.diagnosis.workflow import chance_loss
+    from deepscope.diagnosis.session import chance_loss
 
     assert chance_loss(torch.tensor([0, 1, 0, 1])) == pytest.approx(math.log(2))
     assert chance_loss(torch.tensor([2, 2, 2, 0])) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
@@ -330,7 +330,7 @@ def test_doctor_command_prints_findings_before_the_report_and_can_skip_it(tmp_pa
 
 def test_doctor_sees_a_model_left_in_eval_mode_after_an_evaluation():
     from deepscope.callbacks import Callback
-    from deepscope.diagnosis.workflow import _Checks
+    from deepscope.diagnosis.session import _Checks
 
     class Forgets(Callback):  # a user's evaluation callback that never calls model.train() again
         def on_eval(self, ctx):

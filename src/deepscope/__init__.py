@@ -39,6 +39,7 @@ _LAZY = {
     "train": "deepscope.trainer",
     "diagnose": "deepscope.diagnosis",
     "doctor": "deepscope.diagnosis",
+    "repair": "deepscope.diagnosis",
     "report": "deepscope.plots",
     "run_experiment": "deepscope.experiments",
     "mlp": "deepscope.nn.models",

@@ -491,10 +491,16 @@ def doctor_command(
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     no_report: bool = typer.Option(False, "--no-report", help="Print the findings only; draw no HTML report."),
+    fix: bool = typer.Option(False, "--fix", help="Try the candidate fixes in short trials, verify them, write "
+                             "the repaired spec <run>-fixed.toml."),
+    budget: int | None = typer.Option(None, "--budget", help="With --fix: N trial runs (default: the fixes of the "
+                                      "top two findings plus one combination)."),
+    backend: str = typer.Option("local", "--backend", help="With --fix: run the trials on local processes or ray."),
 ) -> None:
     """Train briefly with the probe, print the findings, then write the HTML report.
 
-    Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
+    Exit status: 0 healthy (with --fix: or a verified repair was found), 1 a problem was found (an error or a
+    warning; with --fix: and no fix was verified), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
@@ -520,11 +526,28 @@ def doctor_command(
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
-        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False, quiet=quiet)
-    except (ValueError, OSError) as e:
+        if fix:
+            from deepscope.diagnosis.repair import repair
+
+            fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
+                           backend=backend, report=not no_report, report_path=output, quiet=quiet)
+            result = fixed.baseline
+        else:
+            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False,
+                            quiet=quiet)
+    except (ValueError, OSError, ImportError) as e:
         raise _fail(str(e)) from None
     _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
     typer.echo(f"run {result.run_id} stored in {st.path}")
+    if fix:
+        from rich.console import Console
+
+        from deepscope.diagnosis.repair import repair_table, summary
+
+        if fixed.trials:
+            Console().print(repair_table(fixed))
+        typer.echo("\n".join(summary(fixed)) + (f"\nreport: {fixed.report}" if fixed.report else ""))
+        raise typer.Exit(fixed.exit_code)
     if not no_report:
         sys.stdout.flush()  # the findings are out before the figures are drawn
         try:
