@@ -1,0 +1,90 @@
+"""What the command line's commands share: the one-line failure, opening the store, printing findings, --model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["STORE_HELP", "fail", "model_from_factory", "print_findings", "read_store"]
+
+STORE_HELP = "Run store directory (default: $DEEPSCOPE_STORE, else ./runs)."
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the exit (code 2) to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def read_store(root: Path | None, read_only: bool = True):
+    """The store at ``root``, which must exist; read-only (nothing is written) unless ``read_only=False``."""
+    from deepscope.store import DB_NAME, Store, StoreError, default_root
+
+    root = root if root is not None else default_root()
+    if not (root / DB_NAME).exists():
+        raise fail(f"no run store at {root} (train a run first, or give --store DIR)")
+    try:
+        return Store(root, read_only=read_only)
+    except StoreError as e:
+        raise fail(str(e)) from None
+
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def print_findings(findings, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not findings:
+        console.print(f"[bold green]healthy[/]: no rule fired ({title})")
+        return
+    table = Table("severity", "finding", "where", "advice", title=title, show_lines=True, expand=True)
+    for f in findings:
+        evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
+        where = [", ".join(f.layers)] if f.layers else []
+        where += [f"since update {f.first_step}"] if f.first_step is not None else []
+        where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
+        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
+                      f"[bold]{f.code}[/]\n{f.message}\n[dim]{evidence}[/]", "\n".join(where), f.advice)
+    console.print(table)
+
+
+def model_from_factory(path: str):
+    """Import ``package.module:factory`` and call it with no arguments; it must return an ``nn.Module``."""
+    import importlib
+    import inspect
+
+    from torch import nn
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--model {path!r}: expected package.module:factory, e.g. mypkg.nets:build")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--model {path!r}: cannot import {module_name!r} ({e})") from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"--model {path!r}: {module_name!r} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            inspect.signature(factory).bind()
+        except TypeError as e:
+            raise ValueError(f"--model {path!r}: {attr} cannot be called without arguments ({e}); give a factory "
+                             "that takes none") from None
+        except ValueError:
+            pass  # no signature to check (a builtin): call it and see
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed: say so in one line
+            raise ValueError(f"--model {path!r}: calling {attr}() failed ({type(e).__name__}: {e})") from None
+    else:
+        model = factory
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {path!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
