@@ -155,7 +155,9 @@ def run_checkpoint(store: Store, run: str) -> dict[str, Any]:
 
 def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tuple[nn.Module, Preprocessor, RunSpec]:
     """The model of a stored run as of its last checkpoint, in eval mode, with its fitted preprocessor and spec."""
-    store = store if isinstance(store, Store) else Store(store)
+    if not isinstance(store, Store):
+        with Store(store, read_only=True) as opened:  # reading a model never creates or changes a store
+            return load_model(run, opened)
     run_id = store.resolve(run)
     ckpt = load(store.run_dir(run_id) / CHECKPOINT_FILE)
     if ckpt.get("user_model"):

@@ -272,7 +272,7 @@ class Store:
     @_guarded
     def release(self, run_id: str, previous: dict) -> None:
         """Give up a claimed run, restoring the status it had before :meth:`claim` (``previous``)."""
-        self._owned.discard(run_id)
+        self._disown(run_id)
         status = "interrupted" if previous["status"] == "running" else previous["status"]
         self._write("UPDATE runs SET status = ?, finished = ? WHERE id = ? AND owner = ?",
                     (status, previous["finished"], run_id, self._token))
@@ -288,6 +288,13 @@ class Store:
         if self._heartbeat is None:
             self._heartbeat = _Heartbeat(self.path, self._token, self._owned, heartbeat_timeout() / 4)
             self._heartbeat.start()
+
+    def _disown(self, run_id: str) -> None:
+        """This process no longer writes ``run_id``; the heartbeat thread stops with the last owned run."""
+        self._owned.discard(run_id)
+        if not self._owned and self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
     @_guarded
     def set_status(self, run_id: str, status: str) -> None:
@@ -306,7 +313,7 @@ class Store:
             )
             self._own(run_id)
         else:
-            self._owned.discard(run_id)
+            self._disown(run_id)
             self._write("UPDATE runs SET status = ?, updated = ?, finished = ? WHERE id = ?"
                         " AND (owner IS NULL OR owner = ? OR status != 'running')",
                         (status, now, now, run_id, self._token))
@@ -394,6 +401,15 @@ class Store:
         with self._transaction():
             for table in ("scalars", "layer_stats", "histograms"):
                 self._db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
+
+    def delete_probe_records(self, run_id: str, step: int) -> None:
+        """Drop a run's probe records (stats and histograms) from ``step`` on: a probe resumed at ``step``
+        records that step again."""
+        run_id = self.resolve(run_id)
+        self.flush()
+        with self._transaction():
+            for table in ("layer_stats", "histograms"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step >= ?", (run_id, step))
 
     # --- records (buffered until flush) -----------------------------------------------------
 

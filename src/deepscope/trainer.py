@@ -351,8 +351,10 @@ class _Trainer:
         if self.store is not None:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
-        valid_error = metrics.get("valid/error", math.nan)
-        if not self.best or valid_error < self.best["valid/error"]:
+        valid_error = metrics.get("valid/error")
+        if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
+            valid_error = metrics.get("train/error", math.nan)
+        elif not self.best or valid_error < self.best["valid/error"]:
             self.best = {"step": self.step, **{k: v for k, v in metrics.items() if "/" in k}}
             self.bad_evals = 0
         else:
@@ -468,6 +470,10 @@ class _Trainer:
                 self.store.discard()
                 with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
                     self.store.set_status(self.run_id, "interrupted")
+            self.ctx.event = "end"
+            for callback in self.callbacks:  # let every callback let go (a probe removes its hooks)
+                with contextlib.suppress(Exception):
+                    callback.on_end(self.ctx)
             raise
         if self.store is not None and not isinstance(message, _Taken):
             self.store.set_status(self.run_id, status)

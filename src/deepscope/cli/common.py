@@ -35,20 +35,22 @@ _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 def print_findings(findings, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     if not findings:
-        console.print(f"[bold green]healthy[/]: no rule fired ({title})")
+        console.print(f"[bold green]healthy[/]: no rule fired ({escape(title)})")
         return
-    table = Table("severity", "finding", "where", "advice", title=title, show_lines=True, expand=True)
+    table = Table("severity", "finding", "where", "advice", title=escape(title), show_lines=True, expand=True)
     for f in findings:
         evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
         where = [", ".join(f.layers)] if f.layers else []
         where += [f"since update {f.first_step}"] if f.first_step is not None else []
         where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
-        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
-                      f"[bold]{f.code}[/]\n{f.message}\n[dim]{evidence}[/]", "\n".join(where), f.advice)
+        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{escape(f.severity)}[/]",
+                      f"[bold]{escape(f.code)}[/]\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
+                      escape("\n".join(where)), escape(f.advice))
     console.print(table)
 
 

@@ -203,7 +203,8 @@ def check_training(model, optimizer=None, x=None) -> list[Finding]:
         try:
             for m, _ in modes:
                 m.training = False
-            with torch.enable_grad():
+            devices = [x.device.index or 0] if x.device.type == "cuda" else []
+            with torch.enable_grad(), torch.random.fork_rng(devices=devices):  # the run's RNG is left alone
                 out = model(x[:OUTPUT_CHECK_EXAMPLES])
         finally:
             for m, mode in modes:

@@ -64,7 +64,11 @@ class TrainerProbe(Callback):
         split = ctx.eval_sets.get(self.monitor_split)
         if isinstance(self.monitor, int) and self.monitor and split is not None:
             monitor = (split[0][: self.monitor], split[1][: self.monitor])
-        sinks = [StoreSink(ctx.store, ctx.run_id)] if ctx.store is not None and ctx.run_id is not None else []
+        sinks = []
+        if ctx.store is not None and ctx.run_id is not None:
+            if ctx.step > 0:  # resumed: the probe records this step again, so what was kept of it goes
+                ctx.store.delete_probe_records(ctx.run_id, ctx.step)
+            sinks = [StoreSink(ctx.store, ctx.run_id)]
         self.probe = Probe(ctx.model, every=self.every, monitor=monitor, loss_fn=make_loss(ctx.spec.train.loss),
                            sinks=sinks, start_step=ctx.step, **self.kwargs).__enter__()
         self._open = True
