@@ -109,3 +109,5 @@ class _Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5)
