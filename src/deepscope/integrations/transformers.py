@@ -78,15 +78,16 @@ class _TrainerLogSink:
     def write(self, stats: list[dict], histograms: list[dict]) -> None:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        handler, state = self.trainer.callback_handler, self.trainer.state
-        callbacks, step = handler.callbacks, state.global_step
+        handler, state, control = self.trainer.callback_handler, self.trainer.state, self.trainer.control
+        callbacks, step, flags = handler.callbacks, state.global_step, dict(vars(control))
         handler.callbacks = [c for c in callbacks if not isinstance(c, PrinterCallback | ProgressCallback)]
         try:
             for record_step, metrics in metrics_by_step(stats).items():
                 state.global_step = record_step  # reporters log at state.global_step: the record's own step
                 self.trainer.log(dict(metrics))
-        finally:
+        finally:  # logging clears control.should_log: the Trainer's own log of this step must still happen
             handler.callbacks, state.global_step = callbacks, step
+            vars(control).update(flags)
         writer = next((getattr(c, "tb_writer", None) for c in callbacks if type(c).__name__ == "TensorBoardCallback"),
                       None)
         if histograms and writer is not None:
