@@ -26,8 +26,7 @@ def require(module: str, extra: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        package = module.partition(".")[0]
-        raise ImportError(f"{what} needs the {package} package: pip install 'deepscope[{extra}]'") from None
+        raise ImportError(f"{what} needs the {extra} package: pip install 'deepscope[{extra}]'") from None
 
 
 def stat_tag(row: dict, prefix: str = PREFIX) -> str:
