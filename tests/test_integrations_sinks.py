@@ -2,7 +2,6 @@
 extra is one clear line (CLI: exit 2, no traceback)."""
 
 import importlib
-import json
 import sys
 
 import pytest
