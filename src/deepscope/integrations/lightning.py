@@ -132,7 +132,7 @@ class DeepscopeCallback(Callback):
         from deepscope.probe import Probe
 
         step = trainer.global_step
-        self._last_step = step
+        self._last_step, self._losses, self._grads, self._loss_sum, self._loss_n = step, LossWindow(), {}, None, 0
         self.probe = Probe(pl_module, self.every, monitor=self._monitor(trainer, pl_module), loss_fn=self.loss_fn,
                            sinks=[_LoggerSink(self, trainer), *self.sinks], start_step=step, **self.probe_kwargs)
         self.probe.__enter__()
@@ -191,7 +191,7 @@ class DeepscopeCallback(Callback):
 
     def _monitor(self, trainer: Any, pl_module: LightningModule) -> Any:
         if self.monitor is not None:
-            return self.monitor or None  # False: training batches only
+            return None if self.monitor is False else self.monitor  # False: training batches only
         if self.monitor_size == 0:
             return None
         if type(pl_module).forward is LightningModule.forward:

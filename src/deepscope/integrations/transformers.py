@@ -113,8 +113,10 @@ class DeepscopeCallback(TrainerCallback):
             ``deepscope/{source}/{quantity}/{stat}/{layer}`` at the record's step.
         probe_kwargs: passed to :class:`~deepscope.probe.Probe`.
 
-    Only the main process records. After training: ``records``, ``histograms``, ``scalars`` (the
-    Trainer's logged training loss as ``train/loss``), ``findings``, ``report_path``.
+    Only the main process records; its weight gradients are read as the backward pass accumulates them
+    (before clipping; under multi-process training, that process's own gradients). After training:
+    ``records``, ``histograms``, ``scalars`` (the Trainer's logged training loss as ``train/loss``),
+    ``findings``, ``report_path``.
     """
 
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
