@@ -213,3 +213,18 @@ def test_ddp_rank0_records_the_averaged_gradient(tmp_path):
     assert got["norm"] == pytest.approx(average.norm().item(), rel=1e-5)
     assert got["std"] == pytest.approx(average.std(correction=0).item(), rel=1e-5)
     assert abs(got["norm"] - grads[0].norm().item()) > 1e-3  # the local gradient would differ
+
+
+def test_given_monitor_tensors_and_bad_options(tmp_path):
+    x = dataset(40, 2).tensors[0]
+    callback = DeepscopeCallback(every=2, monitor=x, diagnose=False)
+    trainer = L.Trainer(max_steps=3, callbacks=[callback], logger=False, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Net(), DataLoader(dataset(64, 0), batch_size=BATCH))
+    monitor = [r for r in callback.records if r["source"] == "monitor"]
+    assert sorted({r["step"] for r in monitor}) == [0, 2]
+    assert {r["quantity"] for r in monitor} == {"activation", "jacobian"}  # x without y: no gradients
+    with pytest.raises(ValueError, match=r"every=0 is not allowed"):
+        DeepscopeCallback(every=0)
+    with pytest.raises(ValueError, match=r"monitor_size=-1 is not allowed"):
+        DeepscopeCallback(monitor_size=-1)
