@@ -132,16 +132,11 @@ def test_optional_mnist5k_when_installed():
 
 
 def test_optional_datasets_say_how_to_install(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError("No module named 'sklearn'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    # a None entry in sys.modules makes the import fail, as if scikit-learn were not installed
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"scikit-learn: pip install 'deepscope\[datasets\]'"):
         get_dataset("digits")
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from deepscope import diagnose as dg
-from deepscope.diagnose import Finding, check_model, diagnose, diagnose_input, has_problem, sort_findings
+from deepscope.diagnosis import Finding, check_model, checks, diagnose, diagnose_input, has_problem, sort_findings
+from deepscope.diagnosis import rules as dg
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 
@@ -194,9 +194,9 @@ def test_diagnose_input_centering_and_scaling():
     assert codes(diagnose_input(x + 5.0)) == {"input_not_centered"}
     assert codes(diagnose_input(255 * torch.rand(300, 64, generator=g))) == {"input_not_centered", "input_not_scaled"}
     unequal = x.reshape(300, -1).clone()
-    unequal[:, 0] *= 10 * dg.INPUT_SPREAD_RATIO
+    unequal[:, 0] *= 10 * checks.INPUT_SPREAD_RATIO
     f = only(diagnose_input(unequal), "input_not_scaled")
-    assert f.evidence["std_spread"] > dg.INPUT_SPREAD_RATIO
+    assert f.evidence["std_spread"] > checks.INPUT_SPREAD_RATIO
     # the reported mean fraction matches a direct computation
     shifted = x.reshape(300, -1) + 1.0
     f = only(diagnose_input(shifted), "input_not_centered")
@@ -378,7 +378,7 @@ def spec_file(tmp_path, name="tiny", activation="tanh", init="glorot_uniform", i
 
 def test_doctor_api_on_zero_init_reports_symmetry_once(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnose import doctor
+    from deepscope.diagnosis import doctor
 
     result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100,
                     report_path=tmp_path / "r.html")
@@ -434,8 +434,8 @@ def test_report_says_when_a_run_has_no_probe_records(tmp_path):
 
 def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnose import doctor
-    from deepscope.plots.report import RunData
+    from deepscope.diagnosis import doctor
+    from deepscope.plots import RunData
     from deepscope.store import Store
 
     store = Store(tmp_path / "runs")

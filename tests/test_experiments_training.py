@@ -131,7 +131,7 @@ def test_inactive_units_match_a_hand_computed_pre_activation():
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
 def test_a_unit_inactive_on_all_data_gets_no_gradient_with_relu_but_does_with_leaky_relu(activation):
-    """The mechanism the experiment measures (seed 004 fig 7.13): a dead ReLU never changes again."""
+    """The mechanism the experiment measures (Varma & Das, ch. 7, fig 7.13): a dead ReLU never changes again."""
     torch.manual_seed(0)
     model = mlp(6, 3, 1, 8, activation=activation, init="he_normal")
     with torch.no_grad():

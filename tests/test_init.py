@@ -32,7 +32,7 @@ def _expected(name, kw, fan_in, fan_out):
         return r * r / 3, r
     if name in ("he_normal", "he_uniform"):
         mode = kw.get("mode", "fan_in")
-        if mode == "fan_avg":  # seed 004: std sqrt(4 / (n_in + n_out)), bound sqrt(12 / (n_in + n_out))
+        if mode == "fan_avg":  # Varma & Das, ch. 7: std sqrt(4 / (n_in + n_out)), bound sqrt(12 / (n_in + n_out))
             var, r = 4 / n_avg, math.sqrt(12 / n_avg)
         else:
             fan = fan_in if mode == "fan_in" else fan_out

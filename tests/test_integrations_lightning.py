@@ -167,7 +167,7 @@ def test_scalars_in_the_loggers_files_and_report_from_tensorboard(runs):
     result = CliRunner().invoke(app, ["report", str(tmp / "probed" / "tb"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "Activation" in out.read_text()
-    from deepscope.diagnose import diagnose
+    from deepscope.diagnosis import diagnose
 
     assert [(f.code, f.layers) for f in diagnose(stats, histograms=histograms)] == \
         [(f.code, f.layers) for f in diagnose(callback.records, histograms=callback.histograms)]

@@ -1,4 +1,4 @@
-"""Optimizers, schedules, clipping and losses against hand-written references from seed 004, section 7.3."""
+"""Optimizers, schedules, clipping and losses against hand-written references from Varma & Das, ch. 7, section 7.3."""
 
 import math
 

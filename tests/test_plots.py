@@ -7,10 +7,10 @@ import re
 import pytest
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import Finding
+from deepscope.diagnosis import Finding
 from deepscope.plots import activations, curves, gradients, jacobian
 from deepscope.plots.common import series
-from deepscope.plots.report import FIGURES, RunData, render, report
+from deepscope.plots.html import FIGURES, RunData, render, report
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 STEPS = [0, 50, 100, 150, 200]

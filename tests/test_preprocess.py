@@ -1,4 +1,4 @@
-"""Preprocessing (seed 004, section 7.6): statistics fitted on train only, checked against numpy."""
+"""Preprocessing (Varma & Das, ch. 7, section 7.6): statistics fitted on train only, checked against numpy."""
 
 import numpy as np
 import pytest

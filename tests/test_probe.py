@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepscope.nn.activations import ACTIVATIONS
-from deepscope.probe import Probe, probe_callback
+from deepscope.probe import Probe
 from deepscope.probe.stats import _topk_percentiles, activation_stat_names, activation_stats, percentiles
+from deepscope.probe.trainer import TrainerProbe
 
 
 def rows_of(probe, **filters):
@@ -384,12 +385,14 @@ def test_named_layers_and_callback(data):
     model = small_mlp()
     probe = Probe(model, every=2, monitor=(x, y), layers=["2"], jacobian_examples=0)
     assert [(layer.name, layer.kind) for layer in probe.layers] == [("2", "output")]
-    callback = probe_callback(probe)
+    callback = TrainerProbe(probe=probe)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     class Ctx:
         def __init__(self, event, step):
             self.event, self.step = event, step
+
+    callback(Ctx("start", 0))
 
     with probe:
         for step in range(1, 5):

@@ -9,7 +9,7 @@ from deepscope.config import validate_spec
 from deepscope.data import get_dataset
 from deepscope.probe.trainer import TrainerProbe
 from deepscope.store import Store
-from deepscope.train import load_model, train
+from deepscope.trainer import load_model, train
 
 OPTIONS = {"n_valid": 50, "n_test": 50, "size": 16, "seed": 3}
 

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from deepscope import train as train_module
+from deepscope import trainer as train_module
 from deepscope.cli import app
 from deepscope.config import validate_spec
-from deepscope.data import Dataset, get_dataset
+from deepscope.data import Dataset, get_dataset, loader
 from deepscope.data.preprocess import Preprocessor
 from deepscope.nn.models import mlp
 from deepscope.store import Store
-from deepscope.train import TrainContext, load_checkpoint, load_model, train
+from deepscope.trainer import TrainContext, load_checkpoint, load_model, train
 
 SHAPESET = {"n_valid": 60, "n_test": 60, "size": 16}
 
@@ -26,7 +26,7 @@ SHAPESET = {"n_valid": 60, "n_test": 60, "size": 16}
 def small(monkeypatch):
     """Small stream chunks (so that a resume also lands inside a chunk) and a small preprocessing sample
     keep data generation short."""
-    monkeypatch.setattr(train_module, "STREAM_CHUNK", 100)
+    monkeypatch.setattr(loader, "STREAM_CHUNK", 100)
     monkeypatch.setattr(train_module, "FIT_SAMPLE", 500)
 
 
@@ -132,9 +132,9 @@ def test_sigkill_keeps_what_was_flushed_and_the_run_resumes(tmp_path):
         import os, signal, sys
         import torch
         from deepscope.config import validate_spec
-        from deepscope import train as train_module
-        from deepscope.train import train
-        train_module.STREAM_CHUNK = 100
+        from deepscope.data import loader
+        from deepscope.trainer import train
+        loader.STREAM_CHUNK = 100
         spec = validate_spec({"name": "killed", "data": {"options": {"n_valid": 60, "n_test": 60, "size": 16}},
                               "model": {"depth": 2, "width": 16}, "optim": {"lr": 0.05},
                               "train": {"updates": 60, "eval_every": 10, "device": "cpu"}})
@@ -159,9 +159,9 @@ def test_two_runs_write_one_store_at_once(tmp_path):
     code = """
         import sys
         from deepscope.config import validate_spec
-        from deepscope import train as train_module
-        from deepscope.train import train
-        train_module.STREAM_CHUNK = 100
+        from deepscope.data import loader
+        from deepscope.trainer import train
+        loader.STREAM_CHUNK = 100
         spec = validate_spec({"name": "sweep", "data": {"options": {"n_valid": 60, "n_test": 60, "size": 16}},
                               "model": {"depth": 2, "width": 8}, "train": {"updates": 40, "eval_every": 5,
                               "seed": int(sys.argv[2]), "device": "cpu"}})
@@ -209,7 +209,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_divergence_advice_leaves_out_what_the_spec_already_does():
-    from deepscope.train import _divergence_message
+    from deepscope.progress import divergence_message as _divergence_message
 
     plain = make_spec(init={"scheme": "standard"})
     text = _divergence_message(plain, 7, math.nan, None, -1)
@@ -277,18 +277,18 @@ def test_epochs_visit_every_example_once(tmp_path):
     data = blobs(n_train=50)
     seen = []
     spec = make_spec(train={"updates": None, "epochs": 2, "batch_size": 16, "eval_every": 100})
-    original = train_module._TrainBatches.__call__
+    original = loader.TrainBatches.__call__
 
     def spy(self, t):
         x, y = original(self, t)
         seen.append(x.clone())
         return x, y
 
-    train_module._TrainBatches.__call__ = spy
+    loader.TrainBatches.__call__ = spy
     try:
         result = train(spec, quiet=True, dataset=data)
     finally:
-        train_module._TrainBatches.__call__ = original
+        loader.TrainBatches.__call__ = original
     assert result.step == 2 * 4 and result.metrics["test/error"] == result.test_error
     for epoch in (seen[:4], seen[4:]):
         rows = torch.cat(epoch).flatten(1)

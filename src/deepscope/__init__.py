@@ -1,8 +1,12 @@
 """deepscope: make deep networks train, and see why they do or don't.
 
-The public API, re-exported here; heavier parts (store, report, experiments) load on first use.
-``deepscope.train`` and ``deepscope.diagnose`` are modules: ``from deepscope.train import train``,
-``from deepscope.diagnose import diagnose``.
+The public API is re-exported here; everything but the probe loads on first use. The verbs are functions::
+
+    from deepscope import Probe, train, diagnose, doctor, report
+
+(``deepscope.train`` is :func:`deepscope.trainer.train`, ``deepscope.diagnose`` is
+:func:`deepscope.diagnosis.diagnose`, ``deepscope.report`` is :func:`deepscope.plots.report`: no module of
+the package has the name of a function it exports.)
 """
 
 from importlib import import_module
@@ -14,12 +18,16 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
-from deepscope.probe import Probe, probe_callback
+from deepscope.probe import Probe
 
 _LAZY = {
+    "train": "deepscope.trainer",
+    "diagnose": "deepscope.diagnosis",
+    "doctor": "deepscope.diagnosis",
+    "report": "deepscope.plots",
+    "run_experiment": "deepscope.experiments",
     "mlp": "deepscope.nn.models",
     "convnet": "deepscope.nn.models",
-    "init": "deepscope.init",
     "make_optimizer": "deepscope.optim",
     "make_schedule": "deepscope.optim",
     "make_loss": "deepscope.optim",
@@ -28,11 +36,12 @@ _LAZY = {
     "RunSpec": "deepscope.config",
     "load_spec": "deepscope.config",
     "Store": "deepscope.store",
-    "doctor": "deepscope.diagnose",
-    "report": "deepscope.plots",
-    "RunData": "deepscope.plots.report",
+    "Records": "deepscope.records",
+    "Callback": "deepscope.callbacks",
+    "TrainContext": "deepscope.callbacks",
+    "Finding": "deepscope.diagnosis",
+    "RunData": "deepscope.plots",
     "TrainerProbe": "deepscope.probe.trainer",
-    "run_experiment": "deepscope.experiments",
 }
 
 
@@ -44,14 +53,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'deepscope' has no attribute {name!r}")
 
 
-__all__ = [
-    "ACTIVATIONS",
-    "Maxout",
-    "PReLU",
-    "Probe",
-    "__version__",
-    "get_activation",
-    "make_activation",
-    "probe_callback",
-    *_LAZY,
-]
+__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "Probe", "__version__", "get_activation", "make_activation", *_LAZY]

@@ -68,8 +68,8 @@ def _registries() -> dict[str, list[str]]:
 
 # --- sub-commands are added below, one section per area -------------------------------------------
 # data: `deepscope data ...`          (deepscope.data)
-# train / runs: `deepscope train`, `deepscope runs ...`   (deepscope.train, deepscope.store)
-# doctor / report: `deepscope doctor`, `deepscope report`  (deepscope.diagnose, deepscope.plots)
+# train / runs: `deepscope train`, `deepscope runs ...`   (deepscope.trainer, deepscope.store)
+# doctor / report: `deepscope doctor`, `deepscope report`  (deepscope.diagnosis, deepscope.plots)
 # experiments: `deepscope experiments ...`                 (deepscope.experiments)
 
 
@@ -138,7 +138,7 @@ def data_show(
     typer.echo(f"wrote {len(x)} {name} examples to {output}")
 
 
-# --- train / runs: `deepscope train`, `deepscope runs ls|show|compare` (deepscope.train, deepscope.store) ---
+# --- train / runs: `deepscope train`, `deepscope runs ls|show|compare` (deepscope.trainer, deepscope.store) ---
 
 runs_app = typer.Typer(help="List, show and compare the runs of a store.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -182,7 +182,7 @@ def train_command(
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.store import Store
-    from deepscope.train import train
+    from deepscope.trainer import train
 
     overrides = list(set_ or []) + ([f"train.updates={updates}", "train.epochs=none"] if updates else [])
     try:
@@ -246,17 +246,6 @@ def _steps(run: dict) -> str:
     return str(max((v["step"] for v in run["last"].values()), default=0))
 
 
-def _flat(spec: dict) -> dict[str, object]:
-    """A spec as ``section.key -> value`` (dict values such as ``data.options`` kept whole)."""
-    out: dict[str, object] = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
 @runs_app.command("ls")
 def runs_ls(
     pattern: str | None = typer.Argument(None, help="Only runs whose id or name matches this glob, e.g. 'tanh*'."),
@@ -290,6 +279,8 @@ def runs_show(
     from rich.console import Console
     from rich.table import Table
 
+    from deepscope.config import flatten
+
     st = _read_store(store)
     try:
         info = st.get_run(run)
@@ -305,7 +296,7 @@ def runs_show(
         "checkpoint": str(checkpoint) if checkpoint.exists() else "-",
     }
     rows |= {name: f"{v['value']:.6g} (update {v['step']})" for name, v in sorted(info["last"].items())}
-    rows |= _flat(info["spec"])
+    rows |= flatten(info["spec"])
     for key, value in rows.items():
         table.add_row(key, str(value))
     Console().print(table)
@@ -321,12 +312,14 @@ def runs_compare(
     from rich.console import Console
     from rich.table import Table
 
+    from deepscope.config import flatten
+
     st = _read_store(store)
     try:
         infos = [st.get_run(r) for r in runs]
     except ValueError as e:
         raise _fail(str(e)) from None
-    specs = [_flat(info["spec"]) for info in infos]
+    specs = [flatten(info["spec"]) for info in infos]
     keys = list(dict.fromkeys(k for s in specs for k in s))
     if not all_keys:
         keys = [k for k in keys if len({repr(s.get(k)) for s in specs}) > 1]
@@ -441,7 +434,7 @@ def experiments_run(
     raise typer.Exit(0 if verdict.passed else 1)
 
 
-# --- doctor / report: `deepscope doctor`, `deepscope report` (deepscope.diagnose, deepscope.plots) ----------
+# --- doctor / report: `deepscope doctor`, `deepscope report` (deepscope.diagnosis, deepscope.plots) ----------
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -484,7 +477,7 @@ def doctor_command(
     Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
-    from deepscope.diagnose import doctor, has_problem, model_from_factory
+    from deepscope.diagnosis import doctor, has_problem
     from deepscope.store import Store
 
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
@@ -521,7 +514,7 @@ def report_command(
 ) -> None:
     """Write one self-contained HTML report (findings and Glorot & Bengio's figures) for stored runs."""
     from deepscope.integrations.tensorboard import is_tensorboard_dir, run_from_tensorboard
-    from deepscope.plots.report import RunData, report
+    from deepscope.plots import RunData, report
 
     logged = {run for run in runs if is_tensorboard_dir(run)}
     st = _read_store(store) if len(logged) < len(runs) else None
@@ -538,6 +531,30 @@ def report_command(
         else:
             _print_findings(run.diagnosis(), f"run {run.run_id}")
     typer.echo(f"report: {path}")
+
+
+def model_from_factory(path: str):
+    """Import ``package.module:factory`` and call it with no arguments; it must return an ``nn.Module``."""
+    import importlib
+
+    from torch import nn
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--model {path!r}: expected package.module:factory, e.g. mypkg.nets:build")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--model {path!r}: cannot import {module_name!r} ({e})") from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"--model {path!r}: {module_name!r} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {path!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deepscope.registry import unknown
+
 __all__ = [
     "DataSpec",
     "InitSpec",
@@ -46,6 +48,7 @@ __all__ = [
     "SpecError",
     "TrainSpec",
     "apply_overrides",
+    "flatten",
     "load_spec",
     "parse_value",
     "validate_spec",
@@ -61,8 +64,21 @@ def _none(value: Any) -> Any:
     return None if isinstance(value, str) and value.lower() in ("none", "null") else value
 
 
-def _names_error(key: str, value: Any, valid) -> ValueError:
-    return ValueError(f"{key}={value!r} is not known; choose one of: {', '.join(valid)}")
+_names_error = unknown
+
+
+def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
+    """A (nested) spec dict or RunSpec as ``{"section.key": value}``; nested tables give longer paths
+    (``data.options.n_valid``)."""
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump()
+    if not isinstance(spec, dict):
+        return {prefix: spec} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, path) if isinstance(value, dict) and value else {path: value})
+    return out
 
 
 def _known(field: str, key: str, module: str, *registries: str) -> Any:

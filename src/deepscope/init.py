@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, spec_for_module
+from deepscope.registry import lookup
 
 __all__ = [
     "LAYER_TYPES",
@@ -107,7 +108,7 @@ def _uniform(tensor: Tensor, bound: float, generator: torch.Generator | None) ->
 
 
 def zeros(tensor: Tensor) -> Tensor:
-    """W = 0: the usual bias init; for weights it never breaks the symmetry between units (seed 002)."""
+    """W = 0: the usual bias init; for weights it never breaks the symmetry between units (Jen (2020))."""
     return nn.init.zeros_(tensor)
 
 
@@ -117,7 +118,7 @@ def constant(tensor: Tensor, value: float) -> Tensor:
 
 
 def normal(tensor: Tensor, std: float, mean: float = 0.0, *, generator: torch.Generator | None = None) -> Tensor:
-    """W ~ N(mean, std^2): the "small random numbers" initialization, e.g. std=0.01 (seed 002)."""
+    """W ~ N(mean, std^2): the "small random numbers" initialization, e.g. std=0.01 (Jen (2020))."""
     return nn.init.normal_(tensor, mean, std, generator=generator)
 
 
@@ -163,7 +164,7 @@ def he_normal(
 
     ``mode`` picks fan: ``"fan_in"`` (std = sqrt(2 / fan_in), preserves the forward variance),
     ``"fan_out"`` (preserves the backward variance) or ``"fan_avg"`` = (fan_in + fan_out) / 2, the
-    variant of seed 004 section 7.5: std = sqrt(4 / (n_in + n_out)). For a leaky ReLU of slope a use
+    variant of Varma & Das, ch. 7, section 7.5: std = sqrt(4 / (n_in + n_out)). For a leaky ReLU of slope a use
     gain = sqrt(2 / (1 + a^2)).
     """
     return _normal(tensor, gain / math.sqrt(_fan(tensor, fans, mode)), generator)
@@ -179,7 +180,7 @@ def he_uniform(
 ) -> Tensor:
     """W ~ U[-r, r], r = gain * sqrt(3 / fan): He et al. (2015) with a uniform distribution.
 
-    ``mode`` as in :func:`he_normal`; ``"fan_avg"`` gives seed 004's r = sqrt(12 / (n_in + n_out)).
+    ``mode`` as in :func:`he_normal`; ``"fan_avg"`` gives Varma & Das, ch. 7's r = sqrt(12 / (n_in + n_out)).
     """
     return _uniform(tensor, gain * math.sqrt(3.0 / _fan(tensor, fans, mode)), generator)
 
@@ -306,10 +307,7 @@ APPLY_ONLY = ("auto",)
 
 def get_scheme(name: str) -> Callable[..., object]:
     """The scheme function registered as ``name``; an unknown name lists the valid ones."""
-    try:
-        return SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"init={name!r} is not known; choose one of: {', '.join(SCHEMES)}") from None
+    return lookup(SCHEMES, "init", name)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

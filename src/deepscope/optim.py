@@ -1,6 +1,6 @@
 """Optimizers, learning-rate schedules, gradient clipping and losses, by name (``torch.optim`` underneath).
 
-The update equations and defaults are those of seed 004, section 7.3 ("Improvements to the Parameter
+The update equations and defaults are those of Varma & Das, ch. 7, section 7.3 ("Improvements to the Parameter
 Update Equation"); each registry entry states its equation in the text's notation (``g(n)`` the
 gradient at step ``n``, ``eta`` the learning rate) and where ``torch.optim`` writes it differently.
 
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
+from deepscope.registry import lookup
+
 __all__ = [
     "LOSSES",
     "OPTIMIZERS",
@@ -40,10 +42,6 @@ __all__ = [
 ]
 
 Schedule = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
-
-
-def _unknown(kind: str, name: str, valid: Iterable[str]) -> ValueError:
-    return ValueError(f"{kind}={name!r} is not known; choose one of: {', '.join(sorted(valid))}")
 
 
 # --- optimizers -------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "sgd", torch.optim.SGD, {},
             update="w(n+1) = w(n) - eta g(n)",
-            note="plain (stochastic) gradient descent, seed 004 section 7.1",
+            note="plain (stochastic) gradient descent, Varma & Das, ch. 7, section 7.1",
         ),
         OptimizerSpec(
             "momentum", torch.optim.SGD, {"momentum": 0.9},
@@ -126,10 +124,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def get_optimizer(name: str) -> OptimizerSpec:
     """The registry entry for ``name``; an unknown name lists the valid ones."""
-    try:
-        return OPTIMIZERS[name]
-    except KeyError:
-        raise _unknown("optimizer", name, OPTIMIZERS) from None
+    return lookup(OPTIMIZERS, "optimizer", name)
 
 
 def make_optimizer(name: str, params: Iterable | nn.Module, lr: float, **kwargs) -> torch.optim.Optimizer:
@@ -171,13 +166,13 @@ def constant(optimizer: torch.optim.Optimizer, total_updates: int | None = None)
 
 def step(optimizer: torch.optim.Optimizer, total_updates: int | None = None, *, step_size: int,
          gamma: float = 0.1) -> lr_scheduler.StepLR:
-    """eta(t) = eta0 gamma^floor(t / step_size): annealing by the number of updates (seed 004, section 7.2)."""
+    """eta(t) = eta0 gamma^floor(t / step_size): annealing by the number of updates (Varma & Das, ch. 7, 7.2)."""
     return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
 def exponential(optimizer: torch.optim.Optimizer, total_updates: int | None = None, *,
                 gamma: float) -> lr_scheduler.ExponentialLR:
-    """eta(t) = eta0 gamma^t (seed 004, section 7.2)."""
+    """eta(t) = eta0 gamma^t (Varma & Das, ch. 7, section 7.2)."""
     return lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
 
 
@@ -218,7 +213,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_updates: int | None = 
 def reduce_on_plateau(optimizer: torch.optim.Optimizer, total_updates: int | None = None, *, factor: float = 0.1,
                       patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
                       min_lr: float = 0.0, eps: float = 1e-8) -> lr_scheduler.ReduceLROnPlateau:
-    """Multiply eta by ``factor`` when the validation accuracy stops improving (seed 004, section 7.2).
+    """Multiply eta by ``factor`` when the validation accuracy stops improving (Varma & Das, ch. 7, section 7.2).
 
     Stepped once per evaluation with the validation accuracy (mode "max"). An evaluation improves when
     accuracy > best (1 + threshold) (threshold_mode "rel"); eta is reduced at the (patience + 1)-th
@@ -246,10 +241,7 @@ SCHEDULE_STEPS_ON: dict[str, str] = {name: "update" for name in SCHEDULES} | {"r
 def make_schedule(name: str, optimizer: torch.optim.Optimizer, total_updates: int | None = None,
                   **kwargs) -> Schedule:
     """Build schedule ``name`` on ``optimizer``; ``kwargs`` are the schedule's own (see its function)."""
-    try:
-        fn = SCHEDULES[name]
-    except KeyError:
-        raise _unknown("schedule", name, SCHEDULES) from None
+    fn = lookup(SCHEDULES, "schedule", name)
     params = inspect.signature(fn).parameters
     allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = [k for k in kwargs if k not in allowed]
@@ -338,7 +330,4 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 def make_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss ``name`` as a function ``(logits, integer targets) -> scalar tensor``."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise _unknown("loss", name, LOSSES) from None
+    return lookup(LOSSES, "loss", name)

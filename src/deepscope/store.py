@@ -25,10 +25,16 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "Store", "default_root"]
+from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS
+
+__all__ = ["CHECKPOINT_FILE", "CHECKS_FILE", "DB_NAME", "REPORT_FILE", "STATUSES", "Store", "default_root"]
 
 STATUSES = ("running", "finished", "diverged", "interrupted")
 DB_NAME = "deepscope.db"
+# the files of a run's folder (Store.run_dir): the last checkpoint, doctor's model/input checks, the report
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKS_FILE = "checks.json"
+REPORT_FILE = "report.html"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,8 +66,8 @@ CREATE TABLE IF NOT EXISTS histograms (
 CREATE INDEX IF NOT EXISTS histograms_run ON histograms (run_id, layer, quantity, step);
 """
 
-_STATS_COLUMNS = ("step", "source", "layer", "quantity", "stat", "value")
-_HIST_COLUMNS = ("step", "source", "layer", "quantity", "lo", "hi", "counts")
+_STATS_COLUMNS = STAT_COLUMNS
+_HIST_COLUMNS = HISTOGRAM_COLUMNS
 _RUN_FIELDS = ("id", "name", "spec", "seed", "status", "created", "updated", "finished", "pid", "host", "versions")
 
 

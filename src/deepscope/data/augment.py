@@ -16,6 +16,8 @@ from collections.abc import Callable
 import kornia.augmentation as K
 from torch import Tensor, nn
 
+from deepscope.registry import unknown
+
 __all__ = ["AUGMENTATIONS", "make_augment"]
 
 
@@ -81,7 +83,7 @@ def make_augment(names: list[str] | str | None, **options) -> Callable[[Tensor],
         return None
     for name in names:
         if name not in AUGMENTATIONS:
-            raise ValueError(f"augmentation={name!r} is not known; choose one of: {', '.join(AUGMENTATIONS)}")
+            raise unknown("augmentation", name, AUGMENTATIONS)
     accepted = {name: set(inspect.signature(AUGMENTATIONS[name]).parameters) for name in names}
     allowed = set().union(*accepted.values())
     for key in options:

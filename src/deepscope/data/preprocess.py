@@ -1,4 +1,4 @@
-"""Input preprocessing fitted on the training split only (seed 004, section 7.6: centering + scaling).
+"""Input preprocessing fitted on the training split only (Varma & Das, ch. 7, section 7.6: centering + scaling).
 
 Every method is a per-element affine map ``x -> (x - shift) / scale`` whose statistics are computed on
 the training inputs ``x_train`` of shape ``(M, *features)`` (e.g. ``(M, C, H, W)``):
@@ -41,24 +41,24 @@ def none(x: Tensor) -> Stats:
 
 
 def center(x: Tensor) -> Stats:
-    """x_i(m) <- x_i(m) - mean_s x_i(s): subtract the per-feature training mean (seed 004, section 7.6)."""
+    """x_i(m) <- x_i(m) - mean_s x_i(s): subtract the per-feature training mean (Varma & Das, ch. 7, section 7.6)."""
     return x.mean(dim=0), None
 
 
 def channel_mean(x: Tensor) -> Stats:
-    """x^c(m) <- x^c(m) - mean over samples and positions of channel c (seed 004, section 7.6)."""
+    """x^c(m) <- x^c(m) - mean over samples and positions of channel c (Varma & Das, ch. 7, section 7.6)."""
     dims = [0, *range(2, x.dim())]
     return x.mean(dim=dims, keepdim=True)[0], None
 
 
 def standardize(x: Tensor) -> Stats:
-    """x_i(m) <- (x_i(m) - mean_i) / sigma_i, per feature, population std (seed 004, section 7.6)."""
+    """x_i(m) <- (x_i(m) - mean_i) / sigma_i, per feature, population std (Varma & Das, ch. 7, section 7.6)."""
     var, mean = torch.var_mean(x, dim=0, correction=0)
     return mean, _safe_scale(var.sqrt())
 
 
 def minmax(x: Tensor) -> Stats:
-    """Map each feature's training [min, max] to [-1, 1] (seed 004, section 7.6)."""
+    """Map each feature's training [min, max] to [-1, 1] (Varma & Das, ch. 7, section 7.6)."""
     lo, hi = x.amin(dim=0), x.amax(dim=0)
     return (hi + lo) / 2, _safe_scale((hi - lo) / 2)
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from deepscope.data import files, shapeset
+from deepscope.registry import integer, lookup
 
 __all__ = [
     "DATASETS",
@@ -43,15 +43,7 @@ def derive_seed(*keys: int) -> int:
     return int(high) << 32 | int(low)
 
 
-def _integer(key: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (Python, numpy or 0-d tensor integers), or a ValueError naming ``key``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or number < minimum:
-        raise ValueError(f"{key}={value!r} is not allowed; choose an integer >= {minimum}")
-    return number
+_integer = integer
 
 
 @dataclass(frozen=True)
@@ -259,9 +251,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 def get_dataset(name: str, **options) -> Dataset:
     """Build the dataset ``name`` with its options, e.g. ``get_dataset("mnist", root="~/data/mnist")``."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset={name!r} is not known; choose one of: {', '.join(DATASETS)}")
-    factory = DATASETS[name]
+    factory = lookup(DATASETS, "dataset", name)
     known = list(inspect.signature(factory).parameters)
     for key in options:
         if key not in known:

@@ -47,8 +47,8 @@ Adding an experiment
 
        EXPERIMENT = Experiment("my-name", "claim.", "source", PROFILES, verdict=verdict, figure=figure, grid=grid)
 
-2. Import the module in the ``from deepscope.experiments import (...)`` block below and add it to
-   ``_MODULES`` (one line each). The CLI finds it by name.
+2. Nothing else: every module of this package that defines ``EXPERIMENT`` is in the catalogue
+   (:data:`EXPERIMENTS`, discovered at import). The CLI finds it by name.
 3. In ``tests/``, run it on the ``tiny`` profile: a Verdict with the expected number keys and a figure
    (and, where it is cheap and robust, the science).
 
@@ -60,31 +60,15 @@ and the ids of the training runs.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deepscope.experiments import (
-    augmentation,
-    batchnorm,
-    centering,
-    dead_relu,
-    dropout,
-    glorot2010_figures,
-    glorot2010_table1,
-    he_vs_glorot_depth,
-    learning_rate,
-    lsuv,
-    optimizers_2d,
-    orthogonal_isometry,
-    selu_lecun,
-    sigmoid_saturation,
-    small_init_vanishing,
-    zero_init_symmetry,
-)
 from deepscope.experiments.base import PROFILES, Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.sweep import BACKENDS, RunOutcome, run_grid
+from deepscope.registry import discover, lookup
 
 __all__ = [
     "BACKENDS",
@@ -101,34 +85,13 @@ __all__ = [
     "save_figure",
 ]
 
-_MODULES = (
-    zero_init_symmetry,
-    small_init_vanishing,
-    optimizers_2d,
-    selu_lecun,
-    lsuv,
-    orthogonal_isometry,
-    glorot2010_table1,
-    glorot2010_figures,
-    sigmoid_saturation,
-    learning_rate,
-    centering,
-    he_vs_glorot_depth,
-    batchnorm,
-    dead_relu,
-    dropout,
-    augmentation,
-)
-
-EXPERIMENTS: dict[str, Experiment] = {module.EXPERIMENT.name: module.EXPERIMENT for module in _MODULES}
+# every module of this package that ends with ``EXPERIMENT = Experiment(...)`` is in the catalogue
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in discover(sys.modules[__name__], "EXPERIMENT")}
 
 
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; an unknown name lists the valid ones."""
-    try:
-        return EXPERIMENTS[name]
-    except KeyError:
-        raise ValueError(f"experiment={name!r} is not known; choose one of: {', '.join(EXPERIMENTS)}") from None
+    return lookup(EXPERIMENTS, "experiment", name)
 
 
 def _store_root(store: Any) -> Path | None:

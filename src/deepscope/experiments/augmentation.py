@@ -71,7 +71,7 @@ def figure(results: list[TrainedRun], ctx: Context) -> list:
     cfg = ctx.settings
     return generalization_figure(
         results, ctx, f"convnet {cfg['channels']}, {cfg['n_train']} training images",
-        f"Data augmentation ({', '.join(cfg['augment'])}): the train/test gap shrinks (seed 002)",
+        f"Data augmentation ({', '.join(cfg['augment'])}): the train/test gap shrinks (Jen (2020))",
     )
 
 
@@ -82,7 +82,7 @@ EXPERIMENT = Experiment(
     name="augmentation",
     claim="Random flips and rotations of the training images (which keep Shapeset's labels) shrink the gap between "
     "training and test error of a convnet that overfits a small training set.",
-    source="seed 002 (data augmentation); kornia.augmentation",
+    source="Jen (2020) (data augmentation); kornia.augmentation",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 128, "n_valid": 32, "n_test": 64, "channels": [4, 8], "epochs": 4,
                  "eval_every": 8},

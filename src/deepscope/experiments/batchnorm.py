@@ -133,7 +133,8 @@ EXPERIMENT = Experiment(
     name="batchnorm",
     claim="With batch norm a net trains at 5x a learning rate at which it diverges without, and a sigmoid net "
     "(3 x 100 units, batch 60) that stays at chance without BN trains with it.",
-    source="Ioffe & Szegedy 2015 (sections 3.3, 4.1, 4.2); seed 004 section 7.7; seeds 000/003",
+    source="Ioffe & Szegedy 2015 (sections 3.3, 4.1, 4.2); Varma & Das, ch. 7, section 7.7; Kekulawala (blog); "
+    "Glorot & Bengio (2010)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 256, "n_valid": 64, "n_test": 64, "width": 16, "relu_depth": 2,
                  "updates": 40, "eval_every": 10},

@@ -115,7 +115,7 @@ def figure(results: list[TrainedRun], ctx: Context) -> list:
     axes[0, 1].minorticks_off()
     for ax in axes[0]:
         ax.legend(fontsize=8)
-    fig.suptitle("Raw [0, 1] vs centred vs standardized inputs (seed 004 section 7.6)")
+    fig.suptitle("Raw [0, 1] vs centred vs standardized inputs (Varma & Das, ch. 7, section 7.6)")
     return [save_figure(fig, ctx.path())]
 
 
@@ -125,7 +125,7 @@ EXPERIMENT = Experiment(
     name="centering",
     claim="Centred and scaled (standardized) inputs converge faster than raw, all-positive ones: at each one's best "
     "learning rate they reach a lower loss after N updates and the raw inputs' final loss well before N.",
-    source="seed 004 section 7.6 (Data Preprocessing, fig 7.20 'Why Zero Centering Helps')",
+    source="Varma & Das, ch. 7, section 7.6 (Data Preprocessing, fig 7.20 'Why Zero Centering Helps')",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 256, "n_valid": 64, "n_test": 64, "width": 16, "updates": 60,
                  "eval_every": 10, "lrs": [0.1]},

@@ -178,7 +178,8 @@ def figure(results: list[Trained], ctx: Context) -> list:
                hatch="//" if cond == "healthy" else None)
     ax.set(title="inactive units per layer at the end", xlabel="hidden layer", xticks=layers, ylim=(0, 1.02))
     ax.legend(fontsize=6)
-    fig.suptitle(f"Dead ReLUs: bad init / high lr; Leaky ReLU and PReLU units come back (seed 004 7.4; seed {seed})")
+    fig.suptitle("Dead ReLUs: bad init / high lr; Leaky ReLU and PReLU units come back "
+                 f"(Varma & Das, ch. 7.4; seed {seed})")
     return [save_figure(fig, ctx.path())]
 
 
@@ -188,7 +189,8 @@ EXPERIMENT = Experiment(
     name="dead-relu",
     claim="A large share of ReLU units dies (inactive on every input, no gradient) with a bad init or a too-high "
     "learning rate and stays dead; Leaky ReLU / PReLU units in the same situation keep a gradient and come back.",
-    source="seed 004 section 7.4 (figs 7.13-7.15); seed 002 (dying ReLU, Leaky ReLU); He et al. 2015 (PReLU)",
+    source="Varma & Das, ch. 7, section 7.4 (figs 7.13-7.15); Jen (2020) (dying ReLU, Leaky ReLU); "
+    "He et al. 2015 (PReLU)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 256, "n_monitor": 64, "depth": 2, "width": 16, "updates": 40,
                  "record_every": 10},

@@ -1,6 +1,6 @@
 """dropout: dropping hidden units at random during training shrinks the gap between training and test error.
 
-Srivastava et al. 2014; seed 002: "There is one more regularization technique which is known as dropout. It is
+Srivastava et al. 2014; Jen (2020): "There is one more regularization technique which is known as dropout. It is
 used to reduce overfitting ... we sample the network during training ... During testing, all neurons are
 present" (PyTorch's inverted dropout scales by 1/(1-p) during training instead of by p at test time). Seeds
 000/001: "a model with millions of parameters would severely risk overfitting the training set".
@@ -66,7 +66,7 @@ def figure(results: list[TrainedRun], ctx: Context) -> list:
     cfg = ctx.settings
     return generalization_figure(
         results, ctx, f"{cfg['depth']}x{cfg['width']} ReLU MLP, {cfg['n_train']} training images",
-        "Dropout: the train/test gap shrinks (Srivastava et al. 2014; seed 002)",
+        "Dropout: the train/test gap shrinks (Srivastava et al. 2014; Jen (2020))",
     )
 
 
@@ -75,7 +75,7 @@ _COMMON = {"depth": 2, "width": 512, "dropout": 0.5, "lr": 0.01, "batch_size": 3
 EXPERIMENT = Experiment(
     name="dropout",
     claim="Dropout shrinks the gap between training and test error of a net that overfits a small training set.",
-    source="Srivastava et al. 2014; seed 002 (dropout); seeds 000/001 (overfitting)",
+    source="Srivastava et al. 2014; Jen (2020) (dropout); seeds 000/001 (overfitting)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 128, "n_valid": 32, "n_test": 64, "width": 32, "epochs": 4,
                  "eval_every": 8},

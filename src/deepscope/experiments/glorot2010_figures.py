@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from multiprocessing import get_context
 from typing import Any
 
@@ -30,6 +31,7 @@ from deepscope.experiments.base import Context, Experiment, Verdict, new_figure,
 from deepscope.experiments.sweep import default_jobs, init_worker
 from deepscope.experiments.training import run_spec
 from deepscope.plots.common import layer_color
+from deepscope.records import Records
 
 # label -> (activation, init scheme, depth)
 RUNS = {
@@ -56,25 +58,22 @@ class ProbedRun:
     histograms: list[dict] = field(default_factory=list)
     scalars: list[dict] = field(default_factory=list)
 
+    @cached_property
+    def records(self) -> Records:
+        return Records(self.stats)
+
     def value(self, quantity: str, stat: str, layer: str, step: int | None = None, source: str = "monitor") -> float:
         """One recorded statistic at ``step`` (default: the first record), NaN if it was not recorded."""
-        rows = [r for r in self.stats if r["quantity"] == quantity and r["stat"] == stat and r["layer"] == layer
-                and r["source"] == source]
-        if not rows:
-            return float("nan")
-        step = min(r["step"] for r in rows) if step is None else step
-        return next((float(r["value"]) for r in rows if r["step"] == step), float("nan"))
+        return self.records.value(quantity, stat, layer, step, source)
 
     def series(self, quantity: str, stat: str, layer: str, source: str = "monitor") -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one statistic of one layer over training."""
-        rows = sorted((r["step"], r["value"]) for r in self.stats if r["quantity"] == quantity
-                      and r["stat"] == stat and r["layer"] == layer and r["source"] == source)
-        return np.array([s for s, _ in rows], dtype=int), np.array([v for _, v in rows], dtype=float)
+        steps, values = self.records.series(quantity, stat, source).get(layer, ([], []))
+        return np.array(steps, dtype=int), np.array(values, dtype=float)
 
     def layers(self, quantity: str = "activation") -> list[str]:
-        """The probed layers that recorded ``quantity``, in the order of their first record (bottom to top for
-        activations; the backward pass records gradients top to bottom)."""
-        return list(dict.fromkeys(r["layer"] for r in self.stats if r["quantity"] == quantity))
+        """The probed layers that recorded ``quantity``, in depth order (input first)."""
+        return self.records.layers(quantity)
 
 
 def shapeset_spec(label: str, seed: int, activation: str, init: str, depth: int, settings: dict,
@@ -100,42 +99,31 @@ def probed_run(label: str, spec: dict, every: int, n_monitor: int, store_root: s
     """
     from deepscope.config import validate_spec
     from deepscope.data import get_dataset
-    from deepscope.probe import Probe, StoreSink
+    from deepscope.probe.trainer import TrainerProbe
     from deepscope.store import Store
-    from deepscope.train import train
+    from deepscope.trainer import train
 
     spec = validate_spec(spec)
     if spec.data.preprocess:
         raise ValueError(f"probed_run: data.preprocess={spec.data.preprocess!r}; the monitor set is not preprocessed")
     data = get_dataset(spec.data.name, **spec.data.options)
     x, y = (t[:n_monitor] for t in data.test)  # the paper monitors a fixed set of 300 test examples
-    state: dict[str, Any] = {"probe": None, "scalars": []}
+    probe = TrainerProbe(every, monitor=(x, y), jacobian_every=every)
+    scalars: list[dict] = []
 
-    def callback(ctx) -> None:
-        if ctx.event == "start":
-            sinks = [StoreSink(ctx.store, ctx.run_id)] if ctx.store is not None else []
-            state["probe"] = Probe(ctx.model, every=every, monitor=(x, y), sinks=sinks, jacobian_every=every,
-                                   start_step=ctx.step).__enter__()
-        elif ctx.event == "step":
-            state["probe"].step(ctx.step)
-        elif ctx.event == "eval":
-            state["scalars"] += [{"step": ctx.step, "name": k, "value": v} for k, v in ctx.metrics.items()]
-        elif ctx.event == "end":
-            probe, state["probe"] = state["probe"], None
-            probe.__exit__(None, None, None)
-            state["done"] = probe
+    def keep_scalars(ctx) -> None:
+        if ctx.event == "eval":
+            scalars.extend({"step": ctx.step, "name": k, "value": v} for k, v in ctx.metrics.items())
 
     store = Store(store_root) if store_root is not None else None
     try:
-        result = train(spec, store=store, callbacks=[callback], quiet=True, dataset=data)
+        result = train(spec, store=store, callbacks=[probe, keep_scalars], quiet=True, dataset=data)
     finally:
-        if state["probe"] is not None:  # training raised: remove the hooks all the same
-            state["probe"].__exit__(None, None, None)
+        probe.close()  # training raised: remove the hooks all the same
         if store is not None:
             store.close()
-    probe = state["done"]
     return ProbedRun(label, spec.to_dict(), result.run_id, result.status, dict(result.metrics),
-                     probe.records, probe.histograms, state["scalars"])
+                     probe.records, probe.histograms, scalars)
 
 
 def _probed_run(job: tuple) -> ProbedRun:
@@ -236,7 +224,7 @@ def _plot(name: str):
 
 def write_report(runs: dict[str, ProbedRun], path, title: str):
     """The HTML report (findings, curves and every figure family, runs side by side) of ``runs``."""
-    from deepscope.plots.report import RunData, report
+    from deepscope.plots import RunData, report
 
     data = [RunData(f"{label}: {_TITLES.get(label, label)}", run_id=r.run_id, spec=r.spec, status=r.status,
                     stats=r.stats, histograms=r.histograms, scalars=r.scalars) for label, r in runs.items()]

@@ -126,7 +126,8 @@ def figure(results: list[TrainedRun], ctx: Context) -> list:
     ax.set(title="learning rate", xlabel="update", ylabel="lr")
     for ax in axes[0]:
         ax.legend(fontsize=7)
-    fig.suptitle(f"Learning rate: too low / good / too high, and annealing (seed 004 section 7.2; seed {seed})")
+    fig.suptitle("Learning rate: too low / good / too high, and annealing "
+                 f"(Varma & Das, ch. 7, section 7.2; seed {seed})")
     return [save_figure(fig, ctx.path())]
 
 
@@ -136,7 +137,7 @@ EXPERIMENT = Experiment(
     name="learning-rate",
     claim="Too low a learning rate decreases the loss slowly, too high a rate diverges, a good one gets lowest; "
     "annealing a high rate (step or cosine) reaches a lower loss than keeping it constant.",
-    source="seed 004 section 7.2 (figs 7.2, 7.6, 7.7); Loshchilov & Hutter 2017 (cosine)",
+    source="Varma & Das, ch. 7, section 7.2 (figs 7.2, 7.6, 7.7); Loshchilov & Hutter 2017 (cosine)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 256, "n_valid": 64, "n_test": 64, "width": 16, "updates": 60,
                  "eval_every": 10},

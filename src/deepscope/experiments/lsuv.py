@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from deepscope import init
 from deepscope.data.shapeset import generate
-from deepscope.diagnose import layer_outputs
+from deepscope.diagnosis.checks import layer_outputs
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.nn.models import mlp
 

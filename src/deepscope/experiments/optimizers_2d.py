@@ -1,7 +1,7 @@
-"""optimizers-2d: the six update rules of seed 004 on two 2-parameter landscapes.
+"""optimizers-2d: the six update rules of Varma & Das, ch. 7 on two 2-parameter landscapes.
 
 A narrow steep valley f(x, y) = 0.05 x^2 + 5 y^2 (curvatures 0.1 and 10): plain gradient descent
-zig-zags across the steep axis and crawls along the shallow one (seed 004 fig. 7.3); momentum and
+zig-zags across the steep axis and crawls along the shallow one (Varma & Das, ch. 7, fig. 7.3); momentum and
 Nesterov build up speed along the floor (section 7.3.1). A saddle f(x, y) = x^2 - y^2 + y^4 / 4 (saddle
 at 0, minima at y = +-sqrt(2)), started next to the saddle: gradient descent slows to a crawl there
 (figs. 7.4, 7.5) because the gradient along y is tiny; methods that divide by the gradient's magnitude
@@ -146,7 +146,7 @@ def figure(res: Results, ctx: Context) -> list:
         ax.semilogy(res.paths["saddle", opt, seed][:, 1].abs().numpy(), color=colors[opt], label=opt)
     ax.axhline(1.0, color="grey", ls="--", lw=0.8)
     ax.set(title="saddle: |y| per step (escaped at |y| >= 1)", xlabel="step", ylabel="|y|")
-    fig.suptitle("Optimizers on a narrow valley and a saddle (seed 004 figs 7.3-7.5, 7.8)")
+    fig.suptitle("Optimizers on a narrow valley and a saddle (Varma & Das, ch. 7, figs 7.3-7.5, 7.8)")
     return [save_figure(fig, ctx.path())]
 
 
@@ -156,7 +156,7 @@ EXPERIMENT = Experiment(
     name="optimizers-2d",
     claim="In a narrow steep valley momentum and Nesterov reach a lower loss than plain gradient descent in "
     "the same steps at the same learning rate; near a saddle point Adagrad, RMSprop and Adam escape sooner.",
-    source="seed 004 (section 7.1 figs 7.3-7.5; section 7.3 fig 7.8 and eqs 7.1-7.5)",
+    source="Varma & Das, ch. 7 (section 7.1 figs 7.3-7.5; section 7.3 fig 7.8 and eqs 7.1-7.5)",
     profiles={
         "tiny": {**_COMMON, "valley_steps": 30, "saddle_steps": 60, "seeds": 1},
         "quick": {**_COMMON, "valley_steps": 100, "saddle_steps": 300, "seeds": 3},

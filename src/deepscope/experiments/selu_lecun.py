@@ -2,7 +2,7 @@
 
 SELU with LeCun normal weights (Var(W) = 1 / fan_in) maps zero-mean, unit-variance inputs to zero-mean,
 unit-variance outputs, and that fixed point attracts: through a deep stack the activations keep mean ~0
-and variance ~1 (Klambauer et al. 2017; seed 000: "SELU should be used with LeCun initialization"). ReLU
+and variance ~1 (Klambauer et al. 2017; Kekulawala (blog): "SELU should be used with LeCun initialization"). ReLU
 with the same weights halves the second moment at every layer (He et al. 2015) and SELU with He weights
 (Var(W) = 2 / fan_in) leaves the fixed point and grows.
 
@@ -96,7 +96,7 @@ EXPERIMENT = Experiment(
     name="selu-lecun",
     claim="A deep SELU net with LeCun normal weights keeps every layer's activations at mean ~0 and variance ~1; "
     "ReLU with the same weights shrinks the variance and SELU with He weights inflates it.",
-    source="Klambauer et al. 2017 (self-normalizing networks); seed 000 (SELU with LeCun initialization)",
+    source="Klambauer et al. 2017 (self-normalizing networks); Kekulawala (blog) (SELU with LeCun initialization)",
     profiles={
         "tiny": {"depth": 8, "width": 64, "batch_size": 256},
         "quick": {"depth": 30, "width": 256, "batch_size": 1024, "seeds": 3},

@@ -175,7 +175,7 @@ EXPERIMENT = Experiment(
     name="sigmoid-saturation",
     claim="In a 4-layer sigmoid net with standard init the top hidden layer is driven to 0 (saturated) early in "
     "training while tanh is not; with N(0, 1) weights the sigmoid net is saturated from the start.",
-    source="Glorot & Bengio 2010, sec. 3.1 and fig. 2; seed 004 sec. 7.8",
+    source="Glorot & Bengio 2010, sec. 3.1 and fig. 2; Varma & Das, ch. 7, sec. 7.8",
     profiles={
         "tiny": {**_COMMON, "width": 16, "updates": 20, "every": 5, "evals": 2, "n_monitor": 20, "n_valid": 50,
                  "n_test": 50, "report": False},

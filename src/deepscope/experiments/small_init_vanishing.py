@@ -117,7 +117,7 @@ def figure(results: list[Stats], ctx: Context) -> list:
             counts, edges = r.hists[layer]
             ax.stairs(counts / max(counts.sum(), 1), edges, fill=True)
             ax.set(title=f"layer {layer + 1}", yticks=[])
-    fig.suptitle("Activations at initialization across depth (seed 004 figs 7.23, 7.24)")
+    fig.suptitle("Activations at initialization across depth (Varma & Das, ch. 7, figs 7.23, 7.24)")
     return [save_figure(fig, ctx.path())]
 
 
@@ -125,7 +125,7 @@ EXPERIMENT = Experiment(
     name="small-init-vanishing",
     claim="With N(0, 0.01) weights a deep tanh net's activations collapse toward 0 with depth while Glorot's "
     "normalized init keeps their spread; N(0, 1) weights saturate sigmoid units instead.",
-    source="seed 004 section 7.8 (figs 7.23, 7.24); Glorot & Bengio 2010",
+    source="Varma & Das, ch. 7, section 7.8 (figs 7.23, 7.24); Glorot & Bengio 2010",
     profiles={
         "tiny": {"depth": 4, "width": 64, "batch_size": 128},
         "quick": {"depth": 10, "width": 500, "batch_size": 1000, "seeds": 3},

@@ -1,6 +1,6 @@
 """Run a grid of run specs in parallel: local processes by default, Ray (the ``[ray]`` extra) on a cluster.
 
-Each run is ``deepscope.train.train(spec, store=Store(root), quiet=True)`` in a fresh worker; every run is
+Each run is ``deepscope.trainer.train(spec, store=Store(root), quiet=True)`` in a fresh worker; every run is
 a deterministic function of its spec and seed, so both backends (and ``jobs=1``, which runs in this
 process) give the same numbers for the same seeds -- up to float rounding, since a multi-threaded BLAS
 may split its sums differently from one process to the next.
@@ -50,7 +50,7 @@ def run_one(spec: Any, store_root: str | None = None) -> RunOutcome:
     """Train one spec (a RunSpec or its dict) and return its run id and final metrics."""
     from deepscope.config import RunSpec, validate_spec
     from deepscope.store import Store
-    from deepscope.train import train
+    from deepscope.trainer import train
 
     spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
     if store_root is None:

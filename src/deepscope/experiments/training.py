@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepscope.experiments.base import Context, new_figure, save_figure
-from deepscope.train import CHECKPOINT
+from deepscope.store import CHECKPOINT_FILE
 
 __all__ = [
     "TrainedRun",
@@ -130,7 +130,7 @@ def train_runs(
                 steps.append(row["step"])
                 values.append(row["value"])
             extra = {}
-            if measure is not None and (store.run_dir(outcome.run_id) / CHECKPOINT).exists():
+            if measure is not None and (store.run_dir(outcome.run_id) / CHECKPOINT_FILE).exists():
                 extra = measure(outcome.run_id, store)
             runs.append(TrainedRun(
                 spec=outcome.spec, status=outcome.status, step=outcome.step, metrics=outcome.metrics,
@@ -145,7 +145,7 @@ def train_set_error(run_id: str, store: Any) -> dict[str, float]:
     mode (dropout off): the trainer's ``train/error`` is measured on the fly, with dropout and augmentation on."""
     from deepscope.data import get_dataset
     from deepscope.optim import make_loss
-    from deepscope.train import evaluate, load_model
+    from deepscope.trainer import evaluate, load_model
 
     model, pre, spec = load_model(run_id, store)
     x, y = get_dataset(spec.data.name, **spec.data.options).train

@@ -2,7 +2,7 @@
 
 With all weights zero (or all equal), every unit of a hidden layer computes the same output and receives
 the same gradient, so SGD moves them in lock step: however long it trains, a layer is worth one unit
-(seed 002; seed 004 section 7.5, "break symmetry"). Random initialization (Glorot) breaks the tie.
+(Jen (2020); Varma & Das, ch. 7, section 7.5, "break symmetry"). Random initialization (Glorot) breaks the tie.
 
 Measured: a sigmoid MLP trained with plain SGD on Shapeset images; for each hidden layer the largest
 difference between two units' incoming weights (and biases), ``max_i,j ||w_i - w_j||_inf``, and how far
@@ -141,7 +141,7 @@ def figure(results: list[Trained], ctx: Context) -> list:
         im = ax.imshow(w.numpy(), aspect="auto", cmap="coolwarm", interpolation="nearest")
         fig.colorbar(im, ax=ax)
         ax.set(title=f"{scheme}: hidden1 weights after training", xlabel="input", ylabel="unit")
-    fig.suptitle("Zero / constant init: units stay identical under SGD (seed 002)")
+    fig.suptitle("Zero / constant init: units stay identical under SGD (Jen (2020))")
     return [save_figure(fig, ctx.path())]
 
 
@@ -151,7 +151,7 @@ EXPERIMENT = Experiment(
     name="zero-init-symmetry",
     claim="With zero or constant weights the units of a layer get identical updates and stay identical under "
     "SGD; random (Glorot) initialization breaks the symmetry.",
-    source="seed 002 (weight initialization: the symmetry problem); seed 004 section 7.5",
+    source="Jen (2020) (weight initialization: the symmetry problem); Varma & Das, ch. 7, section 7.5",
     profiles={
         "tiny": {**_COMMON, "depth": 2, "width": 16, "image_size": 8, "n_train": 256, "steps": 60, "record_every": 5},
         "quick": {**_COMMON, "depth": 2, "width": 64, "image_size": 16, "n_train": 2000, "steps": 500,

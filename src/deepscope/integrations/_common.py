@@ -104,8 +104,8 @@ class LossWindow:
 def finish(name: str, records: list[dict], histograms: list[dict], scalars: list[dict], log_dir: str | Path | None,
            *, show: bool = True, write_report: bool = True) -> tuple[list, Path | None]:
     """Diagnose the records, print the findings, write the HTML report into ``log_dir``."""
-    from deepscope.diagnose import diagnose
-    from deepscope.plots.report import RunData, report
+    from deepscope.diagnosis import diagnose
+    from deepscope.plots import RunData, report
 
     findings = diagnose(records, scalars=scalars, histograms=histograms)
     if show:

@@ -94,12 +94,11 @@ class DeepscopeCallback(Callback):
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
                  log: bool = True, **probe_kwargs: Any):
         from deepscope.probe import check_options
+        from deepscope.registry import integer
 
         check_options(every, **{k: v for k, v in probe_kwargs.items()
                                 if k in ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")})
-        if isinstance(monitor_size, bool) or not isinstance(monitor_size, int) or monitor_size < 0:
-            raise ValueError(f"monitor_size={monitor_size!r} is not allowed; give an integer >= 0")
-        self.every, self.monitor, self.monitor_size = every, monitor, monitor_size
+        self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
         self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
         self.probe_kwargs = probe_kwargs
         self.probe = None

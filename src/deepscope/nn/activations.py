@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from deepscope.registry import lookup
+
 __all__ = [
     "ACTIVATIONS",
     "ActivationSpec",
@@ -183,12 +185,7 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
 
 def get_activation(name: str) -> ActivationSpec:
     """The registry entry for ``name``; an unknown name lists the valid ones."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"activation={name!r} is not known; choose one of: {', '.join(sorted(ACTIVATIONS))}"
-        ) from None
+    return lookup(ACTIVATIONS, "activation", name)
 
 
 def make_activation(name: str, **kwargs) -> nn.Module:

@@ -12,7 +12,7 @@ are initialized by :func:`deepscope.init.apply` (``init=None`` keeps PyTorch's d
 
 ``activation_kwargs`` go to :func:`~deepscope.nn.activations.make_activation` (e.g. ``{"slope": 0.1}``
 for leaky_relu). For prelu they also accept ``per``: ``"neuron"`` (one learned slope per unit, as
-seed 004 defines PReLU; the mlp default), ``"channel"`` (one per feature map; the convnet default)
+Varma & Das, ch. 7 defines PReLU; the mlp default), ``"channel"`` (one per feature map; the convnet default)
 or ``"shared"`` (a single slope). In an mlp ``"neuron"`` and ``"channel"`` are the same thing.
 """
 
@@ -21,22 +21,22 @@ from __future__ import annotations
 import inspect
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from torch import nn
 
 from deepscope import init as init_module
 from deepscope.nn.activations import Maxout, get_activation, make_activation
+from deepscope.registry import integer
 
-__all__ = ["convnet", "mlp"]
+__all__ = ["build_model", "convnet", "mlp"]
 
 NORMS = (None, "batch")
 NORM_POSITIONS = ("before", "after")
 PRELU_PER = ("neuron", "channel", "shared")
 
 
-def _check_int(key: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r}: must be an integer >= {minimum}")
+_check_int = integer
 
 
 def _check_switches(norm, norm_position, dropout) -> None:
@@ -188,3 +188,18 @@ def convnet(
         c_in, h, w = c, h // 2, w // 2
     layers += [("flatten", nn.Flatten()), ("output", nn.Linear(c_in * h * w, num_classes))]
     return _initialize(nn.Sequential(OrderedDict(layers)), init, init_kwargs)
+
+
+def build_model(spec, input_shape: Sequence[int], num_classes: int, *, x=None, initialize: bool = True) -> nn.Module:
+    """The network of a run spec's ``[model]``, initialized by its ``[init]`` (LSUV calibrates on the batch ``x``)."""
+    m, init_kwargs = spec.model, spec.init.params
+    init = spec.init.scheme if initialize else None
+    if init == "lsuv":
+        init_kwargs = {**init_kwargs, "x": x}
+    common = dict(activation=m.activation, init=init, norm=m.norm, norm_position=m.norm_position, dropout=m.dropout,
+                  activation_kwargs=m.activation_kwargs, init_kwargs=init_kwargs)
+    if m.builder == "mlp":
+        return mlp(tuple(input_shape), num_classes, m.depth, m.width, maxout_k=m.maxout_k, **common)
+    c, *hw = input_shape
+    return convnet(c, num_classes, tuple(hw), tuple(m.channels), m.kernel_size, **common)
+

@@ -2,9 +2,9 @@
 
 One module per figure family -- ``curves`` (error and loss curves, figs. 11-12), ``activations`` (figs. 2-4,
 6, 10), ``gradients`` (figs. 7-9), ``jacobian`` -- each function taking plain rows and returning a matplotlib
-Figure or ``None``; ``report`` renders them with the findings into one self-contained HTML file.
+Figure or ``None``; ``html`` renders them with the findings into one self-contained HTML file.
 """
 
-from deepscope.plots.report import FIGURES, RunData, render, report
+from deepscope.plots.html import FIGURES, RunData, render, report
 
 __all__ = ["FIGURES", "RunData", "render", "report"]

@@ -9,8 +9,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import layer_order
 from deepscope.plots.common import histogram_figure, layer_color, new_figure, series
+from deepscope.records import layer_order
 
 __all__ = ["activation_histograms", "activation_mean_std", "activation_percentiles"]
 

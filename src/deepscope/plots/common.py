@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import layer_order
+from deepscope.records import Records, layer_order, pick_source
 
-__all__ = ["DPI", "histogram_figure", "layer_color", "new_figure", "pick_source", "series", "to_data_uri"]
+__all__ = ["DPI", "histogram_figure", "layer_color", "new_figure", "series", "to_data_uri"]
 
 DPI = 100
 _LAYER_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -42,31 +41,9 @@ def new_figure(width: float = 4.6, height: float = 3.2, ncols: int = 1, sharey: 
     return fig, axes
 
 
-def pick_source(rows: Iterable[Row], quantity: str) -> str | None:
-    """The source to draw ``quantity`` from: the fixed monitor set when recorded (as the paper does), else train."""
-    sources = {r["source"] for r in rows if r["quantity"] == quantity}
-    for source in ("monitor", "train"):
-        if source in sources:
-            return source
-    return next(iter(sorted(sources)), None)
-
-
 def series(rows: Iterable[Row], quantity: str, stat: str) -> dict[str, tuple[list[int], list[float]]]:
     """``layer -> (steps, values)`` for one quantity and stat, layers in depth order (input first)."""
-    rows = list(rows)
-    order = layer_order(rows)
-    rows = [r for r in rows if r["quantity"] == quantity]
-    source = pick_source(rows, quantity)
-    out: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r["source"] == source and r["stat"] == stat:
-            out.setdefault(r["layer"], []).append((int(r["step"]), float(r["value"])))
-    result = {}
-    for layer in sorted(out, key=order.__getitem__):
-        points = out[layer]
-        points.sort()
-        result[layer] = ([s for s, _ in points], [v if math.isfinite(v) else math.nan for _, v in points])
-    return result
+    return Records(rows).series(quantity, stat)
 
 
 def to_data_uri(fig: Figure) -> str:

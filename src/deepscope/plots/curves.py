@@ -1,5 +1,5 @@
 """Learning curves: error during training for several runs (Glorot & Bengio 2010, figs. 11-12), and the
-loss curve whose shape tells the learning rate (seed 004 section 7.2, fig. 7.6)."""
+loss curve whose shape tells the learning rate (Varma & Das, ch. 7, section 7.2, fig. 7.6)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
 
 def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
-    """Training loss against updates (log scale when it spans 10x), one colour per run: seed 004 fig. 7.6."""
+    """Training loss against updates (log scale when it spans 10x), one colour per run: Varma & Das, ch. 7, fig. 7.6."""
     fig, ax = new_figure(6.4, 3.6)
     drawn: list[float] = []
     for i, (label, scalars) in enumerate(runs.items()):
@@ -61,6 +61,6 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | Non
         ax.set_yscale("log")
     ax.set_xlabel("updates", fontsize=9)
     ax.set_ylabel("loss", fontsize=9)
-    ax.set_title("Loss during training (learning rate: seed 004 fig. 7.6)", fontsize=10)
+    ax.set_title("Loss during training (learning rate: Varma & Das, ch. 7, fig. 7.6)", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return fig

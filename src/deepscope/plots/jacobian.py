@@ -8,8 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import layer_order
 from deepscope.plots.common import layer_color, new_figure, series
+from deepscope.records import layer_order
 
 __all__ = ["jacobian_singular_values"]
 

@@ -35,8 +35,9 @@ from deepscope.probe.stats import (
     weight_gradient_stats,
     weight_sample,
 )
+from deepscope.registry import integer
 
-__all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options", "probe_callback"]
+__all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options"]
 
 _Entry = tuple[str, str, tuple[str, ...], Tensor, bool]  # layer, quantity, stat names, values, has histogram
 
@@ -56,10 +57,7 @@ def _default_loss(output: Any, y: Tensor) -> Tensor:
     return F.cross_entropy(_first_tensor(output), y)
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r} is not allowed; give an integer >= {minimum}")
-    return value
+_positive_int = integer
 
 
 def check_options(
@@ -437,19 +435,3 @@ class Probe:
                     self._weight_grads[name] = weight_gradient_stats(p.grad, self.bins)
 
         return hook
-
-
-def probe_callback(probe: Probe) -> Callable[[Any], None]:
-    """A trainer callback: ``probe.step(ctx.step)`` on "step" events, ``probe.flush()`` on "eval"/"end".
-
-    The probe must already be active (``with probe:`` around the training call), so its hooks are
-    removed whatever happens.
-    """
-
-    def callback(ctx: Any) -> None:
-        if ctx.event == "step":
-            probe.step(ctx.step)
-        elif ctx.event in ("eval", "end"):
-            probe.flush()
-
-    return callback

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepscope.records import filter_rows, to_columns
+
 __all__ = ["MLflowSink", "StoreSink", "TensorBoardSink", "WandbSink", "filter_rows", "to_columns"]
 
-STAT_COLUMNS = ("step", "source", "layer", "quantity", "stat", "value")
 PREFIX = "deepscope"
 
 
@@ -37,20 +38,6 @@ def stat_tag(row: dict, prefix: str = PREFIX) -> str:
 def histogram_tag(row: dict, prefix: str = PREFIX) -> str:
     """A histogram's name in a tracker: ``deepscope/{source}/{quantity}/{layer}``."""
     return f"{prefix}/{row['source']}/{row['quantity']}/{row['layer']}"
-
-
-def filter_rows(rows: list[dict], filters: dict[str, Any]) -> list[dict]:
-    """The rows whose fields equal every ``filters`` value; an unknown field raises ``ValueError``."""
-    for key in filters:
-        if key not in STAT_COLUMNS:
-            allowed = ", ".join(STAT_COLUMNS)
-            raise ValueError(f"filter {key}={filters[key]!r} is not allowed; filter on one of: {allowed}")
-    return [r for r in rows if all(r[k] == v for k, v in filters.items())]
-
-
-def to_columns(rows: list[dict]) -> dict[str, list]:
-    """A list of row dicts as a column table ``{column: [values...]}`` (``pandas.DataFrame(...)``-ready)."""
-    return {c: [r[c] for r in rows] for c in STAT_COLUMNS}
 
 
 class StoreSink:

@@ -1,37 +1,48 @@
-"""The probe inside :func:`deepscope.train.train`: a callback that attaches on "start" and detaches on "end".
+"""The probe inside :func:`deepscope.trainer.train`: the one way to attach a probe to training.
 
-The trainer builds its model itself, so this callback creates the :class:`~deepscope.probe.Probe` when
-training starts, on a fixed monitor set taken from the run's (preprocessed) validation split, and sends
-its records to the run store. The probe still knows nothing of the trainer: it only reads the context.
+The trainer builds (or is given) the model, so this callback creates the :class:`~deepscope.probe.Probe`
+when training starts, on a fixed monitor set taken from the run's (preprocessed) validation split, and
+sends its records to the run store. The probe still knows nothing of the trainer: it only reads the
+context. ``deepscope train --probe-every``, ``deepscope doctor`` and the experiments all use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
+
+from deepscope.callbacks import Callback
+
+__all__ = ["MONITOR", "TrainerProbe"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
 _CHECKED = ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")
 
 
-class TrainerProbe:
+class TrainerProbe(Callback):
     """A trainer callback that records with a :class:`Probe` every ``every`` updates.
 
-    ``monitor`` is the number of validation examples the probe runs its own pass on (0 = training
-    batches only). After training, ``records`` and ``histograms`` hold what was recorded.
+    ``monitor`` is the number of examples of the run's ``monitor_split`` (``"valid"`` or ``"test"``, as
+    preprocessed by the trainer) the probe runs its own pass on (0 = training batches only), or a fixed
+    ``(x, y)`` pair of your own. ``probe`` hands over a :class:`Probe` you opened yourself on the model you
+    pass as ``train(..., model=...)``: it is stepped, flushed and left open. After training, ``records``
+    and ``histograms`` hold what was recorded.
     """
 
-    def __init__(self, every: int = 100, monitor: int = MONITOR, **probe_kwargs: Any):
+    def __init__(self, every: int = 100, monitor: Any = MONITOR, *, monitor_split: str = "valid",
+                 probe: Any = None, **probe_kwargs: Any):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"probe every={every!r} is not allowed; give an integer >= 1")
-        if not isinstance(monitor, int) or isinstance(monitor, bool) or monitor < 0:
-            raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0")
+        if isinstance(monitor, bool) or not (isinstance(monitor, tuple) and len(monitor) == 2
+                                             or isinstance(monitor, int) and monitor >= 0):
+            raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0 or a pair (x, y)")
+        if monitor_split not in ("valid", "test"):
+            raise ValueError(f"probe monitor_split={monitor_split!r} is not known; choose one of: valid, test")
         from deepscope.probe import check_options
 
         # bad options fail now, before a run is created (layer names can only be checked on the model)
         check_options(every, **{k: v for k, v in probe_kwargs.items() if k in _CHECKED})
-        self.every, self.monitor, self.kwargs = every, monitor, probe_kwargs
-        self.probe = None
+        self.every, self.monitor, self.monitor_split, self.kwargs = every, monitor, monitor_split, probe_kwargs
+        self.probe, self._owned = probe, probe is None
         self._open = False
 
     @property
@@ -42,38 +53,38 @@ class TrainerProbe:
     def histograms(self) -> list[dict]:
         return self.probe.histograms if self.probe is not None else []
 
-    def __call__(self, ctx: Any) -> None:
-        if ctx.event == "start":
-            self._start(ctx)
-        elif not self._open:
+    def on_start(self, ctx: Any) -> None:
+        if not self._owned:
+            self._open = True
             return
-        elif ctx.event == "step":
-            self.probe.step(ctx.step)
-        elif ctx.event == "eval":
-            self.probe.flush()
-        elif ctx.event == "end":
-            self.close()
-
-    def _start(self, ctx: Any) -> None:
         from deepscope.optim import make_loss
         from deepscope.probe import Probe, StoreSink
 
-        monitor = None
-        valid = ctx.eval_sets.get("valid")
-        if self.monitor and valid is not None:
-            monitor = (valid[0][: self.monitor], valid[1][: self.monitor])
+        monitor = self.monitor if isinstance(self.monitor, tuple) else None
+        split = ctx.eval_sets.get(self.monitor_split)
+        if isinstance(self.monitor, int) and self.monitor and split is not None:
+            monitor = (split[0][: self.monitor], split[1][: self.monitor])
         sinks = [StoreSink(ctx.store, ctx.run_id)] if ctx.store is not None and ctx.run_id is not None else []
         self.probe = Probe(ctx.model, every=self.every, monitor=monitor, loss_fn=make_loss(ctx.spec.train.loss),
                            sinks=sinks, start_step=ctx.step, **self.kwargs).__enter__()
         self._open = True
 
+    def on_step(self, ctx: Any) -> None:
+        if self._open:
+            self.probe.step(ctx.step)
+
+    def on_eval(self, ctx: Any) -> None:
+        if self._open:
+            self.probe.flush()
+
+    def on_end(self, ctx: Any) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Remove the hooks (also safe after an error, and twice)."""
+        """Remove the hooks of a probe this callback opened, or flush one handed over (safe after errors, twice)."""
         if self._open:
             self._open = False
-            self.probe.__exit__(None, None, None)
-
-
-def trainer_probe(every: int = 100, monitor: int = MONITOR, **probe_kwargs: Any) -> Callable[[Any], None]:
-    """A :class:`TrainerProbe` callback for ``train(spec, callbacks=[trainer_probe(100)])``."""
-    return TrainerProbe(every, monitor, **probe_kwargs)
+            if self._owned:
+                self.probe.__exit__(None, None, None)
+            else:
+                self.probe.flush()

@@ -19,12 +19,15 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure
 
-from deepscope.diagnose import CHECKS_FILE, Finding, diagnose, has_problem, load_checks, merge_checks, sort_findings
+from deepscope.config import flatten
+from deepscope.diagnosis.findings import Finding, has_problem, load_checks, merge_checks, sort_findings
+from deepscope.diagnosis.rules import diagnose
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
 from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
 from deepscope.plots.gradients import backprop_histograms, weight_gradient_histograms, weight_gradient_intervals
 from deepscope.plots.jacobian import jacobian_singular_values
+from deepscope.store import CHECKS_FILE
 
 __all__ = ["FIGURES", "RunData", "render", "report"]
 
@@ -96,19 +99,8 @@ _SUMMARY = {
 _FINAL_SCALARS = ("test/error", "valid/error", "train/error", "train/loss")
 
 
-def _flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    if not isinstance(spec, Mapping):
-        return {prefix: spec} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in spec.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def _summary(spec: Any) -> list[tuple[str, str]]:
-    flat = {path: value for path, value in _flatten(spec).items() if value is not None and value != []}
+    flat = {path: value for path, value in flatten(spec).items() if value is not None and value != []}
     out = []
     for label, paths in _SUMMARY.items():
         for path in paths:
@@ -190,7 +182,7 @@ def render(runs: Sequence[RunData], *, title: str = "deepscope report") -> str:
     comparison = [
         {"title": "Error during training (figs. 11-12)",
          **_image(error_curves(labels), "no error curves recorded (train/error, valid/error, test/error)")},
-        {"title": "Loss during training (seed 004 fig. 7.6)",
+        {"title": "Loss during training (Varma & Das, ch. 7, fig. 7.6)",
          **_image(loss_curves(labels), "no loss curve recorded (train/loss)")},
     ]
     sections = [
@@ -210,7 +202,7 @@ def report(runs: Sequence[str | RunData], store=None, out_path: str | Path = "re
            title: str = "deepscope report") -> Path:
     """Write one self-contained HTML report for ``runs`` (run ids read from ``store``, or :class:`RunData`).
 
-    Findings come first (from :func:`~deepscope.diagnose.diagnose` unless a RunData carries its own), then
+    Findings come first (from :func:`~deepscope.diagnosis.diagnose` unless a RunData carries its own), then
     the comparison of learning curves, then each figure family with the runs side by side. A figure a run
     has no data for is replaced by a note. Returns the path written.
     """

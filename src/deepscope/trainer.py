@@ -1,16 +1,19 @@
 """The trainer: one run of a :class:`~deepscope.config.RunSpec`, with evaluation, checkpoints and resume.
 
+This is the one training loop of deepscope: ``deepscope train``, ``deepscope doctor``, the experiments
+and your own code (``train(spec, model=my_module)``) all go through :func:`train`, so the same spec and
+seed give the same run wherever the model comes from.
+
 Data come either from a stream (Shapeset, learned online, read in chunks of consecutive batches) or
 from an in-memory training set visited in epochs (epoch ``e`` shuffled by a generator seeded with
 ``(seed, e)``). Either way the batch of update ``t`` is a function of ``t``, so the data position of a
-checkpoint is just its step.
+checkpoint is just its step (:class:`~deepscope.data.loader.TrainBatches`).
 
 The hot loop keeps everything on the device: per-update losses go into a buffer and the training
 errors into a counter, both read once per progress refresh (at most four a second) or evaluation.
-Callbacks are plain functions ``callback(ctx)`` called with a :class:`TrainContext` at the events
-``"start"``, ``"step"`` (after ``optimizer.step()``; ``ctx.loss`` is that update's loss), ``"eval"``
-(``ctx.metrics`` just computed) and ``"end"``. The gradients of an update are cleared just before the
-next backward pass.
+Callbacks (:mod:`deepscope.callbacks`) are called at ``on_start``, ``on_step`` (after
+``optimizer.step()``; ``ctx.loss`` is that update's loss), ``on_eval`` (``ctx.metrics`` just computed)
+and ``on_end``. The gradients of an update are cleared just before the next backward pass.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,37 +32,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope.callbacks import TrainContext, as_callback
+from deepscope.checkpoint import (
+    load_checkpoint,
+    load_model,
+    rng_state,
+    run_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from deepscope.config import RunSpec, SpecError, validate_spec
-from deepscope.data import Dataset, batches, get_dataset, make_augment
+from deepscope.data import Dataset, get_dataset, make_augment
+from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
-from deepscope.data.registry import derive_seed
-from deepscope.nn.models import convnet, mlp
+from deepscope.nn.activations import spec_for_module
+from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
-from deepscope.store import Store
+from deepscope.progress import divergence_message, eval_line, new_progress, refresh
+from deepscope.store import CHECKPOINT_FILE, Store
 
-__all__ = ["Result", "TrainContext", "build_model", "evaluate", "load_checkpoint", "load_model", "train"]
+__all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
+           "resolve_device", "train"]
 
-CHECKPOINT = "checkpoint.pt"
 REFRESH_SECONDS = 0.25  # progress bar: at most four refreshes (and host reads) a second
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
-STREAM_CHUNK = 2000  # stream examples generated per call (batches of one chunk are consecutive updates)
-
-
-@dataclass
-class TrainContext:
-    """What a callback sees. One object, updated in place between calls."""
-
-    event: str
-    step: int
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss: Tensor | None
-    metrics: dict[str, float]
-    run_id: str | None
-    store: Store | None
-    spec: RunSpec
-    eval_sets: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # preprocessed, on the device
 
 
 @dataclass
@@ -91,21 +88,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(spec: RunSpec, input_shape: Sequence[int], num_classes: int, *, x: Tensor | None = None,
-                initialize: bool = True) -> nn.Module:
-    """The network of ``spec.model``, initialized by ``spec.init`` (LSUV calibrates on the batch ``x``)."""
-    m, init_kwargs = spec.model, spec.init.params
-    init = spec.init.scheme if initialize else None
-    if init == "lsuv":
-        init_kwargs = {**init_kwargs, "x": x}
-    common = dict(activation=m.activation, init=init, norm=m.norm, norm_position=m.norm_position, dropout=m.dropout,
-                  activation_kwargs=m.activation_kwargs, init_kwargs=init_kwargs)
-    if m.builder == "mlp":
-        return mlp(tuple(input_shape), num_classes, m.depth, m.width, maxout_k=m.maxout_k, **common)
-    c, *hw = input_shape
-    return convnet(c, num_classes, tuple(hw), tuple(m.channels), m.kernel_size, **common)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
              batch_size: int = 1000) -> tuple[Tensor, Tensor]:
@@ -121,68 +103,6 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
         wrong += (logits.argmax(1) != yb).sum()
     model.train(was_training)
     return loss_sum / len(x), wrong / len(x)
-
-
-class _TrainBatches:
-    """The training batch of update ``t`` (0-based), a function of ``t`` alone.
-
-    From a stream: the stream is read in chunks of ``K`` batches (one ``stream.batch(t // K, K * B)`` call
-    serves updates ``K * (t // K)`` ... ``K * (t // K) + K - 1``), since generating a few thousand examples at
-    once is far cheaper than ten at a time. In memory: epoch ``t // per_epoch``, shuffled by a generator
-    seeded with ``(seed, epoch)``. Without augmentation the preprocessing is applied once per chunk (or once
-    to the whole training set); with it, each batch is augmented and then preprocessed.
-    """
-
-    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device,
-                 augment: Callable[[Tensor], Tensor] | None, pre: Callable[[Tensor], Tensor] | None):
-        self.stream = data.stream if data.train is None else None
-        self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.augment, self.pre = augment, pre
-        self.per_batch = _compose(augment, pre) if augment is not None else None
-        if self.stream is None:
-            x, y = data.train
-            x = x.to(device)
-            self.x, self.y = (pre(x) if pre is not None and augment is None else x), y.to(device)
-            self.per_epoch = math.ceil(len(x) / batch_size)
-        else:
-            self.per_chunk = max(1, STREAM_CHUNK // batch_size)
-        self._chunk: tuple[int, Tensor, Tensor] | None = None
-        self._it: Iterator | None = None
-        self._next = -1  # the update index the open epoch iterator yields next
-
-    def __call__(self, t: int) -> tuple[Tensor, Tensor]:
-        if self.stream is not None:
-            index, k = divmod(t, self.per_chunk)
-            if self._chunk is None or self._chunk[0] != index:
-                x, y = self.stream.batch(index, self.per_chunk * self.batch_size)
-                x = x.to(self.device)
-                self._chunk = (index, self.pre(x) if self.pre is not None and self.augment is None else x,
-                               y.to(self.device))
-            start = k * self.batch_size
-            x, y = self._chunk[1][start : start + self.batch_size], self._chunk[2][start : start + self.batch_size]
-        else:
-            if t != self._next or t % self.per_epoch == 0:
-                epoch, k = divmod(t, self.per_epoch)
-                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-                self._it = batches(self.x, self.y, self.batch_size, generator=generator)
-                for _ in range(k):
-                    next(self._it)
-            x, y = next(self._it)
-            self._next = t + 1
-        return (self.per_batch(x), y) if self.per_batch is not None else (x, y)
-
-
-def _compose(*fns: Callable | None) -> Callable | None:
-    fns = [f for f in fns if f is not None]
-    if len(fns) == 1:
-        return fns[0]
-
-    def composed(x: Tensor) -> Tensor:
-        for f in fns:
-            x = f(x)
-        return x
-
-    return composed
 
 
 @contextmanager
@@ -206,57 +126,6 @@ def _stop_on_signals(flag: dict):
             signal.signal(sig, old)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint as saved by :func:`train` (plain containers and tensors; loaded with ``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tuple[nn.Module, Preprocessor, RunSpec]:
-    """The model of a stored run as of its last checkpoint, in eval mode, with its fitted preprocessor and spec."""
-    store = store if isinstance(store, Store) else Store(store)
-    run_id = store.resolve(run)
-    ckpt = load_checkpoint(store.run_dir(run_id) / CHECKPOINT)
-    spec = validate_spec(ckpt["spec"])
-    model = build_model(spec, ckpt["input_shape"], ckpt["num_classes"], initialize=False)
-    model.load_state_dict(ckpt["model"])
-    pre = Preprocessor(spec.data.preprocess or "none").load_state_dict(ckpt["preprocessor"])
-    return model.eval(), pre, spec
-
-
-# schemes that do not scale the weights to the layer's fan-in/fan-out
-_UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
-
-
-def _divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int) -> str:
-    """What happened and what to try, leaving out what the spec already does."""
-    tries = [f"a lower learning rate (optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g})"]
-    if spec.train.clip_norm is None and spec.train.clip_value is None:
-        tries.append("gradient clipping (--set train.clip_norm=1.0)")
-    if spec.init.scheme in _UNSCALED_INITS:
-        tries.append("a normalized initialization (--set init.scheme=glorot_uniform)")
-    kept = f" The last good checkpoint (update {saved_step}) is kept: {checkpoint}." if checkpoint else ""
-    return (f"The loss is {value} at update {update}: the run diverged. Try {', '.join(tries[:-1])}"
-            f"{' or ' if len(tries) > 1 else ''}{tries[-1]}.{kept}")
-
-
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
@@ -268,13 +137,23 @@ def train(
     quiet: bool = False,
     resume: str | None = None,
     dataset: Dataset | None = None,
+    model: nn.Module | None = None,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
+    ``model`` trains your own ``nn.Module`` instead of the network of ``spec.model`` (as initialized by you:
+    ``[model]`` and ``[init]`` are not used) with everything else the spec says -- data, preprocessing,
+    augmentation, optimizer, schedule, clipping, evaluation, checkpoints -- and the same batches, so only the
+    network differs. It is moved to the spec's device and trained in place.
+    ``callbacks`` are :class:`~deepscope.callbacks.Callback` objects or plain functions ``fn(ctx)``.
     ``resume`` is the id (or unique prefix) of a run in ``store`` to continue from its checkpoint; its
-    stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``). ``dataset`` replaces
+    stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``); a run of your own
+    model resumes with the same ``model=`` (any weights: the checkpoint's are loaded). ``dataset`` replaces
     the dataset named by ``spec.data`` (your own tensors). Without a store nothing is written to disk.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
+    callbacks = [as_callback(c) for c in callbacks]
     if store is not None and not isinstance(store, Store):
         store = Store(store)
     checkpoint, run_id = None, None
@@ -285,7 +164,10 @@ def train(
         run_id = run["id"]
         if run["status"] == "running":
             raise ValueError(f"run {run_id} is still running (pid {run['pid']} on {run['host']})")
-        checkpoint = _run_checkpoint(store, run_id)
+        checkpoint = run_checkpoint(store, run_id)
+        if checkpoint.get("user_model") and model is None:
+            raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
+                             "resume it with the same module: train(resume=..., model=...)")
         spec = spec if spec is not None else checkpoint["spec"]
     if spec is None:
         raise ValueError("train() needs a spec (or resume=RUN with a store)")
@@ -294,25 +176,18 @@ def train(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
         torch.manual_seed(spec.train.seed)
-        return _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet).run()
-
-
-def _run_checkpoint(store: Store, run: str) -> dict[str, Any]:
-    """The last checkpoint of a stored run; a clear error when it has none."""
-    run_id = store.resolve(run)
-    path = store.run_dir(run_id) / CHECKPOINT
-    if not path.exists():
-        raise ValueError(f"run {run_id} has no checkpoint to resume from (looked for {path})")
-    return load_checkpoint(path)
+        return _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model).run()
 
 
 class _Trainer:
     """The state of one training run; :meth:`run` is the loop. Internal: use :func:`train`."""
 
     def __init__(self, spec: RunSpec, device: torch.device, store: Store | None, run_id: str | None,
-                 checkpoint: dict | None, dataset: Dataset | None, callbacks, quiet: bool):
+                 checkpoint: dict | None, dataset: Dataset | None, callbacks, quiet: bool,
+                 user_model: nn.Module | None = None):
         self.spec, self.device, self.store, self.quiet = spec, device, store, quiet
         self.callbacks = tuple(callbacks)
+        self.user_model = describe_model(user_model) if user_model is not None else None
         t = spec.train
         data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
         if data.train is None and data.stream is None:
@@ -336,7 +211,7 @@ class _Trainer:
             self.pre.load_state_dict(checkpoint["preprocessor"])
         self.pre.to(device)
         augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
-        self.next_batch = _TrainBatches(data, t.batch_size, t.seed, device, augment,
+        self.next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment,
                                         self.pre if preprocessing else None)
         self.eval_sets = {
             split: (self.pre(xy[0].to(device)), xy[1].to(device))
@@ -347,10 +222,13 @@ class _Trainer:
         self.eval_every = t.eval_every or (self.next_batch.per_epoch if t.epochs else max(1, self.total // 20))
         self.checkpoint_every = t.checkpoint_every or self.eval_every
 
-        lsuv = spec.init.scheme == "lsuv" and checkpoint is None
-        x_lsuv = self.pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
-        self.model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
-                                 initialize=checkpoint is None).to(device)
+        if user_model is not None:
+            self.model = user_model.to(device)
+        else:
+            lsuv = spec.init.scheme == "lsuv" and checkpoint is None
+            x_lsuv = self.pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
+            self.model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
+                                     initialize=checkpoint is None).to(device)
         self.optimizer = make_optimizer(spec.optim.name, self.model.parameters(), spec.optim.lr, **spec.optim.params)
         self.schedule = None
         if spec.schedule.name != "constant" or spec.schedule.params:
@@ -378,16 +256,24 @@ class _Trainer:
         self.path: Path | None = None
         if store is not None:
             if run_id is None:
-                self.run_id = store.create_run(spec.name, spec.to_dict(), t.seed)
+                self.run_id = store.create_run(spec.name, self.recorded_spec(), t.seed)
             else:
                 store.delete_after(run_id, self.step)
-                store.update_spec(run_id, spec.to_dict())
+                store.update_spec(run_id, self.recorded_spec())
                 store.set_status(run_id, "running")
-            self.path = store.run_dir(self.run_id) / CHECKPOINT
+            self.path = store.run_dir(self.run_id) / CHECKPOINT_FILE
             if checkpoint is not None:
                 self.saved_step = self.step
-        self.ctx = TrainContext("start", self.step, self.model, self.optimizer, None, self.metrics, self.run_id,
-                                store, spec, self.eval_sets)
+        self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
+                                metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
+                                eval_sets=self.eval_sets)
+
+    def recorded_spec(self) -> dict[str, Any]:
+        """The spec as the store shows it: with your own model, ``[model]`` describes that module instead."""
+        spec = self.spec.to_dict()
+        if self.user_model is not None:
+            spec["model"] = dict(self.user_model)
+        return spec
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -398,11 +284,12 @@ class _Trainer:
             "spec": self.spec.to_dict(),
             "input_shape": list(self.data.input_shape),
             "num_classes": self.data.num_classes,
+            "user_model": self.user_model,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "preprocessor": self.pre.state_dict(),
-            "rng": _rng_state(self.device),
+            "rng": rng_state(self.device),
             "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "wrong": self.wrong.cpu().clone(),
                              "seen": self.seen},
             "metrics": dict(self.metrics),
@@ -421,7 +308,7 @@ class _Trainer:
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
         self.best, self.bad_evals = dict(ckpt["early_stopping"]["best"]), ckpt["early_stopping"]["bad_evals"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     def _all_finite(self) -> bool:
         params = [p.detach().isfinite().all() for p in self.model.parameters()]
@@ -433,7 +320,7 @@ class _Trainer:
             return True
         if not self._all_finite():
             return False
-        _save_checkpoint(self.path, self._state())
+        save_checkpoint(self.path, self._state())
         self.saved_step = self.step
         return True
 
@@ -480,7 +367,7 @@ class _Trainer:
         ctx = self.ctx
         ctx.event, ctx.step, ctx.loss, ctx.metrics, ctx.run_id = event, self.step, loss, self.metrics, self.run_id
         for callback in self.callbacks:
-            callback(ctx)
+            getattr(callback, f"on_{event}")(ctx)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -500,7 +387,7 @@ class _Trainer:
         callbacks = self.callbacks
         model.train()
         self._emit("start")
-        progress = _progress(console, self.total, self.step, self.spec.name, self.quiet)
+        progress = new_progress(console, self.total, self.step, self.spec.name, self.quiet)
         next_refresh, last_step, last_time = time.perf_counter() + REFRESH_SECONDS, self.step, time.perf_counter()
         consistent = True
         try:
@@ -535,7 +422,7 @@ class _Trainer:
                             break
                         self.run_evaluation()
                         self._emit("eval")
-                        console.print(_eval_line(self.step, self.total, self.metrics), markup=False)
+                        console.print(eval_line(self.step, self.total, self.metrics), markup=False)
                         if patience is not None and self.bad_evals >= patience:
                             message = (f"Stopped early at update {self.step}: the validation error has not improved "
                                        f"for {patience} evaluations (best {self.best['valid/error']:.2%} at update "
@@ -552,7 +439,7 @@ class _Trainer:
                             status, message = "diverged", self._diverged(*bad)
                             break
                         speed = (self.step - last_step) / (now - last_time)
-                        _refresh(progress, self.step, self.losses, self.n, self.wrong, self.seen,
+                        refresh(progress, self.step, self.losses, self.n, self.wrong, self.seen,
                                  optimizer.param_groups[0]["lr"], speed)
                         next_refresh, last_step, last_time = now + REFRESH_SECONDS, self.step, now
                 if status == "finished":
@@ -590,36 +477,11 @@ class _Trainer:
         if self.store is not None:
             self.store.log_scalars(self.run_id, update, {"train/loss": value})
             self.store.flush()
-        return _divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
+        return divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
                                    self.saved_step)
 
 
-# --- display ----------------------------------------------------------------------------------------------
-
-
-def _progress(console, total: int, done: int, name: str, quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  lr {task.fields[lr]}  {task.fields[speed]}"),
-        TimeRemainingColumn(), console=console, auto_refresh=False, disable=quiet, transient=False,
-    )
-    progress.add_task(name, total=total, completed=done, loss="-", acc="-", lr="-", speed="")
-    return progress
-
-
-def _refresh(progress, step: int, losses: Tensor, n: int, wrong: Tensor, seen: int, lr: float, speed: float) -> None:
-    if n == 0:
-        return
-    loss, wrong_ = torch.stack([losses[:n].mean(), wrong.float()]).tolist()
-    progress.update(progress.task_ids[0], completed=step, loss=f"{loss:.4f}", acc=f"{1 - wrong_ / seen:.1%}",
-                    lr=f"{lr:.3g}", speed=f"{speed:,.0f} upd/s", refresh=True)
-
-
-def _eval_line(step: int, total: int, metrics: dict[str, float]) -> str:
-    parts = [f"update {step}/{total}"]
-    for key in ("train/loss", "valid/error", "test/error"):
-        if key in metrics:
-            parts.append(f"{key} {metrics[key]:.4f}" if key.endswith("loss") else f"{key} {metrics[key]:.2%}")
-    return "  ".join(parts)
+def describe_model(model: nn.Module) -> dict[str, str]:
+    """A user's module as a spec section: its class, and its activation when it uses exactly one."""
+    names = {s.name for m in model.modules() if (s := spec_for_module(m)) is not None}
+    return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}

@@ -1,0 +1,461 @@
+"""Rules: pure functions over probe records that name what is wrong, where, since when, and the fix.
+
+Every rule reads a :class:`~deepscope.records.Records` index of the probe's stats rows and, for the loss
+curve, the trainer's scalar rows ``dict(step, name, value)`` -- so it works on records held in memory,
+read back from a :class:`~deepscope.store.Store`, or written by anyone's loop, and needs no model.
+Each rule has its thresholds as module-level constants below, with the reasoning next to them.
+Advice names the technique the literature recommends (Glorot & Bengio 2010; He et al. 2015; Ioffe &
+Szegedy 2015; LeCun et al. 1998, "Efficient BackProp"; Varma & Das, *Deep Learning*, ch. 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from statistics import median
+from typing import Any
+
+from deepscope.diagnosis.findings import Finding, sort_findings
+from deepscope.records import Records
+
+__all__ = ["diagnose"]
+
+# --- thresholds -----------------------------------------------------------------------------------
+# Vanishing / exploding gradients (Glorot & Bengio 2010, fig. 7): the std of the back-propagated
+# gradient dCost/ds is compared between the lowest and the top layer at the same update. Two orders of
+# magnitude (100x) is where the lower layers effectively stop learning; normalized init keeps the ratio
+# near 1 and standard init in a 5-layer tanh net stays within ~4x.
+# Gradients that grow over training end in Inf/NaN, which is reported from the first non-finite record
+# (a norm that merely grows from a tiny start is a net recovering from vanishing gradients, not exploding).
+VANISHING_RATIO = 1e-2  # std(lowest layer) / std(top layer) below this -> vanishing
+EXPLODING_RATIO = 1e2  # std(lowest layer) / std(top layer) above this -> exploding toward the input
+
+# Saturation (Glorot & Bengio 2010, figs. 2-3): fraction of a layer's activations in the saturated
+# regime of its non-linearity (the activation registry defines the regime, e.g. sigmoid outside
+# [0.01, 0.99], tanh |y| > 0.99). A healthy tanh layer with normalized init has ~1% saturated;
+# a quarter of the units pinned to an asymptote already stalls the layer's learning.
+SATURATION_FRACTION = 0.25
+
+# Dead units (Varma & Das, ch. 7, section 7.4.2, fig. 7.13): fraction of a ReLU layer's units that output 0 on
+# every monitor example. He-initialized ReLU layers have a few percent at most.
+DEAD_FRACTION = 0.25
+DEAD_ERROR_FRACTION = 0.9  # at or above this the layer is (nearly) all dead: an error, not a warning
+
+# Symmetry (Jen (2020); Varma & Das, ch. 7, section 7.5 "break symmetry"): a layer whose output std over units and
+# monitor examples is at most SYMMETRY_TOL x |mean| (so exactly 0 when the mean is 0) gives one constant
+# output -> its units are clones. Relative, because tiny-but-varying outputs (N(0, 0.01) init in a deep
+# net) are vanishing activations, not clones. In check_model: the incoming weight rows (and biases) of
+# all units equal within SYMMETRY_TOL x max|W|.
+SYMMETRY_TOL = 1e-6
+
+# Activation variance with depth at initialization (Glorot & Bengio 2010 fig. 6; He et al. 2015):
+# the activation std of the last recorded layer over that of the first, at the first recorded update.
+# Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
+VARIANCE_DEPTH_RATIO = 10.0
+
+# Learning rate (Varma & Das, ch. 7, section 7.2, fig. 7.6), read from the "train/loss" curve, smoothed by taking
+# the median of LR_WINDOWS equal windows (robust to mini-batch noise):
+LR_WINDOWS = 10
+LR_MIN_POINTS = 6  # fewer loss points than this -> only the NaN/Inf check runs
+LR_RISE = 0.25  # smoothed loss rising 25% above its running minimum (or its start) -> too high
+# Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
+# LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
+# median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
+# The loss alone cannot tell a low rate from a hard task early in training (Shapeset's loss falls a few
+# percent in the first hundreds of updates at any good rate), so without update ratios this rule is silent.
+LR_SLOW_DROP = 0.1
+LR_UPDATE_RATIO_LOW = 1e-4
+
+# Codes that explain a flat loss curve by themselves; lr_too_low is not reported alongside them.
+_STALLING = {"symmetry", "vanishing_gradients", "saturation", "dead_units", "variance_shrinks"}
+
+# initialization that fits an activation (Glorot & Bengio 2010; He et al. 2015; Klambauer et al. 2017)
+_FITTING_INIT = {
+    "sigmoid": "normalized (Glorot) initialization",
+    "tanh": "normalized (Glorot) initialization",
+    "softsign": "normalized (Glorot) initialization",
+    "relu": "He initialization (std = sqrt(2 / fan_in))",
+    "leaky_relu": "He initialization (std = sqrt(2 / fan_in))",
+    "prelu": "He initialization (std = sqrt(2 / fan_in))",
+    "elu": "He initialization (std = sqrt(2 / fan_in))",
+    "gelu": "He initialization (std = sqrt(2 / fan_in))",
+    "silu": "He initialization (std = sqrt(2 / fan_in))",
+    "selu": "LeCun normal initialization (std = sqrt(1 / fan_in))",
+}
+
+
+
+def _spec_value(spec: Any, key: str) -> Any:
+    """The first value stored under ``key`` anywhere in a (nested) spec dict or pydantic model."""
+    if spec is None:
+        return None
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump()
+    if isinstance(spec, Mapping):
+        if key in spec and not isinstance(spec[key], Mapping):
+            return spec[key]
+        for value in spec.values():
+            found = _spec_value(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _activation_name(spec: Any) -> str | None:
+    name = _spec_value(spec, "activation")
+    return name if isinstance(name, str) else None
+
+
+def _fitting_init(activation: str | None) -> str:
+    if activation in _FITTING_INIT:
+        from deepscope.nn.activations import ACTIVATIONS
+
+        scheme = ACTIVATIONS[activation].init  # the registry's pairing: the spec switch to set
+        return f"{_FITTING_INIT[activation]}, the initialization that fits {activation} (init.scheme={scheme!r})"
+    return "the initialization that fits the activation (normalized/Glorot for tanh and softsign, He for ReLU)"
+
+
+# --- rules on stats rows --------------------------------------------------------------------------
+
+
+
+def _rule_non_finite(rec: Records) -> list[Finding]:
+    first: dict[str, int] = {}  # layer -> first step with an Inf/NaN statistic
+    quantities: set[str] = set()
+    for _source, quantity, _stat, layer, step, value in rec.items():
+        # an update ratio |dW| / |W| of a zero weight is 0/0: a symptom of zero init, not of divergence
+        if quantity != "update_ratio" and not math.isfinite(value):
+            first[layer] = min(step, first.get(layer, step))
+            quantities.add(quantity)
+    if not first:
+        return []
+    step = min(first.values())
+    return [
+        Finding(
+            "exploding_gradients", "error",
+            f"Inf/NaN in {', '.join(sorted(quantities))} from update {step}",
+            layers=sorted(first, key=rec.order.__getitem__), first_step=step, recovers=False,
+            evidence={"first_non_finite_step": float(step), "layers_non_finite": float(len(first))},
+            advice="Lower the learning rate and clip the gradient norm (gradient clipping); check the "
+            "initialization scale; batch normalization keeps pre-activations bounded.",
+        )
+    ]
+
+
+def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
+    """Vanishing or exploding back-propagated gradients: std at the lowest vs the top layer (fig. 7)."""
+    steps = rec.by_step("preact_grad", "std")
+    vanish: dict[int, tuple[list[str], float]] = {}
+    explode: dict[int, tuple[list[str], float]] = {}
+    for step, per_layer in steps.items():
+        values = [(layer, v) for layer, v in per_layer.items() if math.isfinite(v)]
+        if len(values) < 2:
+            continue
+        top = values[-1][1]
+        bottom = values[0][1]
+        if top <= 0.0:
+            continue  # nothing flows back at all: the symmetry / dead rules explain that
+        ratio = bottom / top
+        if ratio < VANISHING_RATIO:
+            vanish[step] = ([layer for layer, v in values[:-1] if v < VANISHING_RATIO * top], ratio)
+        elif ratio > EXPLODING_RATIO:
+            explode[step] = ([layer for layer, v in values[:-1] if v > EXPLODING_RATIO * top], ratio)
+    if not steps:
+        return []
+    last = max(steps)
+    out = []
+    if vanish:
+        first = min(vanish)
+        layers, ratio = vanish[first]
+        worst = min(r for _, r in vanish.values())
+        out.append(
+            Finding(
+                "vanishing_gradients", "error" if last in vanish else "warning",
+                f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
+                layers=layers, first_step=first, recovers=last not in vanish,
+                evidence={"ratio_bottom_to_top": ratio, "worst_ratio": worst, "threshold": VANISHING_RATIO},
+                advice=f"Use {_fitting_init(activation)} (Glorot & Bengio 2010; He et al. 2015), or add "
+                "batch normalization; in deep nets prefer tanh/softsign or ReLU over sigmoid.",
+            )
+        )
+    if explode:
+        first = min(explode)
+        layers, ratio = explode[first]
+        out.append(
+            Finding(
+                "exploding_gradients", "error" if last in explode else "warning",
+                f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
+                layers=layers, first_step=first, recovers=last not in explode,
+                evidence={"ratio_bottom_to_top": ratio, "threshold": EXPLODING_RATIO},
+                advice=f"Use {_fitting_init(activation)}; clip the gradient norm (gradient clipping) and "
+                "lower the learning rate; batch normalization.",
+            )
+        )
+    return out
+
+
+def _first_and_recovery(
+    series: Mapping[str, list[tuple[int, float]]], above: float
+) -> dict[str, tuple[int, float, bool, float]]:
+    """Per layer whose value exceeds ``above`` at some record: (first step, value then, recovers, peak)."""
+    out = {}
+    for layer, points in series.items():
+        hits = [(s, v) for s, v in points if math.isfinite(v) and v > above]
+        if hits:
+            recovers = not (math.isfinite(points[-1][1]) and points[-1][1] > above)
+            out[layer] = (hits[0][0], hits[0][1], recovers, max(v for _, v in hits))
+    return out
+
+
+def _rule_saturation(rec: Records, activation: str | None) -> list[Finding]:
+    hits = _first_and_recovery(rec.get("activation", "saturated"), SATURATION_FRACTION)
+    if not hits:
+        return []
+    means = rec.get("activation", "mean")
+    p2 = rec.get("activation", "p2")
+    order = list(hits)
+    first_layer = min(order, key=lambda layer: (hits[layer][0], order.index(layer)))
+    step, value, _, _ = hits[first_layer]
+    recovers = all(h[2] for h in hits.values())
+    evidence = {"saturated_fraction": value, "peak_fraction": max(h[3] for h in hits.values()),
+                "threshold": SATURATION_FRACTION}
+    at_step = dict(means.get(first_layer, []))
+    if step in at_step:
+        evidence["mean_at_first_step"] = at_step[step]
+    # a non-negative saturating layer (low percentile >= 0) is sigmoid-like: driven to 0 as in fig. 2
+    sigmoid_like = activation == "sigmoid" or (
+        activation is None and all(v >= 0.0 for _, v in p2.get(first_layer, [(0, -1.0)]))
+    )
+    if sigmoid_like:
+        advice = ("Replace sigmoid by tanh or softsign (zero-centred; Glorot & Bengio 2010) with normalized "
+                  "(Glorot) initialization; batch normalization keeps pre-activations out of the flat regions.")
+    else:
+        advice = (f"Use {_fitting_init(activation)} so pre-activations stay in the linear regime; softsign saturates "
+                  "less than tanh; batch normalization before the non-linearity also helps.")
+    driven = ""
+    if sigmoid_like and "mean_at_first_step" in evidence and evidence["mean_at_first_step"] < 0.1:
+        driven = " (driven to 0, as the sigmoid top layer in Glorot & Bengio fig. 2)"
+    return [
+        Finding(
+            "saturation", "warning" if recovers else "error",
+            f"{value:.0%} of the units of {first_layer} saturated from update {step}{driven}; "
+            + ("it recovers" if recovers else "it does not recover"),
+            layers=sorted(hits, key=lambda layer: (hits[layer][0], order.index(layer))),
+            first_step=step, recovers=recovers, evidence=evidence, advice=advice,
+        )
+    ]
+
+
+def _rule_dead(rec: Records, spec: Any = None) -> list[Finding]:
+    hits = _first_and_recovery(rec.get("activation", "dead"), DEAD_FRACTION)
+    if not hits:
+        return []
+    step = min(h[0] for h in hits.values())
+    peak = max(h[3] for h in hits.values())
+    recovers = all(h[2] for h in hits.values())
+    return [
+        Finding(
+            "dead_units", "error" if peak >= DEAD_ERROR_FRACTION else "warning",
+            f"up to {peak:.0%} of the units output 0 on every monitor example, from update {step}",
+            layers=list(hits), first_step=step, recovers=recovers,
+            evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION},
+            advice=_dead_advice(spec),
+        )
+    ]
+
+
+def _dead_advice(spec: Any) -> str:
+    """The fixes for dead ReLUs, leaving out batch normalization before the ReLU when the spec has it."""
+    has_bn = _spec_value(spec, "norm") == "batch" and _spec_value(spec, "norm_position") in (None, "before")
+    fixes = ["He initialization with zero biases", "a lower learning rate"]
+    fixes += [] if has_bn else ["batch normalization before the ReLU"]
+    return (f"Use Leaky ReLU or PReLU (a non-zero slope for x < 0 keeps gradients flowing), "
+            f"{', '.join(fixes[:-1])}, or {fixes[-1]}.")
+
+
+def _rule_constant_layer(rec: Records) -> list[Finding]:
+    """A layer whose every unit gives the same output on every monitor example: clones (symmetry)."""
+    stds = rec.get("activation", "std")
+    means = rec.get("activation", "mean")
+    saturated = {layer: dict(p) for layer, p in rec.get("activation", "saturated").items()}
+    dead = {layer: dict(p) for layer, p in rec.get("activation", "dead").items()}
+    hits: dict[str, int] = {}  # layer -> first step with a constant output
+    for layer, points in stds.items():
+        mean = dict(means.get(layer, []))
+        for step, value in points:
+            if not (math.isfinite(value) and abs(value) <= SYMMETRY_TOL * abs(mean.get(step, 0.0))):
+                continue
+            # all units pinned at an asymptote or all dead is saturation / dead units, not symmetry
+            if saturated.get(layer, {}).get(step, 0.0) >= 0.5 or dead.get(layer, {}).get(step, 0.0) >= 0.5:
+                continue
+            hits[layer] = step
+            break
+    if not hits:
+        return []
+    step = min(hits.values())
+    return [
+        Finding(
+            "symmetry", "error",
+            f"every unit of {len(hits)} layer(s) gives the same output on every monitor example (update {step}): "
+            "the units are clones and will change in lock step",
+            layers=list(hits), first_step=step, recovers=None,
+            evidence={"activation_std": 0.0, "layers": float(len(hits))},
+            advice="Break the symmetry: initialize weights randomly (normalized/Glorot or He initialization), "
+            "never with zeros or a constant (Varma & Das, ch. 7, section 7.5).",
+        )
+    ]
+
+
+def _rule_variance_depth(rec: Records, activation: str | None) -> list[Finding]:
+    steps = rec.by_step("activation", "std")
+    if not steps:
+        return []
+    step = min(steps)
+    values = [(layer, v) for layer, v in steps[step].items() if math.isfinite(v)]
+    if len(values) < 2 or values[0][1] <= 0.0:
+        return []
+    ratio = values[-1][1] / values[0][1]
+    evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
+                "threshold": VARIANCE_DEPTH_RATIO}
+    if ratio < 1.0 / VARIANCE_DEPTH_RATIO:
+        code, what = "variance_shrinks", "shrinks"
+        layers = [layer for layer, v in values if v < values[0][1] / VARIANCE_DEPTH_RATIO]
+    elif ratio > VARIANCE_DEPTH_RATIO:
+        code, what = "variance_grows", "grows"
+        layers = [layer for layer, v in values if v > values[0][1] * VARIANCE_DEPTH_RATIO]
+    else:
+        return []
+    return [
+        Finding(
+            code, "warning",
+            f"activation std {what} {1 / ratio if ratio < 1 else ratio:.1f}x from {values[0][0]} to "
+            f"{values[-1][0]} at initialization",
+            layers=layers, first_step=step, recovers=None, evidence=evidence,
+            advice=f"The initialization scale does not fit the activation: use {_fitting_init(activation)}, "
+            "or LSUV; batch normalization removes the dependence on the scale.",
+        )
+    ]
+
+
+# --- learning-rate rules on the loss curve --------------------------------------------------------
+
+
+def _windows(values: Sequence[float], n: int) -> list[float]:
+    """Medians of ``n`` (or fewer) consecutive equal windows."""
+    n = max(1, min(n, len(values)))
+    size = len(values) / n
+    return [median(values[round(i * size): max(round((i + 1) * size), round(i * size) + 1)]) for i in range(n)]
+
+
+def _rule_learning_rate(
+    scalars: Sequence[Mapping[str, Any]], rec: Records, spec: Any, explained: bool
+) -> list[Finding]:
+    loss = sorted((int(r["step"]), float(r["value"])) for r in scalars if r["name"] == "train/loss")
+    if not loss:
+        return []
+    lr = _spec_value(spec, "lr")
+    evidence_lr = {"lr": float(lr)} if isinstance(lr, int | float) else {}
+    bad = [s for s, v in loss if not math.isfinite(v)]
+    lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; Varma & Das, ch. 7 " \
+            "section 7.2); gradient clipping guards against the occasional huge step."
+    if bad:
+        return [Finding("lr_too_high", "error", f"the training loss became NaN/Inf at update {bad[0]}",
+                        first_step=bad[0], recovers=False, evidence={"nan_step": float(bad[0]), **evidence_lr},
+                        advice=lower)]
+    if len(loss) < LR_MIN_POINTS:
+        return []
+    steps = [s for s, _ in loss]
+    values = [v for _, v in loss]
+    smooth = _windows(values, LR_WINDOWS)
+    start = median(values[: max(1, min(3, len(values) // LR_WINDOWS))])
+    running, rise, rise_at = start, 0.0, None
+    for i, v in enumerate(smooth):
+        if running > 0 and v / running - 1.0 > rise:
+            rise, rise_at = v / running - 1.0, i
+        running = min(running, v)
+    if rise > LR_RISE:
+        step = steps[min(len(steps) - 1, round(rise_at * len(steps) / len(smooth)))]
+        return [Finding("lr_too_high", "error",
+                        f"the smoothed training loss rose {rise:.0%} above its lowest value (around update {step})",
+                        first_step=step, recovers=smooth[-1] <= start,
+                        evidence={"rise": rise, "loss_start": start, "loss_end": smooth[-1], "threshold": LR_RISE,
+                                  **evidence_lr},
+                        advice=lower)]
+    if explained or start <= 0:
+        return []
+    drop = (start - smooth[-1]) / start
+    step_ratio = _median_fastest_update_ratio(rec)
+    if step_ratio is not None and step_ratio < LR_UPDATE_RATIO_LOW and drop < LR_SLOW_DROP:
+        evidence = {"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_SLOW_DROP,
+                    "ratio_threshold": LR_UPDATE_RATIO_LOW, **evidence_lr}
+        return [Finding("lr_too_low", "warning",
+                        f"the training loss fell only {drop:.1%} over {steps[-1] - steps[0]} updates, in steps that "
+                        f"change the weights by {step_ratio:.1e} of their norm",
+                        first_step=steps[0], recovers=None, evidence=evidence,
+                        advice="Raise the learning rate (e.g. 3-10x) and anneal it later (Varma & Das, ch. 7, "
+                        "section 7.2), or use an adaptive optimizer (Adam, RMSProp).")]
+    return []
+
+
+def _median_fastest_update_ratio(rec: Records) -> float | None:
+    """Median over records of the largest update/weight ratio among the layers (None without ratios)."""
+    per_step = rec.by_step("update_ratio", "ratio")
+    fastest = [max(v for v in values.values() if math.isfinite(v)) for values in per_step.values()
+               if any(math.isfinite(v) for v in values.values())]
+    return median(fastest) if fastest else None
+
+
+def diagnose(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    scalars: Iterable[Mapping[str, Any]] | None = None,
+    histograms: Iterable[Mapping[str, Any]] | None = None,
+    spec: Any = None,
+) -> list[Finding]:
+    """Run every rule on probe stats rows (and trainer scalar rows); findings sorted, errors first.
+
+    ``records`` are stats rows ``dict(step, source, layer, quantity, stat, value)`` in probe order;
+    ``scalars`` are rows ``dict(step, name, value)`` (``"train/loss"`` is read); ``histograms`` are
+    histogram rows, used for the saturation fraction where the stats lack it; ``spec`` (a dict or a
+    run specification) names the activation and learning rate so the advice can be specific.
+    """
+    rows = list(records)
+    if histograms is not None:
+        rows += _saturation_from_histograms(histograms, {(r["layer"], r["step"]) for r in rows
+                                                         if r["quantity"] == "activation" and r["stat"] == "saturated"})
+    rec = Records(rows)
+    activation = _activation_name(spec)
+    findings: list[Finding] = []
+    findings += _rule_constant_layer(rec)
+    findings += _rule_non_finite(rec)
+    findings += _rule_gradient_depth(rec, activation)
+    findings += _rule_saturation(rec, activation)
+    findings += _rule_dead(rec, spec)
+    findings += _rule_variance_depth(rec, activation)
+    explained = any(f.code in _STALLING for f in findings)
+    findings += _rule_learning_rate(list(scalars or ()), rec, spec, explained)
+    return sort_findings(findings)
+
+
+def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: set) -> list[dict]:
+    """Saturated fraction of bounded activations from their histograms: the mass in the outer 1% of [lo, hi].
+
+    Used only where the stats rows lack a "saturated" value and the histogram range is that of a bounded
+    activation ([-1, 1] for tanh/softsign, [0, 1] for sigmoid).
+    """
+    out = []
+    for h in histograms:
+        if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
+            continue
+        lo, hi, counts = float(h["lo"]), float(h["hi"]), list(h["counts"])
+        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or sum(counts) <= 0:
+            continue
+        edge = max(1, round(0.01 * len(counts)))
+        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / sum(counts)
+        out.append(dict(step=h["step"], source=h["source"], layer=h["layer"], quantity="activation",
+                        stat="saturated", value=fraction))
+    return out
+
+
+# --- checks that need the model or the data --------------------------------------------------------
+

@@ -1,0 +1,57 @@
+"""What the trainer prints: the progress bar, the evaluation lines, and the advice when a run diverges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from deepscope.config import RunSpec
+
+__all__ = ["divergence_message", "eval_line", "new_progress", "refresh"]
+
+
+# schemes that do not scale the weights to the layer's fan-in/fan-out
+_UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
+
+
+def divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int) -> str:
+    """What happened and what to try, leaving out what the spec already does."""
+    tries = [f"a lower learning rate (optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g})"]
+    if spec.train.clip_norm is None and spec.train.clip_value is None:
+        tries.append("gradient clipping (--set train.clip_norm=1.0)")
+    if spec.init.scheme in _UNSCALED_INITS:
+        tries.append("a normalized initialization (--set init.scheme=glorot_uniform)")
+    kept = f" The last good checkpoint (update {saved_step}) is kept: {checkpoint}." if checkpoint else ""
+    return (f"The loss is {value} at update {update}: the run diverged. Try {', '.join(tries[:-1])}"
+            f"{' or ' if len(tries) > 1 else ''}{tries[-1]}.{kept}")
+
+
+
+def new_progress(console, total: int, done: int, name: str, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  lr {task.fields[lr]}  {task.fields[speed]}"),
+        TimeRemainingColumn(), console=console, auto_refresh=False, disable=quiet, transient=False,
+    )
+    progress.add_task(name, total=total, completed=done, loss="-", acc="-", lr="-", speed="")
+    return progress
+
+
+def refresh(progress, step: int, losses: Tensor, n: int, wrong: Tensor, seen: int, lr: float, speed: float) -> None:
+    if n == 0:
+        return
+    loss, wrong_ = torch.stack([losses[:n].mean(), wrong.float()]).tolist()
+    progress.update(progress.task_ids[0], completed=step, loss=f"{loss:.4f}", acc=f"{1 - wrong_ / seen:.1%}",
+                    lr=f"{lr:.3g}", speed=f"{speed:,.0f} upd/s", refresh=True)
+
+
+def eval_line(step: int, total: int, metrics: dict[str, float]) -> str:
+    parts = [f"update {step}/{total}"]
+    for key in ("train/loss", "valid/error", "test/error"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}" if key.endswith("loss") else f"{key} {metrics[key]:.2%}")
+    return "  ".join(parts)
