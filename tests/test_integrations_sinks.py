@@ -101,7 +101,7 @@ def test_tensorboard_sink_round_trip(tmp_path):
      "MLflowSink needs the mlflow package: pip install 'deepscope[mlflow]'"),
     ("torch.utils.tensorboard", lambda: importlib.import_module("deepscope.probe.sinks").TensorBoardSink(),
      "TensorBoardSink needs the tensorboard package: pip install 'deepscope[tensorboard]'"),
-    ("lightning", lambda: importlib.import_module("deepscope.integrations.lightning"),
+    ("lightning lightning.pytorch", lambda: importlib.import_module("deepscope.integrations.lightning"),
      "deepscope.integrations.lightning needs the lightning package: pip install 'deepscope[lightning]'"),
     ("transformers", lambda: importlib.import_module("deepscope.integrations.transformers"),
      "deepscope.integrations.transformers needs the transformers package: pip install 'deepscope[transformers]'"),
@@ -109,7 +109,8 @@ def test_tensorboard_sink_round_trip(tmp_path):
      "reading a TensorBoard log directory needs the tensorboard package: pip install 'deepscope[tensorboard]'"),
 ])
 def test_missing_extra_is_one_clear_line(monkeypatch, blocked, make, message):
-    monkeypatch.setitem(sys.modules, blocked, None)  # `import blocked` now raises ImportError
+    for name in blocked.split():  # `import name` now raises ImportError, even when imported before
+        monkeypatch.setitem(sys.modules, name, None)
     for name in ("deepscope.integrations.lightning", "deepscope.integrations.transformers"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(ImportError) as info:
