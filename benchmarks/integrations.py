@@ -14,6 +14,7 @@ per run, not per step). Target: loop ratio <= 1.05.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main() -> None:
     ends: list[float] = []
     for i in range(args.pairs):
         for probed in ((False, True) if i % 2 == 0 else (True, False)):
+            gc.collect()  # the previous run's Trainer and model go now, not inside the next timed loop
             loop, end = run(args.steps, args.batch, data, probed)
             times[probed].append(loop)
             if probed:
