@@ -1,20 +1,22 @@
-"""Lightning callback cost: the same Lightning run with and without ``DeepscopeCallback(every=100)``.
+"""Lightning callback cost: one Lightning run whose chunks of 100 steps alternate between
+``DeepscopeCallback(every=100)`` active and absent, against each other.
 
 The 5 x 1000 tanh MLP of ``benchmarks/probe.py`` (input 1024, 9 classes), plain SGD on pre-generated
-random data, a CSV logger in both runs (the callback logs its statistics through it), the monitor set taken
-by the callback from the validation loader (300 examples). Runs alternate in ABBA order so that drifts in
-machine load hit both. Timed: from ``on_train_start`` to ``on_train_end`` (the training loop, with every
-record the callback takes, the first one at step 0 included), measured by a callback placed before
-deepscope's; the diagnosis and report the callback writes at the end are timed separately (a one-off cost
-per run, not per step). Target: loop ratio <= 1.05.
+random data, a CSV logger (the callback logs its statistics through it), the monitor set taken by the
+callback from the validation loader (300 examples). As in ``benchmarks/probe.py``, the same model, data
+and Trainer serve both, and chunks alternate, so drifts in machine load hit both: the chunk from global
+step 100c to 100c + 100 has the callback when c is odd (its record at step 100c: the monitor pass, the
+instrumented training step, the rows logged) and is plain when c is even. Chunk 0 (the first record, with
+the Jacobians, and start-up) is left out. Printed: the totals, their ratio and the median of the ratios of
+each callback chunk to the plain chunk after it, which the target (<= 1.05) is checked on. The diagnosis
+and report at the end of training are timed separately (once per run, not per step).
 
-    python benchmarks/integrations.py [--steps 1000] [--pairs 2] [--batch 10] [--threads N]
+    python benchmarks/integrations.py [--pairs 8] [--batch 10] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 import tempfile
@@ -60,62 +62,65 @@ class Net(L.LightningModule):
 
 
 class Clock(L.Callback):
-    """Wall time of ``on_train_start`` .. ``on_train_end`` as seen at its place in the callback list."""
+    """Wall time at the end of every ``EVERY``-th step (before deepscope's callback runs) and at the end."""
 
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % EVERY == 0:
+            self.marks.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
         self.end = time.perf_counter()
 
 
-def run(steps: int, batch: int, data, probed: bool) -> tuple[float, float]:
-    """(loop seconds, end-of-training seconds of the callback)."""
-    first, last = Clock(), Clock()
-    callbacks = [first, DeepscopeCallback(every=EVERY, monitor_size=MONITOR), last] if probed else [first, last]
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp),
-                            callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
-                            enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)
-        x, y, vx, vy = data
-        trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False),
-                    DataLoader(TensorDataset(vx, vy), batch_size=100))
-    return first.end - first.start, last.end - first.end
+class Alternating(DeepscopeCallback):
+    """The callback in chunk 0 and in odd chunks of ``EVERY`` global steps; absent from even chunks."""
+
+    @staticmethod
+    def active(step: int) -> bool:
+        return step < EVERY or (step // EVERY) % 2 == 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.active(trainer.global_step + 1):
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.active(trainer.global_step):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per run")
-    parser.add_argument("--pairs", type=int, default=2, help="ABBA pairs of runs (each pair: one of each)")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs of chunks of 100 steps (callback, plain)")
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steps = EVERY * (2 * args.pairs + 1)
     g = torch.Generator().manual_seed(0)
-    n = args.steps * args.batch
-    data = (torch.rand(n, INPUTS, generator=g), torch.randint(0, CLASSES, (n,), generator=g),
-            torch.rand(MONITOR, INPUTS, generator=g), torch.randint(0, CLASSES, (MONITOR,), generator=g))
-    run(50, args.batch, data, True)  # warm-up: imports, allocator, first report
-    times: dict[bool, list[float]] = {False: [], True: []}
-    ends: list[float] = []
-    for i in range(args.pairs):
-        for probed in ((False, True) if i % 2 == 0 else (True, False)):
-            gc.collect()  # the previous run's Trainer and model go now, not inside the next timed loop
-            loop, end = run(args.steps, args.batch, data, probed)
-            times[probed].append(loop)
-            if probed:
-                ends.append(end)
-    ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
-    total = sum(times[True]) / sum(times[False])
+    n = steps * args.batch
+    x, y = torch.rand(n, INPUTS, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
+    vx, vy = torch.rand(MONITOR, INPUTS, generator=g), torch.randint(0, CLASSES, (MONITOR,), generator=g)
+    first, last = Clock(), Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp),
+                            callbacks=[first, Alternating(every=EVERY, monitor_size=MONITOR), last],
+                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                            num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=False),
+                    DataLoader(TensorDataset(vx, vy), batch_size=100))
+    marks = first.marks  # at steps 100, 200, ..., steps
+    chunks = [b - a for a, b in zip(marks, marks[1:], strict=False)]  # chunk 1, 2, ...: callback, plain, ...
+    probed, plain = chunks[0::2], chunks[1::2]
+    ratios = [p / q for p, q in zip(probed, plain, strict=True)]
     median = statistics.median(ratios)
-    records = args.steps // EVERY + 1
-    print(f"lightning batch={args.batch}: plain {sum(times[False]):.2f} s, callback {sum(times[True]):.2f} s, "
-          f"{args.pairs} runs of {args.steps} steps each ({records} records per run, every={EVERY}, "
-          f"monitor={MONITOR}, CSV logger); ratio of totals {total:.3f}, per pair "
-          f"{', '.join(f'{r:.3f}' for r in ratios)}, median {median:.3f} "
+    print(f"lightning batch={args.batch}: plain {sum(plain):.2f} s, callback {sum(probed):.2f} s, {len(plain)} "
+          f"chunks of {EVERY} steps each (one record per callback chunk, every={EVERY}, monitor={MONITOR}, CSV "
+          f"logger); ratio of totals {sum(probed) / sum(plain):.3f}, median over chunk pairs {median:.3f} "
           f"(target <= 1.05: {'ok' if median <= 1.05 else 'OVER'})")
-    print(f"lightning end of training (diagnosis, findings table, HTML report): {statistics.median(ends):.2f} s "
-          f"per run, once")
+    print(f"lightning end of training (diagnosis, findings table, HTML report): {last.end - first.end:.2f} s, once")
 
 
 if __name__ == "__main__":
