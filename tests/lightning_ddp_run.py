@@ -52,3 +52,6 @@ if __name__ == "__main__":
     trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False))
     with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
         json.dump({"rank": trainer.global_rank, "probed": callback.probe is not None, "records": callback.records}, f)
+    if torch.distributed.is_initialized():  # an orderly end: gloo threads left running can abort the exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
