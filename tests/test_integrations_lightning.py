@@ -178,7 +178,11 @@ def test_findings_printed_and_report_written(runs):
     assert callback.report_path == tmp / "probed" / "csv" / "version_0" / "deepscope-report.html"
     html = callback.report_path.read_text()
     assert "deepscope report: Net" in html and "data:image/png;base64" in html
-    assert isinstance(callback.findings, list)
+    from deepscope.diagnosis import diagnose
+
+    expected = diagnose(callback.records, scalars=callback.scalars, histograms=callback.histograms)
+    assert [(f.code, f.layers) for f in callback.findings] == [(f.code, f.layers) for f in expected]
+    assert all(f.code in html for f in expected)
 
 
 @pytest.mark.slow

@@ -129,3 +129,16 @@ def test_report_on_a_log_dir_without_tensorboard_exits_2(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == ("error: reading a TensorBoard log directory needs the tensorboard package: "
                                       "pip install 'deepscope[tensorboard]'")
+
+
+def test_findings_table_printed(capsys):
+    from deepscope.diagnosis import Finding
+    from deepscope.integrations._common import print_findings
+
+    print_findings([Finding("saturation", "error", "top layer saturated", ["hidden5"], first_step=100,
+                            recovers=False, evidence={"saturated": 0.97}, advice="Replace sigmoid by tanh")], "run")
+    out = capsys.readouterr().out
+    for text in ("saturation", "hidden5", "since update 100", "does not recover", "saturated=0.97", "Replace"):
+        assert text in out
+    print_findings([], "run")
+    assert "healthy" in capsys.readouterr().out

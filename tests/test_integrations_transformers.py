@@ -111,11 +111,16 @@ def test_scalars_through_trainer_log_into_tensorboard(runs):
     assert [r["step"] for r in scalars if r["name"] == "train/loss"] == [5, 10, 15, 20, 25]
 
 
-def test_findings_printed_and_report_written(runs, capsys):
+def test_findings_and_report_written(runs):
     tmp, (_, callback, _), _ = runs
     assert callback.report_path == tmp / "probed" / "deepscope-report.html"
-    assert "BertForSequenceClassification" in callback.report_path.read_text()
-    assert isinstance(callback.findings, list)
+    html = callback.report_path.read_text()
+    assert "BertForSequenceClassification" in html and "data:image/png;base64" in html
+    from deepscope.diagnosis import diagnose
+
+    expected = diagnose(callback.records, scalars=callback.scalars, histograms=callback.histograms)
+    assert [(f.code, f.layers) for f in callback.findings] == [(f.code, f.layers) for f in expected]
+    assert all(f.code in html for f in expected)
 
 
 def test_tensor_monitor_scored_by_logits(tmp_path):
