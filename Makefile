@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench reliability clean
 
 $(BIN)/deepscope: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,12 @@ lint: $(VENV)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(VENV)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do [ $$b = benchmarks/reliability.py ] || $(BIN)/python $$b || exit 1; done
+
+# SIGKILLs at random moments then resume (bit-identical to an uninterrupted run), concurrent resumes of one run
+# (exactly one trains) and concurrent writers of one store: too slow for every `make test`.
+reliability: $(VENV)
+	$(BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -5,7 +5,8 @@ batch 10 and batch 128. One model trains in chunks of 100 steps, every other chu
 (one record per probed chunk), in ABBA order so that drifts in machine load hit both; the same model and
 memory serve both, so only the probe differs. Printed: total wall time of each, their ratio, and the median
 of the per-chunk-pair ratios, which the target (<= 1.05) is checked on: a burst of load from another process
-hits one chunk and moves the totals, not the median.
+hits one chunk and moves the totals, not the median. The ratio of the CPU time this process used (``time.process_time``)
+is printed too: on a machine shared with other jobs it is the steadier figure.
 
 The probe's first record (at ``with Probe(...)``, the initialization, with the Jacobians on 10 monitor
 examples) is a one-off, printed separately. Last, the cost of one recording step -- a training step whose
@@ -46,10 +47,11 @@ class Loop:
         self.model, self.x, self.y, self.batch, self.probe = model, x, y, batch, probe
         self.opt = torch.optim.SGD(model.parameters(), lr=LR)
         self.index = 0
+        self.cpu = 0.0  # CPU time of this process in the last run (other jobs on the machine do not count)
 
     def run(self, steps: int) -> float:
         n = len(self.x) // self.batch
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         for _ in range(steps):
             i = (self.index % n) * self.batch
             loss = F.cross_entropy(self.model(self.x[i : i + self.batch]), self.y[i : i + self.batch])
@@ -59,6 +61,7 @@ class Loop:
             if self.probe is not None:
                 self.probe.step()
             self.index += 1
+        self.cpu = time.process_time() - cpu
         return time.perf_counter() - start
 
 
@@ -71,6 +74,7 @@ def loop_ratio(batch: int, chunks: int, data, monitor) -> float:
     probe = Probe(loop.model, every=EVERY, monitor=monitor, jacobian_examples=0, start_step=1)
     loop.run(EVERY)  # warm-up
     times = {"plain": 0.0, "probe": 0.0}
+    cpu = {"plain": 0.0, "probe": 0.0}
     ratios = []
     for r in range(chunks):
         spent = {}
@@ -82,6 +86,7 @@ def loop_ratio(batch: int, chunks: int, data, monitor) -> float:
                 loop.probe = None
             else:
                 spent[name] = loop.run(EVERY)
+            cpu[name] += loop.cpu
         times["plain"] += spent["plain"]
         times["probe"] += spent["probe"]
         ratios.append(spent["probe"] / spent["plain"])
@@ -90,7 +95,8 @@ def loop_ratio(batch: int, chunks: int, data, monitor) -> float:
     print(
         f"loop batch={batch}: plain {times['plain']:.2f} s, probe {times['probe']:.2f} s, {chunks * EVERY} steps "
         f"each ({records} records, every={EVERY}, monitor={MONITOR}); ratio of totals {ratio:.3f}, "
-        f"median over chunk pairs {median:.3f} (target <= 1.05: {'ok' if median <= 1.05 else 'OVER'})"
+        f"median over chunk pairs {median:.3f} (target <= 1.05: {'ok' if median <= 1.05 else 'OVER'}); "
+        f"CPU time of this process {cpu['probe'] / cpu['plain']:.3f}"
     )
     return median
 
@@ -134,17 +140,22 @@ def recording_step(data, monitor) -> None:
     ):
         probe = Probe(model, every=1, monitor=mon, **kw)
         repeats = 3 if kw.get("jacobian_method") == "exact" else 15
-        plain = statistics.median(loop.run(1) for _ in range(9))  # measured next to each variant: clock drifts
+        def one() -> tuple[float, float]:
+            return loop.run(1), loop.cpu
+
+        plain = [one() for _ in range(9)]  # measured next to each variant: clock drifts
         with probe:  # entering takes the monitor record of step 0; the next step is instrumented
             loop.probe = probe
-            rec = statistics.median(loop.run(1) for _ in range(repeats))
+            recorded = [one() for _ in range(repeats)]
         loop.probe = None
-        plain = statistics.median([plain, *(loop.run(1) for _ in range(8))])
-        ratio = rec / plain
+        plain += [one() for _ in range(8)]
+        rec, rec_cpu = (statistics.median(v) for v in zip(*recorded, strict=True))
+        base, base_cpu = (statistics.median(v) for v in zip(*plain, strict=True))
+        ratio = rec / base
         verdict = "for comparison" if "exact" in label else f"target <= 3: {'ok' if ratio <= 3 else 'OVER'}"
         print(
-            f"recording step batch=128, {label}: {rec * 1e3:.0f} ms vs plain {plain * 1e3:.1f} ms; "
-            f"ratio {ratio:.2f} ({verdict})"
+            f"recording step batch=128, {label}: {rec * 1e3:.0f} ms vs plain {base * 1e3:.1f} ms; "
+            f"ratio {ratio:.2f} ({verdict}); CPU time of this process {rec_cpu / base_cpu:.2f}"
         )
 
 

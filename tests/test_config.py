@@ -116,11 +116,21 @@ def test_unknown_registry_name_lists_the_allowed_ones(spec_file):
     ("model.dropout=1.5", "model.dropout=1.5: Input should be less than 1"),
     ("train.device=tpu", "train.device='tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ("model.depth=deep", "model.depth='deep': Input should be a valid integer"),
-    ("train.epochs=3", "give exactly one of train.updates or train.epochs (got both)"),
+    ("train.updates=none", "give exactly one of train.updates or train.epochs (got neither)"),
+    ("init.std=abc", "init.std='abc' is not accepted by init scheme 'normal' (TypeError"),
+    ("init.std=-1", "init.std=-1 is not accepted by init scheme 'normal'"),
+    ("optim.lr=inf", "optim.lr=inf: Input should be a finite number"),
+    ("optim.momentum=-1", "optim.momentum=-1 is not accepted by optimizer 'sgd'"),
+    ("optim.momentum=nan", "optim.momentum=nan is not a finite number"),
+    ("model.activation_kwargs={alpha=\"x\"}", "model.activation_kwargs.alpha='x' is not accepted by activation"),
+    ("name=a/b", "contains '/'; a run name has no path separator"),
+    ("name=" + "x" * 101, "String should have at most 100 characters"),
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(spec_file, override, expected):
+    if override.startswith("model.activation_kwargs"):
+        override = ["model.activation=elu", override]
     with pytest.raises(SpecError) as err:
-        load_spec(spec_file, [override])
+        load_spec(spec_file, override if isinstance(override, list) else [override])
     assert expected in str(err.value)
     assert str(err.value).startswith(str(spec_file))
 
@@ -170,3 +180,34 @@ def test_a_spec_needs_a_training_length():
 def test_examples_are_valid(path):
     spec = load_spec(path)
     assert spec.name == path.stem
+
+
+def test_the_later_of_updates_and_epochs_wins(spec_file):
+    """As --updates replaces the length of a spec, so does --set train.updates / train.epochs (the last one given)."""
+    epochs = load_spec(spec_file, ["train.epochs=3"])
+    assert (epochs.train.updates, epochs.train.epochs) == (None, 3)
+    back = load_spec(spec_file, ["train.epochs=3", "train.updates=50"])
+    assert (back.train.updates, back.train.epochs) == (50, None)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["schedule.name=step", "schedule.step_size=0"], "schedule.step_size=0"),
+    (["schedule.name=exponential", "schedule.gamma=abc"], "schedule.gamma='abc'"),
+    (["schedule.name=warmup_cosine", "schedule.warmup_updates=500"], "schedule.warmup_updates=500"),
+    (["init.std=none", "init.scheme=lsuv", "init.tol=-1"], "init.tol=-1"),
+    (["init.std=none", "init.scheme=constant", "init.value=1e400"], "init.value=inf"),
+    (["optim.momentum=none", "optim.name=adam", "optim.betas=[2, 0.9]"], "optim.betas=[2, 0.9]"),
+    (["data.augment=rotate", "data.augment_options.degrees=abc"], "data.augment_options.degrees='abc'"),
+])
+def test_every_registry_parameter_is_tried_before_a_run(spec_file, override, key):
+    """Values of the right key but a wrong type or range fail at validation, naming the key (not at update 1)."""
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file, override)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_spec_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("name = 'caf\xe9'\n[train]\nupdates = 5\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=f"{path}: the spec file is not UTF-8"):
+        load_spec(path)

@@ -103,8 +103,8 @@ def test_lanczos_through_jacobian_vector_products_on_a_convolution():
     with torch.no_grad():
         block[1].running_var.uniform_(0.5, 2.0)
     jmap = JacobianMap("b", "a", block, elementwise_last=True)
-    z = torch.randn(16, 4, 8, 8)
-    assert jmap.method(z) == "lanczos"  # 256 inputs, 384 outputs: above EXACT_MAX_DIM
+    z = torch.randn(16, 4, 9, 9)
+    assert jmap.method(z) == "lanczos"  # 324 inputs, 486 outputs: above EXACT_MAX_DIM
     names, values = jmap.spectrum(z, "lanczos")
     ref = explicit(lambda v: block[2](block[1](block[0](v))), z)
     assert names == ("sv_mean", "sv_max")

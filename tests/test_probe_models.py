@@ -274,3 +274,114 @@ def test_functional_activations_reported_and_linear_outputs_recorded():
     with torch.no_grad():
         s2 = model.fc2(torch.tanh(model.fc1(x)))
     assert got["std"] == pytest.approx(s2.std(correction=0).item(), rel=1e-5)
+
+
+class GRUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def test_gru():
+    torch.manual_seed(7)
+    model = GRUNet()
+    x, y = torch.randn(7, 5, 4), torch.randint(0, 3, (7,))
+    probe = run(model, x, y, steps=1)
+    assert dict(probe.unobservable) == {"gru": "GRU gate non-linearities run inside the fused recurrent kernel"}
+    with torch.no_grad():
+        h = model.gru(x)[0]
+    act = {r["stat"]: r["value"] for r in probe.to_rows(source="monitor", layer="gru", step=1)}
+    assert act["std"] == pytest.approx(h.std(correction=0).item(), rel=1e-5)
+    assert quantities(probe, "train")["weight_grad"] == {"gru.weight_ih_l0", "gru.weight_hh_l0", "head"}
+
+
+def tanh_mlp(dtype=torch.float32):
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 3)).to(dtype)
+
+
+def test_float64_statistics_in_double_precision():
+    model = tanh_mlp(torch.float64)
+    x, y = torch.randn(20, 6, dtype=torch.float64), torch.randint(0, 3, (20,))
+    with Probe(model, monitor=(x, y), jacobian_examples=2) as probe:
+        pass
+    s = model[:3](x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model[4](torch.tanh(s)), y), s)
+    got = {r["stat"]: r["value"] for r in probe.to_rows(layer="3", quantity="preact_grad")}
+    assert got["std"] == pytest.approx(g.std(correction=0).item(), rel=1e-12)
+    with torch.no_grad():
+        z1 = model[:2](x[:2])
+    ref = explicit_singular_values(lambda v: model[3](model[2](v)), z1, 2)
+    assert sv_rows(probe, "3")[0] == pytest.approx(ref.mean().item(), rel=1e-10)
+
+
+def test_autocast_bfloat16_training_step():
+    model = tanh_mlp()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Probe(model, every=1) as probe:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = model[:2](x)  # the bf16 activations the probe sees (computed once more by hand)
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grad = model[0].weight.grad.clone()
+        opt.step()
+        opt.zero_grad()
+        probe.step()
+    assert z.dtype == torch.bfloat16
+    got = {(r["layer"], r["quantity"], r["stat"]): r["value"] for r in probe.records}
+    assert got[("1", "activation", "mean")] == pytest.approx(z.float().mean().item(), rel=1e-4)
+    assert got[("0", "weight_grad", "norm")] == pytest.approx(grad.norm().item(), rel=1e-5)
+    assert ("3", "preact_grad", "std") in got
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.body = tanh_mlp()[:4]
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        if self.checkpoint:
+            return self.head(torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=False))
+        return self.head(self.body(x))
+
+
+def test_gradient_checkpointing_records_as_without():
+    x, y = torch.randn(12, 6), torch.randint(0, 3, (12,))
+    records = []
+    for checkpoint in (False, True):
+        model = Checkpointed(checkpoint)
+        probe = run(model, x, y, steps=2, jacobian_examples=0)
+        records.append(probe.records)
+    plain, checkpointed = records
+    assert not any("@" in r["layer"] for r in checkpointed)  # the re-computation in backward is not a 2nd call
+    assert [(r["step"], r["source"], r["layer"], r["quantity"], r["stat"]) for r in plain] == [
+        (r["step"], r["source"], r["layer"], r["quantity"], r["stat"]) for r in checkpointed
+    ]
+    assert [r["value"] for r in checkpointed] == pytest.approx([r["value"] for r in plain], rel=1e-5, abs=1e-8)
+
+
+def test_evaluation_between_steps_is_not_recorded():
+    model = tanh_mlp()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with torch.no_grad():
+        z = model[1](model[0](x))  # the training batch's activations, before the update
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Probe(model, every=1) as probe:
+        model.eval()
+        with torch.no_grad():
+            model(x * 5)  # an evaluation pass between arming and the training step
+        model.train()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        probe.step()
+    assert {r["layer"] for r in probe.records} == {"0", "1", "2", "3", "4"}  # no "1@2"
+    got = probe.to_rows(layer="1", quantity="activation", stat="mean")
+    assert [r["value"] for r in got] == [pytest.approx(z.mean().item(), rel=1e-6)]

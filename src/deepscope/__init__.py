@@ -9,21 +9,37 @@ The public API is re-exported here; everything but the probe loads on first use.
 the package has the name of a function it exports.)
 """
 
+import sys as _sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+
+
+def _interrupted_quietly(kind, value, tb, _default=_sys.excepthook):
+    """Ctrl-C while the command line starts (importing torch, say): one line, not a traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("deepscope: interrupted", file=_sys.stderr)
+    else:
+        _default(kind, value, tb)
+
+
+# only for the command line (`deepscope ...`, or `python -m deepscope.cli` while it is located), not for importers
+if _sys.argv and (_sys.argv[0] == "-m" or _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("deepscope",
+                                                                                                  "deepscope.exe")):
+    _sys.excepthook = _interrupted_quietly
 
 try:
     __version__ = version("deepscope")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
-from deepscope.probe import Probe
+from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation  # noqa: E402
+from deepscope.probe import Probe  # noqa: E402
 
 _LAZY = {
     "train": "deepscope.trainer",
     "diagnose": "deepscope.diagnosis",
     "doctor": "deepscope.diagnosis",
+    "repair": "deepscope.diagnosis",
     "report": "deepscope.plots",
     "run_experiment": "deepscope.experiments",
     "mlp": "deepscope.nn.models",

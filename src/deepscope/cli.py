@@ -126,6 +126,10 @@ def data_show(
     """Draw a labelled grid of examples: `deepscope data show shapeset -n 25 -o shapes.png`."""
     from deepscope.data import DataFileError, examples, save_grid
 
+    if n < 1:
+        raise _fail(f"-n {n}: give the number of examples to draw, an integer >= 1")
+    if not output.parent.is_dir():
+        raise _fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     options = _data_options(option)
     if root is not None:
         options["root"] = root
@@ -134,7 +138,10 @@ def data_show(
     except (ValueError, ImportError, DataFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    save_grid(x, y, class_names, output, title=f"{name} ({split})")
+    try:
+        save_grid(x, y, class_names, output, title=f"{name} ({split})")
+    except OSError as e:
+        raise _fail(f"-o {output}: cannot write the image ({e.strerror or e})") from None
     typer.echo(f"wrote {len(x)} {name} examples to {output}")
 
 
@@ -152,13 +159,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _read_store(root: Path | None):
-    from deepscope.store import DB_NAME, Store, default_root
+def _read_store(root: Path | None, read_only: bool = True):
+    """The store at ``root``, which must exist; read-only (nothing is written) unless ``read_only=False``."""
+    from deepscope.store import DB_NAME, Store, StoreError, default_root
 
     root = root if root is not None else default_root()
     if not (root / DB_NAME).exists():
         raise _fail(f"no run store at {root} (train a run first, or give --store DIR)")
-    return Store(root)
+    try:
+        return Store(root, read_only=read_only)
+    except StoreError as e:
+        raise _fail(str(e)) from None
 
 
 @app.command("train")
@@ -178,23 +189,23 @@ def train_command(
         "default: at the first record only."),
     probe_jacobian_method: str = typer.Option(
         "auto", "--probe-jacobian-method", help="Jacobian singular values: auto, exact or lanczos."),
+    force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if it reads as running "
+                               "(its process died on another host, say)."),
 ) -> None:
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
-    from deepscope.store import Store
+    from deepscope.store import default_root
     from deepscope.trainer import train
 
+    if updates is not None and updates < 1:
+        raise _fail(f"--updates={updates}: give a number of updates >= 1")
+    if force and resume is None:
+        raise _fail("--force goes with --resume RUN (it takes over a run that reads as running)")
     overrides = list(set_ or []) + ([f"train.updates={updates}", "train.epochs=none"] if updates else [])
     try:
         if spec is None and resume is None:
             raise ValueError("give a spec file (deepscope train SPEC.toml) or --resume RUN")
-        st = Store(store)
-        if spec is not None:
-            run_spec = load_spec(spec, overrides)
-        elif overrides:
-            run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
-        else:
-            run_spec = None
+        run_spec = load_spec(spec, overrides) if spec is not None else None  # before the store: no db for bad input
         callbacks = []
         if probe_every is None and (probe_jacobian_every is not None or probe_jacobian_method != "auto"):
             raise ValueError("--probe-jacobian-every and --probe-jacobian-method need --probe-every N")
@@ -209,9 +220,14 @@ def train_command(
                          "jacobian_every": "--probe-jacobian-every", "jacobian_method": "--probe-jacobian-method"}
                 raise ValueError(re.sub(r"(?<![\w-])(jacobian_every|jacobian_method|every|monitor)=",
                                         lambda m: f"{flags[m[1]]}=", str(e).removeprefix("probe "))) from None
-        result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks)
+        # a new run opens (and creates) the store only once its data and model are checked
+        st = _read_store(store, read_only=False) if resume is not None else (store or default_root())
+        if spec is None and overrides:
+            run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
+        result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks, force=force)
+        st = result.store
     except (ValueError, OSError) as e:
-        raise _fail(str(e)) from None
+        raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if quiet and result.message:
         typer.echo(result.message, err=True)
     m = result.metrics
@@ -255,18 +271,19 @@ def runs_ls(
     from fnmatch import fnmatchcase
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     st = _read_store(store)
-    table = Table(title=f"runs in {st.path}")
+    table = Table(title=escape(f"runs in {st.path}"))
     table.add_column("id", no_wrap=True)
     for column in ("status", "updates", "valid err", "test err", "created"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("status", "created") else "right")
     for run in st.runs():
         if pattern is not None and not (fnmatchcase(run["id"], pattern) or fnmatchcase(run["name"], pattern)):
             continue
-        table.add_row(run["id"], run["status"], _steps(run), _pct(run, "valid/error"), _pct(run, "test/error"),
-                      _when(run["created"]))
+        table.add_row(escape(run["id"]), run["status"], _steps(run), _pct(run, "valid/error"),
+                      _pct(run, "test/error"), _when(run["created"]))
     Console().print(table)
 
 
@@ -277,6 +294,7 @@ def runs_show(
 ) -> None:
     """Show one run: status, timings, versions, final metrics and its full spec."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from deepscope.config import flatten
@@ -298,7 +316,7 @@ def runs_show(
     rows |= {name: f"{v['value']:.6g} (update {v['step']})" for name, v in sorted(info["last"].items())}
     rows |= flatten(info["spec"])
     for key, value in rows.items():
-        table.add_row(key, str(value))
+        table.add_row(escape(key), escape(str(value)))  # user strings (names, spec values) are not markup
     Console().print(table)
 
 
@@ -310,6 +328,7 @@ def runs_compare(
 ) -> None:
     """Compare runs side by side: the spec values that differ and the final metrics."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from deepscope.config import flatten
@@ -331,7 +350,7 @@ def runs_compare(
                  (f"{info['last'][name]['value']:.4f}" if name in info["last"] else "-") for info in infos]
         table.add_row(name, *cells)
     for key in keys:
-        table.add_row(key, *(str(s.get(key, "-")) for s in specs))
+        table.add_row(escape(key), *(escape(str(s.get(key, "-"))) for s in specs))
     Console().print(table)
 
 
@@ -471,15 +490,28 @@ def doctor_command(
     store: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file; default <store>/<run>/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    no_report: bool = typer.Option(False, "--no-report", help="Print the findings only; draw no HTML report."),
+    fix: bool = typer.Option(False, "--fix", help="Try the candidate fixes in short trials, verify them, write "
+                             "the repaired spec <run>-fixed.toml."),
+    budget: int | None = typer.Option(None, "--budget", help="With --fix: N trial runs (default: the fixes of the "
+                                      "top two findings plus one combination)."),
+    backend: str = typer.Option("local", "--backend", help="With --fix: run the trials on local processes or ray."),
 ) -> None:
-    """Train briefly with the probe, print the findings and write the HTML report.
+    """Train briefly with the probe, print the findings, then write the HTML report.
 
-    Exit status: 0 healthy, 1 a problem was found (an error or a warning), 2 bad input.
+    Exit status: 0 healthy (with --fix: or a verified repair was found), 1 a problem was found (an error or a
+    warning; with --fix: and no fix was verified), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
+    from deepscope.diagnosis.workflow import write_report
     from deepscope.store import Store
 
+    for flag, value in (("--updates", updates), ("--monitor", monitor)):
+        if value < 1:
+            raise _fail(f"{flag}={value}: give an integer >= 1")
+    if output is not None and not output.parent.is_dir():
+        raise _fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
     try:
         if spec is None and model is None:
@@ -494,13 +526,34 @@ def doctor_command(
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
-        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report_path=output,
-                        quiet=quiet)
-    except (ValueError, OSError) as e:
+        if fix:
+            from deepscope.diagnosis.repair import repair
+
+            fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
+                           backend=backend, report=not no_report, report_path=output, quiet=quiet)
+            result = fixed.baseline
+        else:
+            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False,
+                            quiet=quiet)
+    except (ValueError, OSError, ImportError) as e:
         raise _fail(str(e)) from None
     _print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
-    typer.echo(f"report: {result.report}")
     typer.echo(f"run {result.run_id} stored in {st.path}")
+    if fix:
+        from rich.console import Console
+
+        from deepscope.diagnosis.repair import repair_table, summary
+
+        if fixed.trials:
+            Console().print(repair_table(fixed))
+        typer.echo("\n".join(summary(fixed)) + (f"\nreport: {fixed.report}" if fixed.report else ""))
+        raise typer.Exit(fixed.exit_code)
+    if not no_report:
+        sys.stdout.flush()  # the findings are out before the figures are drawn
+        try:
+            typer.echo(f"report: {write_report(result, output)}")
+        except OSError as e:
+            raise _fail(str(e)) from None
     raise typer.Exit(1 if has_problem(result.findings) else 0)
 
 
@@ -516,6 +569,8 @@ def report_command(
     from deepscope.integrations.tensorboard import is_tensorboard_dir, run_from_tensorboard
     from deepscope.plots import RunData, report
 
+    if not output.parent.is_dir():
+        raise _fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     logged = {run for run in runs if is_tensorboard_dir(run)}
     st = _read_store(store) if len(logged) < len(runs) else None
     try:
@@ -536,6 +591,7 @@ def report_command(
 def model_from_factory(path: str):
     """Import ``package.module:factory`` and call it with no arguments; it must return an ``nn.Module``."""
     import importlib
+    import inspect
 
     from torch import nn
 
@@ -551,7 +607,20 @@ def model_from_factory(path: str):
         if not hasattr(factory, part):
             raise ValueError(f"--model {path!r}: {module_name!r} has no attribute {attr!r}")
         factory = getattr(factory, part)
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            inspect.signature(factory).bind()
+        except TypeError as e:
+            raise ValueError(f"--model {path!r}: {attr} cannot be called without arguments ({e}); give a factory "
+                             "that takes none") from None
+        except ValueError:
+            pass  # no signature to check (a builtin): call it and see
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed: say so in one line
+            raise ValueError(f"--model {path!r}: calling {attr}() failed ({type(e).__name__}: {e})") from None
+    else:
+        model = factory
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {path!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -30,13 +30,16 @@ from __future__ import annotations
 import datetime
 import importlib
 import inspect
+import json
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepscope.registry import unknown
+from deepscope.registry import check_name, unknown
 
 __all__ = [
     "DataSpec",
@@ -51,6 +54,7 @@ __all__ = [
     "flatten",
     "load_spec",
     "parse_value",
+    "spec_toml",
     "validate_spec",
 ]
 
@@ -144,12 +148,14 @@ class DataSpec(_Section):
     @model_validator(mode="after")
     def _check_augment(self) -> DataSpec:
         from deepscope.data import make_augment
+        from deepscope.validate import check_augment
 
         if self.augment:
             try:
-                make_augment(self.augment, **self.augment_options)
+                make_augment(self.augment)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"data.augment={self.augment!r}: {e}") from None
+            check_augment(tuple(self.augment), self.augment_options)
         return self
 
 
@@ -165,7 +171,7 @@ class ModelSpec(_Section):
     activation_kwargs: dict[str, Any] = Field(default_factory=dict)
     norm: Annotated[str | None, Nullable] = None
     norm_position: Literal["before", "after"] = "before"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
     maxout_k: int = Field(2, ge=1)
 
     @field_validator("norm")
@@ -222,7 +228,7 @@ class OptimSpec(_ParamSection):
     """``[optim]``: the optimizer, its learning rate and its other parameters (``momentum``, ``weight_decay`` ...)."""
 
     name: str = "sgd"
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, allow_inf_nan=False)
 
     _known_optimizer = _known("name", "optim.name", "deepscope.optim", "OPTIMIZERS")
 
@@ -264,8 +270,8 @@ class TrainSpec(_Section):
     checkpoint_every: Annotated[int | None, Nullable] = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    clip_norm: Annotated[float | None, Nullable] = Field(None, gt=0)
-    clip_value: Annotated[float | None, Nullable] = Field(None, gt=0)
+    clip_norm: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
+    clip_value: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
     loss: str = "cross_entropy"
 
     _known_loss = _known("loss", "train.loss", "deepscope.optim", "LOSSES")
@@ -281,13 +287,25 @@ class TrainSpec(_Section):
 class RunSpec(_Section):
     """A whole run. ``RunSpec.model_validate(spec.model_dump(mode="json")) == spec``."""
 
-    name: str = "run"
+    name: str = Field("run", min_length=1, max_length=100)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     init: InitSpec = Field(default_factory=InitSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value)
+
+    @model_validator(mode="after")
+    def _dry_run(self) -> RunSpec:
+        from deepscope.validate import dry_run
+
+        dry_run(self)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON types (what the run store keeps)."""
@@ -333,7 +351,12 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if not isinstance(node, dict):
                 raise SpecError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
         node[last] = value
+        if path == ["train"] and last in _LENGTHS and _none(value) is not None:  # the later length wins
+            node[_LENGTHS[last]] = "none"
     return data
+
+
+_LENGTHS = {"updates": "epochs", "epochs": "updates"}
 
 
 def _copy(data: Any) -> Any:
@@ -370,9 +393,51 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: the spec file is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML: {e}") from None
     data.setdefault("name", path.stem)
     return validate_spec(apply_overrides(data, overrides), source=str(path))
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else "inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(str(key))
+
+
+def spec_toml(spec: dict, header: list[str] = ()) -> str:
+    """A run spec dict as a TOML file ``load_spec`` reads back: top-level values, then one table per section.
+
+    ``None`` values are left out (TOML has no null; every optional key defaults to None); ``header`` lines
+    become comments at the top.
+    """
+    lines = [f"# {line}" for line in header]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in spec.items()
+              if not isinstance(v, dict) and v is not None]
+    for section, values in spec.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{_toml_key(section)}]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -16,20 +16,23 @@ __all__ = ["divergence_message", "eval_line", "new_progress", "refresh"]
 _UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
 
 
-def divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int) -> str:
-    """What happened and what to try, leaving out what the spec already does."""
+def divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int,
+                       what: str = "") -> str:
+    """What happened (``what``, by default a non-finite loss) and what to try, leaving out what the spec does."""
     tries = [f"a lower learning rate (optim.lr={spec.optim.lr:g} now, e.g. --set optim.lr={spec.optim.lr / 10:g})"]
     if spec.train.clip_norm is None and spec.train.clip_value is None:
         tries.append("gradient clipping (--set train.clip_norm=1.0)")
     if spec.init.scheme in _UNSCALED_INITS:
         tries.append("a normalized initialization (--set init.scheme=glorot_uniform)")
     kept = f" The last good checkpoint (update {saved_step}) is kept: {checkpoint}." if checkpoint else ""
-    return (f"The loss is {value} at update {update}: the run diverged. Try {', '.join(tries[:-1])}"
+    what = what or f"The loss is {value} at update {update}: the run diverged."
+    return (f"{what} Try {', '.join(tries[:-1])}"
             f"{' or ' if len(tries) > 1 else ''}{tries[-1]}.{kept}")
 
 
 
 def new_progress(console, total: int, done: int, name: str, quiet: bool):
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -37,7 +40,7 @@ def new_progress(console, total: int, done: int, name: str, quiet: bool):
         TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  lr {task.fields[lr]}  {task.fields[speed]}"),
         TimeRemainingColumn(), console=console, auto_refresh=False, disable=quiet, transient=False,
     )
-    progress.add_task(name, total=total, completed=done, loss="-", acc="-", lr="-", speed="")
+    progress.add_task(escape(name), total=total, completed=done, loss="-", acc="-", lr="-", speed="")
     return progress
 
 

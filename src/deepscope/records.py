@@ -74,12 +74,15 @@ def pick_source(rows: Iterable[Row], quantity: str) -> str | None:
 
 
 def filter_rows(rows: Iterable[Row], filters: Mapping[str, Any]) -> list[dict]:
-    """The rows whose fields equal every ``filters`` value; an unknown field raises ``ValueError``."""
+    """The rows whose fields equal every ``filters`` value; an unknown field raises ``ValueError``.
+
+    ``rank`` (rows of ``Probe(..., all_ranks=True)`` under ``torch.distributed``) may be filtered on too.
+    """
     for key in filters:
-        if key not in STAT_COLUMNS:
-            allowed = ", ".join(STAT_COLUMNS)
+        if key not in (*STAT_COLUMNS, "rank"):
+            allowed = ", ".join((*STAT_COLUMNS, "rank"))
             raise ValueError(f"filter {key}={filters[key]!r} is not allowed; filter on one of: {allowed}")
-    return [r for r in rows if all(r[k] == v for k, v in filters.items())]
+    return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
 
 
 def to_columns(rows: Iterable[Row], columns: tuple[str, ...] = STAT_COLUMNS) -> dict[str, list]:
@@ -168,5 +171,5 @@ def _well_formed(row: Any) -> bool:
     try:
         int(row["step"]), float(row["value"])
         return all(isinstance(row[k], str) for k in ("source", "layer", "quantity", "stat"))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return False

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["check_kwargs", "discover", "integer", "lookup", "unknown"]
+__all__ = ["MAX_NAME", "check_kwargs", "check_name", "discover", "integer", "lookup", "unknown"]
+
+MAX_NAME = 100  # characters of a run name (its id is a directory name)
 
 T = TypeVar("T")
 
@@ -71,3 +73,14 @@ def discover(package: ModuleType, attribute: str) -> list[Any]:
         if hasattr(module, attribute):
             found.append(getattr(module, attribute))
     return found
+
+
+def check_name(name: str) -> str:
+    """A run name: 1 to 100 characters, no path separator or control character."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name={name!r}: give a non-empty run name")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"name={name[:20]!r}... has {len(name)} characters; give at most {MAX_NAME}")
+    if bad := [c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127]:
+        raise ValueError(f"name={name!r} contains {bad[0]!r}; a run name has no path separator or control character")
+    return name

@@ -6,8 +6,17 @@ WAL mode with a busy timeout, so several processes (the runs of a sweep) can wri
 
 Rows are buffered in memory and written in one short transaction by :meth:`Store.flush`; the
 trainer flushes at every evaluation, so a run killed with SIGKILL keeps everything up to its last
-flush. A run whose status is still ``running`` but whose process is gone is reported (and
-recorded) as ``interrupted`` on the next read.
+flush. A run has one writer: :meth:`Store.create_run` and :meth:`Store.claim` make this process its
+owner in one transaction (owner token, pid, host, heartbeat), and a second claim of a run whose owner
+is alive is refused with :class:`RunBusyError`. While a store owns runs, a background thread refreshes
+their ``heartbeat`` every ``timeout / 4`` seconds. A ``running`` run counts as ``interrupted`` (and is
+recorded so on the next read) when its heartbeat is older than :func:`heartbeat_timeout` seconds
+(``$DEEPSCOPE_HEARTBEAT_TIMEOUT``, default 60), or when its process is gone on this host; the owner
+of a run on another host that died can thus be replaced after the timeout, or at once with ``force``.
+
+``Store(root, read_only=True)`` opens an existing store without writing anything (no WAL switch, no
+schema, no status updates), so the read commands work on a read-only disk. Every SQLite or disk error
+becomes a :class:`StoreError`, one line naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -20,14 +29,26 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS
+from deepscope.store_safety import (
+    RunBusyError,
+    StoreError,
+    _explain,
+    _guarded,
+    _Heartbeat,
+    _open_read_only,
+    check_name,
+    heartbeat_timeout,
+)
 
-__all__ = ["CHECKPOINT_FILE", "CHECKS_FILE", "DB_NAME", "REPORT_FILE", "STATUSES", "Store", "default_root"]
+__all__ = ["CHECKPOINT_FILE", "CHECKS_FILE", "DB_NAME", "REPORT_FILE", "STATUSES", "RunBusyError", "Store",
+           "StoreError", "default_root", "heartbeat_timeout"]
 
 STATUSES = ("running", "finished", "diverged", "interrupted")
 DB_NAME = "deepscope.db"
@@ -48,7 +69,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     pid INTEGER,
     host TEXT,
-    versions TEXT NOT NULL
+    versions TEXT NOT NULL,
+    owner TEXT,
+    heartbeat REAL
 );
 CREATE TABLE IF NOT EXISTS scalars (
     run_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL
@@ -68,7 +91,9 @@ CREATE INDEX IF NOT EXISTS histograms_run ON histograms (run_id, layer, quantity
 
 _STATS_COLUMNS = STAT_COLUMNS
 _HIST_COLUMNS = HISTOGRAM_COLUMNS
-_RUN_FIELDS = ("id", "name", "spec", "seed", "status", "created", "updated", "finished", "pid", "host", "versions")
+_RUN_FIELDS = ("id", "name", "spec", "seed", "status", "created", "updated", "finished", "pid", "host", "versions",
+               "owner", "heartbeat")
+_ADDED_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL"}  # columns newer than the first stores
 
 
 def default_root() -> Path:
@@ -114,19 +139,51 @@ class Store:
     >>> store.log_scalars(run, 100, {"train/loss": 0.7}); store.flush()
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 60.0):
+    def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 60.0, read_only: bool = False):
         self.root = Path(root) if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / DB_NAME
-        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.read_only = read_only
+        self._token = uuid.uuid4().hex  # this Store's owner token for the runs it creates or claims
+        self._owned: set[str] = set()
+        self._heartbeat: _Heartbeat | None = None
         self._scalars: list[tuple] = []
         self._stats: list[tuple] = []
         self._histograms: list[tuple] = []
         self._touched: set[str] = set()
+        self._db = self._connect(timeout)
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the store {self.root} is a file, not a directory; give --store DIR")
+        if self.path.is_dir():
+            raise _explain(IsADirectoryError(str(self.path)), self.path)
+        if self.read_only and not self.path.is_file():
+            raise StoreError(f"no run store at {self.root} (train a run first, or give --store DIR)")
+        db = None
+        try:
+            if self.read_only:
+                db = _open_read_only(self.path, timeout)
+            else:
+                self.root.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+                db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if not columns:
+                raise sqlite3.DatabaseError("no such table: runs")
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in columns and not self.read_only:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            missing = [c for c in _ADDED_COLUMNS if c not in columns] if self.read_only else []
+            self._fields = ", ".join(f"NULL AS {f}" if f in missing else f for f in _RUN_FIELDS)
+            db.execute("SELECT count(*) FROM runs").fetchone()
+        except (sqlite3.Error, OSError) as e:
+            if db is not None:
+                db.close()
+            raise _explain(e, self.path) from None
+        return db
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -138,8 +195,14 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        self.flush()
-        self._db.close()
+        """Flush, stop the heartbeat and close; a store error while flushing is still raised (once)."""
+        try:
+            self.flush()
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
+            self._db.close()
 
     def _write(self, sql: str, params: tuple | list = ()) -> sqlite3.Cursor:
         """One statement in its own immediate transaction (takes the write lock up front)."""
@@ -148,33 +211,89 @@ class Store:
 
     @contextmanager
     def _transaction(self):
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only; open it with Store(root) to write")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error is the one to report
             raise
-        self._db.execute("COMMIT")
 
     # --- runs -------------------------------------------------------------------------------
 
+    @_guarded
     def create_run(self, name: str, spec: dict, seed: int | None) -> str:
-        """Record a new run with status ``running``; returns its id, ``<name>-<n>``."""
-        slug, now = _slug(name), time.time()
+        """Record a new run with status ``running``, owned by this process; returns its id, ``<name>-<n>``."""
+        slug, now = _slug(check_name(name)), time.time()
         with self._transaction():
             rows = self._db.execute("SELECT id FROM runs WHERE id LIKE ?", (f"{slug}-%",)).fetchall()
             numbers = [int(r[0][len(slug) + 1 :]) for r in rows if r[0][len(slug) + 1 :].isdigit()]
             run_id = f"{slug}-{max(numbers, default=0) + 1}"
             self._db.execute(
-                "INSERT INTO runs (id, name, spec, seed, status, created, updated, pid, host, versions)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (id, name, spec, seed, status, created, updated, pid, host, versions, owner,"
+                " heartbeat) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, json.dumps(spec), seed, now, now, os.getpid(), socket.gethostname(),
-                 json.dumps(_versions())),
+                 json.dumps(_versions()), self._token, now),
             )
+        self._own(run_id)
         return run_id
 
+    @_guarded
+    def claim(self, run_id: str, *, force: bool = False) -> dict:
+        """Make this process the one writer of a stored run (status ``running``), in one transaction.
+
+        Refused with :class:`RunBusyError` while the run is ``running`` and its owner alive (see
+        :meth:`owner_alive`), unless ``force``. Returns the run as it was before (for :meth:`release`).
+        """
+        run_id = self.resolve(run_id)
+        self.flush()
+        with self._transaction():
+            row = self._db.execute(f"SELECT {self._fields} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            run = dict(zip(_RUN_FIELDS, row, strict=True))
+            if run["status"] == "running" and not force and self.owner_alive(run):
+                beat = run["heartbeat"] if run["heartbeat"] is not None else run["updated"]
+                raise RunBusyError(
+                    f"run {run_id} is being trained by pid {run['pid']} on {run['host']} (last heartbeat "
+                    f"{time.time() - beat:.0f} s ago): one writer per run; wait for it to end, or if that process is "
+                    f"gone, add --force (a run without heartbeat for {heartbeat_timeout():g} s counts as interrupted)")
+            now = time.time()
+            self._db.execute(
+                "UPDATE runs SET status = 'running', updated = ?, finished = NULL, pid = ?, host = ?, owner = ?,"
+                " heartbeat = ? WHERE id = ?", (now, os.getpid(), socket.gethostname(), self._token, now, run_id))
+        self._own(run_id)
+        return run
+
+    @_guarded
+    def release(self, run_id: str, previous: dict) -> None:
+        """Give up a claimed run, restoring the status it had before :meth:`claim` (``previous``)."""
+        self._owned.discard(run_id)
+        status = "interrupted" if previous["status"] == "running" else previous["status"]
+        self._write("UPDATE runs SET status = ?, finished = ? WHERE id = ? AND owner = ?",
+                    (status, previous["finished"], run_id, self._token))
+
+    @_guarded
+    def owns(self, run_id: str) -> bool:
+        """Whether this store is still the writer of ``run_id`` (another process may have taken it with force)."""
+        row = self._db.execute("SELECT owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row is not None and row[0] == self._token
+
+    def _own(self, run_id: str) -> None:
+        self._owned.add(run_id)
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.path, self._token, self._owned, heartbeat_timeout() / 4)
+            self._heartbeat.start()
+
+    @_guarded
     def set_status(self, run_id: str, status: str) -> None:
-        """Set a run's status; ``running`` also makes this process its owner."""
+        """Set a run's status; ``running`` also makes this process its owner (use :meth:`claim` to be safe).
+
+        A run another process has taken over (with ``force``) is left to that process."""
         if status not in STATUSES:
             raise ValueError(f"status={status!r} is not known; choose one of: {', '.join(STATUSES)}")
         run_id = self.resolve(run_id)
@@ -182,17 +301,22 @@ class Store:
         now = time.time()
         if status == "running":
             self._write(
-                "UPDATE runs SET status = ?, updated = ?, finished = NULL, pid = ?, host = ? WHERE id = ?",
-                (status, now, os.getpid(), socket.gethostname(), run_id),
+                "UPDATE runs SET status = ?, updated = ?, finished = NULL, pid = ?, host = ?, owner = ?, heartbeat = ?"
+                " WHERE id = ?", (status, now, os.getpid(), socket.gethostname(), self._token, now, run_id),
             )
+            self._own(run_id)
         else:
-            self._write("UPDATE runs SET status = ?, updated = ?, finished = ? WHERE id = ?",
-                        (status, now, now, run_id))
+            self._owned.discard(run_id)
+            self._write("UPDATE runs SET status = ?, updated = ?, finished = ? WHERE id = ?"
+                        " AND (owner IS NULL OR owner = ? OR status != 'running')",
+                        (status, now, now, run_id, self._token))
 
+    @_guarded
     def update_spec(self, run_id: str, spec: dict) -> None:
         """Replace a run's stored spec (e.g. when a resume extends its length)."""
         self._write("UPDATE runs SET spec = ? WHERE id = ?", (json.dumps(spec), self.resolve(run_id)))
 
+    @_guarded
     def resolve(self, prefix: str) -> str:
         """The id of the run named exactly ``prefix``, else of the one run whose id starts with it."""
         rows = self._db.execute(
@@ -208,16 +332,18 @@ class Store:
             raise ValueError(f"run {prefix!r} not found in {self.path}; see `deepscope runs ls`")
         raise ValueError(f"run {prefix!r} is ambiguous; it matches: {', '.join(ids)}")
 
+    @_guarded
     def runs(self) -> list[dict]:
         """Every run, oldest first, with its last value of every scalar under ``"last"``."""
-        rows = self._db.execute(f"SELECT {', '.join(_RUN_FIELDS)} FROM runs ORDER BY created").fetchall()
+        rows = self._db.execute(f"SELECT {self._fields} FROM runs ORDER BY created").fetchall()
         last = self._last_scalars()
         return [self._run_dict(row, last.get(row[0], {})) for row in rows]
 
+    @_guarded
     def get_run(self, run_id: str) -> dict:
         """One run (id or unique prefix) as a dict: id, name, spec, seed, status, timings, versions, last."""
         run_id = self.resolve(run_id)
-        row = self._db.execute(f"SELECT {', '.join(_RUN_FIELDS)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._db.execute(f"SELECT {self._fields} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return self._run_dict(row, self._last_scalars(run_id).get(run_id, {}))
 
     def run_dir(self, run_id: str) -> Path:
@@ -227,17 +353,23 @@ class Store:
     def _run_dict(self, row: tuple, last: dict) -> dict:
         run = dict(zip(_RUN_FIELDS, row, strict=True))
         run["spec"], run["versions"] = json.loads(run["spec"]), json.loads(run["versions"])
-        if run["status"] == "running" and not self._owner_alive(run):
+        if run["status"] == "running" and not self.owner_alive(run):
             run["status"] = "interrupted"
-            self._write("UPDATE runs SET status = 'interrupted' WHERE id = ? AND status = 'running' AND pid = ?",
-                        (run["id"], run["pid"]))
+            if not self.read_only:
+                self._write("UPDATE runs SET status = 'interrupted' WHERE id = ? AND status = 'running'"
+                            " AND owner IS ?", (run["id"], run["owner"]))
         run["last"] = last
         return run
 
     @staticmethod
-    def _owner_alive(run: dict) -> bool:
+    def owner_alive(run: dict) -> bool:
+        """Whether the process training a ``running`` run still is: its heartbeat is fresh (less than
+        :func:`heartbeat_timeout` seconds old) and, on this host, its pid exists."""
+        beat = run.get("heartbeat") if run.get("heartbeat") is not None else run["updated"]
+        if time.time() - beat > heartbeat_timeout():
+            return False
         if run["host"] != socket.gethostname() or run["pid"] is None:
-            return True  # cannot tell from here
+            return True  # cannot tell from here: the heartbeat decides
         return _pid_alive(run["pid"])
 
     def _last_scalars(self, run_id: str | None = None) -> dict[str, dict[str, dict]]:
@@ -254,6 +386,7 @@ class Store:
             out.setdefault(rid, {})[name] = {"step": step, "value": _float(value)}
         return out
 
+    @_guarded
     def delete_after(self, run_id: str, step: int) -> None:
         """Drop every record of a run logged after ``step`` (a resume re-computes them)."""
         run_id = self.resolve(run_id)
@@ -286,6 +419,7 @@ class Store:
         )
         self._touched.add(run_id)
 
+    @_guarded
     def flush(self) -> None:
         """Write the buffered records in one transaction and refresh the owners' ``updated`` time."""
         if not self._touched:
@@ -298,8 +432,13 @@ class Store:
             self._db.executemany("UPDATE runs SET updated = ? WHERE id = ?", [(now, r) for r in self._touched])
         self._scalars, self._stats, self._histograms, self._touched = [], [], [], set()
 
+    def discard(self) -> None:
+        """Drop the records buffered since the last flush (after a store error, say)."""
+        self._scalars, self._stats, self._histograms, self._touched = [], [], [], set()
+
     # --- queries ----------------------------------------------------------------------------
 
+    @_guarded
     def scalars(self, run_id: str, name: str | None = None) -> list[dict]:
         """A run's scalars (all, or one name) as ``dict(step, name, value)``, in logging order."""
         run_id = self.resolve(run_id)
@@ -320,6 +459,7 @@ class Store:
         rows = self._select("histograms", _HIST_COLUMNS, run_id, filters)
         return [dict(zip(_HIST_COLUMNS[:-1], r[:-1], strict=True), counts=json.loads(r[-1])) for r in rows]
 
+    @_guarded
     def _select(self, table: str, columns: tuple[str, ...], run_id: str, filters: dict) -> list[tuple]:
         run_id = self.resolve(run_id)
         self.flush()
@@ -332,3 +472,4 @@ class Store:
             sql += f" AND {key} IN ({', '.join('?' * len(values))})"
             params += values
         return self._db.execute(sql + " ORDER BY step, rowid", params).fetchall()
+

@@ -18,13 +18,11 @@ and ``on_end``. The gradients of an update are cleared just before the next back
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,29 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepscope import checkpoint as _checkpoint
 from deepscope.callbacks import TrainContext, as_callback
-from deepscope.checkpoint import (
-    load_checkpoint,
-    load_model,
-    rng_state,
-    run_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from deepscope.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
 from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
-from deepscope.nn.activations import spec_for_module
 from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.progress import divergence_message, eval_line, new_progress, refresh
+from deepscope.runtime import describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
+from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
            "resolve_device", "train"]
 
 REFRESH_SECONDS = 0.25  # progress bar: at most four refreshes (and host reads) a second
+EXPLOSION = 10.0  # a training loss above EXPLOSION x max(its first value, ln K) stops the run as diverged
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
 
@@ -74,59 +68,7 @@ class Result:
     model: nn.Module | None = field(default=None, repr=False)
     eval_step: int | None = None  # the update at which ``metrics`` were evaluated
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
-
-
-# --- building blocks ----------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device='cuda' but no CUDA device is available; choose one of: auto, cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
-             batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """Mean loss and error fraction of ``model`` on ``(x, y)``, as 0-d tensors on the model's device."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = model(xb)
-        loss_sum += loss_fn(logits, yb) * len(xb)
-        wrong += (logits.argmax(1) != yb).sum()
-    model.train(was_training)
-    return loss_sum / len(x), wrong / len(x)
-
-
-@contextmanager
-def _stop_on_signals(flag: dict):
-    """While active, a first Ctrl-C (SIGINT) or SIGTERM sets ``flag["stop"]``: the loop stops after the
-    current update and saves a checkpoint. A second one raises KeyboardInterrupt at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# --- the trainer ------------------------------------------------------------------------------------------
+    store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
 
 
 def train(
@@ -138,6 +80,7 @@ def train(
     resume: str | None = None,
     dataset: Dataset | None = None,
     model: nn.Module | None = None,
+    force: bool = False,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
@@ -150,33 +93,52 @@ def train(
     stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``); a run of your own
     model resumes with the same ``model=`` (any weights: the checkpoint's are loaded). ``dataset`` replaces
     the dataset named by ``spec.data`` (your own tensors). Without a store nothing is written to disk.
+    A run has one writer: resuming claims the run in the store, refused while another live process trains
+    it, unless ``force`` (see :meth:`~deepscope.store.Store.claim`).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
     callbacks = [as_callback(c) for c in callbacks]
-    if store is not None and not isinstance(store, Store):
-        store = Store(store)
-    checkpoint, run_id = None, None
+    if store is not None and not isinstance(store, Store) and resume is not None:
+        store = Store(store)  # a new run opens its store once its spec, data and model are checked
+    checkpoint, run_id, claimed = None, None, None
     if resume is not None:
         if store is None:
             raise ValueError("resume needs the store that holds the run (store=...)")
-        run = store.get_run(resume)
-        run_id = run["id"]
-        if run["status"] == "running":
-            raise ValueError(f"run {run_id} is still running (pid {run['pid']} on {run['host']})")
-        checkpoint = run_checkpoint(store, run_id)
-        if checkpoint.get("user_model") and model is None:
-            raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
-                             "resume it with the same module: train(resume=..., model=...)")
-        spec = spec if spec is not None else checkpoint["spec"]
-    if spec is None:
-        raise ValueError("train() needs a spec (or resume=RUN with a store)")
-    spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
-    device = resolve_device(spec.train.device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
-        torch.manual_seed(spec.train.seed)
-        return _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model).run()
+        run_id = store.resolve(resume)
+        claimed = store.claim(run_id, force=force)
+    try:
+        if resume is not None:
+            checkpoint = run_checkpoint(store, run_id)
+            if checkpoint.get("user_model") and model is None:
+                raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
+                                 "resume it with the same module: train(resume=..., model=...)")
+            spec = spec if spec is not None else checkpoint["spec"]
+        if spec is None:
+            raise ValueError("train() needs a spec (or resume=RUN with a store)")
+        spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
+        device = resolve_device(spec.train.device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
+            torch.manual_seed(spec.train.seed)
+            trainer = _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model)
+            claimed = None  # the trainer owns the run now and records how it ends
+            return trainer.run()
+    finally:
+        if claimed is not None:  # refused before training: the run is as it was
+            store.release(run_id, claimed)
+
+
+class _TakenOver(Exception):
+    """Raised before a checkpoint write when another process has claimed the run (with force)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"Run {run_id} was taken over by another process (--resume --force); this one stops "
+                         "without writing its checkpoint.")
+
+
+class _Taken(str):
+    """The message of a run taken over: its status is the new owner's to set."""
 
 
 class _Trainer:
@@ -196,6 +158,7 @@ class _Trainer:
             raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
                             "learned online: give train.updates instead")
         self.data = data
+        check_batch_size(spec, data)
 
         # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
         self.pre = Preprocessor(spec.data.preprocess or "none")
@@ -208,7 +171,11 @@ class _Trainer:
                 x_fit = data.stream.batch(0, FIT_SAMPLE if preprocessing or spec.init.scheme == "lsuv" else 2)[0]
             self.pre.fit(x_fit)
         else:
-            self.pre.load_state_dict(checkpoint["preprocessor"])
+            try:
+                self.pre.load_state_dict(checkpoint["preprocessor"])
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+                raise _checkpoint.CheckpointError(f"the checkpoint of run {run_id} has a damaged preprocessor state "
+                                                  f"({type(e).__name__}); start the run again") from None
         self.pre.to(device)
         augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
         self.next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment,
@@ -219,6 +186,8 @@ class _Trainer:
         }
 
         self.total = t.updates if t.updates is not None else t.epochs * self.next_batch.per_epoch
+        if checkpoint is not None:
+            _checkpoint.check_resume(run_id, checkpoint["spec"], spec.to_dict(), checkpoint["step"], self.total)
         self.eval_every = t.eval_every or (self.next_batch.per_epoch if t.epochs else max(1, self.total // 20))
         self.checkpoint_every = t.checkpoint_every or self.eval_every
 
@@ -249,12 +218,21 @@ class _Trainer:
         self.best: dict[str, float] = {}
         self.bad_evals = 0
         self.saved_step = -1
+        self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
 
         if checkpoint is not None:
-            self._restore(checkpoint)
+            try:
+                self._restore(checkpoint)
+            except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+                path = store.run_dir(run_id) / CHECKPOINT_FILE if store is not None else "the checkpoint"
+                raise _checkpoint.CheckpointError(
+                    f"the checkpoint {path} does not fit run {run_id}'s spec ({str(e).splitlines()[0][:160]}); "
+                    "it is damaged or from another run: start the run again") from None
         self.run_id = run_id
         self.path: Path | None = None
         if store is not None:
+            if not isinstance(store, Store):
+                store = self.store = Store(store)
             if run_id is None:
                 self.run_id = store.create_run(spec.name, self.recorded_spec(), t.seed)
             else:
@@ -294,6 +272,7 @@ class _Trainer:
                              "seen": self.seen},
             "metrics": dict(self.metrics),
             "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals},
+            "start_loss": self.start_loss,
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -308,6 +287,7 @@ class _Trainer:
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
         self.best, self.bad_evals = dict(ckpt["early_stopping"]["best"]), ckpt["early_stopping"]["bad_evals"]
+        self.start_loss = ckpt.get("start_loss")
         set_rng_state(ckpt["rng"])
 
     def _all_finite(self) -> bool:
@@ -320,7 +300,9 @@ class _Trainer:
             return True
         if not self._all_finite():
             return False
-        save_checkpoint(self.path, self._state())
+        if not self.store.owns(self.run_id):
+            raise _TakenOver(self.run_id)
+        _checkpoint.save(self.path, self._state())
         self.saved_step = self.step
         return True
 
@@ -333,6 +315,24 @@ class _Trainer:
             return None
         i = int((~window.isfinite()).nonzero()[0, 0])
         return self.step - self.n + i + 1, float(window[i])
+
+    def _exploded(self) -> str | None:
+        """The explosion rule: the mean training loss since the last evaluation above EXPLOSION times
+        max(first update's loss, ln K) -- a loss that grows without bound while staying finite."""
+        if self.n == 0:
+            return None
+        if self.start_loss is None:
+            self.start_loss = float(self.losses[0])
+        reference = max(self.start_loss, math.log(max(self.data.num_classes, 2)))
+        mean = float(self.losses[: self.n].mean())
+        if not mean > EXPLOSION * reference:
+            return None
+        self.diverged_at = self.step
+        return divergence_message(
+            self.spec, self.step, mean, self.path if self.saved_step >= 0 else None, self.saved_step,
+            what=f"The training loss averaged {mean:.4g} up to update {self.step}, more than {EXPLOSION:g} times "
+                 f"max(its first value, ln {self.data.num_classes}) = {reference:.3g}: the loss exploded and the run "
+                 "is stopped as diverged.")
 
     def run_evaluation(self) -> None:
         t = self.spec.train
@@ -391,7 +391,7 @@ class _Trainer:
         next_refresh, last_step, last_time = time.perf_counter() + REFRESH_SECONDS, self.step, time.perf_counter()
         consistent = True
         try:
-            with progress, _stop_on_signals(flag):
+            with progress, stop_on_signals(flag):
                 while self.step < self.total:
                     consistent = False
                     x, y = next_batch(self.step)
@@ -419,6 +419,10 @@ class _Trainer:
                     if self.step % self.eval_every == 0 or self.step == self.total:
                         if bad := self._first_bad_update():
                             status, message = "diverged", self._diverged(*bad)
+                            break
+                        if exploded := self._exploded():
+                            status, message = "diverged", exploded
+                            self.run_evaluation()  # the exploded loss is recorded; the checkpoint is not
                             break
                         self.run_evaluation()
                         self._emit("eval")
@@ -451,16 +455,21 @@ class _Trainer:
         except KeyboardInterrupt:
             status = "interrupted"
             if consistent:  # between two updates: the state is whole, save it
-                self.save()
+                with contextlib.suppress(_TakenOver):
+                    self.save()
             message = f"Interrupted at update {self.step}."
             if self.saved_step >= 0:
                 message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
                             f"Resume with: deepscope train --resume {self.run_id}")
-        except Exception:  # a failing callback, say: what was flushed stays, the run reads as interrupted
+        except _TakenOver as e:  # another process took the run over (--force): leave it everything
+            status, message = "interrupted", _Taken(e)
+        except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
             if self.store is not None:
-                self.store.set_status(self.run_id, "interrupted")
+                self.store.discard()
+                with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
+                    self.store.set_status(self.run_id, "interrupted")
             raise
-        if self.store is not None:
+        if self.store is not None and not isinstance(message, _Taken):
             self.store.set_status(self.run_id, status)
         self._emit("end")
         if message:
@@ -469,7 +478,7 @@ class _Trainer:
             run_id=self.run_id, status=status, step=self.step, metrics=dict(self.metrics),
             test_error=self.metrics.get("test/error"), best=dict(self.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
-            eval_step=self.eval_step, diverged_at=self.diverged_at,
+            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
         )
 
     def _diverged(self, update: int, value: float) -> str:
@@ -479,9 +488,3 @@ class _Trainer:
             self.store.flush()
         return divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
                                    self.saved_step)
-
-
-def describe_model(model: nn.Module) -> dict[str, str]:
-    """A user's module as a spec section: its class, and its activation when it uses exactly one."""
-    names = {s.name for m in model.modules() if (s := spec_for_module(m)) is not None}
-    return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}

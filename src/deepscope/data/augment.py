@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-import kornia.augmentation as K
 from torch import Tensor, nn
 
 from deepscope.registry import unknown
@@ -21,39 +20,46 @@ from deepscope.registry import unknown
 __all__ = ["AUGMENTATIONS", "make_augment"]
 
 
+def _kornia():
+    """kornia.augmentation, imported when a transform is made (a third of a second runs need not pay)."""
+    import kornia.augmentation
+
+    return kornia.augmentation
+
+
 def hflip(p: float = 0.5) -> nn.Module:
     """Mirror left-right."""
-    return K.RandomHorizontalFlip(p=p)
+    return _kornia().RandomHorizontalFlip(p=p)
 
 
 def vflip(p: float = 0.5) -> nn.Module:
     """Mirror top-bottom."""
-    return K.RandomVerticalFlip(p=p)
+    return _kornia().RandomVerticalFlip(p=p)
 
 
 def rotate(degrees: float = 15.0, p: float = 0.5) -> nn.Module:
     """Rotate by an angle uniform in [-degrees, degrees]."""
-    return K.RandomAffine(degrees=degrees, padding_mode="border", p=p)
+    return _kornia().RandomAffine(degrees=degrees, padding_mode="border", p=p)
 
 
 def scale(scale: tuple[float, float] = (0.9, 1.1), p: float = 0.5) -> nn.Module:
     """Zoom by a factor uniform in ``scale`` (same factor on both axes)."""
-    return K.RandomAffine(degrees=0.0, scale=tuple(scale), padding_mode="border", p=p)
+    return _kornia().RandomAffine(degrees=0.0, scale=tuple(scale), padding_mode="border", p=p)
 
 
 def brightness(brightness: float = 0.1, p: float = 0.5) -> nn.Module:
     """Add a shift uniform in [-brightness, brightness] to every pixel."""
-    return K.RandomBrightness(brightness=(1 - brightness, 1 + brightness), clip_output=False, p=p)
+    return _kornia().RandomBrightness(brightness=(1 - brightness, 1 + brightness), clip_output=False, p=p)
 
 
 def contrast(contrast: float = 0.2, p: float = 0.5) -> nn.Module:
     """Multiply every pixel by a factor uniform in [1 - contrast, 1 + contrast]."""
-    return K.RandomContrast(contrast=(1 - contrast, 1 + contrast), clip_output=False, p=p)
+    return _kornia().RandomContrast(contrast=(1 - contrast, 1 + contrast), clip_output=False, p=p)
 
 
 def color(saturation: float = 0.2, hue: float = 0.05, p: float = 0.5) -> nn.Module:
     """Shift saturation and hue (RGB images only)."""
-    return K.ColorJitter(saturation=saturation, hue=hue, p=p)
+    return _kornia().ColorJitter(saturation=saturation, hue=hue, p=p)
 
 
 AUGMENTATIONS: dict[str, Callable[..., nn.Module]] = {

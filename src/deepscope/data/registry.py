@@ -155,17 +155,25 @@ def shapeset_dataset(
     size: int = 32,
     balanced: bool = False,
     value_range: tuple[float, float] = (0, 1),
+    raster: str = "pygame",
+    overlap: str = "projection",
+    layout: str = "yx",
     seed: int = 0,
     device: str = "cpu",
 ) -> Dataset:
-    """Shapeset-3x2 (Glorot & Bengio 2010): generated 1-2 shapes, 9 classes; online stream unless n_train is set."""
-    shapeset._check(size, value_range)
+    """Shapeset-3x2 (Glorot & Bengio 2010): generated 1-2 shapes, 9 classes; online stream unless n_train is set.
+
+    ``raster``, ``overlap`` and ``layout``: the authors' fill rule, overlap rule and [x, y] layout or deepscope's
+    alternatives (see :mod:`deepscope.data.shapeset`).
+    """
+    shapeset._check(size, value_range, raster, overlap, layout)
     if not isinstance(balanced, bool):
         raise ValueError(f"balanced={balanced!r} is not allowed; choose True or False")
     for key, value in (("n_valid", n_valid), ("n_test", n_test), ("n_train", n_train)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError(f"{key}={value!r} is not allowed; choose an integer >= 0")
-    sample = partial(shapeset.generate, size=size, balanced=balanced, value_range=tuple(value_range))
+    sample = partial(shapeset.generate, size=size, balanced=balanced, value_range=tuple(value_range), raster=raster,
+                     overlap=overlap, layout=layout)  # fmt: skip
     stream = partial(Stream, sample, _integer("seed", seed, 0), device=str(device))
     return Dataset(
         name="shapeset",

@@ -4,7 +4,9 @@
 - :mod:`~deepscope.diagnosis.rules` -- :func:`diagnose`, pure functions of records (no model needed);
 - :mod:`~deepscope.diagnosis.checks` -- :func:`check_model` (symmetry) and :func:`diagnose_input`;
 - :mod:`~deepscope.diagnosis.workflow` -- :func:`doctor`: train with the probe, diagnose, report
-  (loaded on first use: it sits above the trainer and the plots).
+  (loaded on first use: it sits above the trainer and the plots);
+- :mod:`~deepscope.diagnosis.fixes` -- candidate repairs per finding code, as data;
+- :mod:`~deepscope.diagnosis.repair` -- :func:`repair` (``doctor --fix``): trials of the fixes, verified.
 """
 
 from importlib import import_module
@@ -22,11 +24,14 @@ from deepscope.diagnosis.findings import (
 )
 from deepscope.diagnosis.rules import diagnose
 
-__all__ = ["CODES", "SEVERITIES", "DoctorResult", "Finding", "check_model", "diagnose", "diagnose_input", "doctor",
-           "has_problem", "layer_outputs", "load_checks", "merge_checks", "save_checks", "sort_findings"]
+__all__ = ["CODES", "SEVERITIES", "DoctorResult", "Finding", "RepairResult", "check_model", "diagnose",
+           "diagnose_input", "doctor", "has_problem", "layer_outputs", "load_checks", "merge_checks", "repair",
+           "save_checks", "sort_findings"]
 
 
 def __getattr__(name: str):
     if name in ("doctor", "DoctorResult", "DOCTOR_UPDATES"):
         return getattr(import_module("deepscope.diagnosis.workflow"), name)
+    if name in ("repair", "RepairResult"):
+        return getattr(import_module("deepscope.diagnosis.repair"), name)
     raise AttributeError(f"module 'deepscope.diagnosis' has no attribute {name!r}")

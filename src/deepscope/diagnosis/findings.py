@@ -30,6 +30,16 @@ CODES: dict[str, str] = {
     "lr_too_low": "the loss decreases slowly, in tiny steps: learning rate too low",
     "input_not_centered": "the inputs are not centered (per-component mean far from 0)",
     "input_not_scaled": "the inputs are not scaled (per-component std far from 1 or very unequal)",
+    "not_learning": "layers whose weights do not change: frozen, left out of the optimizer or not registered",
+    "output_loss_mismatch": "the model outputs probabilities or bounded values but the loss expects logits",
+    "output_saturated": "output logits so large that the softmax saturates (probabilities pinned at 0 and 1)",
+    "loss_spikes": "the training loss jumps by a large factor at some updates without diverging",
+    "gradient_spikes": "the gradient norm jumps by orders of magnitude at some updates",
+    "plateau": "the loss does not fall although gradients flow and the weights move at a normal rate",
+    "overfitting": "the validation loss rises while the training loss falls: the gap between them grows",
+    "eval_mode": "the model or its batch-norm / dropout layers are in eval mode during training",
+    "bn_stats_frozen": "batch-norm running statistics do not change during training",
+    "diagnosis_error": "a diagnosis rule could not run on these records (a bug of deepscope: please report it)",
 }
 
 

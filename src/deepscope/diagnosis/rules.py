@@ -11,11 +11,20 @@ Szegedy 2015; LeCun et al. 1998, "Efficient BackProp"; Varma & Das, *Deep Learni
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from statistics import median
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
+from deepscope.diagnosis.rules_training import (  # noqa: F401 - the thresholds are read as rules.X
+    LR_MIN_POINTS,
+    LR_RISE,
+    LR_SLOW_DROP,
+    LR_UPDATE_RATIO_LOW,
+    LR_WINDOWS,
+    training_rules,
+)
 from deepscope.records import Records
 
 __all__ = ["diagnose"]
@@ -53,67 +62,8 @@ SYMMETRY_TOL = 1e-6
 # Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
 VARIANCE_DEPTH_RATIO = 10.0
 
-# Learning rate (Varma & Das, ch. 7, section 7.2, fig. 7.6), read from the "train/loss" curve, smoothed by taking
-# the median of LR_WINDOWS equal windows (robust to mini-batch noise):
-LR_WINDOWS = 10
-LR_MIN_POINTS = 6  # fewer loss points than this -> only the NaN/Inf check runs
-LR_RISE = 0.25  # smoothed loss rising 25% above its running minimum (or its start) -> too high
-# Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
-# LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
-# median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
-# The loss alone cannot tell a low rate from a hard task early in training (Shapeset's loss falls a few
-# percent in the first hundreds of updates at any good rate), so without update ratios this rule is silent.
-LR_SLOW_DROP = 0.1
-LR_UPDATE_RATIO_LOW = 1e-4
-
 # Codes that explain a flat loss curve by themselves; lr_too_low is not reported alongside them.
 _STALLING = {"symmetry", "vanishing_gradients", "saturation", "dead_units", "variance_shrinks"}
-
-# initialization that fits an activation (Glorot & Bengio 2010; He et al. 2015; Klambauer et al. 2017)
-_FITTING_INIT = {
-    "sigmoid": "normalized (Glorot) initialization",
-    "tanh": "normalized (Glorot) initialization",
-    "softsign": "normalized (Glorot) initialization",
-    "relu": "He initialization (std = sqrt(2 / fan_in))",
-    "leaky_relu": "He initialization (std = sqrt(2 / fan_in))",
-    "prelu": "He initialization (std = sqrt(2 / fan_in))",
-    "elu": "He initialization (std = sqrt(2 / fan_in))",
-    "gelu": "He initialization (std = sqrt(2 / fan_in))",
-    "silu": "He initialization (std = sqrt(2 / fan_in))",
-    "selu": "LeCun normal initialization (std = sqrt(1 / fan_in))",
-}
-
-
-
-def _spec_value(spec: Any, key: str) -> Any:
-    """The first value stored under ``key`` anywhere in a (nested) spec dict or pydantic model."""
-    if spec is None:
-        return None
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    if isinstance(spec, Mapping):
-        if key in spec and not isinstance(spec[key], Mapping):
-            return spec[key]
-        for value in spec.values():
-            found = _spec_value(value, key)
-            if found is not None:
-                return found
-    return None
-
-
-def _activation_name(spec: Any) -> str | None:
-    name = _spec_value(spec, "activation")
-    return name if isinstance(name, str) else None
-
-
-def _fitting_init(activation: str | None) -> str:
-    if activation in _FITTING_INIT:
-        from deepscope.nn.activations import ACTIVATIONS
-
-        scheme = ACTIVATIONS[activation].init  # the registry's pairing: the spec switch to set
-        return f"{_FITTING_INIT[activation]}, the initialization that fits {activation} (init.scheme={scheme!r})"
-    return "the initialization that fits the activation (normalized/Glorot for tanh and softsign, He for ReLU)"
-
 
 # --- rules on stats rows --------------------------------------------------------------------------
 
@@ -174,7 +124,7 @@ def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
                 f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
                 layers=layers, first_step=first, recovers=last not in vanish,
                 evidence={"ratio_bottom_to_top": ratio, "worst_ratio": worst, "threshold": VANISHING_RATIO},
-                advice=f"Use {_fitting_init(activation)} (Glorot & Bengio 2010; He et al. 2015), or add "
+                advice=f"Use {fitting_init(activation)} (Glorot & Bengio 2010; He et al. 2015), or add "
                 "batch normalization; in deep nets prefer tanh/softsign or ReLU over sigmoid.",
             )
         )
@@ -187,7 +137,7 @@ def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
                 f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
                 layers=layers, first_step=first, recovers=last not in explode,
                 evidence={"ratio_bottom_to_top": ratio, "threshold": EXPLODING_RATIO},
-                advice=f"Use {_fitting_init(activation)}; clip the gradient norm (gradient clipping) and "
+                advice=f"Use {fitting_init(activation)}; clip the gradient norm (gradient clipping) and "
                 "lower the learning rate; batch normalization.",
             )
         )
@@ -230,7 +180,7 @@ def _rule_saturation(rec: Records, activation: str | None) -> list[Finding]:
         advice = ("Replace sigmoid by tanh or softsign (zero-centred; Glorot & Bengio 2010) with normalized "
                   "(Glorot) initialization; batch normalization keeps pre-activations out of the flat regions.")
     else:
-        advice = (f"Use {_fitting_init(activation)} so pre-activations stay in the linear regime; softsign saturates "
+        advice = (f"Use {fitting_init(activation)} so pre-activations stay in the linear regime; softsign saturates "
                   "less than tanh; batch normalization before the non-linearity also helps.")
     driven = ""
     if sigmoid_like and "mean_at_first_step" in evidence and evidence["mean_at_first_step"] < 0.1:
@@ -266,7 +216,7 @@ def _rule_dead(rec: Records, spec: Any = None) -> list[Finding]:
 
 def _dead_advice(spec: Any) -> str:
     """The fixes for dead ReLUs, leaving out batch normalization before the ReLU when the spec has it."""
-    has_bn = _spec_value(spec, "norm") == "batch" and _spec_value(spec, "norm_position") in (None, "before")
+    has_bn = spec_value(spec, "norm") == "batch" and spec_value(spec, "norm_position") in (None, "before")
     fixes = ["He initialization with zero biases", "a lower learning rate"]
     fixes += [] if has_bn else ["batch normalization before the ReLU"]
     return (f"Use Leaky ReLU or PReLU (a non-zero slope for x < 0 keeps gradients flowing), "
@@ -312,8 +262,8 @@ def _rule_variance_depth(rec: Records, activation: str | None) -> list[Finding]:
         return []
     step = min(steps)
     values = [(layer, v) for layer, v in steps[step].items() if math.isfinite(v)]
-    if len(values) < 2 or values[0][1] <= 0.0:
-        return []
+    if len(values) < 2 or values[0][1] <= 0.0 or values[-1][1] <= 0.0:
+        return []  # a layer of std 0 is dead or constant: the dead-unit and symmetry rules name it
     ratio = values[-1][1] / values[0][1]
     evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
                 "threshold": VARIANCE_DEPTH_RATIO}
@@ -328,81 +278,13 @@ def _rule_variance_depth(rec: Records, activation: str | None) -> list[Finding]:
     return [
         Finding(
             code, "warning",
-            f"activation std {what} {1 / ratio if ratio < 1 else ratio:.1f}x from {values[0][0]} to "
+            f"activation std {what} {values[0][1] / values[-1][1] if ratio < 1 else ratio:.1f}x from {values[0][0]} to "
             f"{values[-1][0]} at initialization",
             layers=layers, first_step=step, recovers=None, evidence=evidence,
-            advice=f"The initialization scale does not fit the activation: use {_fitting_init(activation)}, "
+            advice=f"The initialization scale does not fit the activation: use {fitting_init(activation)}, "
             "or LSUV; batch normalization removes the dependence on the scale.",
         )
     ]
-
-
-# --- learning-rate rules on the loss curve --------------------------------------------------------
-
-
-def _windows(values: Sequence[float], n: int) -> list[float]:
-    """Medians of ``n`` (or fewer) consecutive equal windows."""
-    n = max(1, min(n, len(values)))
-    size = len(values) / n
-    return [median(values[round(i * size): max(round((i + 1) * size), round(i * size) + 1)]) for i in range(n)]
-
-
-def _rule_learning_rate(
-    scalars: Sequence[Mapping[str, Any]], rec: Records, spec: Any, explained: bool
-) -> list[Finding]:
-    loss = sorted((int(r["step"]), float(r["value"])) for r in scalars if r["name"] == "train/loss")
-    if not loss:
-        return []
-    lr = _spec_value(spec, "lr")
-    evidence_lr = {"lr": float(lr)} if isinstance(lr, int | float) else {}
-    bad = [s for s, v in loss if not math.isfinite(v)]
-    lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; Varma & Das, ch. 7 " \
-            "section 7.2); gradient clipping guards against the occasional huge step."
-    if bad:
-        return [Finding("lr_too_high", "error", f"the training loss became NaN/Inf at update {bad[0]}",
-                        first_step=bad[0], recovers=False, evidence={"nan_step": float(bad[0]), **evidence_lr},
-                        advice=lower)]
-    if len(loss) < LR_MIN_POINTS:
-        return []
-    steps = [s for s, _ in loss]
-    values = [v for _, v in loss]
-    smooth = _windows(values, LR_WINDOWS)
-    start = median(values[: max(1, min(3, len(values) // LR_WINDOWS))])
-    running, rise, rise_at = start, 0.0, None
-    for i, v in enumerate(smooth):
-        if running > 0 and v / running - 1.0 > rise:
-            rise, rise_at = v / running - 1.0, i
-        running = min(running, v)
-    if rise > LR_RISE:
-        step = steps[min(len(steps) - 1, round(rise_at * len(steps) / len(smooth)))]
-        return [Finding("lr_too_high", "error",
-                        f"the smoothed training loss rose {rise:.0%} above its lowest value (around update {step})",
-                        first_step=step, recovers=smooth[-1] <= start,
-                        evidence={"rise": rise, "loss_start": start, "loss_end": smooth[-1], "threshold": LR_RISE,
-                                  **evidence_lr},
-                        advice=lower)]
-    if explained or start <= 0:
-        return []
-    drop = (start - smooth[-1]) / start
-    step_ratio = _median_fastest_update_ratio(rec)
-    if step_ratio is not None and step_ratio < LR_UPDATE_RATIO_LOW and drop < LR_SLOW_DROP:
-        evidence = {"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_SLOW_DROP,
-                    "ratio_threshold": LR_UPDATE_RATIO_LOW, **evidence_lr}
-        return [Finding("lr_too_low", "warning",
-                        f"the training loss fell only {drop:.1%} over {steps[-1] - steps[0]} updates, in steps that "
-                        f"change the weights by {step_ratio:.1e} of their norm",
-                        first_step=steps[0], recovers=None, evidence=evidence,
-                        advice="Raise the learning rate (e.g. 3-10x) and anneal it later (Varma & Das, ch. 7, "
-                        "section 7.2), or use an adaptive optimizer (Adam, RMSProp).")]
-    return []
-
-
-def _median_fastest_update_ratio(rec: Records) -> float | None:
-    """Median over records of the largest update/weight ratio among the layers (None without ratios)."""
-    per_step = rec.by_step("update_ratio", "ratio")
-    fastest = [max(v for v in values.values() if math.isfinite(v)) for values in per_step.values()
-               if any(math.isfinite(v) for v in values.values())]
-    return median(fastest) if fastest else None
 
 
 def diagnose(
@@ -418,23 +300,48 @@ def diagnose(
     ``scalars`` are rows ``dict(step, name, value)`` (``"train/loss"`` is read); ``histograms`` are
     histogram rows, used for the saturation fraction where the stats lack it; ``spec`` (a dict or a
     run specification) names the activation and learning rate so the advice can be specific.
+
+    Any rows are accepted: malformed rows are skipped, non-finite values are read as what they are. A rule
+    that fails all the same (a bug) gives a ``diagnosis_error`` info finding instead of an exception, so the
+    other rules still answer.
     """
-    rows = list(records)
+    rec = Records(records or ())
     if histograms is not None:
-        rows += _saturation_from_histograms(histograms, {(r["layer"], r["step"]) for r in rows
-                                                         if r["quantity"] == "activation" and r["stat"] == "saturated"})
-    rec = Records(rows)
-    activation = _activation_name(spec)
+        have = {(layer, step) for _, q, stat, layer, step, _ in rec.items() if (q, stat) == ("activation", "saturated")}
+        extra = _saturation_from_histograms(histograms, have)
+        if extra:
+            rec = Records([*rec.rows, *extra])
+    scalars = list(scalars or ())
+    activation = _safe(lambda: activation_name(spec), None)
     findings: list[Finding] = []
-    findings += _rule_constant_layer(rec)
-    findings += _rule_non_finite(rec)
-    findings += _rule_gradient_depth(rec, activation)
-    findings += _rule_saturation(rec, activation)
-    findings += _rule_dead(rec, spec)
-    findings += _rule_variance_depth(rec, activation)
+    rules = [lambda: _rule_constant_layer(rec), lambda: _rule_non_finite(rec),
+             lambda: _rule_gradient_depth(rec, activation), lambda: _rule_saturation(rec, activation),
+             lambda: _rule_dead(rec, spec), lambda: _rule_variance_depth(rec, activation)]
+    for rule in rules:
+        findings += _run(rule)
     explained = any(f.code in _STALLING for f in findings)
-    findings += _rule_learning_rate(list(scalars or ()), rec, spec, explained)
+    findings += _run(lambda: training_rules(scalars, rec, spec, explained))
     return sort_findings(findings)
+
+
+def _safe(fn, default):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def _run(rule) -> list[Finding]:
+    """The findings of ``rule()``, or one ``diagnosis_error`` info finding naming the exception."""
+    try:
+        return list(rule())
+    except Exception as e:  # never let one rule take the whole diagnosis down
+        import traceback
+
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return [Finding("diagnosis_error", "info", f"a diagnosis rule failed: {type(e).__name__}: {e} "
+                        f"({Path(where.filename).name}:{where.lineno}); the other findings stand",
+                        advice="Please report this with the records (deepscope runs export).")]
 
 
 def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: set) -> list[dict]:
@@ -445,13 +352,17 @@ def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: s
     """
     out = []
     for h in histograms:
-        if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
-            continue
-        lo, hi, counts = float(h["lo"]), float(h["hi"]), list(h["counts"])
-        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or sum(counts) <= 0:
+        try:
+            if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
+                continue
+            lo, hi, counts = float(h["lo"]), float(h["hi"]), [float(c) for c in h["counts"]]
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed row says nothing
+        total = sum(counts)
+        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or not 0 < total < math.inf:
             continue
         edge = max(1, round(0.01 * len(counts)))
-        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / sum(counts)
+        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / total
         out.append(dict(step=h["step"], source=h["source"], layer=h["layer"], quantity="activation",
                         stat="saturated", value=fraction))
     return out

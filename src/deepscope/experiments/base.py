@@ -186,7 +186,22 @@ def _override(settings: dict, item: str, where: str) -> None:
             plural = _kind(old[0]).partition(" ")[2] + "s" if _kind(old[0]).startswith("a") else "booleans"
             raise ValueError(f"--set {key}={raw}: give a list of {plural}, as the profile's {old!r}")
         value = items
+    _check_range(key, raw, old, value)
     node[last] = list(value) if isinstance(old, tuple) else value
+
+
+def _check_range(key: str, raw: str, old: Any, value: Any) -> None:
+    """A count the profile gives as a positive integer (widths, depths, updates, sizes) stays one; numbers stay
+    finite. The message names the user's key, not the argument of the function it ends up in."""
+    import math
+
+    olds, values = (old, value) if isinstance(old, list | tuple) else ([old], [value])
+    positive = [o for o in olds if isinstance(o, int) and not isinstance(o, bool)]
+    if positive and all(o >= 1 for o in positive) and any(isinstance(v, int) and v < 1 for v in values):
+        raise ValueError(f"--set {key}={raw}: give {'integers' if len(olds) > 1 else 'an integer'} >= 1, "
+                         f"as the profile's {old!r}")
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise ValueError(f"--set {key}={raw}: give a finite number, as the profile's {old!r}")
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, **kwargs):

@@ -52,7 +52,7 @@ def grid(ctx: Context) -> list[dict]:
     cfg = ctx.settings
     return [
         run_spec(
-            f"he-vs-glorot-depth:{init}/d{depth}", seed, data=shapeset_data(cfg, seed),
+            f"he-vs-glorot-depth:{init}@d{depth}", seed, data=shapeset_data(cfg, seed),
             model={"depth": depth, "width": cfg["width"], "activation": "relu"}, init={"scheme": init},
             optim={"name": "momentum", "lr": cfg["lr"]},
             train={"updates": cfg["updates"], "batch_size": cfg["batch_size"], "eval_every": cfg["eval_every"]},
@@ -95,7 +95,7 @@ def verdict(results: Results, ctx: Context) -> Verdict:
     loss, escape = {}, {}
     for init in INITS:
         for depth in cfg["depths"]:
-            runs = groups[f"{init}/d{depth}"]
+            runs = groups[f"{init}@d{depth}"]
             loss[init, depth] = float(np.mean([final_value(r, "train/loss", last=3) for r in runs]))
             escape[init, depth] = float(np.mean([escape_update(r, chance) for r in runs]))
             numbers[f"{init}/d{depth}/final_loss"] = loss[init, depth]
@@ -128,7 +128,7 @@ def figure(results: Results, ctx: Context) -> list:
     chance = chance_loss()
     for ax, depth in zip(axes[0], depths, strict=False):
         for init in INITS:
-            for run in groups[f"{init}/d{depth}"]:
+            for run in groups[f"{init}@d{depth}"]:
                 steps, values = run.curve("train/loss")
                 ax.plot(steps, values, color="C0" if init == "he_normal" else "C3", alpha=1.0 if run.seed == seed
                         else 0.35, label=init if run.seed == seed else None)

@@ -101,8 +101,9 @@ def _plot_loss(ax, run: TrainedRun, label: str) -> None:
     color = None
     if finite.any():
         color = ax.plot(steps[finite], values[finite], label=label)[0].get_color()
-    if run.status == "diverged":  # marked where the loss became non-finite
-        ax.plot(steps[~finite][:1], [ax.get_ylim()[1] * 0.95], "x", color=color, ms=9, mew=2,
+    if run.status == "diverged":  # marked where the loss became non-finite (or, exploding but finite, last recorded)
+        where = steps[~finite][:1] if (~finite).any() else steps[-1:]
+        ax.plot(where, [ax.get_ylim()[1] * 0.95] * len(where), "x", color=color, ms=9, mew=2,
                 label=f"{label}: diverged")
 
 

@@ -178,7 +178,8 @@ def render(runs: Sequence[RunData], *, title: str = "deepscope report") -> str:
     if not runs:
         raise ValueError("report needs at least one run")
     unique = len({r.name for r in runs}) == len(runs)
-    labels = {(r.name if unique else f"{r.name} ({r.run_id or i + 1})"): r.scalars for i, r in enumerate(runs)}
+    labels = {(r.name if unique else f"{r.name} ({r.run_id or i + 1})").replace("$", r"\$"): r.scalars  # no mathtext
+              for i, r in enumerate(runs)}
     comparison = [
         {"title": "Error during training (figs. 11-12)",
          **_image(error_curves(labels), "no error curves recorded (train/error, valid/error, test/error)")},

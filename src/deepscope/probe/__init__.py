@@ -14,16 +14,20 @@ and the probe's own pass over the monitor set), so the other steps run the bare 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from deepscope.nn.activations import Maxout
+from deepscope.probe.compat import compiled, default_loss, eager, first_tensor, in_backward, rank, unwrap
+from deepscope.probe.functional import Watcher
 from deepscope.probe.hooks import Hooks, Layer, Weight, find_layers, find_unobservable, find_weights
-from deepscope.probe.jacobian import JACOBIAN_METHODS, plan_jacobians
+from deepscope.probe.jacobian import plan_jacobians
+from deepscope.probe.options import check_options, parse_monitor, positive_int
 from deepscope.probe.sinks import StoreSink, TensorBoardSink, filter_rows, to_columns
 from deepscope.probe.stats import (
     GRADIENT_STATS,
@@ -35,51 +39,10 @@ from deepscope.probe.stats import (
     weight_gradient_stats,
     weight_sample,
 )
-from deepscope.registry import integer
 
 __all__ = ["Probe", "StoreSink", "TensorBoardSink", "check_options"]
 
 _Entry = tuple[str, str, tuple[str, ...], Tensor, bool]  # layer, quantity, stat names, values, has histogram
-
-
-def _first_tensor(out: Any) -> Tensor | None:
-    """The tensor a module produced: itself, the first of a tuple (LSTM, attention), a packed sequence's data."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, nn.utils.rnn.PackedSequence):
-        return out.data
-    if isinstance(out, tuple | list) and out:
-        return _first_tensor(out[0])
-    return None
-
-
-def _default_loss(output: Any, y: Tensor) -> Tensor:
-    return F.cross_entropy(_first_tensor(output), y)
-
-
-_positive_int = integer
-
-
-def check_options(
-    every: int = 100,
-    bins: int = 50,
-    jacobian_examples: int = 10,
-    jacobian_every: int | None = None,
-    jacobian_method: str = "auto",
-    start_step: int = 0,
-) -> None:
-    """Raise ``ValueError`` naming the option, its value and what is allowed, for the options of :class:`Probe`
-    that do not depend on the model (so that a trainer can check them before training starts)."""
-    _positive_int("every", every)
-    _positive_int("bins", bins)
-    _positive_int("jacobian_examples", jacobian_examples, minimum=0)
-    _positive_int("start_step", start_step, minimum=0)
-    if jacobian_every is not None and _positive_int("jacobian_every", jacobian_every) % every != 0:
-        raise ValueError(f"jacobian_every={jacobian_every!r} is not allowed; give a multiple of every={every}")
-    if jacobian_method not in JACOBIAN_METHODS:
-        raise ValueError(
-            f"jacobian_method={jacobian_method!r} is not known; choose one of: {', '.join(JACOBIAN_METHODS)}"
-        )
 
 
 class Probe:
@@ -103,10 +66,21 @@ class Probe:
             ``every``); by default only at the first record, the initialization.
         jacobian_method: ``"exact"`` (explicit Jacobians and their SVD: ``sv_mean, sv_min, sv_max``),
             ``"lanczos"`` (stochastic Lanczos quadrature from Jacobian-vector products: ``sv_mean,
-            sv_max``, about 2 % off; about one plain step for the four layer maps of a 5 x 1000 MLP) or ``"auto"``
-            (exact for layers of at most 128 units; see :mod:`deepscope.probe.jacobian`).
+            sv_max``, per layer map up to about 2 % off at 1000 units, 4 % at 256-512, 9 % at 64; about one
+            plain step for the four layer maps of a 5 x 1000 MLP) or ``"auto"``
+            (exact for layers of at most 256 units; see :mod:`deepscope.probe.jacobian`).
         start_step: the number of updates already done (when resuming).
         keep: keep the rows in memory (``records``, ``histograms``); set False when streaming to a sink.
+        all_ranks: under ``torch.distributed``, record on every rank, each row carrying its ``rank``;
+            by default only rank 0 records (the other ranks' probes do nothing).
+
+    ``model`` may be wrapped in ``DistributedDataParallel`` or ``torch.compile``: the probe hooks the
+    module inside, runs the monitor pass on it (no collective), and runs the recorded training step
+    eagerly (``torch.compiler.set_stance("force_eager")``). Weight gradients are read when the optimizer
+    steps (after the backward pass of every micro-batch, DDP's all-reduce, clipping), or as the backward
+    pass left them when no ``torch.optim`` optimizer steps. With several forward passes per step
+    (gradient accumulation), activations and dLoss/ds come from the first; ``name@k`` is the k-th call of
+    one module within one forward pass.
 
     Records carry ``source="train"`` (the training batch of the recorded step: activations,
     back-propagated gradients dLoss/ds, weight gradients, update/weight ratios) or
@@ -114,9 +88,10 @@ class Probe:
     updates done before the recorded forward pass.
 
     Attributes: ``layers`` and ``weights`` (what is recorded, under which name), ``unobservable``
-    (``(module, reason)`` for non-linearities computed inside a ``forward``), ``jacobian_unavailable``
-    (``{layer: reason}``), ``jacobian_methods`` (``{layer: "exact" | "lanczos"}``, as resolved at the
-    last Jacobian record), ``records`` and ``histograms`` (the rows).
+    (``(module, reason)`` for non-linearities computed inside a ``forward``, found by reading its
+    source), ``jacobian_unavailable`` (``{layer: reason}``), ``jacobian_methods`` (``{layer: "exact" |
+    "lanczos"}``, as resolved at the last Jacobian record), ``records`` and ``histograms`` (the rows),
+    ``rank`` (this process's rank under ``torch.distributed``, else None).
     """
 
     def __init__(
@@ -134,26 +109,36 @@ class Probe:
         jacobian_method: str = "auto",
         start_step: int = 0,
         keep: bool = True,
+        all_ranks: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        net = self._net = unwrap(model)  # hooks and the monitor pass go to the eager module inside wrappers
+        self._compiled = compiled(model)
+        self.rank = rank()
+        self._all_ranks = bool(all_ranks)
+        # under torch.distributed, rank 0 records (or every rank, its rank in each row, with all_ranks=True)
+        self._enabled = self.rank is None or self.rank == 0 or self._all_ranks
         check_options(every=every, bins=bins, jacobian_examples=jacobian_examples, jacobian_every=jacobian_every,
                       jacobian_method=jacobian_method, start_step=start_step)
         self.every, self.bins, self.jacobian_examples = every, bins, jacobian_examples
         self.jacobian_every, self.jacobian_method = jacobian_every, jacobian_method
         self.jacobian_methods: dict[str, str] = {}
-        self.loss_fn = loss_fn or _default_loss
+        self.loss_fn = loss_fn or default_loss
         self.sinks = list(sinks)
         self.keep = keep
-        self._monitor_x, self._monitor_y = self._parse_monitor(monitor)
+        self._monitor_x, self._monitor_y = parse_monitor(monitor)
 
-        self.unobservable: list[tuple[str, str]] = find_unobservable(model)
-        self.layers: list[Layer] = find_layers(model, layers, self.unobservable)
-        self.weights: list[Weight] = find_weights(model)
-        self._maps, self.jacobian_unavailable = plan_jacobians(model, self.layers)
+        self.unobservable: list[tuple[str, str]] = find_unobservable(net)
+        self.layers: list[Layer] = find_layers(net, layers, self.unobservable)
+        self.weights: list[Weight] = find_weights(net)
+        self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
         self._map_sources = {m.source for m in self._maps.values()}
         self._inplace = any(getattr(layer.module, "inplace", False) for layer in self.layers)
+        # the monitor pass differentiates down to its input when in-place activations or frozen
+        # parameters would otherwise leave pre-activations without a gradient
+        self._input_grad = self._inplace or any(not p.requires_grad for p in net.parameters())
 
         self.records: list[dict] = []
         self.histograms: list[dict] = []
@@ -167,24 +152,17 @@ class Probe:
         self._weight_grads: dict[str, Tensor] = {}
         self._snapshot: list[Tensor] = []
         self._calls: dict[int, int] = {}
+        self._forwards = 0
+        self._watcher: Watcher | None = None
+        self._trainable = True
+        self._root_inputs: set[int] = set()
+        self._grad_refs: dict[str, Tensor] = {}
+        self._eager = contextlib.ExitStack()
         self._grad_inputs: list[Tensor] = []
         self._input: Tensor | None = None
         self._jacobian_inputs: dict[str, Tensor] = {}
         self._want_jacobians = False
         self._jacobians_done = False
-
-    @staticmethod
-    def _parse_monitor(monitor: Any) -> tuple[Tensor | None, Tensor | None]:
-        if monitor is None:
-            return None, None
-        if isinstance(monitor, Tensor):
-            return monitor, None
-        if isinstance(monitor, tuple | list) and len(monitor) == 2 and all(isinstance(t, Tensor) for t in monitor):
-            x, y = monitor
-            if len(x) != len(y):
-                raise ValueError(f"monitor: x has {len(x)} examples but y has {len(y)}")
-            return x, y
-        raise ValueError(f"monitor={type(monitor).__name__} is not allowed; give a tensor x or a pair (x, y)")
 
     # ------------------------------------------------------------------ context manager
 
@@ -192,8 +170,10 @@ class Probe:
         if self._active:
             raise RuntimeError("this Probe is already active")
         self._active = True
+        if not self._enabled:
+            return self
         try:
-            device = next((p.device for p in self.model.parameters()), None)
+            device = next((p.device for p in self._net.parameters()), None)
             if device is not None and self._monitor_x is not None:
                 self._monitor_x = self._monitor_x.to(device)
                 self._monitor_y = self._monitor_y.to(device) if self._monitor_y is not None else None
@@ -210,11 +190,12 @@ class Probe:
 
     def _detach(self) -> None:
         self._hooks.remove()
+        self._eager.close()
         self._token += 1  # tensor hooks still attached to live graphs become no-ops
         self._armed = False
         self._active = False
         self._source = None
-        self._pending, self._weight_grads, self._snapshot = [], {}, []
+        self._pending, self._weight_grads, self._snapshot, self._grad_refs = [], {}, [], {}
         self._grad_inputs, self._jacobian_inputs = [], {}
 
     # ------------------------------------------------------------------ public
@@ -223,9 +204,12 @@ class Probe:
         """Call after each optimizer step. ``step``: updates done so far (default: one more)."""
         if not self._active:
             raise RuntimeError("the probe is not active; use it as a context manager: `with Probe(model) as probe:`")
+        if not self._enabled:
+            self._step = self._step + 1 if step is None else positive_int("step", step, minimum=0)
+            return
         if self._armed:
             self._record_train()
-        self._step = self._step + 1 if step is None else _positive_int("step", step, minimum=0)
+        self._step = self._step + 1 if step is None else positive_int("step", step, minimum=0)
         if self._step % self.every == 0:
             self._arm()
 
@@ -252,29 +236,43 @@ class Probe:
             self._record_monitor()
         self._token += 1
         self._source, self._calls, self._pending, self._weight_grads = "train", {}, [], {}
+        self._forwards, self._root_inputs, self._grad_refs = 0, set(), {}
+        self._trainable = any(p.requires_grad for p in self._net.parameters())
         with torch.no_grad():
             self._snapshot = [weight_sample(w.param) for w in self.weights]
         self._attach_layer_hooks(self._token)
+        self._hooks.add(self._net.register_forward_pre_hook(self._root_hook(self._token)))
+        if self._watcher is None:  # no monitor pass ran yet: look for functional activations in this one
+            self._start_watching(self._hooks, self._token)
         for w in self.weights:
             if w.param.requires_grad:
                 self._hooks.add(w.param.register_post_accumulate_grad_hook(self._weight_hook(w.name, self._token)))
+        self._hooks.add(register_optimizer_step_pre_hook(self._optimizer_hook(self._token)))
+        self._eager.enter_context(eager(self._compiled))  # hooks see every module of a compiled model
         self._armed = True
 
     def _record_train(self) -> None:
         self._hooks.remove()
+        self._eager.close()
         entries = self._pending
-        for name, values in self._weight_grads.items():
-            entries.append((name, "weight_grad", WEIGHT_GRADIENT_STATS, values, True))
+        with torch.no_grad():  # without an optimizer step, the gradients the backward pass left
+            for name, grad in self._grad_refs.items():
+                if name not in self._weight_grads:
+                    self._weight_grads[name] = weight_gradient_stats(grad, self.bins)
+        for w in self.weights:
+            if w.name in self._weight_grads:
+                entries.append((w.name, "weight_grad", WEIGHT_GRADIENT_STATS, self._weight_grads[w.name], True))
         with torch.no_grad():
             for w, before in zip(self.weights, self._snapshot, strict=True):
                 entries.append((w.name, "update_ratio", ("ratio",), update_ratio(before, w.param), False))
         self._armed, self._source, self._pending, self._weight_grads, self._snapshot = False, None, [], {}, []
+        self._grad_refs = {}
         self._token += 1
         self._emit("train", entries)
 
     def _record_monitor(self) -> None:
         """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace."""
-        model, x, y = self.model, self._monitor_x, self._monitor_y
+        model, x, y = self._net, self._monitor_x, self._monitor_y
         modes = [(m, m.training) for m in model.modules()]
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         self._token += 1
@@ -284,17 +282,20 @@ class Probe:
         )
         hooks = Hooks()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), eager(self._compiled):
                 for m, _ in modes:
                     m.training = False
                 self._attach_layer_hooks(self._token, hooks)
                 with torch.set_grad_enabled(y is not None):
-                    if y is not None and self._inplace and x.is_floating_point():
-                        # the backward pass must run down to the input to reach hooks on tensors
-                        # that in-place activations overwrote; the input itself is no pre-activation
+                    if y is not None and self._input_grad and x.is_floating_point():
+                        # the backward pass must run down to the input to reach hooks on tensors that
+                        # in-place activations overwrote, and the pre-activations after frozen layers;
+                        # the input itself is no pre-activation
                         leaf = x.detach().requires_grad_(True)
                         x = self._input = leaf.clone()
                         self._grad_inputs.append(leaf)
+                    if self._watcher is None:
+                        self._start_watching(hooks, self._token)
                     out = model(x)
                     hooks.remove()
                     if y is not None:
@@ -344,8 +345,9 @@ class Probe:
         for i, e in enumerate(entries):
             by_device.setdefault(e[3].device, []).append(i)
         values: list[list[float]] = [[] for _ in entries]
-        for idx in by_device.values():
-            flat = torch.cat([entries[i][3].detach().reshape(-1).float() for i in idx]).tolist()
+        for device, idx in by_device.items():
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # float64 statistics stay float64
+            flat = torch.cat([entries[i][3].detach().reshape(-1).to(dtype) for i in idx]).tolist()
             at = 0
             for i in idx:
                 n = entries[i][3].numel()
@@ -353,6 +355,8 @@ class Probe:
         rows, hists = [], []
         for (layer, quantity, names, _, has_hist), v in zip(entries, values, strict=True):
             base = {"step": self._step, "source": source, "layer": layer, "quantity": quantity}
+            if self._all_ranks and self.rank is not None:
+                base["rank"] = self.rank
             rows += [{**base, "stat": s, "value": float(val)} for s, val in zip(names, v, strict=False)]
             if has_hist:
                 lo, hi, *counts = v[len(names) :]
@@ -369,14 +373,44 @@ class Probe:
         hooks = hooks if hooks is not None else self._hooks
         for layer in self.layers:
             m = layer.module
-            if layer.kind == "activation" and layer.elementwise:
+            if layer.kind == "activation" and layer.preact:
                 hooks.add(m.register_forward_pre_hook(self._preact_hook(layer, token)))
             elif isinstance(m, Maxout):  # its pre-activations are the k affine pieces
                 hooks.add(m.linear.register_forward_hook(self._maxout_hook(layer, token)))
             hooks.add(m.register_forward_hook(self._output_hook(layer, token)))
 
     def _capturing(self, token: int) -> bool:
-        return token == self._token and (self._source == "monitor" or torch.is_grad_enabled())
+        """Record this call? Not on a stale token, not in a re-computation during backward (gradient
+        checkpointing), and in training only the first forward with gradients after arming (the first
+        micro-batch when gradients are accumulated over several)."""
+        if token != self._token or in_backward():
+            return False
+        return self._source == "monitor" or (torch.is_grad_enabled() and self._forwards <= 1)
+
+    def _start_watching(self, hooks: Hooks, token: int) -> None:
+        """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
+        self._watcher = Watcher()
+        skip = {id(layer.module) for layer in self.layers if layer.kind == "activation"}
+
+        def report(found: list[tuple[str, str]]) -> None:
+            known = {name for name, _ in self.unobservable}
+            self.unobservable += [(name, reason) for name, reason in found if name not in known]
+
+        for handle in self._watcher.watch(self._net, skip, lambda: token == self._token, report):
+            hooks.add(handle)
+
+    def _quiet(self) -> contextlib.AbstractContextManager:
+        """The probe's own computations are not the model's: hidden from the :class:`Watcher`."""
+        return self._watcher.quiet() if self._watcher is not None else contextlib.nullcontext()
+
+    def _root_hook(self, token: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if token == self._token and torch.is_grad_enabled() and not in_backward():
+                self._forwards += 1
+                if self._forwards == 1:
+                    self._root_inputs = {id(a) for a in args if isinstance(a, Tensor)}
+
+        return hook
 
     def _name(self, layer: Layer, call: int) -> str:
         return layer.name if call == 1 else f"{layer.name}@{call}"
@@ -396,9 +430,20 @@ class Probe:
             self._grad_inputs.append(s)
 
     def _preact_hook(self, layer: Layer, token: int) -> Callable:
-        def hook(module: nn.Module, args: tuple) -> None:
-            if self._capturing(token) and args:
-                self._watch_grad(args[0], self._name(layer, self._calls.get(id(module), 0) + 1), token)
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if not (self._capturing(token) and args):
+                return None
+            s, new = args[0], None
+            if (
+                self._source == "train" and isinstance(s, Tensor) and s.is_floating_point() and not s.requires_grad
+                and id(s) not in self._root_inputs and self._trainable
+            ):
+                # after frozen layers only: no gradient would reach s, though dLoss/ds exists; a leaf
+                # copy of s that requires it lets the backward pass through (parameters get the same
+                # gradients); the clone keeps in-place activations off the leaf
+                s = new = s.detach().requires_grad_(True).clone()
+            self._watch_grad(s, self._name(layer, self._calls.get(id(module), 0) + 1), token)
+            return None if new is None else (new, *args[1:])
 
         return hook
 
@@ -417,10 +462,10 @@ class Probe:
             if not self._capturing(token):
                 return
             call = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
-            z = _first_tensor(out)
+            z = first_tensor(out)
             if z is None or z.dim() == 0 or not z.is_floating_point():
                 return
-            with torch.no_grad():
+            with torch.no_grad(), self._quiet():
                 stats = activation_stats(z, spec, self.bins)
             self._pending.append((self._name(layer, call), "activation", names, stats, True))
             if self._source == "monitor" and self._want_jacobians and call == 1 and layer.name in self._map_sources:
@@ -429,9 +474,25 @@ class Probe:
         return hook
 
     def _weight_hook(self, name: str, token: int) -> Callable:
+        """Keep the gradient the backward pass accumulated, in case no optimizer steps (a hand-written update)."""
+
         def hook(p: Tensor) -> None:
             if token == self._token and p.grad is not None:
-                with torch.no_grad():
-                    self._weight_grads[name] = weight_gradient_stats(p.grad, self.bins)
+                self._grad_refs[name] = p.grad
+
+        return hook
+
+    def _optimizer_hook(self, token: int) -> Callable:
+        """Weight gradients as the optimizer reads them: after the backward pass of every micro-batch,
+        DDP's all-reduce, gradient clipping and ``GradScaler`` unscaling."""
+
+        def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            if token != self._token:
+                return
+            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            with torch.no_grad():
+                for w in self.weights:
+                    if id(w.param) in stepped and w.param.grad is not None and w.name not in self._weight_grads:
+                        self._weight_grads[w.name] = weight_gradient_stats(w.param.grad, self.bins)
 
         return hook

@@ -12,17 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from deepscope.nn.activations import ActivationSpec, Maxout, spec_for_module
+from deepscope.probe.functional import functional_nonlinearities
 
 __all__ = [
     "Hooks",
     "Layer",
     "Weight",
+    "custom_activation",
     "find_layers",
     "find_unobservable",
     "find_weights",
@@ -34,19 +34,12 @@ _WEIGHT_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _NOT_HIDDEN_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
 _NOT_ELEMENTWISE = (nn.GLU, Maxout)
 
-# Functions (and tensor methods) that apply a hidden non-linearity where no hook can see it.
-_FUNCTIONAL_ACTIVATIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.tanh, torch.tanh, F.sigmoid, torch.sigmoid,
-    F.softsign, F.gelu, F.silu, F.elu, F.elu_, F.selu, torch.selu, F.celu, F.leaky_relu, F.leaky_relu_,
-    F.relu6, F.hardtanh, F.hardtanh_, F.softplus, F.mish, F.hardswish, F.hardsigmoid, F.prelu,
-    F.rrelu, F.glu, F.logsigmoid,
-}  # fmt: skip
-_METHOD_ACTIVATIONS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_"}
-
-
 @dataclass
 class Layer:
-    """One recorded layer: ``kind`` is "activation" (its input is the pre-activation s) or "output"."""
+    """One recorded layer: ``kind`` is "activation" (its input is the pre-activation s) or "output".
+
+    ``preact``: dLoss/ds is taken on the module's input (element-wise activations, custom activation modules).
+    """
 
     name: str
     path: str
@@ -54,6 +47,7 @@ class Layer:
     kind: str
     spec: ActivationSpec | None = None
     elementwise: bool = False
+    preact: bool = False
 
 
 @dataclass
@@ -89,33 +83,25 @@ def is_activation(module: nn.Module) -> tuple[bool, ActivationSpec | None, bool]
     return False, None, False
 
 
-class _OwnForwardTracer(torch.fx.Tracer):
-    """Traces only a module's own ``forward``: every submodule call stays a leaf."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return True
+def _is_torch(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch.")
 
 
-def _functional_activations(module: nn.Module) -> list[str] | None:
-    """Names of the activation functions ``module.forward`` calls itself; ``None`` if not traceable."""
-    try:
-        graph = _OwnForwardTracer().trace(module)
-    except Exception:  # any tracing failure only means "could not inspect"
-        return None
-    found = []
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
-            found.append(node.target.__name__)
-        elif node.op == "call_method" and node.target in _METHOD_ACTIVATIONS:
-            found.append(f"Tensor.{node.target}")
-    return sorted(set(found))
+def custom_activation(m: nn.Module) -> bool:
+    """A module of the user's with no submodules whose ``forward`` applies a non-linearity: its output is
+    taken as an activation and its input as the pre-activation."""
+    if _is_torch(m) or is_activation(m)[0] or any(True for _ in m.children()):
+        return False
+    return bool(functional_nonlinearities(m))
 
 
 def find_unobservable(model: nn.Module) -> list[tuple[str, str]]:
     """Modules whose non-linearities run inside ``forward``, as ``(module name, reason)``.
 
-    Known ``torch.nn`` cases are listed by type; modules defined outside torch are traced with
-    ``torch.fx`` (own forward only) to find calls such as ``F.relu``.
+    Known ``torch.nn`` cases are listed by type; for modules defined outside torch the source of
+    ``forward`` is read (never run, see :mod:`deepscope.probe.functional`) for calls such as ``F.relu``,
+    ``x.clamp(min=0)`` or ``torch.where``. A module without submodules that calls them is no loss: it is
+    recorded as an activation layer (:func:`custom_activation`).
     """
     found = []
     for path, m in model.named_modules():
@@ -128,14 +114,11 @@ def find_unobservable(model: nn.Module) -> list[tuple[str, str]]:
             if not isinstance(m.activation, nn.Module):
                 fn = getattr(m.activation, "__name__", repr(m.activation))
                 found.append((name, f"activation {fn} is applied functionally inside forward"))
-        elif not type(m).__module__.startswith("torch."):
-            if is_activation(m)[0]:
-                continue
-            calls = _functional_activations(m)
+        elif not _is_torch(m) and not is_activation(m)[0]:
+            calls = functional_nonlinearities(m)
             if calls is None:
-                if any(True for _ in m.children()):
-                    found.append((name, "forward could not be traced to look for functional activations"))
-            elif calls:
+                found.append((name, "the source of forward could not be read to look for functional activations"))
+            elif calls and any(True for _ in m.children()):
                 found.append((name, f"calls {', '.join(calls)} inside forward"))
     return found
 
@@ -182,16 +165,17 @@ def find_layers(
 ) -> list[Layer]:
     """The recorded layers, in module registration order.
 
-    With ``layers=None``: every activation module, plus the outputs of unobservable modules (except
-    the model itself) and of the Linear/Conv modules directly inside them. Otherwise exactly the
-    named modules (``"hidden1.act"``); an unknown name raises ``ValueError`` listing the valid ones.
+    With ``layers=None``: every activation module (:func:`custom_activation` ones included), plus the
+    outputs of unobservable modules (except the model itself) and of the Linear/Conv modules directly
+    inside them. Otherwise exactly the named modules (``"hidden1.act"``); an unknown name raises
+    ``ValueError`` listing the valid ones.
     """
     modules = dict(model.named_modules())
     chosen: list[tuple[str, nn.Module]] = []
     if layers is None:
         hidden = {("" if n == "(model)" else n) for n, _ in unobservable}
         for path, m in modules.items():
-            if is_activation(m)[0]:
+            if is_activation(m)[0] or (path not in hidden and custom_activation(m)):
                 chosen.append((path, m))
             elif path and path in hidden:
                 chosen.append((path, m))
@@ -210,8 +194,9 @@ def find_layers(
     out = []
     for path, m in chosen:
         act, spec, elementwise = is_activation(m)
-        kind = "activation" if act else "output"
-        out.append(Layer(names[path], path, m, kind, spec, elementwise))
+        custom = not act and custom_activation(m)
+        kind = "activation" if act or custom else "output"
+        out.append(Layer(names[path], path, m, kind, spec, elementwise, preact=elementwise or custom))
     return out
 
 
@@ -240,7 +225,8 @@ def sequential_chains(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Mo
     """Every outermost ``nn.Sequential`` as ``(its name, the flat list of what it applies, in order)``.
 
     Nested ``nn.Sequential`` children are expanded, so ``model(x)`` for an MLP built of blocks is
-    exactly the composition of the listed modules. Subclasses that override ``forward`` are not chains.
+    exactly the composition of the listed modules; a module that appears twice (weight tying) is listed
+    at both places. Subclasses that override ``forward`` are not chains.
     """
 
     def plain(m: nn.Module) -> bool:
@@ -248,7 +234,9 @@ def sequential_chains(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Mo
 
     def expand(seq: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
         out = []
-        for name, child in seq.named_children():
+        for name, child in seq._modules.items():  # not named_children(): a module used twice stays twice
+            if child is None:
+                continue
             path = f"{prefix}.{name}" if prefix else name
             out += expand(child, path) if plain(child) else [(path, child)]
         return out

@@ -5,11 +5,11 @@ the order of the matching ``*_STATS`` names, then, for the histogram, ``lo, hi, 
 probe concatenates these small tensors and moves them to the CPU once per record.
 
 Mean, std, norm, min/max and the saturated/dead fractions use every value. Percentiles, histogram
-counts and update/weight ratios of large tensors use an evenly strided subsample (at most
+counts and update/weight ratios of large tensors use an evenly spread subsample (exactly
 :data:`MAX_PERCENTILE_VALUES` / :data:`MAX_HISTOGRAM_VALUES` / :data:`MAX_UPDATE_VALUES` values,
 every unit visited), which bounds their cost independently of width and batch size; histogram
 counts then sum to the sample size, not to the number of values (plots and diagnoses normalize
-them), and the ratio of a 1000 x 1000 weight is about 0.5 % off.
+them), and the ratio of a 1000 x 1000 weight is about 0.5 % off (a 300 x 300 one, 73 % sampled, less).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ WEIGHT_GRADIENT_STATS = ("mean", "std", "norm")
 # 50 histogram bins from 2**16 values hold about 1300 values each, counted to about 3 %.
 MAX_PERCENTILE_VALUES = 2**14
 MAX_HISTOGRAM_VALUES = 2**16
-# The update/weight ratio of larger weights compares the same strided sample before and after the step.
+# The update/weight ratio of larger weights compares the same sample before and after the step.
 MAX_UPDATE_VALUES = 2**16
 
 
@@ -56,18 +56,34 @@ def _flat(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
-    """Every ``stride``-th value of flat ``x`` so that at most ``limit`` remain (``x`` itself if it is small).
+_SAMPLE_INDEX: dict[tuple, Tensor] = {}
 
-    ``stride`` is coprime to ``row`` (the values per example, or per weight row), so the sample
-    visits every unit rather than every ``stride``-th one.
+
+def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
+    """``limit`` evenly spread values of flat ``x`` (``x`` itself if it has at most ``limit`` values).
+
+    ``x`` is read as rows of ``row`` values (one example, or one weight row): sample ``j`` takes
+    column ``j mod row`` of row ``floor(j * rows / limit)``, so every unit (column) is visited
+    ``limit / row`` times, at rows spread evenly over the tensor, whatever the shape. (A plain
+    stride visits only every ``gcd(stride, row)``-th unit, and widening it until it is coprime to
+    ``row`` can cut the sample to a fraction of ``limit``.) When ``row`` exceeds ``limit`` the sample
+    is evenly spaced over the flat tensor.
     """
-    if x.numel() <= limit:
+    n = x.numel()
+    if n <= limit:
         return x
-    stride = math.ceil(x.numel() / limit)
-    while math.gcd(stride, row) != 1:
-        stride += 1
-    return x[::stride]
+    key = (n, row, limit, x.device)
+    index = _SAMPLE_INDEX.get(key)
+    if index is None:
+        j = torch.arange(limit, device=x.device)
+        if 1 < row <= limit and n % row == 0:
+            index = (j * (n // row) // limit) * row + j % row
+        else:
+            index = j * n // limit
+        if len(_SAMPLE_INDEX) > 256:
+            _SAMPLE_INDEX.clear()
+        _SAMPLE_INDEX[key] = index
+    return x.index_select(0, index)  # (4x faster than x[index] on the CPU)
 
 
 def histogram(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:

@@ -1,0 +1,81 @@
+"""The repair benchmark: ``deepscope doctor --fix`` on the labelled set-ups of benchmarks/cases.py.
+
+For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.diagnosis.repair).
+Prints one line per case -- what doctor found, the best verified fix, the validation error before -> after,
+the number of trials and the whole repair's time as a multiple of its diagnosis run (a diagnosis run that
+diverges stops early, so its multiple is large) -- then the share of
+broken set-ups repaired (target >= 90 %) and the healthy set-ups for which a fix was proposed (target 0).
+
+    python benchmarks/repair.py [--only NAME ...] [--threads 1] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+from cases import CASES, Case  # noqa: E402
+
+from deepscope.diagnosis.repair import repair  # noqa: E402
+
+
+def run_case(case: Case, jobs: int, out: Path):
+    return repair(case.spec, model=case.build_model(), dataset=case.data(), updates=case.updates, jobs=jobs,
+                  report=False, fixed_path=out / f"{case.name}-fixed.toml")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only the cases of these names")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the diagnosis run (default 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel trial processes (default: repair's choice, see SPAWN_SECONDS)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [c for c in CASES if not args.only or c.name in args.only]
+    per_class: dict[str, list[bool]] = defaultdict(list)
+    proposed, ratios, started = [], [], time.perf_counter()
+    print(f"{'case':<24} {'kind':<6} {'found (top two)':<38} {'best verified fix':<30} {'valid error':<16} "
+          f"{'trials':>6} {'x diag':>7}  verdict")
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            r = run_case(case, args.jobs, Path(tmp))
+            codes = list(dict.fromkeys(f.code for f in r.baseline.findings if f.severity in ("error", "warning")))
+            before = r.baseline.metrics.get("valid/error", float("nan"))
+            after = r.best.metrics["valid/error"] if r.best else before
+            start = f"{before:6.1%}" if r.baseline.status == "finished" else "diverged"
+            errors = f"{start} -> {after:6.1%}"
+            ratio = r.seconds / r.diagnosis_seconds
+            ratios.append(ratio)
+            if case.healthy:
+                verdict = "ok" if r.healthy else "PROPOSED"
+                proposed.append(not r.healthy)
+            else:
+                verdict = "repaired" if r.repaired else "NOT REPAIRED"
+                per_class[case.problem].append(r.repaired)
+            print(f"{case.name:<24} {case.kind:<6} {','.join(codes[:2]) or '-':<38} "
+                  f"{r.best.name if r.best else '-':<30} {errors:<16} {len(r.trials):>6} "
+                  f"{ratio:6.1f}x  {verdict}{' (interrupted)' if r.interrupted else ''}", flush=True)
+    print()
+    print(f"{'problem class':<24} {'repaired':>9}")
+    for problem, hits in sorted(per_class.items()):
+        print(f"{problem:<24} {sum(hits):>4}/{len(hits):<4}")
+    broken = [h for hits in per_class.values() for h in hits]
+    share = sum(broken) / len(broken) if broken else 1.0
+    print(f"{'broken set-ups repaired':<24} {sum(broken):>4}/{len(broken):<4} {share:.0%} (target >= 90%)")
+    print(f"{'healthy with a proposal':<24} {sum(proposed):>4}/{len(proposed):<4} (target 0)")
+    print(f"repair time / diagnosis run: median {statistics.median(ratios):.1f}x, max {max(ratios):.1f}x; "
+          f"all cases {time.perf_counter() - started:.0f} s (jobs={args.jobs})")
+    sys.exit(0 if share >= 0.9 and not any(proposed) else 1)
+
+
+if __name__ == "__main__":
+    main()

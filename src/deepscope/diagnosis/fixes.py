@@ -1,0 +1,454 @@
+"""Fixes as data: for each finding code, the candidate repairs, each a small named transformation of a run.
+
+A :class:`Fix` transforms either the run's specification (a plain dict, as ``RunSpec.to_dict()`` gives)
+or, for a network of your own, the ``nn.Module`` itself:
+
+- *run-level* fixes change ``[optim]``, ``[schedule]``, ``[train]`` or ``[data]``: they apply to any run,
+  spec-built or your own module (the trainer uses the spec's optimizer, schedule and data for both);
+- *model-level* fixes change ``[model]`` / ``[init]`` of a spec-built network, and have a module-level
+  version (swap activation modules, insert ``BatchNorm`` after each Linear/Conv of an ``nn.Sequential``,
+  re-initialize by formula, unfreeze parameters) that works on your module where it is safe. Where it
+  is not, :func:`apply_fix` raises :class:`NotApplicable` with the reason.
+
+:data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.diagnosis.repair`
+tries them. The techniques: learning-rate scaling and annealing (LeCun et al. 1998, "Efficient BackProp",
+sec. 4.7; Loshchilov & Hutter 2017 for cosine), momentum (Polyak 1964) and Adam (Kingma & Ba 2015),
+gradient-norm clipping (Pascanu et al. 2013), the initialization that fits the activation (Glorot & Bengio
+2010; He et al. 2015; Klambauer et al. 2017), LSUV (Mishkin & Matas 2016), zero-centred activations
+instead of the sigmoid (Glorot & Bengio 2010), Leaky ReLU (Maas et al. 2013) and PReLU (He et al. 2015)
+against dead units, batch normalization (Ioffe & Szegedy 2015), input centering and scaling (LeCun et
+al. 1998, sec. 4.3), dropout (Srivastava et al. 2014), weight decay (Krogh & Hertz 1992) and early
+stopping (Prechelt 1998) against overfitting.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["FIXES", "FIXES_FOR", "AsLogits", "Fix", "NotApplicable", "TrainMode", "apply_fix", "apply_fixes"]
+
+ADAM_LR = 1e-3  # Kingma & Ba (2015), the default step size of Adam
+CLIP_NORM = 1.0  # Pascanu et al. (2013) clip the gradient norm at a threshold of the order of its usual size
+PLATEAU = {"factor": 0.3, "patience": 1}  # reduce_on_plateau: x0.3 after two evaluations without progress
+DROPOUT = 0.3  # Srivastava et al. (2014) keep hidden units with p = 0.5-0.8
+WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992)
+BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
+PATIENCE = 2  # early stopping: evaluations without a better validation error (Prechelt 1998)
+
+
+class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
+    """A fix that does not apply to this run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A named transformation of a run. ``group`` names what it changes ("a+b": both): a combination takes one fix
+    per group.
+
+    ``spec(d)`` changes the spec dict ``d`` in place (raising :class:`NotApplicable` when it does not apply);
+    ``run_level`` fixes do so for your own module too. ``module(model, seed)`` changes your module in place (or
+    returns a module wrapping it).
+    """
+
+    name: str
+    title: str
+    group: str
+    spec: Callable[[dict], None] | None = None
+    module: Callable[[Any, int], None] | None = None
+    run_level: bool = False
+
+
+# --- spec-level transformations ----------------------------------------------------------------------
+
+
+def _lr(factor: float) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        spec["optim"]["lr"] = spec["optim"]["lr"] * factor
+
+    return fn
+
+
+def _schedule(name: str, **params) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        if spec["schedule"]["name"] != "constant":
+            raise NotApplicable(f"the run already anneals the learning rate (schedule {spec['schedule']['name']!r})")
+        spec["schedule"] = {"name": name, **params}
+
+    return fn
+
+
+def _optimizer(name: str, lr: float | None = None) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        current = spec["optim"]["name"]
+        if name == "momentum" and current != "sgd":
+            raise NotApplicable(f"momentum replaces plain SGD; the optimizer is {current!r}")
+        if current == name:
+            raise NotApplicable(f"the optimizer is already {name!r}")
+        kept = {k: v for k, v in spec["optim"].items() if k == "weight_decay"}
+        spec["optim"] = {"name": name, "lr": lr if lr is not None else spec["optim"]["lr"], **kept}
+
+    return fn
+
+
+def _clip(spec: dict) -> None:
+    if spec["train"].get("clip_norm") is not None:
+        raise NotApplicable(f"the gradient norm is already clipped (train.clip_norm={spec['train']['clip_norm']})")
+    spec["train"]["clip_norm"] = CLIP_NORM
+
+
+def _activation(spec: dict) -> str:
+    return spec["model"]["activation"]
+
+
+def _reinit(spec: dict) -> None:
+    from deepscope.nn.activations import ACTIVATIONS
+
+    activation = _activation(spec)
+    fitting = ACTIVATIONS[activation].init
+    scheme = spec["init"]["scheme"]
+    if scheme == "auto" or (scheme == fitting and len(spec["init"]) == 1):
+        raise NotApplicable(f"the init already fits {activation} (init.scheme={scheme!r})")
+    spec["init"] = {"scheme": fitting}
+
+
+def _lsuv(spec: dict) -> None:
+    if spec["init"]["scheme"] == "lsuv":
+        raise NotApplicable("the run is already LSUV-initialized")
+    spec["init"] = {"scheme": "lsuv"}
+
+
+def _swap(old: str, new: str) -> Callable[[dict], None]:
+    """Activation ``old`` -> ``new``, with the init that fits ``new`` (its registry pairing) unless the init adapts
+    by itself ("auto", "lsuv"): Glorot & Bengio (2010) pair tanh/softsign with the normalized init, He et al.
+    (2015) ReLU-like units with theirs."""
+
+    def fn(spec: dict) -> None:
+        from deepscope.nn.activations import ACTIVATIONS
+
+        if _activation(spec) != old:
+            raise NotApplicable(f"replaces {old}; the activation is {_activation(spec)}")
+        spec["model"]["activation"], spec["model"]["activation_kwargs"] = new, {}
+        if spec["init"]["scheme"] not in ("auto", "lsuv"):
+            spec["init"] = {"scheme": ACTIVATIONS[new].init}
+
+    return fn
+
+
+def _batch_norm(spec: dict) -> None:
+    if spec["model"].get("norm") == "batch":
+        raise NotApplicable("the network already has batch normalization")
+    spec["model"]["norm"] = "batch"
+
+
+def _preprocess(method: str) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        current = [m for m in spec["data"].get("preprocess", []) if m != "none"]
+        if method in current or (method == "center" and "standardize" in current):
+            raise NotApplicable(f"the inputs are already preprocessed with {', '.join(current)}")
+        spec["data"]["preprocess"] = [method]
+
+    return fn
+
+
+def _dropout(spec: dict) -> None:
+    if spec["model"].get("dropout", 0.0) > 0:
+        raise NotApplicable(f"the network already has dropout {spec['model']['dropout']}")
+    spec["model"]["dropout"] = DROPOUT
+
+
+def _early_stopping(spec: dict) -> None:
+    if spec["train"].get("patience") is not None:
+        raise NotApplicable(f"the run already stops early (train.patience={spec['train']['patience']})")
+    spec["train"]["patience"] = PATIENCE
+
+
+def _weight_decay(spec: dict) -> None:
+    from deepscope.optim import OPTIMIZERS
+
+    if "weight_decay" not in OPTIMIZERS[spec["optim"]["name"]].allowed():
+        raise NotApplicable(f"optimizer {spec['optim']['name']!r} takes no weight_decay")
+    if spec["optim"].get("weight_decay"):
+        raise NotApplicable(f"the optimizer already decays weights (weight_decay={spec['optim']['weight_decay']})")
+    spec["optim"]["weight_decay"] = WEIGHT_DECAY
+
+
+# --- module-level transformations (your own nn.Module, changed in place) -------------------------------
+
+
+def _replace_modules(model, kinds: tuple[type, ...], make: Callable[[], Any], what: str) -> list[str]:
+    """Replace every submodule of the types ``kinds`` by ``make()``; the names replaced."""
+    names = [name for name, m in model.named_modules() if name and isinstance(m, kinds)]
+    if not names:
+        raise NotApplicable(f"no {what} module to swap (an activation called as a function in forward() "
+                            "cannot be replaced from outside)")
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, make())
+    return names
+
+
+def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
+    """Swap the activation modules, then give each layer the init that fits the activation after it."""
+
+    def fn(model, seed: int) -> None:
+        from torch import nn
+
+        from deepscope.nn.activations import ACTIVATIONS
+
+        make = {"tanh": nn.Tanh, "softsign": nn.Softsign, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU}[new]
+        kinds = ACTIVATIONS[old].module_types
+        _replace_modules(model, kinds, make, f"{old} ({kinds[0].__name__})")
+        _reinit_module(model, seed)
+
+    return fn
+
+
+def _reinit_module(model, seed: int) -> None:
+    """Each Linear/Conv gets the init of the activation module after it (``init.apply(model, "auto")``)."""
+    import torch
+
+    from deepscope import init
+    from deepscope.nn.activations import spec_for_module
+
+    if not any(spec_for_module(m) is not None for m in model.modules()):
+        raise NotApplicable("the module has no activation modules (functions in forward()): the init that fits "
+                            "cannot be told")
+    init.apply(model, "auto", generator=torch.Generator().manual_seed(seed))
+
+
+def _layers(model) -> list[tuple[str, Any]]:
+    from deepscope.init import LAYER_TYPES
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+
+
+def _batch_norm_module(model, seed: int) -> None:
+    """Insert BatchNorm1d/2d/3d after each hidden Linear/Conv that is a child of an ``nn.Sequential``.
+
+    The output layer (the last Linear/Conv) gets none, nor does a layer already followed by a batch norm.
+    A layer called from a custom ``forward()`` is out of reach: without any layer in an ``nn.Sequential``
+    the fix does not apply.
+    """
+    from collections import OrderedDict
+
+    from torch import nn
+
+    norms = {nn.Linear: nn.BatchNorm1d, nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,
+             nn.Conv3d: nn.BatchNorm3d}
+    layers = _layers(model)
+    output = layers[-1][1] if layers else None
+    inserted = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        items, children = list(seq._modules.items()), []
+        for i, (name, child) in enumerate(items):
+            children.append((name, child))
+            after = items[i + 1][1] if i + 1 < len(items) else None
+            if type(child) in norms and child is not output and not isinstance(after, nn.modules.batchnorm._BatchNorm):
+                size = child.out_features if isinstance(child, nn.Linear) else child.out_channels
+                children.append((f"{name}_bn", norms[type(child)](size)))
+                inserted += 1
+        if len(children) > len(items):
+            seq._modules = OrderedDict(children)
+    if not inserted:
+        raise NotApplicable("no hidden Linear/Conv layer is a child of an nn.Sequential (layers called from a "
+                            "custom forward() cannot safely get a batch norm)")
+
+
+def _unfreeze_module(model, seed: int) -> None:
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    if not frozen:
+        raise NotApplicable("every parameter already trains")
+    for p in frozen:
+        p.requires_grad_(True)
+
+
+def _register_module(model, seed: int) -> None:
+    """Layers kept in a plain Python list or dict attribute become an ``nn.ModuleList`` / ``nn.ModuleDict``: the
+    same objects in the same order, now registered, so ``parameters()`` and the optimizer see them."""
+    found = []
+    for owner_name, owner in list(model.named_modules()):
+        for name, value in list(vars(owner).items()):
+            if name.startswith("_"):  # torch's own registries (_modules, _parameters, ...)
+                continue
+            if isinstance(value, list | tuple) and value and all(isinstance(v, nn.Module) for v in value):
+                wrapped = nn.ModuleList(value)
+            elif isinstance(value, dict) and value and all(isinstance(v, nn.Module) and isinstance(k, str)
+                                                           for k, v in value.items()):
+                wrapped = nn.ModuleDict(value)
+            else:
+                continue
+            del vars(owner)[name]
+            setattr(owner, name, wrapped)
+            found.append(f"{owner_name}.{name}".lstrip("."))
+    if not found:
+        raise NotApplicable("no layers kept in a Python list or dict attribute")
+
+
+def _bn_momentum_module(model, seed: int) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum == 0]
+    if not norms:
+        raise NotApplicable("no batch norm with running-statistics momentum 0")
+    for m in norms:
+        m.momentum = BN_MOMENTUM
+
+
+class TrainMode(nn.Module):
+    """Wraps a module whose own ``train()`` keeps some layers in eval mode: ``train(mode)`` sets every
+    submodule's mode (so batch norm uses batch statistics and dropout drops while training)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> TrainMode:
+        super().train(mode)
+        for m in self.module.modules():
+            m.training = mode
+        return self
+
+
+def _train_mode_module(model, seed: int) -> TrainMode:
+    if not any(type(m).train is not nn.Module.train for m in model.modules()):
+        raise NotApplicable("no module overrides train(): its mode is the trainer's")
+    return TrainMode(model)
+
+
+class AsLogits(nn.Module):
+    """Wraps a module whose output is squashed (softmax, sigmoid or tanh) and reads it back as logits.
+
+    The kind is read from the first output: rows >= 0 that sum to 1 are probabilities -> ``log p`` (then
+    cross-entropy's log-softmax of ``log p`` is ``log p`` itself: the loss of the unsquashed logits); values in
+    [0, 1] -> ``logit p``; in [-1, 1] -> ``atanh y``; anything else passes unchanged.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module, self.kind = module, None
+
+    def forward(self, *args, **kwargs):
+        import torch
+
+        y = self.module(*args, **kwargs)
+        if self.kind is None:
+            d = y.detach()
+            if d.min() >= -1e-4 and torch.allclose(d.sum(-1), torch.ones(()), atol=1e-3):
+                self.kind = "log"
+            else:
+                self.kind = "logit" if d.min() >= 0 and d.max() <= 1 else "atanh" if d.abs().max() <= 1 else "none"
+        if self.kind == "log":
+            return y.clamp_min(1e-12).log()
+        if self.kind == "logit":
+            return torch.logit(y, eps=1e-6)
+        return torch.atanh(y.clamp(-1 + 1e-6, 1 - 1e-6)) if self.kind == "atanh" else y
+
+
+def _as_logits_module(model, seed: int) -> AsLogits:
+    return AsLogits(model)
+
+
+def _swap_fix(name: str, old: str, new: str) -> Fix:
+    return Fix(name, f"{old} -> {new}, with the init that fits it", "activation+init", _swap(old, new),
+               _swap_module(old, new))
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+FIXES: dict[str, Fix] = {f.name: f for f in [
+    Fix("lr_x0.01", "learning rate x0.01", "lr", _lr(0.01), run_level=True),
+    Fix("lr_x0.1", "learning rate x0.1", "lr", _lr(0.1), run_level=True),
+    Fix("lr_x0.3", "learning rate x0.3", "lr", _lr(0.3), run_level=True),
+    Fix("lr_x3", "learning rate x3", "lr", _lr(3.0), run_level=True),
+    Fix("lr_x10", "learning rate x10", "lr", _lr(10.0), run_level=True),
+    Fix("warmup_cosine", "linear warm-up, then cosine decay", "schedule", _schedule("warmup_cosine"),
+        run_level=True),
+    Fix("cosine", "cosine decay of the learning rate", "schedule", _schedule("cosine"), run_level=True),
+    Fix("reduce_on_plateau", "learning rate x0.3 when the validation accuracy stalls", "schedule",
+        _schedule("reduce_on_plateau", **PLATEAU), run_level=True),
+    Fix("momentum", "SGD -> SGD with momentum 0.9", "optimizer", _optimizer("momentum"), run_level=True),
+    Fix("adam", f"optimizer -> Adam (lr {ADAM_LR:g})", "optimizer", _optimizer("adam", ADAM_LR), run_level=True),
+    Fix("clip_norm", f"clip the gradient norm at {CLIP_NORM:g}", "clip", _clip, run_level=True),
+    Fix("center", "center the inputs (training-set mean)", "preprocess", _preprocess("center"), run_level=True),
+    Fix("standardize", "standardize the inputs (training-set mean and std)", "preprocess",
+        _preprocess("standardize"), run_level=True),
+    Fix("reinit", "re-initialize with the scheme that fits the activation", "init", _reinit, _reinit_module),
+    Fix("lsuv", "LSUV initialization", "init", _lsuv),
+    _swap_fix("act_tanh", "sigmoid", "tanh"),
+    _swap_fix("act_softsign", "tanh", "softsign"),
+    _swap_fix("act_leaky_relu", "relu", "leaky_relu"),
+    _swap_fix("act_prelu", "relu", "prelu"),
+    Fix("batch_norm", "batch normalization after each hidden layer", "norm", _batch_norm, _batch_norm_module),
+    Fix("unfreeze", "unfreeze the frozen parameters", "unfreeze", None, _unfreeze_module),
+    Fix("register", "register layers kept in Python lists/dicts (nn.ModuleList / nn.ModuleDict)", "register",
+        None, _register_module),
+    Fix("bn_momentum", f"batch-norm running statistics updated again (momentum {BN_MOMENTUM})", "bn_momentum",
+        None, _bn_momentum_module),
+    Fix("train_mode", "every submodule in train mode while training (overrides your train())", "train_mode",
+        None, _train_mode_module),
+    Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
+        "output", None, _as_logits_module),
+    Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
+    Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay, run_level=True),
+    Fix("early_stopping", f"stop when the validation error has not improved for {PATIENCE} evaluations", "stopping",
+        _early_stopping, run_level=True),
+]}
+
+FIXES_FOR: dict[str, list[str]] = {
+    "symmetry": ["reinit", "lsuv"],
+    "exploding_gradients": ["lr_x0.1", "clip_norm", "reinit", "batch_norm"],
+    "vanishing_gradients": ["reinit", "act_tanh", "batch_norm", "lsuv"],
+    "saturation": ["reinit", "act_tanh", "act_softsign", "batch_norm"],
+    "dead_units": ["act_leaky_relu", "act_prelu", "reinit", "lr_x0.1", "batch_norm"],
+    "variance_shrinks": ["reinit", "lsuv", "batch_norm"],
+    "variance_grows": ["reinit", "lsuv", "batch_norm"],
+    "lr_too_high": ["lr_x0.1", "lr_x0.01", "lr_x0.3", "clip_norm", "warmup_cosine"],
+    "lr_too_low": ["lr_x3", "lr_x10", "momentum", "adam"],
+    "input_not_centered": ["center", "standardize"],
+    "input_not_scaled": ["standardize"],
+    "not_learning": ["unfreeze", "register"],
+    "output_loss_mismatch": ["as_logits"],
+    "output_saturated": ["reinit", "lr_x0.1", "clip_norm"],
+    "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
+    "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
+    "plateau": ["adam", "momentum", "lr_x3", "batch_norm"],
+    "overfitting": ["early_stopping", "weight_decay", "dropout"],
+    "eval_mode": ["train_mode"],
+    "bn_stats_frozen": ["bn_momentum", "train_mode"],
+}
+"""Candidate fixes per finding code, best first. ``diagnosis_error`` (a bug of deepscope) has none."""
+
+
+def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[dict, Any]:
+    """``(spec, model)`` with fix ``name`` applied, as copies; the inputs are left as they are.
+
+    For a spec-built network (``model=None``) the spec changes. For your own module, run-level fixes change
+    the spec and the others change a deep copy of ``model`` (``seed`` seeds a re-initialization). Raises
+    :class:`NotApplicable` with the reason when the fix does not apply, ``ValueError`` for an unknown name.
+    """
+    if name not in FIXES:
+        raise ValueError(f"fix={name!r} is not known; choose one of: {', '.join(FIXES)}")
+    fix = FIXES[name]
+    spec = copy.deepcopy(spec)
+    if model is None or fix.run_level:
+        if fix.spec is None:
+            raise NotApplicable("applies to a module of your own only")
+        fix.spec(spec)
+        return spec, model
+    if fix.module is None:
+        raise NotApplicable("changes [model]/[init] of a spec-built network; there is no module-level version")
+    model = copy.deepcopy(model)
+    return spec, fix.module(model, seed) or model  # a wrapping fix returns the wrapper
+
+
+def apply_fixes(names, spec: dict, model: Any = None, seed: int = 0) -> tuple[dict, Any]:
+    """:func:`apply_fix` of each of ``names`` in turn."""
+    for name in names:
+        spec, model = apply_fix(name, spec, model, seed)
+    return spec, model

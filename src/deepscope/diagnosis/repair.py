@@ -1,0 +1,495 @@
+"""``repair`` (``deepscope doctor --fix``): diagnose, try the candidate fixes, verify them, hand back a run that trains.
+
+1. The diagnosis run: :func:`~deepscope.diagnosis.session.diagnosis_run` on the spec (or your module, whose initial
+   state is deep-copied first). A healthy run gets "nothing to fix" and no trials.
+2. Trials: for the top :data:`TOP_FINDINGS` findings, each candidate of
+   :data:`~deepscope.diagnosis.fixes.FIXES_FOR` that applies is a short doctor run of the repaired spec (or
+   repaired copy of the initial module), as long as the diagnosis run, from the same seed -- so the same
+   batches and, where the fix leaves the network alone, the same initial weights. Trials run in parallel
+   (local processes, or Ray) and are recorded in the run store.
+3. Verification (:func:`judge`): a fix is *verified* when the trial finished, improved on the baseline by
+   the margin (validation error at least :data:`ERROR_MARGIN` lower, or validation loss at least
+   :data:`LOSS_MARGIN` lower at no higher error), the finding it targets is gone, and no new error appeared.
+4. Combination: the verified fixes, best first, are added greedily (one per group) while the budget lasts;
+   a combination is kept when it is verified and at least as good as the best so far.
+5. The best verified trial (never one that is not better than the baseline) is written as a TOML spec
+   ``<run>-fixed.toml`` and drawn next to the baseline in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepscope.config import RunSpec, spec_toml, validate_spec
+from deepscope.diagnosis.findings import Finding
+from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes
+
+__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "Trial", "judge", "repair", "repair_table",
+           "run_trial", "summary"]
+
+ERROR_MARGIN = 0.01  # a verified fix lowers the validation error by at least 1 point ...
+LOSS_MARGIN = 0.05  # ... or the validation loss by at least 5 % without raising the error
+TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are tried by default
+# A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
+# when the diagnosis run is shorter than this, trials run one after the other in this process instead.
+SPAWN_SECONDS = 10.0
+BACKENDS = ("local", "ray")  # as deepscope.experiments.sweep, which sits above diagnosis (not imported here)
+
+
+def _default_jobs() -> int:
+    """min(2, cpu count): the machine is shared, and one torch process already uses several threads."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _init_worker(workers: int) -> None:
+    """Each of ``workers`` processes gets its share of the cores as torch intra-op threads (as the sweep's). Trials
+    run in this process take the same share: on 2 busy cores a 500-update trial took 20-35 s with 2 threads
+    (spin-waiting) and 3-4 s with 1."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+PROBLEM = ("error", "warning")
+
+
+@dataclass
+class Trial:
+    """One trial run: the fixes applied, what they target, how the run went and the verdict of :func:`judge`."""
+
+    fixes: tuple[str, ...]
+    targets: tuple[str, ...]  # the baseline finding codes the fixes were tried for
+    spec: dict = field(repr=False)  # the repaired spec, at the run's full length
+    model: Any = field(default=None, repr=False)  # the repaired copy of your initial module
+    run_id: str | None = None
+    status: str = "not run"
+    metrics: dict[str, float] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+    improved: bool = False
+    cleared: bool = False
+    verified: bool = False
+    verdict: str = ""
+    data: dict = field(default_factory=dict, repr=False)  # records, histograms, scalars, checks, spec
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.fixes)
+
+    @property
+    def groups(self) -> set[str]:
+        return {g for f in self.fixes for g in FIXES[f].group.split("+")}
+
+
+@dataclass
+class RepairResult:
+    """What :func:`repair` did: the baseline diagnosis, the trials ranked (verified first), the best one."""
+
+    baseline: Any  # the DoctorResult of the diagnosis run
+    trials: list[Trial] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (fix, why it does not apply)
+    best: Trial | None = None
+    fixed_path: Path | None = None
+    report: Path | None = None
+    interrupted: bool = False
+    diagnosis_seconds: float = 0.0
+    seconds: float = 0.0  # the whole repair, diagnosis included
+
+    @property
+    def healthy(self) -> bool:
+        return self.baseline.healthy
+
+    @property
+    def repaired(self) -> bool:
+        return self.best is not None
+
+    @property
+    def model(self) -> Any:
+        """Your module repaired (its initial weights with the module-level fixes), or None."""
+        return self.best.model if self.best is not None else None
+
+    @property
+    def exit_code(self) -> int:
+        """0: nothing wrong, or a verified repair; 1: the problems remain."""
+        return 0 if self.healthy or self.repaired else 1
+
+
+# --- verification ------------------------------------------------------------------------------------
+
+
+def _score(metrics: dict[str, float], status: str) -> tuple[float, float]:
+    """(validation error, validation loss); a diverged run, or one without them, scores worst."""
+    err, loss = metrics.get("valid/error", math.nan), metrics.get("valid/loss", math.nan)
+    if status == "diverged" or not math.isfinite(err):
+        return 1.0, math.inf
+    return err, loss if math.isfinite(loss) else math.inf
+
+
+def judge(before: dict[str, float], after: dict[str, float], targets, before_findings: list[Finding],
+          after_findings: list[Finding], status: str = "finished",
+          before_status: str = "finished") -> tuple[bool, bool, bool, str]:
+    """``(improved, cleared, verified, verdict)`` of a trial against the baseline.
+
+    improved: the validation error is lower by >= ERROR_MARGIN, or the validation loss is lower by >= LOSS_MARGIN
+    (relative) with the error at most ERROR_MARGIN higher. cleared: none of ``targets`` is among the trial's
+    problems (errors and warnings), unless it recovers by the end of the run. verified: the trial finished,
+    improved and cleared. The verdict also names error-severity findings the baseline did not have.
+    """
+    b_err, b_loss = _score(before, before_status)
+    a_err, a_loss = _score(after, status)
+    improved = status == "finished" and (a_err <= b_err - ERROR_MARGIN or (
+        a_loss <= (1.0 - LOSS_MARGIN) * b_loss and a_err <= b_err + ERROR_MARGIN))
+    problems = {f.code for f in after_findings if f.severity in PROBLEM and f.recovers is not True}
+    remaining = [c for c in targets if c in problems]
+    cleared = not remaining
+    verified = status == "finished" and improved and cleared
+    before_codes = {f.code for f in before_findings if f.severity in PROBLEM}
+    new = sorted({f.code for f in after_findings if f.severity == "error"} - before_codes)
+    reasons = ["verified"] if verified else [] if status == "finished" else [status]
+    if status == "finished" and not improved:
+        reasons.append("no gain beyond the margin")
+    reasons += [f"{c} remains" for c in remaining] + [f"new error: {c}" for c in new]
+    return improved, cleared, verified, "; ".join(reasons)
+
+
+# --- running trials ----------------------------------------------------------------------------------
+
+
+def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: str | None = None,
+              updates: int = 500, monitor: int = 300) -> dict:
+    """One doctor run of ``spec`` (and your ``model``), without a report; a picklable summary of it."""
+    from deepscope.diagnosis.session import diagnosis_run as doctor
+    from deepscope.store import Store
+
+    start = time.perf_counter()
+    store = Store(store_root) if store_root is not None else None
+    try:
+        r = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
+                   report=False, quiet=True)
+    finally:
+        if store is not None:
+            store.close()
+    return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics),
+                findings=r.findings, seconds=time.perf_counter() - start,
+                records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks, spec=r.spec)
+
+
+def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progress) -> bool:
+    """Run ``trials`` (filling them in as they finish); True when interrupted (Ctrl-C keeps the finished ones)."""
+    def done(trial: Trial, out: dict) -> None:
+        for key in ("run_id", "status", "metrics", "findings", "seconds"):
+            setattr(trial, key, out[key])
+        trial.data = {k: out[k] for k in ("records", "histograms", "scalars", "checks", "spec")}
+        progress(trial)
+
+    if not trials:
+        return False
+    jobs = _default_jobs() if jobs is None else jobs
+    args = [(_trial_spec(t), copy.deepcopy(t.model)) for t in trials]  # a trial trains its module in place
+    try:
+        if backend == "ray":
+            return _run_ray(trials, args, run_args, jobs, done)
+        if jobs == 1 or len(trials) == 1:
+            import torch
+
+            threads = torch.get_num_threads()
+            _init_worker(_default_jobs())  # a worker's share of the cores, as in the pool (restored below)
+            try:
+                for trial, (spec, model) in zip(trials, args, strict=True):
+                    done(trial, run_trial(spec, model, **run_args))
+                    if trial.status == "interrupted":  # the trainer took the Ctrl-C: stop here
+                        return True
+            finally:
+                torch.set_num_threads(threads)
+            return False
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        workers = min(jobs, len(trials))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(workers,)) as pool:
+            futures = {pool.submit(run_trial, spec, model, **run_args): t
+                       for t, (spec, model) in zip(trials, args, strict=True)}
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)
+                for future, trial in futures.items():
+                    if trial.status == "not run" and future.done() and not future.cancelled() \
+                            and future.exception() is None:
+                        done(trial, future.result())
+                return True
+        return any(t.status == "interrupted" for t in trials)
+    except KeyboardInterrupt:
+        return True
+
+
+def _run_ray(trials, args, run_args, jobs, done) -> bool:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend='ray' needs Ray: pip install 'deepscope[ray]' (or use backend='local')") from None
+    if not ray.is_initialized():
+        ray.init(num_cpus=jobs, include_dashboard=False)  # or the cluster of RAY_ADDRESS
+    task = ray.remote(num_cpus=1)(run_trial)
+    refs = {task.remote(spec, model, **run_args): t for t, (spec, model) in zip(trials, args, strict=True)}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done(refs[ready[0]], ray.get(ready[0]))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        return True
+    return False
+
+
+def _trial_spec(trial: Trial) -> dict:
+    name = f"{trial.spec['name'].removesuffix('-fixed')}-{'-'.join(trial.fixes)}"
+    return {**trial.spec, "name": name}
+
+
+# --- the workflow ------------------------------------------------------------------------------------
+
+
+def _candidates(codes: list[str], spec: dict, model: Any, seed: int) -> tuple[list[Trial], list[tuple[str, str]]]:
+    trials, skipped, seen = [], [], set()
+    for code in codes:
+        for name in FIXES_FOR.get(code, []):
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                fixed, fixed_model = apply_fixes([name], spec, model, seed)
+            except NotApplicable as e:
+                skipped.append((name, str(e)))
+                continue
+            trials.append(Trial((name,), (code,), fixed, fixed_model))
+    return trials, skipped
+
+
+def _judge(trial: Trial, baseline) -> None:
+    trial.improved, trial.cleared, trial.verified, trial.verdict = judge(
+        baseline.metrics, trial.metrics, trial.targets, baseline.findings, trial.findings, trial.status,
+        baseline.status)
+
+
+def repair(
+    spec: Any = None,
+    *,
+    model: Any = None,
+    dataset: Any = None,
+    store: Any = None,
+    updates: int | None = None,
+    monitor: int | None = None,
+    budget: int | None = None,
+    jobs: int | None = None,
+    backend: str = "local",
+    report: bool = True,
+    report_path: Any = None,
+    fixed_path: Any = None,
+    quiet: bool = True,
+) -> RepairResult:
+    """Diagnose ``spec`` (or your ``model`` trained with it), try the candidate fixes, keep the best verified one.
+
+    ``budget`` is the number of trial runs (default: every applicable fix of the top two findings, plus one
+    combination). ``jobs`` parallel workers on ``backend`` ("local" processes or "ray"); by default two local
+    processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
+    like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
+    ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
+    are drawn side by side (``report_path``, default the baseline run's ``report.html``).
+    """
+    from deepscope.diagnosis.session import DOCTOR_UPDATES
+    from deepscope.diagnosis.session import diagnosis_run as doctor
+    from deepscope.probe.trainer import MONITOR
+    from deepscope.store import Store
+
+    updates = DOCTOR_UPDATES if updates is None else updates
+    monitor = MONITOR if monitor is None else monitor
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
+        raise ValueError(f"budget={budget!r} is not allowed; give an integer >= 0 (the number of trial runs)")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
+    if not isinstance(spec, RunSpec):
+        data = dict(spec or {})
+        data.setdefault("train", {"updates": updates})
+        spec = validate_spec(data, source="repair spec")
+    original = spec.to_dict()
+    if store is not None and not isinstance(store, Store):
+        store = Store(store)
+    initial = copy.deepcopy(model) if model is not None else None  # doctor trains the module in place
+    start = time.perf_counter()
+    baseline = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
+                      report=False, quiet=quiet)
+    result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
+    codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
+    result.interrupted = baseline.status == "interrupted"  # Ctrl-C during the diagnosis run: no trials
+    if codes and not result.interrupted:
+        candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
+        budget = len(candidates) + 1 if budget is None else budget
+        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:
+            jobs = 1
+        run_args = dict(dataset=dataset, store_root=str(store.root) if store is not None else None,
+                        updates=updates, monitor=monitor)
+        with _Progress(quiet) as progress:
+            singles = candidates[:budget]
+            result.interrupted = _run_all(singles, run_args, backend, jobs, progress.add(len(singles)))
+            for trial in singles:
+                _judge(trial, baseline)
+            result.trials = [t for t in singles if t.status != "not run"]
+            if not result.interrupted:
+                result.interrupted = _combine(result, original, initial, spec.train.seed, budget - len(singles),
+                                              run_args, backend, progress)
+        verified = [t for t in result.trials if t.verified]
+        result.best = min(verified, key=lambda t: (*_score(t.metrics, t.status), len(t.fixes))) if verified else None
+        result.trials.sort(key=lambda t: (not t.verified, *_score(t.metrics, t.status), len(t.fixes)))
+    if result.best is not None:
+        result.fixed_path = _write_fixed(result.best, original, model is not None,
+                                         fixed_path or Path(f"{baseline.run_id or spec.name}-fixed.toml"))
+    if report:
+        result.report = _report(result, spec.name, store, report_path)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _combine(result: RepairResult, spec: dict, model: Any, seed: int, left: int, run_args: dict, backend: str,
+             progress) -> bool:
+    """Greedy: add the next-best verified fix of a new group to the best so far while ``left`` trials remain."""
+    ranked = sorted((t for t in result.trials if t.verified), key=lambda t: _score(t.metrics, t.status))
+    if not ranked:
+        return False
+    current = ranked[0]
+    for other in ranked[1:]:
+        if left <= 0:
+            break
+        if other.groups & current.groups:
+            continue
+        fixes = current.fixes + other.fixes
+        try:
+            fixed, fixed_model = apply_fixes(fixes, spec, model, seed)
+        except NotApplicable as e:  # one fix undoes the ground of another (e.g. two swaps of one activation)
+            result.skipped.append((" + ".join(fixes), str(e)))
+            continue
+        trial = Trial(fixes, tuple(dict.fromkeys(current.targets + other.targets)), fixed, fixed_model)
+        left -= 1
+        interrupted = _run_all([trial], run_args, backend, 1, progress.add(1))
+        if trial.status == "not run":
+            return True
+        _judge(trial, result.baseline)
+        result.trials.append(trial)
+        if trial.verified and _score(trial.metrics, trial.status) <= _score(current.metrics, current.status):
+            current = trial
+        if interrupted:
+            return True
+    return False
+
+
+class _Progress:
+    """A rich progress bar over the trials (nothing when ``quiet``)."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=Console(stderr=True, quiet=quiet),
+                            disable=quiet)
+        self.task = None
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        self.task = self.bar.add_task("", total=0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def add(self, n: int):
+        self.bar.update(self.task, total=self.bar.tasks[0].total + n)
+
+        def finished(trial: Trial) -> None:
+            self.bar.update(self.task, advance=1, description=f"{trial.name}: {trial.status}")
+
+        return finished
+
+
+def _write_fixed(best: Trial, original: dict, own_module: bool, path: Any) -> Path:
+    spec = {**best.spec, "name": f"{original['name']}-fixed"}
+    header = [f"Repaired by deepscope doctor --fix: {best.name}.",
+              f"Verified in a {best.data.get('spec', {}).get('train', {}).get('updates', '?')}-update trial: "
+              f"valid error {best.metrics.get('valid/error', math.nan):.2%} (run {best.run_id})."]
+    if own_module:
+        module_fixes = [f for f in best.fixes if not FIXES[f].run_level]
+        spec = {k: v for k, v in spec.items() if k not in ("model", "init")}  # your module replaces them
+        header.append("For a module of your own: train(load_spec(this file), model=your_module)")
+        if module_fixes:
+            header.append(f"with the module-level fixes {', '.join(module_fixes)} applied first: your_module = "
+                          f"deepscope.diagnosis.fixes.apply_fixes({module_fixes!r}, spec.to_dict(), your_module)[1]")
+    path = Path(path)
+    path.write_text(spec_toml(spec, header))
+    return path
+
+
+def _report(result: RepairResult, name: str, store, report_path) -> Path:
+    from deepscope.plots import RunData
+    from deepscope.plots import report as write_report
+    from deepscope.store import REPORT_FILE
+
+    b = result.baseline
+    if report_path is None:
+        report_path = Path("doctor-report.html") if store is None else store.run_dir(b.run_id) / REPORT_FILE
+    runs = [RunData(f"baseline {b.run_id or name}", run_id=b.run_id, spec=b.spec, status=b.status,
+                    stats=b.records, histograms=b.histograms, scalars=b.scalars, findings=b.findings,
+                    checks=b.checks)]
+    if (best := result.best) is not None:
+        d = best.data
+        runs.append(RunData(f"repaired ({best.name})", run_id=best.run_id, spec=d["spec"], status=best.status,
+                            stats=d["records"], histograms=d["histograms"], scalars=d["scalars"],
+                            findings=best.findings, checks=d["checks"]))
+    return write_report(runs, out_path=report_path, title=f"deepscope doctor --fix: {name}")
+
+
+# --- output: the table and the summary ---------------------------------------------------------------
+
+
+def repair_table(result: RepairResult):
+    """The trials as a rich table, ranked: verified first, then by validation error."""
+    from rich.table import Table
+
+    b_err, b_loss = _score(result.baseline.metrics, result.baseline.status)
+    table = Table("#", "fix", "for finding", "cleared", "valid error", "valid loss", "time", "verdict",
+                  title=f"deepscope doctor --fix: {len(result.trials)} trials (diagnosis run "
+                  f"{result.diagnosis_seconds:.0f} s)", show_lines=False)
+    for i, t in enumerate(result.trials, 1):
+        err, loss = _score(t.metrics, t.status)
+        mark = "[bold green]" if t is result.best else ""
+        table.add_row(str(i), f"{mark}{t.name}", ", ".join(t.targets), "yes" if t.cleared else "[red]no[/]",
+                      f"{b_err:.1%} -> {err:.1%}", f"{b_loss:.3g} -> {loss:.3g}",
+                      f"{t.seconds:.0f} s ({t.seconds / max(result.diagnosis_seconds, 1e-9):.1f}x)",
+                      t.verdict.replace("verified", "[green]verified[/]", 1))
+    return table
+
+
+def summary(result: RepairResult) -> list[str]:
+    """What happened, in a few lines: nothing to fix, the repair and where it was written, or that none helped."""
+    b = result.baseline
+    if result.healthy:
+        return ["nothing to fix: the diagnosis run is healthy (no trials run)"]
+    lines = [f"skipped {name}: {why}" for name, why in result.skipped]
+    if result.interrupted:
+        lines.append(f"interrupted: {len(result.trials)} finished trials kept (in the run store)")
+    b_err, _ = _score(b.metrics, b.status)
+    if result.best is None:
+        lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
+                     "the run is left as it is")
+    else:
+        err, _ = _score(result.best.metrics, result.best.status)
+        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%} "
+                     f"(run {result.best.run_id}); fixed spec: {result.fixed_path}")
+    return lines

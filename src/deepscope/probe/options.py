@@ -1,0 +1,50 @@
+"""The probe's options, checked before anything is attached: one-line errors naming the key, the value
+and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from deepscope.probe.jacobian import JACOBIAN_METHODS
+from deepscope.registry import integer, unknown
+
+__all__ = ["check_options", "parse_monitor", "positive_int"]
+
+
+positive_int = integer
+
+
+def check_options(
+    every: int = 100,
+    bins: int = 50,
+    jacobian_examples: int = 10,
+    jacobian_every: int | None = None,
+    jacobian_method: str = "auto",
+    start_step: int = 0,
+) -> None:
+    """Raise ``ValueError`` naming the option, its value and what is allowed, for the options of :class:`Probe`
+    that do not depend on the model (so that a trainer can check them before training starts)."""
+    positive_int("every", every)
+    positive_int("bins", bins)
+    positive_int("jacobian_examples", jacobian_examples, minimum=0)
+    positive_int("start_step", start_step, minimum=0)
+    if jacobian_every is not None and positive_int("jacobian_every", jacobian_every) % every != 0:
+        raise ValueError(f"jacobian_every={jacobian_every!r} is not allowed; give a multiple of every={every}")
+    if jacobian_method not in JACOBIAN_METHODS:
+        raise unknown("jacobian_method", jacobian_method, JACOBIAN_METHODS)
+
+
+def parse_monitor(monitor: Any) -> tuple[Tensor | None, Tensor | None]:
+    """``monitor`` as ``(x, y)`` (``y`` None when only ``x`` is given)."""
+    if monitor is None:
+        return None, None
+    if isinstance(monitor, Tensor):
+        return monitor, None
+    if isinstance(monitor, tuple | list) and len(monitor) == 2 and all(isinstance(t, Tensor) for t in monitor):
+        x, y = monitor
+        if len(x) != len(y):
+            raise ValueError(f"monitor: x has {len(x)} examples but y has {len(y)}")
+        return x, y
+    raise ValueError(f"monitor={type(monitor).__name__} is not allowed; give a tensor x or a pair (x, y)")
