@@ -99,28 +99,21 @@ def test_tensorboard_sink_tags_and_histograms(setup):
     assert len(writer.scalars) == len(probe.records)
     tag, value, step = writer.scalars[0]
     first = probe.records[0]
-    assert tag == f"{first['source']}/{first['quantity']}/{first['stat']}/{first['layer']}"
+    assert tag == f"deepscope/{first['source']}/{first['quantity']}/{first['stat']}/{first['layer']}"
     assert (value, step) == (first["value"], first["step"])
     tag, kw = writer.histograms[0]
     h = probe.histograms[0]
-    assert tag == f"{h['source']}/{h['quantity']}/{h['layer']}"
+    assert tag == f"deepscope/{h['source']}/{h['quantity']}/{h['layer']}"
     assert kw["bucket_counts"] == h["counts"] and kw["num"] == sum(h["counts"])
     assert kw["bucket_limits"][-1] == pytest.approx(h["hi"])
     assert (kw["min"], kw["max"], kw["global_step"]) == (h["lo"], h["hi"], h["step"])
 
 
 def test_tensorboard_sink_missing_package_message(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_tensorboard(name, *args, **kwargs):
-        if name.startswith("torch.utils.tensorboard"):
-            raise ImportError("No module named 'tensorboard'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(ImportError, match=r"pip install deepscope\[tensorboard\]"):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'deepscope\[tensorboard\]'"):
         TensorBoardSink("runs")
 
 

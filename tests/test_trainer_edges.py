@@ -54,9 +54,12 @@ def test_a_failing_callback_leaves_no_probe_hook_behind():
 
 
 def test_finished_runs_leave_no_heartbeat_thread(tmp_path):
-    for _ in range(3):
-        train(SPEC, model=net(), dataset=blobs(), store=tmp_path, quiet=True)
-    assert not [t for t in threading.enumerate() if t.name == "deepscope-heartbeat" and t.is_alive()]
+    def beating():
+        return {t for t in threading.enumerate() if t.name == "deepscope-heartbeat" and t.is_alive()}
+
+    before = beating()  # other tests' stores may still hold runs
+    results = [train(SPEC, model=net(), dataset=blobs(), store=tmp_path, quiet=True) for _ in range(3)]
+    assert beating() <= before and all(r.store._heartbeat is None for r in results)
 
 
 def test_a_resumed_probe_records_each_step_once(tmp_path):

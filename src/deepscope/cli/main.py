@@ -236,26 +236,30 @@ def doctor_command(
 
 @app.command("report")
 def report_command(
-    runs: list[str] = typer.Argument(..., help="Run ids or unique prefixes, side by side."),
+    runs: list[str] = typer.Argument(..., help="Run ids or unique prefixes, or TensorBoard log directories "
+                                     "written by deepscope's sink or callbacks; side by side."),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="Report file."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     title: str = typer.Option("deepscope report", "--title", help="Page title."),
 ) -> None:
     """Write one self-contained HTML report (findings and Glorot & Bengio's figures) for stored runs."""
+    from deepscope.integrations.tensorboard import is_tensorboard_dir, run_from_tensorboard
     from deepscope.plots import RunData, report
 
     if not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
-    st = read_store(store)
+    logged = {run for run in runs if is_tensorboard_dir(run)}
+    st = read_store(store) if len(logged) < len(runs) else None
     try:
-        bundles = [RunData.from_store(st, run) for run in runs]
+        bundles = [run_from_tensorboard(run) if run in logged else RunData.from_store(st, run) for run in runs]
         path = report(bundles, out_path=output, title=title)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
         raise fail(str(e)) from None
     for run in bundles:
         if not run.stats and not run.checks:
-            typer.echo(f"run {run.run_id}: no probe records to diagnose; train it with --probe-every N "
-                       "(or run deepscope doctor on its spec)")
+            hint = ("log it with deepscope's TensorBoardSink or callbacks" if run.run_id in logged else
+                    "train it with --probe-every N (or run deepscope doctor on its spec)")
+            typer.echo(f"run {run.run_id}: no probe records to diagnose; {hint}")
         else:
             print_findings(run.diagnosis(), f"run {run.run_id}")
     typer.echo(f"report: {path}")

@@ -1,0 +1,214 @@
+"""deepscope inside PyTorch Lightning: a callback that records with a :class:`~deepscope.probe.Probe`.
+
+```python
+from deepscope.integrations.lightning import DeepscopeCallback
+trainer = lightning.Trainer(max_steps=1000, callbacks=[DeepscopeCallback(every=100)])
+trainer.fit(module, train_loader, val_loader)   # findings printed, report in trainer.log_dir
+```
+
+Needs the extra ``deepscope[lightning]`` (``lightning.pytorch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deepscope.integrations._common import LOSS, MONITOR, LossWindow, finish, metrics_by_step, take_examples
+
+try:
+    from lightning.pytorch import Callback, LightningModule
+except ImportError as e:  # one line naming the extra, not a traceback through Lightning
+    raise ImportError("deepscope.integrations.lightning needs the lightning package: "
+                      "pip install 'deepscope[lightning]'") from e
+
+__all__ = ["DeepscopeCallback"]
+
+
+class _LoggerSink:
+    """The probe's first sink: puts the gradients the optimizer stepped on into the weight-gradient rows,
+    then logs the statistics through every logger of the Trainer (histograms to TensorBoard loggers)."""
+
+    def __init__(self, callback: DeepscopeCallback, trainer: Any):
+        self.callback, self.trainer = callback, trainer
+
+    def write(self, stats: list[dict], histograms: list[dict]) -> None:
+        grads = self.callback._grads
+        if grads and stats and stats[0]["source"] == "train":
+            self.callback._grads = {}
+            _replace_weight_grads(stats, histograms, grads)
+        if not self.callback.log:
+            return
+        from deepscope.probe.sinks import TensorBoardSink
+
+        for logger in self.trainer.loggers:
+            for step, metrics in metrics_by_step(stats).items():
+                logger.log_metrics(metrics, step=step)
+            if histograms and type(logger).__name__ == "TensorBoardLogger":
+                TensorBoardSink(writer=logger.experiment).write([], histograms)
+
+
+def _replace_weight_grads(stats: list[dict], histograms: list[dict], grads: dict[str, Tensor]) -> None:
+    """Overwrite the ``weight_grad`` rows of one train record with statistics of ``grads`` (per weight name)."""
+    from deepscope.probe.stats import WEIGHT_GRADIENT_STATS
+
+    values = {name: v.tolist() for name, v in grads.items()}
+    k = len(WEIGHT_GRADIENT_STATS)
+    for r in stats:
+        if r["quantity"] == "weight_grad" and r["layer"] in values and r["stat"] in WEIGHT_GRADIENT_STATS:
+            r["value"] = float(values[r["layer"]][WEIGHT_GRADIENT_STATS.index(r["stat"])])
+    for h in histograms:
+        if h["quantity"] == "weight_grad" and h["layer"] in values:
+            lo, hi, *counts = values[h["layer"]][k:]
+            h.update(lo=lo, hi=hi, counts=counts)
+
+
+class DeepscopeCallback(Callback):
+    """Records Glorot & Bengio's instruments every ``every`` optimizer steps of a Lightning run.
+
+    Args:
+        every: record when ``trainer.global_step`` (optimizer steps, so gradient accumulation counts
+            one step per update) is a multiple of ``every``: the monitor set at that step, and the
+            training batch that follows, with the weight gradients the optimizer steps on (after the
+            DDP all-reduce, before clipping).
+        monitor: fixed examples ``x`` or ``(x, y)`` for the probe's own pass; ``None`` takes the first
+            ``monitor_size`` examples of the validation dataloader (batches ``(x, y, ...)``); ``False``
+            records the training batches only. The pass calls ``module(x)`` and scores it with
+            ``loss_fn(output, y)`` (cross-entropy by default), so the module needs a ``forward``.
+        sinks: more sinks for the probe's rows (``WandbSink``, ``MLflowSink``, ``TensorBoardSink``, ...).
+        diagnose: at the end of training, print the findings and write the HTML report into
+            ``trainer.log_dir`` (``deepscope-report.html``).
+        log: log the statistics through the Trainer's loggers as ``deepscope/{source}/{quantity}/{stat}/
+            {layer}`` (histograms too for TensorBoard), plus ``deepscope/loss``, the mean training loss
+            since the previous record.
+        probe_kwargs: passed to :class:`~deepscope.probe.Probe` (``layers``, ``bins``, ``jacobian_every``...).
+
+    Under DDP only global rank 0 records. After training, ``records``, ``histograms``, ``scalars``
+    (``train/loss`` per update), ``findings`` and ``report_path`` hold the results.
+    """
+
+    def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
+                 monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
+                 log: bool = True, **probe_kwargs: Any):
+        from deepscope.probe import check_options
+        from deepscope.registry import integer
+
+        check_options(every, **{k: v for k, v in probe_kwargs.items()
+                                if k in ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")})
+        self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
+        self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
+        self.probe_kwargs = probe_kwargs
+        self.probe = None
+        self._open = False
+        self.findings: list = []
+        self.report_path = None
+        self._grads: dict[str, Tensor] = {}
+        self._losses = LossWindow()
+        self._last_step = -1
+        self._loss_sum: Tensor | None = None
+        self._loss_n = 0
+
+    @property
+    def records(self) -> list[dict]:
+        return self.probe.records if self.probe is not None else []
+
+    @property
+    def histograms(self) -> list[dict]:
+        return self.probe.histograms if self.probe is not None else []
+
+    @property
+    def scalars(self) -> list[dict]:
+        return self._losses.rows()
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def on_train_start(self, trainer: Any, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from deepscope.probe import Probe
+
+        step = trainer.global_step
+        self._last_step, self._losses, self._grads, self._loss_sum, self._loss_n = step, LossWindow(), {}, None, 0
+        self.probe = Probe(pl_module, self.every, monitor=self._monitor(trainer, pl_module), loss_fn=self.loss_fn,
+                           sinks=[_LoggerSink(self, trainer), *self.sinks], start_step=step, **self.probe_kwargs)
+        self.probe.__enter__()
+        self._open = True
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.probe is None or not self._open or trainer.global_step % self.every != 0:
+            return
+        from deepscope.probe.stats import weight_gradient_stats
+
+        with torch.no_grad():  # the gradients this step applies: all-reduced under DDP, unscaled under AMP
+            self._grads.update({w.name: weight_gradient_stats(w.param.grad, self.probe.bins).cpu()
+                                for w in self.probe.weights if w.param.grad is not None})
+
+    def on_train_batch_end(self, trainer: Any, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.probe is None or not self._open:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, Tensor):
+            loss = loss.detach()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_n += 1
+        step = trainer.global_step
+        if step == self._last_step:  # accumulating: no optimizer step yet
+            return
+        self._last_step = step
+        if self._loss_sum is not None:
+            self._losses.add(step, self._loss_sum / self._loss_n)
+            self._loss_sum, self._loss_n = None, 0
+        self.probe.step(step)
+        if step % self.every == 0 and self.log:
+            mean = self._losses.window_mean()
+            if mean is not None:
+                for logger in trainer.loggers:
+                    logger.log_metrics({LOSS: mean}, step=step)
+
+    def on_train_end(self, trainer: Any, pl_module: LightningModule) -> None:
+        if self.probe is None:
+            return
+        self._close()
+        if self.diagnose:
+            name = type(pl_module).__name__
+            self.findings, self.report_path = finish(name, self.records, self.histograms, self.scalars,
+                                                     trainer.log_dir or trainer.default_root_dir)
+
+    def on_exception(self, trainer: Any, pl_module: LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self.probe.__exit__(None, None, None)
+
+    # ------------------------------------------------------------------ monitor set
+
+    def _monitor(self, trainer: Any, pl_module: LightningModule) -> Any:
+        if self.monitor is not None:
+            return None if self.monitor is False else self.monitor  # False: training batches only
+        if self.monitor_size == 0:
+            return None
+        if type(pl_module).forward is LightningModule.forward:
+            print(f"deepscope: {type(pl_module).__name__} has no forward(x); recording the training batches only "
+                  "(define forward, or pass monitor=False to silence this)")
+            return None
+        loaders = trainer.val_dataloaders
+        if loaders is None and trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined():
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()  # not loaded yet without a sanity check
+            loaders = trainer.val_dataloaders
+        if isinstance(loaders, list | tuple):
+            loaders = loaders[0] if loaders else None
+        batch = take_examples(loaders, self.monitor_size)
+        if batch is None:
+            return None
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, tuple) and len(batch) >= 2:
+            return batch[0], batch[1]
+        print("deepscope: validation batches are not (x, y) tensors; pass monitor=(x, y) to record a monitor set")
+        return None

@@ -1,0 +1,227 @@
+"""deepscope inside the Hugging Face ``Trainer``: a ``TrainerCallback`` that records with a
+:class:`~deepscope.probe.Probe`.
+
+```python
+from deepscope.integrations.transformers import DeepscopeCallback
+trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=valid)
+DeepscopeCallback(every=100).attach(trainer)     # or Trainer(..., callbacks=[DeepscopeCallback(monitor=...)])
+trainer.train()                                  # findings printed, report in args.output_dir
+```
+
+Needs the extra ``deepscope[transformers]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deepscope.integrations._common import MONITOR, finish, metrics_by_step, take_examples
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # one line naming the extra, not a traceback through transformers
+    raise ImportError("deepscope.integrations.transformers needs the transformers package: "
+                      "pip install 'deepscope[transformers]'") from e
+
+__all__ = ["DeepscopeCallback", "logits_loss"]
+
+
+def _field(output: Any, name: str) -> Any:
+    if isinstance(output, Mapping):
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+def logits_loss(output: Any, y: Tensor) -> Tensor:
+    """Cross-entropy of ``output.logits`` against ``y`` (one label per example, or per token with -100 ignored)."""
+    logits = _field(output, "logits")
+    if logits is None:
+        logits = output if isinstance(output, Tensor) else output[0]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100)
+
+
+def _own_loss(output: Any, y: Tensor) -> Tensor:
+    """The loss the model computed itself from the ``labels`` of the monitor batch (``output.loss``)."""
+    return _field(output, "loss")
+
+
+@contextmanager
+def _forward_on(model: nn.Module, inputs: dict[str, Tensor]):
+    """While the probe takes a record, ``model(index)`` runs the model on those monitor examples of ``inputs``
+    (the probe passes one tensor; a Hugging Face model takes keyword inputs)."""
+    had = "forward" in model.__dict__
+    saved = model.__dict__.get("forward")
+    forward = model.forward
+    model.forward = lambda index: forward(**{k: v[index] for k, v in inputs.items()})
+    try:
+        yield
+    finally:
+        if had:
+            model.forward = saved
+        else:
+            del model.forward
+
+
+class _TrainerLogSink:
+    """Sends the statistics through ``trainer.log`` (log history, TensorBoard / W&B / MLflow reporters)
+    at the record's step, without the console printers; histograms to the TensorBoard reporter."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+
+    def write(self, stats: list[dict], histograms: list[dict]) -> None:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        handler, state, control = self.trainer.callback_handler, self.trainer.state, self.trainer.control
+        callbacks, step, flags = handler.callbacks, state.global_step, dict(vars(control))
+        handler.callbacks = [c for c in callbacks if not isinstance(c, PrinterCallback | ProgressCallback)]
+        try:
+            for record_step, metrics in metrics_by_step(stats).items():
+                state.global_step = record_step  # reporters log at state.global_step: the record's own step
+                self.trainer.log(dict(metrics))
+        finally:  # logging clears control.should_log: the Trainer's own log of this step must still happen
+            handler.callbacks, state.global_step = callbacks, step
+            vars(control).update(flags)
+        writer = next((getattr(c, "tb_writer", None) for c in callbacks if type(c).__name__ == "TensorBoardCallback"),
+                      None)
+        if histograms and writer is not None:
+            from deepscope.probe.sinks import TensorBoardSink
+
+            TensorBoardSink(writer=writer).write([], histograms)
+
+
+class DeepscopeCallback(TrainerCallback):
+    """Records Glorot & Bengio's instruments every ``every`` optimizer steps of a Hugging Face ``Trainer`` run.
+
+    Args:
+        every: record when ``state.global_step`` (optimizer steps) is a multiple of ``every``.
+        monitor: fixed examples for the probe's own pass: a batch dict (``input_ids``, ``attention_mask``,
+            ``labels``...; scored with the model's own ``output.loss``), a dataset (collated with the
+            Trainer's collator), or tensors ``x`` / ``(x, y)`` (scored with ``loss_fn``, cross-entropy of
+            ``output.logits`` by default). ``None``: the first ``monitor_size`` examples of the evaluation
+            set when the callback is attached to the Trainer; ``False``: training batches only.
+        sinks: more sinks for the probe's rows.
+        diagnose: at the end of training, print the findings and write ``deepscope-report.html`` into
+            ``args.output_dir``.
+        log: (attached callback) log the statistics through ``trainer.log`` as
+            ``deepscope/{source}/{quantity}/{stat}/{layer}`` at the record's step.
+        probe_kwargs: passed to :class:`~deepscope.probe.Probe`.
+
+    Only the main process records; its weight gradients are read as the backward pass accumulates them
+    (before clipping; under multi-process training, that process's own gradients). After training:
+    ``records``, ``histograms``, ``scalars`` (the Trainer's logged training loss as ``train/loss``),
+    ``findings``, ``report_path``.
+    """
+
+    def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
+                 monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
+                 log: bool = True, **probe_kwargs: Any):
+        from deepscope.probe import check_options
+        from deepscope.registry import integer
+
+        check_options(every, **{k: v for k, v in probe_kwargs.items()
+                                if k in ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")})
+        self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
+        self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
+        self.probe_kwargs = probe_kwargs
+        self.trainer = None
+        self.probe = None
+        self.scalars: list[dict] = []
+        self.findings: list = []
+        self.report_path = None
+        self._open = False
+        self._inputs: dict[str, Tensor] | None = None
+
+    def attach(self, trainer: Any) -> DeepscopeCallback:
+        """Add this callback to ``trainer``, so it can log through ``trainer.log`` and read its evaluation set."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    @property
+    def records(self) -> list[dict]:
+        return self.probe.records if self.probe is not None else []
+
+    @property
+    def histograms(self) -> list[dict]:
+        return self.probe.histograms if self.probe is not None else []
+
+    # ------------------------------------------------------------------ Trainer events
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       train_dataloader: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or model is None:
+            return
+        from deepscope.probe import Probe
+
+        monitor, loss_fn = self._monitor(model, train_dataloader)
+        sinks = ([_TrainerLogSink(self.trainer)] if self.trainer is not None and self.log else []) + self.sinks
+        self.probe = Probe(model, self.every, monitor=monitor, loss_fn=loss_fn, sinks=sinks,
+                           start_step=state.global_step, **self.probe_kwargs)
+        with self._monitor_forward():
+            self.probe.__enter__()
+        self._open = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._open:
+            with self._monitor_forward(state.global_step):
+                self.probe.step(state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if self._open and logs and isinstance(logs.get("loss"), int | float):
+            self.scalars.append({"step": state.global_step, "name": "train/loss", "value": float(logs["loss"])})
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                     **kwargs: Any) -> None:
+        if self.probe is None:
+            return
+        self.close()
+        if self.diagnose:
+            name = type(model).__name__ if model is not None else "model"
+            self.findings, self.report_path = finish(name, self.records, self.histograms, self.scalars,
+                                                     args.output_dir)
+
+    def close(self) -> None:
+        """Remove the probe's hooks (safe twice, and after an error)."""
+        if self._open:
+            self._open = False
+            self.probe.__exit__(None, None, None)
+
+    # ------------------------------------------------------------------ monitor set
+
+    @contextmanager
+    def _monitor_forward(self, step: int | None = None):
+        if self._inputs is None or (step is not None and step % self.every != 0):
+            yield
+        else:
+            with _forward_on(self.probe.model, self._inputs):
+                yield
+
+    def _monitor(self, model: nn.Module, train_dataloader: Any) -> tuple[Any, Callable | None]:
+        monitor = self.monitor
+        if monitor is False or self.monitor_size == 0:
+            return None, self.loss_fn
+        collate = getattr(train_dataloader, "collate_fn", None)
+        if monitor is None and self.trainer is not None and self.trainer.eval_dataset is not None:
+            monitor = take_examples(self.trainer.get_eval_dataloader(), self.monitor_size)
+        elif monitor is not None and not isinstance(monitor, Tensor | tuple | list | Mapping):  # a dataset
+            examples = [monitor[i] for i in range(min(len(monitor), self.monitor_size))]
+            monitor = collate(examples) if collate is not None else torch.utils.data.default_collate(examples)
+        if monitor is None:
+            return None, self.loss_fn
+        if not isinstance(monitor, Mapping):
+            return monitor, self.loss_fn or logits_loss
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._inputs = {k: v[: self.monitor_size].to(device) for k, v in monitor.items() if isinstance(v, Tensor)}
+        index = torch.arange(len(next(iter(self._inputs.values()))))
+        if "labels" not in self._inputs:
+            return index, self.loss_fn
+        if self.loss_fn is None:  # the model scores itself; the probe only needs to know that there are targets
+            return (index, index.clone()), _own_loss
+        return (index, self._inputs.pop("labels")), self.loss_fn
