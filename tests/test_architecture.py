@@ -15,7 +15,7 @@ ROOT = Path(deepscope.__file__).parent
 # top to bottom, as in the README's "Development" section; a module may import its own layer and below
 LAYERS = [
     ["cli"],
-    ["experiments", "integrations", "diagnosis.workflow", "diagnosis.repair", "diagnosis.session"],
+    ["experiments", "integrations", "diagnosis.workflow", "diagnosis.trials", "diagnosis.session"],
     ["trainer", "checkpoint", "progress", "runtime", "plots"],
     ["diagnosis"],
     ["probe", "records", "store", "store_safety", "callbacks"],
@@ -125,3 +125,20 @@ def test_verbs_are_functions_in_a_fresh_interpreter():
     fresh = subprocess.run([sys.executable, "-c", "import deepscope; print(deepscope.diagnose, deepscope.train, "
                             "deepscope.doctor)"], capture_output=True, text=True, check=True)
     assert fresh.stdout.count("<function ") == 3
+
+
+def test_no_package_exports_a_name_that_is_also_one_of_its_modules():
+    """``from package import name`` must give the function, whatever was imported before: a submodule of the
+    same name would replace it on the package once imported."""
+    import importlib
+
+    clashes = []
+    for module, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        package = importlib.import_module(f"deepscope.{module}" if module else "deepscope")
+        for name in getattr(package, "__all__", []):
+            submodule = f"{module}.{name}" if module else name
+            if submodule in MODULES:
+                clashes.append(f"deepscope.{submodule}")
+    assert clashes == []

@@ -1,4 +1,4 @@
-"""deepscope.diagnosis.repair: the verification rule, trial seeding, the repaired spec, exit codes, a user module."""
+"""deepscope.diagnosis.trials: the verification rule, trial seeding, the repaired spec, exit codes, a user module."""
 
 import math
 import sys
@@ -12,7 +12,7 @@ from torch import nn
 from deepscope.config import load_spec, validate_spec
 from deepscope.data.registry import Dataset
 from deepscope.diagnosis import Finding
-from deepscope.diagnosis.repair import ERROR_MARGIN, LOSS_MARGIN, judge, repair
+from deepscope.diagnosis.trials import ERROR_MARGIN, LOSS_MARGIN, judge, repair
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +125,7 @@ def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_pa
 
 
 def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
-    import deepscope.diagnosis.repair as repair_module
+    import deepscope.diagnosis.trials as repair_module
 
     real, calls = repair_module.run_trial, []
 
@@ -143,7 +143,7 @@ def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
 
 
 def test_a_healthy_run_gets_nothing_to_fix_and_no_trials(tmp_path):
-    from deepscope.diagnosis.repair import summary
+    from deepscope.diagnosis.trials import summary
 
     healthy = validate_spec({**spec().to_dict(), "data": {"preprocess": "standardize"}})
     result = repair(healthy, dataset=blobs(), updates=150, monitor=100, jobs=1, report_path=tmp_path / "r.html",

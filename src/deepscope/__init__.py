@@ -58,6 +58,10 @@ _LAZY = {
     "Finding": "deepscope.diagnosis",
     "RunData": "deepscope.plots",
     "TrainerProbe": "deepscope.probe.trainer",
+    "StoreSink": "deepscope.probe.sinks",
+    "TensorBoardSink": "deepscope.probe.sinks",
+    "WandbSink": "deepscope.probe.sinks",
+    "MLflowSink": "deepscope.probe.sinks",
 }
 
 

@@ -141,7 +141,7 @@ def train_command(
     status, last = result.status, result.eval_step
     if result.diverged_at is not None:
         status, last = f"diverged at update {result.diverged_at}", result.diverged_at
-    if last is not None and last != result.step:
+    if last is not None and last != result.step and result.diverged_at is None:
         status += f"; stopped at update {result.step}"
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
@@ -204,7 +204,7 @@ def doctor_command(
         net = model_from_factory(model) if model is not None else None
         st = Store(store)
         if fix:
-            from deepscope.diagnosis.repair import repair
+            from deepscope.diagnosis.trials import repair
 
             fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
                            backend=backend, report=not no_report, report_path=output, quiet=quiet)
@@ -219,7 +219,7 @@ def doctor_command(
     if fix:
         from rich.console import Console
 
-        from deepscope.diagnosis.repair import repair_table, summary
+        from deepscope.diagnosis.trials import repair_table, summary
 
         if fixed.trials:
             Console().print(repair_table(fixed))

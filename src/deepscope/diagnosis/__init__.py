@@ -6,7 +6,7 @@
 - :mod:`~deepscope.diagnosis.workflow` -- :func:`doctor`: train with the probe, diagnose, report
   (loaded on first use: it sits above the trainer and the plots);
 - :mod:`~deepscope.diagnosis.fixes` -- candidate repairs per finding code, as data;
-- :mod:`~deepscope.diagnosis.repair` -- :func:`repair` (``doctor --fix``): trials of the fixes, verified.
+- :mod:`~deepscope.diagnosis.trials` -- :func:`repair` (``doctor --fix``): trials of the fixes, verified.
 """
 
 from importlib import import_module
@@ -33,5 +33,5 @@ def __getattr__(name: str):
     if name in ("doctor", "DoctorResult", "DOCTOR_UPDATES"):
         return getattr(import_module("deepscope.diagnosis.workflow"), name)
     if name in ("repair", "RepairResult"):
-        return getattr(import_module("deepscope.diagnosis.repair"), name)
+        return getattr(import_module("deepscope.diagnosis.trials"), name)
     raise AttributeError(f"module 'deepscope.diagnosis' has no attribute {name!r}")

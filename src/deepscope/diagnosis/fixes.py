@@ -10,7 +10,7 @@ or, for a network of your own, the ``nn.Module`` itself:
   re-initialize by formula, unfreeze parameters) that works on your module where it is safe. Where it
   is not, :func:`apply_fix` raises :class:`NotApplicable` with the reason.
 
-:data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.diagnosis.repair`
+:data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.diagnosis.trials`
 tries them. The techniques: learning-rate scaling and annealing (LeCun et al. 1998, "Efficient BackProp",
 sec. 4.7; Loshchilov & Hutter 2017 for cosine), momentum (Polyak 1964) and Adam (Kingma & Ba 2015),
 gradient-norm clipping (Pascanu et al. 2013), the initialization that fits the activation (Glorot & Bengio

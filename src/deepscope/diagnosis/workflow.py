@@ -1,7 +1,7 @@
 """``doctor``: diagnose a short probed run and, with ``fix=True``, try the fixes and keep what was verified.
 
 :func:`doctor` is the entry point of ``deepscope doctor``: the diagnosis run is
-:func:`~deepscope.diagnosis.session.diagnosis_run`, the repair :func:`~deepscope.diagnosis.repair.repair`.
+:func:`~deepscope.diagnosis.session.diagnosis_run`, the repair :func:`~deepscope.diagnosis.trials.repair`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ def doctor(
     (see :func:`~deepscope.diagnosis.session.diagnosis_run` for what is checked).
 
     ``fix=True`` goes on to try the candidate fixes (``budget`` trial runs, each as long as the diagnosis run,
-    from the same seed and initial weights) and returns the :class:`~deepscope.diagnosis.repair.RepairResult`
-    of :func:`~deepscope.diagnosis.repair.repair`.
+    from the same seed and initial weights) and returns the :class:`~deepscope.diagnosis.trials.RepairResult`
+    of :func:`~deepscope.diagnosis.trials.repair`.
     """
     if fix:
-        from deepscope.diagnosis.repair import repair
+        from deepscope.diagnosis.trials import repair
 
         return repair(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor, budget=budget,
                       report=report, report_path=report_path, quiet=quiet)
