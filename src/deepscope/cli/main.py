@@ -141,7 +141,7 @@ def train_command(
     status, last = result.status, result.eval_step
     if result.diverged_at is not None:
         status, last = f"diverged at update {result.diverged_at}", result.diverged_at
-    if last is not None and last != result.step and result.diverged_at is None:
+    if last is not None and last != result.step:
         status += f"; stopped at update {result.step}"
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
