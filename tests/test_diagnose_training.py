@@ -140,6 +140,29 @@ def test_plateau_at_the_chance_level_with_moving_weights():
     assert "plateau" not in codes(diagnose(rows, scalars=early))  # too soon to tell
     quadratic = {"train": {"loss": "quadratic"}}  # the chance level is that of the cross-entropy
     assert "plateau" not in codes(diagnose(rows, scalars=scalars, spec=quadratic))
+    # the loss at chance but the error well below the chance error (3 of 4 wrong): it learns, the loss lags
+    errors = [dict(step=60 * (i + 1), name="valid/error", value=v)
+              for i, v in enumerate([0.75, 0.7, 0.66, 0.6, 0.6, 0.6])]
+    chance_error = [dict(step=0, name="valid/chance_error", value=0.75)]
+    assert "plateau" not in codes(diagnose(rows, scalars=scalars + errors + chance_error))
+    at_chance = [dict(step=r["step"], name="valid/error", value=0.75 * (1 - rt.PLATEAU_ERROR_MARGIN / 2))
+                 for r in errors]
+    assert "plateau" in codes(diagnose(rows, scalars=scalars + at_chance + chance_error))
+
+
+def test_a_run_the_trainer_stopped_as_diverged_is_a_learning_rate_finding():
+    finite = curve("train/loss", [2.0, 40.0, 900.0, 5e4])  # finite: no NaN/Inf, too few points for the rise rule
+    assert "lr_too_high" not in codes(diagnose([], scalars=finite))
+    stopped = finite + [dict(step=4, name="train/diverged", value=1.0)]
+    f = only(diagnose([], scalars=stopped), "lr_too_high")
+    assert f.first_step == 4 and f.severity == "error" and "Lower the learning rate" in f.advice
+
+
+def test_chance_error_is_one_minus_the_largest_class_frequency():
+    from deepscope.diagnosis.session import chance_error
+
+    assert chance_error(torch.tensor([2, 2, 2, 0])) == pytest.approx(0.25)
+    assert chance_error(torch.arange(9)) == pytest.approx(8 / 9)
 
 
 def test_chance_loss_is_the_entropy_of_the_class_frequencies():

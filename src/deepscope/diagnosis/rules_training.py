@@ -64,6 +64,10 @@ PLATEAU_MARGIN = 0.02
 # A plateau needs time to show: in the first updates every net is near the chance level. The last evaluation
 # must come at least PLATEAU_MIN_UPDATES updates after the first (doctor runs 500 by default).
 PLATEAU_MIN_UPDATES = 200
+# ... and the validation error stays within PLATEAU_ERROR_MARGIN (relative) of the chance error, 1 - the largest
+# class frequency ("valid/chance_error"): a net whose error is already well below chance learns, however slowly
+# its loss moves (a hard task such as Shapeset early in training), while shuffled labels keep both at chance.
+PLATEAU_ERROR_MARGIN = 0.05
 
 # Layers that do not learn: a layer whose median update/weight ratio is below NOT_LEARNING_RELATIVE times the
 # fastest layer's. Healthy nets of the benchmark keep all layers within 30x of each other (Adam within 3x);
@@ -105,8 +109,9 @@ def _lr_evidence(spec: Any) -> dict[str, float]:
         return {}
 
 
-def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, explained: bool) -> list[Finding]:
-    if not loss:
+def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, explained: bool,
+                        diverged: list[tuple[int, float]] = ()) -> list[Finding]:
+    if not loss and not diverged:
         return []
     evidence_lr = _lr_evidence(spec)
     bad = [s for s, v in loss if not math.isfinite(v)]
@@ -115,6 +120,11 @@ def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, 
     if bad:
         return [Finding("lr_too_high", "error", f"the training loss became NaN/Inf at update {bad[0]}",
                         first_step=bad[0], recovers=False, evidence={"nan_step": float(bad[0]), **evidence_lr},
+                        advice=lower)]
+    if diverged:  # the trainer stopped the run: a finite loss that exploded ("train/diverged" at that update)
+        step = int(diverged[0][0])
+        return [Finding("lr_too_high", "error", f"the training loss exploded and the run was stopped at update {step}",
+                        first_step=step, recovers=False, evidence={"diverged_step": float(step), **evidence_lr},
                         advice=lower)]
     if len(loss) < LR_MIN_POINTS:
         return []
@@ -252,7 +262,8 @@ def _rule_overfitting(loss: list[tuple[int, float]], valid: list[tuple[int, floa
 
 
 def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Records, spec: Any,
-                  explained: bool) -> list[Finding]:
+                  explained: bool, errors: list[tuple[int, float]] = (), chance_error: float | None = None
+                  ) -> list[Finding]:
     if explained or chance is None or not math.isfinite(chance) or chance <= 0:
         return []
     if spec_value(spec, "loss") not in (None, "cross_entropy"):
@@ -266,6 +277,9 @@ def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Rec
         return []
     if late[0] - min(late) > PLATEAU_MARGIN * chance:
         return []  # still falling toward the chance level and below: slow, but not stuck
+    late_errors = [v for _, v in errors[len(errors) // 2:] if math.isfinite(v)]
+    if chance_error is not None and late_errors and min(late_errors) < (1 - PLATEAU_ERROR_MARGIN) * chance_error:
+        return []  # it already classifies better than chance: it learns, the loss lags behind
     return [Finding(
         "plateau", "warning",
         f"the validation loss stays at the chance level ({min(late):.3g} vs {chance:.3g}, the loss of predicting "
@@ -314,11 +328,13 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     loss = curve(scalars, "train/loss")
     valid = curve(scalars, "valid/loss")
     chance = curve(scalars, "valid/chance_loss")
-    rate = _rule_learning_rate(loss, rec, spec, explained)
+    rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"))
     findings = rate + _rule_not_learning(rec, explained)
     if not rate:  # a loss thrown about by too high a rate says nothing of generalization
         findings += _rule_overfitting(loss, valid)
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
     explained = explained or bool(findings)
-    findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained)
+    chance_error = curve(scalars, "valid/chance_error")
+    findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained,
+                              curve(scalars, "valid/error"), chance_error[-1][1] if chance_error else None)
     return findings

@@ -32,7 +32,7 @@ from deepscope.diagnosis.rules import diagnose
 from deepscope.probe.trainer import MONITOR, TrainerProbe
 from deepscope.store import CHECKS_FILE, REPORT_FILE
 
-__all__ = ["DOCTOR_UPDATES", "DoctorResult", "chance_loss", "diagnosis_run", "write_report"]
+__all__ = ["DOCTOR_UPDATES", "DoctorResult", "chance_error", "chance_loss", "diagnosis_run", "write_report"]
 
 DOCTOR_UPDATES = 500  # long enough for the loss curve and saturation to show, short enough to wait for
 DOCTOR_RECORDS = 10  # probe records over the run (plus the one at initialization)
@@ -50,6 +50,12 @@ _EXPLAINED_BY_CHECKS = {
 
 # Findings read from the loss and gradient norm of every update and the chance level, which the store does not keep
 _FROM_UPDATE_CURVES = {"loss_spikes", "gradient_spikes", "plateau"}
+
+
+def chance_error(labels) -> float:
+    """The error of always predicting the most frequent class of ``labels``."""
+    counts = torch.bincount(torch.as_tensor(labels).reshape(-1).long().clamp(min=0)).double()
+    return float(1.0 - counts.max() / counts.sum()) if counts.numel() else 0.0
 
 
 def chance_loss(labels) -> float:
@@ -205,6 +211,9 @@ def diagnosis_run(
     loss_rows += [r for r in checks.evals if not r["name"].startswith("train/")]
     if data.valid is not None and len(data.valid[1]):
         loss_rows.append(dict(step=0, name="valid/chance_loss", value=chance_loss(data.valid[1])))
+        loss_rows.append(dict(step=0, name="valid/chance_error", value=chance_error(data.valid[1])))
+    if result.status == "diverged":  # the trainer stopped it (a NaN/Inf loss, or a finite one that exploded)
+        loss_rows.append(dict(step=result.diverged_at or result.step, name="train/diverged", value=1.0))
     recorded = spec.to_dict()
     if model is not None:
         from deepscope.trainer import describe_model

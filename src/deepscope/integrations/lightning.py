@@ -93,11 +93,10 @@ class DeepscopeCallback(Callback):
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
                  log: bool = True, **probe_kwargs: Any):
-        from deepscope.probe import check_options
+        from deepscope.probe.options import check_probe_kwargs
         from deepscope.registry import integer
 
-        check_options(every, **{k: v for k, v in probe_kwargs.items()
-                                if k in ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")})
+        check_probe_kwargs(every, probe_kwargs)
         self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
         self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
         self.probe_kwargs = probe_kwargs

@@ -10,7 +10,10 @@ from torch import Tensor
 from deepscope.probe.jacobian import JACOBIAN_METHODS
 from deepscope.registry import integer, unknown
 
-__all__ = ["check_options", "parse_monitor", "positive_int"]
+__all__ = ["check_options", "check_probe_kwargs", "parse_monitor", "positive_int"]
+
+# the options of a Probe that can be checked before the model is known
+MODEL_FREE = ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")
 
 
 positive_int = integer
@@ -34,6 +37,12 @@ def check_options(
         raise ValueError(f"jacobian_every={jacobian_every!r} is not allowed; give a multiple of every={every}")
     if jacobian_method not in JACOBIAN_METHODS:
         raise unknown("jacobian_method", jacobian_method, JACOBIAN_METHODS)
+
+
+def check_probe_kwargs(every: int, probe_kwargs: dict[str, Any]) -> None:
+    """:func:`check_options` on the ``Probe`` keyword arguments a callback was given (the model-free ones), so a
+    bad option fails when the callback is made, before any training (layer names are checked on the model)."""
+    check_options(every, **{k: v for k, v in probe_kwargs.items() if k in MODEL_FREE})
 
 
 def parse_monitor(monitor: Any) -> tuple[Tensor | None, Tensor | None]:

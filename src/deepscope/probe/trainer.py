@@ -15,7 +15,6 @@ from deepscope.callbacks import Callback
 __all__ = ["MONITOR", "TrainerProbe"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
-_CHECKED = ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")
 
 
 class TrainerProbe(Callback):
@@ -37,10 +36,10 @@ class TrainerProbe(Callback):
             raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0 or a pair (x, y)")
         if monitor_split not in ("valid", "test"):
             raise ValueError(f"probe monitor_split={monitor_split!r} is not known; choose one of: valid, test")
-        from deepscope.probe import check_options
+        from deepscope.probe.options import check_probe_kwargs
 
         # bad options fail now, before a run is created (layer names can only be checked on the model)
-        check_options(every, **{k: v for k, v in probe_kwargs.items() if k in _CHECKED})
+        check_probe_kwargs(every, probe_kwargs)
         self.every, self.monitor, self.monitor_split, self.kwargs = every, monitor, monitor_split, probe_kwargs
         self.probe, self._owned = probe, probe is None
         self._open = False
