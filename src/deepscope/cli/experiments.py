@@ -53,7 +53,7 @@ def experiments_show(name: str = typer.Argument(..., help="Experiment name.")) -
 @experiments_app.command("run")
 def experiments_run(
     name: str = typer.Argument(..., help="Experiment name (see `deepscope experiments list`)."),
-    profile: str = typer.Option("quick", "--profile", "-p", help="tiny | quick | paper."),
+    profile: str = typer.Option("quick", "--profile", "-p", help="tiny | quick | paper (some also have demo)."),
     seeds: int | None = typer.Option(None, "--seeds", help="Number of seeds (default: the profile's)."),
     store: Path | None = typer.Option(
         None, "--store", help="Run store for the runs and the verdict (default for experiments that train: "
