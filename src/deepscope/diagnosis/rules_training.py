@@ -187,39 +187,33 @@ def _spikes(values: Sequence[float], factor: float, min_jump: float = 0.0) -> li
     return out
 
 
+def _spike_finding(code: str, curve: list[tuple[int, float]], factor: float, min_jump: float, what: str,
+                   extra: str, evidence_lr: dict, advice: str) -> list[Finding]:
+    """A ``code`` finding when ``curve`` jumps ``factor`` x above its neighbours' level at SPIKE_COUNT updates."""
+    values = [v for _, v in curve]
+    if len(values) <= 2 * SPIKE_WINDOW or not all(math.isfinite(v) for v in values):
+        return []
+    hits = _spikes(values, factor, min_jump)
+    if len(hits) < SPIKE_COUNT:
+        return []
+    worst, first = max(r for _, r in hits), curve[hits[0][0]][0]
+    return [Finding(
+        code, "warning",
+        f"{what} jumped {worst:.0f}x above its neighbours' level at {len(hits)} updates (first at update {first})"
+        f"{extra}", first_step=first, recovers=True,
+        evidence={"spikes": float(len(hits)), "worst_ratio": worst, "threshold": factor, **evidence_lr},
+        advice=advice)]
+
+
 def _rule_spikes(loss: list[tuple[int, float]], norms: list[tuple[int, float]], spec: Any) -> list[Finding]:
-    out = []
     advice = ("Lower the learning rate (e.g. 3-10x), add a warm-up (schedule warmup_cosine), clip the gradient norm "
               "(train.clip_norm = 1; Pascanu et al. 2013); look for outliers or corrupted examples in the data.")
     evidence_lr = _lr_evidence(spec)
-    values = [v for _, v in loss]
-    if len(values) > 2 * SPIKE_WINDOW and all(math.isfinite(v) for v in values):
-        start = median(values[:SPIKE_WINDOW])
-        hits = _spikes(values, LOSS_SPIKE_FACTOR, LOSS_SPIKE_MIN_JUMP * start)
-        if len(hits) >= SPIKE_COUNT:
-            worst = max(r for _, r in hits)
-            out.append(Finding(
-                "loss_spikes", "warning",
-                f"the training loss jumped {worst:.0f}x above its neighbours' level at {len(hits)} updates "
-                f"(first at update {loss[hits[0][0]][0]}) without diverging",
-                first_step=loss[hits[0][0]][0], recovers=True,
-                evidence={"spikes": float(len(hits)), "worst_ratio": worst, "threshold": LOSS_SPIKE_FACTOR,
-                          **evidence_lr},
-                advice=advice))
-    values = [v for _, v in norms]
-    if len(values) > 2 * SPIKE_WINDOW and all(math.isfinite(v) for v in values):
-        hits = _spikes(values, GRAD_SPIKE_FACTOR)
-        if len(hits) >= SPIKE_COUNT:
-            worst = max(r for _, r in hits)
-            out.append(Finding(
-                "gradient_spikes", "warning",
-                f"the gradient norm jumped {worst:.0f}x above its neighbours' level at {len(hits)} updates "
-                f"(first at update {norms[hits[0][0]][0]})",
-                first_step=norms[hits[0][0]][0], recovers=True,
-                evidence={"spikes": float(len(hits)), "worst_ratio": worst, "threshold": GRAD_SPIKE_FACTOR,
-                          **evidence_lr},
-                advice=advice))
-    return out
+    start = median([v for _, v in loss[:SPIKE_WINDOW]]) if loss else 0.0
+    return (_spike_finding("loss_spikes", loss, LOSS_SPIKE_FACTOR, LOSS_SPIKE_MIN_JUMP * start, "the training loss",
+                           " without diverging", evidence_lr, advice)
+            + _spike_finding("gradient_spikes", norms, GRAD_SPIKE_FACTOR, 0.0, "the gradient norm", "", evidence_lr,
+                             advice))
 
 
 # --- plateau and overfitting: the evaluations --------------------------------------------------------

@@ -11,14 +11,28 @@ from torch import Tensor
 
 from deepscope.probe.sinks import PREFIX, histogram_tag, require, stat_tag
 
-__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "histogram_tag", "metrics_by_step", "print_findings",
-           "require", "stat_tag", "take_examples"]
+__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "histogram_tag", "metrics_by_step", "print_findings", "require",
+           "set_options", "stat_tag", "take_examples"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
 LOSS = f"{PREFIX}/loss"  # mean training loss since the previous record; read back as "train/loss"
 REPORT_FILE = "deepscope-report.html"
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def set_options(callback: Any, every: int, monitor: Any, sinks: Iterable[Any], diagnose: bool, monitor_size: int,
+                loss_fn: Any, log: bool, probe_kwargs: dict[str, Any]) -> None:
+    """Check a framework callback's options (before any training) and set them, with its empty results."""
+    from deepscope.probe.options import check_probe_kwargs
+    from deepscope.registry import integer
+
+    check_probe_kwargs(every, probe_kwargs)
+    callback.every, callback.monitor = every, monitor
+    callback.monitor_size = integer("monitor_size", monitor_size, minimum=0)
+    callback.sinks, callback.diagnose, callback.loss_fn, callback.log = list(sinks), diagnose, loss_fn, log
+    callback.probe_kwargs = probe_kwargs
+    callback.probe, callback.findings, callback.report_path, callback._open = None, [], None, False
 
 
 def metrics_by_step(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:

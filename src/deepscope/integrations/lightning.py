@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepscope.integrations._common import LOSS, MONITOR, LossWindow, finish, metrics_by_step, take_examples
+from deepscope.integrations._common import (
+    LOSS,
+    MONITOR,
+    LossWindow,
+    finish,
+    metrics_by_step,
+    set_options,
+    take_examples,
+)
 
 try:
     from lightning.pytorch import Callback, LightningModule
@@ -93,17 +101,7 @@ class DeepscopeCallback(Callback):
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
                  log: bool = True, **probe_kwargs: Any):
-        from deepscope.probe.options import check_probe_kwargs
-        from deepscope.registry import integer
-
-        check_probe_kwargs(every, probe_kwargs)
-        self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
-        self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
-        self.probe_kwargs = probe_kwargs
-        self.probe = None
-        self._open = False
-        self.findings: list = []
-        self.report_path = None
+        set_options(self, every, monitor, sinks, diagnose, monitor_size, loss_fn, log, probe_kwargs)
         self._grads: dict[str, Tensor] = {}
         self._losses = LossWindow()
         self._last_step = -1

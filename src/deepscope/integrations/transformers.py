@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.integrations._common import MONITOR, finish, metrics_by_step, take_examples
+from deepscope.integrations._common import MONITOR, finish, metrics_by_step, set_options, take_examples
 
 try:
     from transformers import TrainerCallback
@@ -122,19 +122,9 @@ class DeepscopeCallback(TrainerCallback):
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
                  log: bool = True, **probe_kwargs: Any):
-        from deepscope.probe.options import check_probe_kwargs
-        from deepscope.registry import integer
-
-        check_probe_kwargs(every, probe_kwargs)
-        self.every, self.monitor, self.monitor_size = every, monitor, integer("monitor_size", monitor_size, minimum=0)
-        self.sinks, self.diagnose, self.loss_fn, self.log = list(sinks), diagnose, loss_fn, log
-        self.probe_kwargs = probe_kwargs
+        set_options(self, every, monitor, sinks, diagnose, monitor_size, loss_fn, log, probe_kwargs)
         self.trainer = None
-        self.probe = None
         self.scalars: list[dict] = []
-        self.findings: list = []
-        self.report_path = None
-        self._open = False
         self._inputs: dict[str, Tensor] | None = None
 
     def attach(self, trainer: Any) -> DeepscopeCallback:
