@@ -124,6 +124,21 @@ def test_overfitting_when_the_validation_loss_rises_as_the_training_loss_falls()
     assert "overfitting" not in codes(diagnose([], scalars=curve("train/loss", train) + evals(noise)))
 
 
+def test_overfitting_judges_the_weights_a_run_restored():
+    """train.restore_best logs the update whose weights the run ended with: the rise after it is info."""
+    train = [1.0 * 0.99 ** i for i in range(300)]
+    valid = [1.0, 0.9, 0.8, 0.8, 0.85, 0.9, 1.0, 1.1, 1.2, 1.3]  # the minimum at update 90
+    rows = curve("train/loss", train) + evals(valid)
+    restored = [dict(step=300, name="restored_step", value=90.0)]
+    f = only(diagnose([], scalars=rows + restored), "overfitting")
+    assert f.severity == "info" and f.recovers is True and "weights of update 90" in f.message
+    assert f.evidence["valid_loss_restored"] == 0.8
+    # weights restored from within the rise (update 210: 1.0 >= 1.1 x 0.8) are still overfitted
+    late = [dict(step=300, name="restored_step", value=210.0)]
+    f = only(diagnose([], scalars=rows + late), "overfitting")
+    assert f.severity == "warning" and f.evidence["valid_loss_restored"] == 1.0
+
+
 def test_plateau_at_the_chance_level_with_moving_weights():
     chance = math.log(4)
     flat = [chance * 1.05, chance * 1.01, chance, chance * 1.004, chance * 0.995, chance * 1.002]

@@ -274,12 +274,21 @@ def test_as_logits_gives_cross_entropy_the_loss_of_the_unsquashed_logits(squash)
 
 def test_dropout_weight_decay_and_early_stopping_fixes():
     before = spec()
-    assert changed(before, apply_fix("early_stopping", before)[0]) == {"train.patience": (None, 2)}
-    with pytest.raises(NotApplicable, match="already stops early"):
-        apply_fix("early_stopping", spec(train={"patience": 5}))
+    assert changed(before, apply_fix("early_stopping", before)[0]) == {
+        "train.patience": (None, 2), "train.monitor": ("error", "loss"), "train.restore_best": (False, True)}
+    # a run that already stops early keeps its patience and gets the loss watched and the best weights kept
+    assert changed(spec(train={"patience": 5}), apply_fix("early_stopping", spec(train={"patience": 5}))[0]) == {
+        "train.monitor": ("error", "loss"), "train.restore_best": (False, True)}
+    with pytest.raises(NotApplicable, match="already ends with the weights of its best validation loss"):
+        apply_fix("early_stopping", spec(train={"patience": 5, "monitor": "loss", "restore_best": True}))
     assert changed(before, apply_fix("dropout", before)[0]) == {"model.dropout": (0.0, 0.3)}
     assert apply_fix("weight_decay", before)[0]["optim"]["weight_decay"] == 5e-4
+    assert apply_fix("strong_weight_decay", before)[0]["optim"]["weight_decay"] == 5e-3
     validate_spec(apply_fix("weight_decay", before)[0])
+    # a run that decays less gets the stronger decay; one that decays as much is left alone
+    assert apply_fix("strong_weight_decay", spec(optim={"weight_decay": 5e-4}))[0]["optim"]["weight_decay"] == 5e-3
+    with pytest.raises(NotApplicable, match="already decays weights as much"):
+        apply_fix("weight_decay", spec(optim={"weight_decay": 5e-4}))
 
 
 def test_run_level_fixes_on_a_module_change_the_spec_and_share_the_module():

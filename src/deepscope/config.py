@@ -267,6 +267,8 @@ class TrainSpec(_Section):
     eval_every: Annotated[int | None, Nullable] = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     patience: Annotated[int | None, Nullable] = Field(None, ge=1)
+    monitor: Literal["error", "loss"] = "error"  # what patience and the best evaluation watch (validation)
+    restore_best: bool = False  # end the run with the weights of the best evaluation
     checkpoint_every: Annotated[int | None, Nullable] = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

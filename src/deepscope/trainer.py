@@ -216,6 +216,7 @@ class _Trainer:
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
         self.best: dict[str, float] = {}
+        self.best_state: dict[str, Tensor] | None = None  # the best evaluation's weights, with train.restore_best
         self.bad_evals = 0
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
@@ -271,7 +272,7 @@ class _Trainer:
             "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "wrong": self.wrong.cpu().clone(),
                              "seen": self.seen},
             "metrics": dict(self.metrics),
-            "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals},
+            "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals, "best_model": self.best_state},
             "start_loss": self.start_loss,
         }
 
@@ -287,6 +288,7 @@ class _Trainer:
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
         self.best, self.bad_evals = dict(ckpt["early_stopping"]["best"]), ckpt["early_stopping"]["bad_evals"]
+        self.best_state = ckpt["early_stopping"].get("best_model")
         self.start_loss = ckpt.get("start_loss")
         set_rng_state(ckpt["rng"])
 
@@ -352,11 +354,14 @@ class _Trainer:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
         valid_error = metrics.get("valid/error")
+        watched = f"valid/{self.spec.train.monitor}"
         if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
             valid_error = metrics.get("train/error", math.nan)
-        elif not self.best or valid_error < self.best["valid/error"]:
+        elif not self.best or metrics[watched] < self.best[watched]:
             self.best = {"step": self.step, **{k: v for k, v in metrics.items() if "/" in k}}
             self.bad_evals = 0
+            if self.spec.train.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.bad_evals += 1
         if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
@@ -430,8 +435,11 @@ class _Trainer:
                         self._emit("eval")
                         console.print(eval_line(self.step, self.total, self.metrics), markup=False)
                         if patience is not None and self.bad_evals >= patience:
-                            message = (f"Stopped early at update {self.step}: the validation error has not improved "
-                                       f"for {patience} evaluations (best {self.best['valid/error']:.2%} at update "
+                            watched = self.spec.train.monitor
+                            best = self.best[f"valid/{watched}"]
+                            message = (f"Stopped early at update {self.step}: the validation {watched} has not "
+                                       f"improved for {patience} evaluations (best "
+                                       f"{f'{best:.2%}' if watched == 'error' else f'{best:.4g}'} at update "
                                        f"{self.best['step']}).")
                             break
                     if self.step % self.checkpoint_every == 0 and self.step < self.total and not self.save():
@@ -452,6 +460,8 @@ class _Trainer:
                     if self.n:  # stopped between evaluations (early stopping evaluates on its own)
                         self.run_evaluation()
                         self._emit("eval")
+                    if self.best_state is not None and self.best["step"] != self.eval_step:
+                        message = " ".join(filter(None, [message, self._restore_best()]))
                     if not self.save():
                         status, message = "diverged", self._diverged(self.step, math.nan)
         except KeyboardInterrupt:
@@ -486,6 +496,18 @@ class _Trainer:
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
         )
+
+    def _restore_best(self) -> str:
+        """train.restore_best: load the best evaluation's weights; the run's metrics become that evaluation's."""
+        self.model.load_state_dict(self.best_state)
+        self.metrics.clear()
+        self.metrics.update({k: v for k, v in self.best.items() if k != "step"})
+        self.eval_step = int(self.best["step"])
+        if self.store is not None:
+            self.store.log_scalars(self.run_id, self.step, {"restored_step": float(self.best["step"])})
+            self.store.flush()
+        return (f"Restored the weights of update {self.eval_step}, the best validation {self.spec.train.monitor} "
+                f"(train.restore_best).")
 
     def _diverged(self, update: int, value: float) -> str:
         self.diverged_at = update

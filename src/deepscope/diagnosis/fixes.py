@@ -36,9 +36,9 @@ ADAM_LR = 1e-3  # Kingma & Ba (2015), the default step size of Adam
 CLIP_NORM = 1.0  # Pascanu et al. (2013) clip the gradient norm at a threshold of the order of its usual size
 PLATEAU = {"factor": 0.3, "patience": 1}  # reduce_on_plateau: x0.3 after two evaluations without progress
 DROPOUT = 0.3  # Srivastava et al. (2014) keep hidden units with p = 0.5-0.8
-WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992)
+WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992); x10 is tried too
 BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
-PATIENCE = 2  # early stopping: evaluations without a better validation error (Prechelt 1998)
+PATIENCE = 2  # early stopping: evaluations without a better validation loss (Prechelt 1998)
 
 
 class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
@@ -162,19 +162,26 @@ def _dropout(spec: dict) -> None:
 
 
 def _early_stopping(spec: dict) -> None:
-    if spec["train"].get("patience") is not None:
-        raise NotApplicable(f"the run already stops early (train.patience={spec['train']['patience']})")
-    spec["train"]["patience"] = PATIENCE
+    train = spec["train"]
+    if train.get("restore_best") and train.get("monitor", "error") == "loss":
+        raise NotApplicable("the run already ends with the weights of its best validation loss "
+                            "(train.restore_best, train.monitor=\"loss\")")
+    train["patience"] = train.get("patience") or PATIENCE
+    train["monitor"], train["restore_best"] = "loss", True
 
 
-def _weight_decay(spec: dict) -> None:
-    from deepscope.optim import OPTIMIZERS
+def _weight_decay(value: float) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        from deepscope.optim import OPTIMIZERS
 
-    if "weight_decay" not in OPTIMIZERS[spec["optim"]["name"]].allowed():
-        raise NotApplicable(f"optimizer {spec['optim']['name']!r} takes no weight_decay")
-    if spec["optim"].get("weight_decay"):
-        raise NotApplicable(f"the optimizer already decays weights (weight_decay={spec['optim']['weight_decay']})")
-    spec["optim"]["weight_decay"] = WEIGHT_DECAY
+        if "weight_decay" not in OPTIMIZERS[spec["optim"]["name"]].allowed():
+            raise NotApplicable(f"optimizer {spec['optim']['name']!r} takes no weight_decay")
+        if (spec["optim"].get("weight_decay") or 0.0) >= value:
+            raise NotApplicable(f"the optimizer already decays weights as much (weight_decay="
+                                f"{spec['optim']['weight_decay']})")
+        spec["optim"]["weight_decay"] = value
+
+    return fn
 
 
 # --- module-level transformations (your own nn.Module, changed in place) -------------------------------
@@ -395,9 +402,11 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
         "output", None, _as_logits_module),
     Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
-    Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay, run_level=True),
-    Fix("early_stopping", f"stop when the validation error has not improved for {PATIENCE} evaluations", "stopping",
-        _early_stopping, run_level=True),
+    Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay(WEIGHT_DECAY), run_level=True),
+    Fix("strong_weight_decay", f"weight decay {10 * WEIGHT_DECAY:g}", "weight_decay", _weight_decay(10 * WEIGHT_DECAY),
+        run_level=True),
+    Fix("early_stopping", f"stop when the validation loss has not improved for {PATIENCE} evaluations and keep the "
+        "weights of the best one", "stopping", _early_stopping, run_level=True),
 ]}
 
 FIXES_FOR: dict[str, list[str]] = {
@@ -418,7 +427,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "plateau": ["adam", "momentum", "lr_x3", "batch_norm"],
-    "overfitting": ["early_stopping", "weight_decay", "dropout"],
+    "overfitting": ["early_stopping", "weight_decay", "strong_weight_decay", "dropout"],
     "eval_mode": ["train_mode"],
     "bn_stats_frozen": ["bn_momentum", "train_mode"],
 }

@@ -229,7 +229,11 @@ def _train_loss_at(loss: list[tuple[int, float]], steps: list[int]) -> list[floa
     return out
 
 
-def _rule_overfitting(loss: list[tuple[int, float]], valid: list[tuple[int, float]]) -> list[Finding]:
+def _rule_overfitting(loss: list[tuple[int, float]], valid: list[tuple[int, float]],
+                      restored: list[tuple[int, float]] = ()) -> list[Finding]:
+    """The validation loss rose from its minimum while the training loss fell. With ``restored`` (the run ended
+    with the weights of an earlier evaluation, ``train.restore_best``) the network handed back is judged: its
+    validation loss is that of the restored update, and a rise after it is reported as info."""
     valid = [(s, v) for s, v in valid if math.isfinite(v)]
     if len(valid) < OVERFIT_MIN_EVALS:
         return []
@@ -244,15 +248,23 @@ def _rule_overfitting(loss: list[tuple[int, float]], valid: list[tuple[int, floa
     if not (math.isfinite(train[best]) and math.isfinite(train[-1]) and train[-1] < train[best]):
         return []  # the training loss rises too: not overfitting (the lr rules look at that)
     gap_then, gap_now = values[best] - train[best], values[-1] - train[-1]
+    evidence = {"valid_loss_min": low, "valid_loss_end": values[-1], "train_loss_at_min": train[best],
+                "train_loss_end": train[-1], "gap_at_min": gap_then, "gap_end": gap_now, "threshold": OVERFIT_RISE}
+    rose = (f"the validation loss rose from {low:.3g} (update {steps[best]}) to {values[-1]:.3g} while the training "
+            f"loss fell from {train[best]:.3g} to {train[-1]:.3g}: the gap grew from {gap_then:.3g} to {gap_now:.3g}")
+    if restored and int(restored[-1][1]) in steps:
+        step = int(restored[-1][1])
+        kept = values[steps.index(step)]
+        evidence |= {"restored_step": float(step), "valid_loss_restored": kept}
+        if kept < (1 + OVERFIT_RISE / 2) * low:
+            return [Finding("overfitting", "info", f"{rose}; the run ended with the weights of update {step} "
+                            f"(validation loss {kept:.3g}), from before the rise (train.restore_best)",
+                            first_step=steps[best], recovers=True, evidence=evidence)]
     return [Finding(
-        "overfitting", "warning",
-        f"the validation loss rose from {low:.3g} (update {steps[best]}) to {values[-1]:.3g} while the training "
-        f"loss fell from {train[best]:.3g} to {train[-1]:.3g}: the gap grew from {gap_then:.3g} to {gap_now:.3g}",
-        first_step=steps[best], recovers=False,
-        evidence={"valid_loss_min": low, "valid_loss_end": values[-1], "train_loss_at_min": train[best],
-                  "train_loss_end": train[-1], "gap_at_min": gap_then, "gap_end": gap_now, "threshold": OVERFIT_RISE},
-        advice="Stop early at the best validation loss (train.patience), add data or augmentation (data.augment), "
-        "regularize (weight decay, dropout), or use a smaller model.")]
+        "overfitting", "warning", rose, first_step=steps[best], recovers=False, evidence=evidence,
+        advice="Stop early at the best validation loss and keep its weights (train.patience, train.monitor=\"loss\", "
+        "train.restore_best=true), add data or augmentation (data.augment), regularize (weight decay, dropout), "
+        "or use a smaller model.")]
 
 
 def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Records, spec: Any,
@@ -325,7 +337,7 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"))
     findings = rate + _rule_not_learning(rec, explained)
     if not rate:  # a loss thrown about by too high a rate says nothing of generalization
-        findings += _rule_overfitting(loss, valid)
+        findings += _rule_overfitting(loss, valid, curve(scalars, "restored_step"))
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
     explained = explained or bool(findings)
     chance_error = curve(scalars, "valid/chance_error")
