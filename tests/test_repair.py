@@ -116,6 +116,40 @@ def test_a_combination_is_tried_from_verified_fixes_of_different_groups():
     assert result.repaired
 
 
+def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_gained(monkeypatch):
+    """Trials faked by their fixes: reinit clears the saturation without a gain, batch_norm gains without
+    clearing it; nothing is verified alone, so the pair is tried once and judged by the same rule."""
+    import deepscope.diagnosis.trials as trials
+
+    base = None
+
+    def fake(spec, model=None, **kwargs):
+        fixes = set(spec["name"].removeprefix("tiny-").split("-"))
+        err, loss = base["valid/error"], base["valid/loss"]
+        gain = "norm" in spec["model"] and spec["model"]["norm"] == "batch"
+        cleared = spec["init"]["scheme"] != "normal"
+        found = [] if cleared else [Finding("saturation", "error", "")]
+        metrics = {"valid/error": err - 0.05 if gain else err, "valid/loss": loss * (0.8 if gain else 1.0)}
+        return dict(run_id=f"t-{'-'.join(sorted(fixes))}", status="finished", metrics=metrics, findings=found,
+                    seconds=0.0, records=[], histograms=[], scalars=[], checks=[], spec=spec)
+
+    monkeypatch.setattr(trials, "run_trial", fake)
+    saturated = spec("sigmoid", "normal", std=1.0)
+    probe = fix_run(saturated, budget=0)
+    base = probe.baseline.metrics
+    assert "saturation" in [f.code for f in probe.baseline.findings]
+    result = fix_run(saturated)
+    singles = {t.fixes[0]: t for t in result.trials if len(t.fixes) == 1}
+    assert not any(t.verified for t in singles.values())
+    assert singles["reinit"].cleared and not singles["reinit"].improved
+    assert singles["batch_norm"].improved and not singles["batch_norm"].cleared
+    pairs = [t for t in result.trials if len(t.fixes) == 2]
+    assert [set(t.fixes) for t in pairs] == [{"reinit", "batch_norm"}] and pairs[0].verified
+    assert result.best is pairs[0] and result.exit_code == 0
+    # with no budget left for it, no pair
+    assert all(len(t.fixes) == 1 for t in fix_run(saturated, budget=len(singles)).trials)
+
+
 def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_path):
     result = fix_run(spec(lr=2.0), budget=1, fixed_path=tmp_path / "f.toml")
     top = next(f.code for f in result.baseline.findings if f.severity in ("error", "warning"))

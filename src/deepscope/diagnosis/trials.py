@@ -11,7 +11,9 @@
    the margin (validation error at least :data:`ERROR_MARGIN` lower, or validation loss at least
    :data:`LOSS_MARGIN` lower at no higher error), the finding it targets is gone, and no new error appeared.
 4. Combination: the verified fixes, best first, are added greedily (one per group) while the budget lasts;
-   a combination is kept when it is verified and at least as good as the best so far.
+   a combination is kept when it is verified and at least as good as the best so far. With no verified fix,
+   the best fix that cleared its finding without a gain is tried with the best that gained without clearing
+   its finding, and judged by the same rule.
 5. The best verified trial (never one that is not better than the baseline) is written as a TOML spec
    ``<run>-fixed.toml`` and drawn next to the baseline in the report.
 """
@@ -360,34 +362,54 @@ def repair(
 
 def _combine(result: RepairResult, spec: dict, model: Any, seed: int, left: int, run_args: dict, backend: str,
              progress) -> bool:
-    """Greedy: add the next-best verified fix of a new group to the best so far while ``left`` trials remain."""
+    """Greedy: add the next-best verified fix of a new group to the best so far while ``left`` trials remain.
+
+    With no verified fix, the halves of one: the best fix that cleared its finding without a gain, with the best
+    one (of another group) that gained without clearing its finding -- e.g. a re-initialization that ends the
+    saturation but learns no faster in the short trial, with a batch norm that learns faster but leaves it.
+    """
     ranked = sorted((t for t in result.trials if t.verified), key=lambda t: _score(t.metrics, t.status))
     if not ranked:
-        return False
+        finished = sorted((t for t in result.trials if t.status == "finished"),
+                          key=lambda t: _score(t.metrics, t.status))
+        cleared = [t for t in finished if t.cleared and not t.improved]
+        gained = [t for t in finished if t.improved and not t.cleared]
+        pairs = [(a, b) for a in cleared for b in gained if not a.groups & b.groups]
+        return bool(pairs) and left > 0 and _try_pair(result, pairs[0][0], pairs[0][1], spec, model, seed,
+                                                      run_args, backend, progress)[1]
     current = ranked[0]
     for other in ranked[1:]:
         if left <= 0:
             break
         if other.groups & current.groups:
             continue
-        fixes = current.fixes + other.fixes
-        try:
-            fixed, fixed_model = apply_fixes(fixes, spec, model, seed)
-        except NotApplicable as e:  # one fix undoes the ground of another (e.g. two swaps of one activation)
-            result.skipped.append((" + ".join(fixes), str(e)))
+        trial, interrupted = _try_pair(result, current, other, spec, model, seed, run_args, backend, progress)
+        if trial is None and not interrupted:
             continue
-        trial = Trial(fixes, tuple(dict.fromkeys(current.targets + other.targets)), fixed, fixed_model)
         left -= 1
-        interrupted = _run_all([trial], run_args, backend, 1, progress.add(1))
-        if trial.status == "not run":
-            return True
-        _judge(trial, result.baseline)
-        result.trials.append(trial)
-        if trial.verified and _score(trial.metrics, trial.status) <= _score(current.metrics, current.status):
-            current = trial
         if interrupted:
             return True
+        if trial.verified and _score(trial.metrics, trial.status) <= _score(current.metrics, current.status):
+            current = trial
     return False
+
+
+def _try_pair(result: RepairResult, first: Trial, second: Trial, spec: dict, model: Any, seed: int,
+              run_args: dict, backend: str, progress) -> tuple[Trial | None, bool]:
+    """Run ``first``'s fixes with ``second``'s as one trial; (the trial or None if it does not apply, interrupted)."""
+    fixes = first.fixes + second.fixes
+    try:
+        fixed, fixed_model = apply_fixes(fixes, spec, model, seed)
+    except NotApplicable as e:  # one fix undoes the ground of another (e.g. two swaps of one activation)
+        result.skipped.append((" + ".join(fixes), str(e)))
+        return None, False
+    trial = Trial(fixes, tuple(dict.fromkeys(first.targets + second.targets)), fixed, fixed_model)
+    interrupted = _run_all([trial], run_args, backend, 1, progress.add(1))
+    if trial.status == "not run":
+        return trial, True
+    _judge(trial, result.baseline)
+    result.trials.append(trial)
+    return trial, interrupted
 
 
 class _Progress:
