@@ -5,9 +5,9 @@ that name its problem. A broken case counts as named when doctor reports one of 
 an error; a healthy case is a false alarm when doctor reports any warning or error. Prints one line per
 case, then recall per problem class, false alarms, and the time per case; then the speed of doctor itself
 on a 4 x 128 MLP with 600 updates: the whole run, the time from the end of training to the findings, and
-the time to write the report (figures included).
+the time to write the report (figures included). ``--heldout`` runs benchmarks/heldout.py's set-ups instead.
 
-    python benchmarks/diagnosis.py [--only NAME ...] [--threads 1] [--no-speed]
+    python benchmarks/diagnosis.py [--only NAME ...] [--threads 1] [--no-speed] [--heldout]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from cases import CASES, HEALTHY, Case  # noqa: E402
+from heldout import HELDOUT  # noqa: E402
 
 from deepscope.diagnosis import doctor  # noqa: E402
 
@@ -133,9 +134,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the cases (default 1: stable "
                         "on a shared box); the doctor command of the speed test uses torch's default")
     parser.add_argument("--no-speed", action="store_true", help="skip the doctor speed measurement")
+    parser.add_argument("--heldout", action="store_true",
+                        help="run the held-out set-ups (benchmarks/heldout.py) instead of benchmarks/cases.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if not args.only or c.name in args.only]
+    cases = [c for c in (HELDOUT if args.heldout else CASES) if not args.only or c.name in args.only]
     ok = benchmark(cases)
     if not args.no_speed:
         import tempfile

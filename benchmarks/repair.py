@@ -5,8 +5,9 @@ Prints one line per case -- what doctor found, the best verified fix, the valida
 the number of trials and the whole repair's time as a multiple of its diagnosis run (a diagnosis run that
 diverges stops early, so its multiple is large) -- then the share of
 broken set-ups repaired (target >= 90 %) and the healthy set-ups for which a fix was proposed (target 0).
+``--heldout`` runs the held-out set-ups of benchmarks/heldout.py (no threshold was tuned on them) instead.
 
-    python benchmarks/repair.py [--only NAME ...] [--threads 1] [--jobs 2]
+    python benchmarks/repair.py [--only NAME ...] [--threads 1] [--jobs 2] [--heldout]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from cases import CASES, Case  # noqa: E402
+from heldout import HELDOUT  # noqa: E402
 
 from deepscope.diagnosis.trials import repair  # noqa: E402
 
@@ -38,9 +40,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the diagnosis run (default 1)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="parallel trial processes (default: repair's choice, see SPAWN_SECONDS)")
+    parser.add_argument("--heldout", action="store_true",
+                        help="run the held-out set-ups (benchmarks/heldout.py) instead of benchmarks/cases.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if not args.only or c.name in args.only]
+    cases = [c for c in (HELDOUT if args.heldout else CASES) if not args.only or c.name in args.only]
     per_class: dict[str, list[bool]] = defaultdict(list)
     proposed, ratios, started = [], [], time.perf_counter()
     print(f"{'case':<24} {'kind':<6} {'found (top two)':<38} {'best verified fix':<30} {'valid error':<16} "
