@@ -160,8 +160,48 @@ def test_batch_norm_surgery_uses_batchnorm2d_after_a_conv_and_skips_layers_outsi
         apply_fix("batch_norm", spec(), Custom())
     with pytest.raises(NotApplicable, match="no relu"):
         apply_fix("act_leaky_relu", spec(), Custom())
-    with pytest.raises(NotApplicable, match="no activation modules"):
-        apply_fix("reinit", spec(), Custom())
+    apply_fix("reinit", spec(), Custom())  # torch.relu in forward(): the init that fits relu (tested below)
+
+
+class FunctionalNet(nn.Module):
+    """Layers called from forward() with the activation applied as a function, as many user modules do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(400, 300), nn.Linear(300, 300), nn.Linear(300, 200)
+
+
+class ReluNet(FunctionalNet):
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class TanhSigmoidNet(FunctionalNet):
+    def forward(self, x):
+        return self.out(torch.sigmoid(self.b(torch.tanh(self.a(x)))))
+
+
+class LinearNet(FunctionalNet):
+    def forward(self, x):
+        return self.out(self.b(self.a(x)))
+
+
+def test_module_reinit_reads_an_activation_called_as_a_function_in_forward():
+    net = ReluNet()
+    for p in net.parameters():
+        nn.init.zeros_(p)  # every weight zero: the symmetry reinit breaks
+    _, fixed = apply_fix("reinit", spec(), net, seed=1)
+    for layer in (fixed.a, fixed.b):  # He et al. 2015 for relu: std = sqrt(2 / fan_in)
+        assert float(layer.weight.detach().std()) == pytest.approx(math.sqrt(2 / layer.in_features), rel=0.02)
+        assert torch.count_nonzero(layer.bias) == 0
+    bound = math.sqrt(6 / (300 + 200))  # the output layer: Glorot & Bengio's normalized init (no activation)
+    w = fixed.out.weight.detach()
+    assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert all(torch.count_nonzero(p) == 0 for p in net.parameters())  # the original is left alone
+    with pytest.raises(NotApplicable, match=r"several activations as functions in forward\(\) \(sigmoid, tanh\)"):
+        apply_fix("reinit", spec(), TanhSigmoidNet())
+    with pytest.raises(NotApplicable, match="no activation modules, nor an activation function"):
+        apply_fix("reinit", spec(), LinearNet())
 
 
 def test_module_reinit_follows_he_for_relu_layers_and_glorot_for_the_output_with_zero_biases():

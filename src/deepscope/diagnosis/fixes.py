@@ -216,16 +216,40 @@ def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
 
 
 def _reinit_module(model, seed: int) -> None:
-    """Each Linear/Conv gets the init of the activation module after it (``init.apply(model, "auto")``)."""
+    """Each Linear/Conv gets the init of the activation module after it (``init.apply(model, "auto")``). A module
+    that applies its activation as a function in ``forward()`` (``torch.relu(x)``), one kind throughout, gets
+    that activation's init on every layer but the last, which gets the init of no activation."""
     import torch
 
     from deepscope import init
-    from deepscope.nn.activations import spec_for_module
+    from deepscope.nn.activations import ACTIVATIONS, spec_for_module
 
-    if not any(spec_for_module(m) is not None for m in model.modules()):
-        raise NotApplicable("the module has no activation modules (functions in forward()): the init that fits "
-                            "cannot be told")
-    init.apply(model, "auto", generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if any(spec_for_module(m) is not None for m in model.modules()):
+        init.apply(model, "auto", generator=generator)
+        return
+    name = _functional_activation(model)
+    layers = [m for _, m in _layers(model)]
+    for i, layer in enumerate(layers):
+        scheme = ACTIVATIONS[name if i < len(layers) - 1 else "identity"].init
+        init.apply(layer, scheme, generator=generator)
+
+
+def _functional_activation(model) -> str:
+    """The one activation of the registry that ``model``'s forward() methods call as a function (from their
+    source, see :mod:`deepscope.probe.functional`); NotApplicable when there is none or several."""
+    from deepscope.nn.activations import ACTIVATIONS
+    from deepscope.probe.functional import functional_nonlinearities
+
+    found = {name.rstrip("_") for m in model.modules() for name in functional_nonlinearities(m) or ()}
+    kinds = sorted(found & (ACTIVATIONS.keys() - {"identity"}))
+    if len(kinds) == 1:
+        return kinds[0]
+    if kinds:
+        raise NotApplicable(f"the module calls several activations as functions in forward() ({', '.join(kinds)}): "
+                            "the init that fits each layer cannot be told")
+    raise NotApplicable("the module has no activation modules, nor an activation function called in forward() "
+                        "that deepscope knows: the init that fits cannot be told")
 
 
 def _layers(model) -> list[tuple[str, Any]]:
@@ -426,7 +450,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "output_saturated": ["reinit", "lr_x0.1", "clip_norm"],
     "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
-    "plateau": ["adam", "momentum", "lr_x3", "batch_norm"],
+    "plateau": ["adam", "momentum", "lr_x3", "lr_x0.1", "batch_norm"],
     "overfitting": ["early_stopping", "weight_decay", "strong_weight_decay", "dropout"],
     "eval_mode": ["train_mode"],
     "bn_stats_frozen": ["bn_momentum", "train_mode"],
