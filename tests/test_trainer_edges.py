@@ -37,6 +37,14 @@ def test_a_dataset_without_a_validation_split_trains_to_the_end():
     result = train(SPEC, model=net(), dataset=blobs(valid=False), quiet=True)
     assert result.status == "finished" and result.step == 40
     assert "valid/error" not in result.metrics and "test/error" in result.metrics and result.best == {}
+    # restore_best has no best evaluation to go back to: the run says so and keeps its last weights
+    spec = {**SPEC, "train": {**SPEC["train"], "restore_best": True, "monitor": "loss"}}
+    model = net()
+    kept = train(spec, model=model, dataset=blobs(valid=False), quiet=True)
+    plain = train(SPEC, model=net(), dataset=blobs(valid=False), quiet=True)
+    assert "no validation split, so the run ends with its last weights" in kept.message
+    assert all(torch.equal(a, b) for a, b in zip(kept.model.state_dict().values(), plain.model.state_dict().values(),
+                                                 strict=True))
 
 
 def test_a_failing_callback_leaves_no_probe_hook_behind():

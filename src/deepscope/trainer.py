@@ -462,6 +462,9 @@ class _Trainer:
                         self._emit("eval")
                     if self.best_state is not None and self.best["step"] != self.eval_step:
                         message = " ".join(filter(None, [message, self._restore_best()]))
+                    elif self.spec.train.restore_best and not self.best:
+                        message = " ".join(filter(None, [message, "train.restore_best: the dataset has no "
+                                                         "validation split, so the run ends with its last weights."]))
                     if not self.save():
                         status, message = "diverged", self._diverged(self.step, math.nan)
         except KeyboardInterrupt:
