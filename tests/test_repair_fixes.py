@@ -176,9 +176,25 @@ class ReluNet(FunctionalNet):
         return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-class TanhSigmoidNet(FunctionalNet):
+class ReluTanhNet(FunctionalNet):
     def forward(self, x):
-        return self.out(torch.sigmoid(self.b(torch.tanh(self.a(x)))))
+        return self.out(torch.relu(self.b(torch.tanh(self.a(x)))))
+
+
+class ReluGeluNet(FunctionalNet):
+    def forward(self, x):
+        return self.out(nn.functional.gelu(self.b(torch.relu(self.a(x)))))
+
+
+class NoLayers(nn.Module):
+    """An activation function but no Linear/Conv: nothing for a re-initialization to change."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return torch.relu(x * self.scale)
 
 
 class LinearNet(FunctionalNet):
@@ -198,10 +214,15 @@ def test_module_reinit_reads_an_activation_called_as_a_function_in_forward():
     w = fixed.out.weight.detach()
     assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
     assert all(torch.count_nonzero(p) == 0 for p in net.parameters())  # the original is left alone
-    with pytest.raises(NotApplicable, match=r"several activations as functions in forward\(\) \(sigmoid, tanh\)"):
-        apply_fix("reinit", spec(), TanhSigmoidNet())
+    with pytest.raises(NotApplicable, match=r"different inits as functions in forward\(\) \(relu, tanh\)"):
+        apply_fix("reinit", spec(), ReluTanhNet())
+    # relu and gelu call for the same init (He et al. 2015): that one
+    _, mixed = apply_fix("reinit", spec(), ReluGeluNet(), seed=1)
+    assert float(mixed.a.weight.detach().std()) == pytest.approx(math.sqrt(2 / 400), rel=0.02)
     with pytest.raises(NotApplicable, match="no activation modules, nor an activation function"):
         apply_fix("reinit", spec(), LinearNet())
+    with pytest.raises(NotApplicable, match="no Linear/Conv layer to re-initialize"):
+        apply_fix("reinit", spec(), NoLayers())
 
 
 def test_module_reinit_follows_he_for_relu_layers_and_glorot_for_the_output_with_zero_biases():
@@ -329,6 +350,10 @@ def test_dropout_weight_decay_and_early_stopping_fixes():
     assert apply_fix("strong_weight_decay", spec(optim={"weight_decay": 5e-4}))[0]["optim"]["weight_decay"] == 5e-3
     with pytest.raises(NotApplicable, match="already decays weights as much"):
         apply_fix("weight_decay", spec(optim={"weight_decay": 5e-4}))
+    # AdamW decays by 0.01 unless told otherwise (Loshchilov & Hutter 2019): neither fix would decay more
+    for name in ("weight_decay", "strong_weight_decay"):
+        with pytest.raises(NotApplicable, match=r"weight_decay=0.01\)"):
+            apply_fix(name, spec(optim={"name": "adamw", "lr": 1e-3}))
 
 
 def test_run_level_fixes_on_a_module_change_the_spec_and_share_the_module():

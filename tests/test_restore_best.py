@@ -111,3 +111,99 @@ def test_an_unknown_monitor_is_named_with_the_allowed_values():
     with pytest.raises(SpecError) as e:
         make_spec(monitor="accuracy")
     assert "train.monitor" in str(e.value) and "accuracy" in str(e.value) and "loss" in str(e.value)
+
+
+class Losses(Snapshots):
+    def __init__(self):
+        super().__init__()
+        self.losses = {}
+
+    def on_step(self, ctx):
+        self.losses[ctx.step] = ctx.loss.item()
+
+
+def test_a_restored_run_resumed_for_more_updates_goes_on_from_its_last_weights(tmp_path):
+    data, store = noisy_blobs(), Store(tmp_path)
+    straight = Losses()
+    whole = train(make_spec(monitor="loss", restore_best=True, updates=300), dataset=data, quiet=True,
+                  callbacks=[straight])
+    first = train(make_spec(monitor="loss", restore_best=True, updates=200), dataset=data, quiet=True, store=store)
+    assert first.restored is not None and first.restored < 200
+    more = Losses()
+    later = train(make_spec(monitor="loss", restore_best=True, updates=300), store=store, resume=first.run_id,
+                  dataset=data, quiet=True, callbacks=[more])
+    # updates 201-300 are those of the uninterrupted run: the resume trained on from update 200's weights
+    assert more.losses == {s: v for s, v in straight.losses.items() if s > 200}
+    assert later.restored == whole.restored
+    assert all(torch.equal(a, b) for a, b in zip(later.model.state_dict().values(), whole.model.state_dict().values(),
+                                                 strict=True))
+    # the store's view of the run is the network it ended with; the stale restore of the first part is ignored
+    last = store.get_run(first.run_id)["last"]
+    assert last["valid/loss"] == {"step": later.restored, "value": later.metrics["valid/loss"]}
+
+
+def test_store_and_report_show_the_restored_network_and_ignore_a_restore_trained_past(tmp_path):
+    from deepscope.records import final_scalars
+
+    data, store = noisy_blobs(), Store(tmp_path)
+    r = train(make_spec(monitor="loss", restore_best=True), dataset=data, quiet=True, store=store)
+    rows = store.scalars(r.run_id)
+    measured = {row["step"]: row["value"] for row in rows if row["name"] == "valid/error"}
+    assert final_scalars(rows)["valid/error"] == measured[r.restored] == r.metrics["valid/error"]
+    assert store.get_run(r.run_id)["last"]["valid/error"] == {"step": r.restored, "value": measured[r.restored]}
+    # a validation value logged after the restore (training went on): the last values again
+    later = rows + [dict(step=r.step + 20, name="valid/error", value=0.5)]
+    assert final_scalars(later)["valid/error"] == 0.5
+
+
+def test_resuming_without_restore_best_keeps_the_last_weights(tmp_path):
+    data, store = noisy_blobs(), Store(tmp_path)
+    cut = train(make_spec(monitor="loss", restore_best=True, checkpoint_every=20), dataset=data, quiet=True,
+                store=store, callbacks=[Snapshots(stop_at=250)])
+    plain = train(make_spec(monitor="loss"), dataset=data, quiet=True)
+    resumed = train(make_spec(monitor="loss"), store=store, resume=cut.run_id, dataset=data, quiet=True)
+    assert resumed.restored is None and "Restored" not in resumed.message
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                 plain.model.state_dict().values(), strict=True))
+
+
+class NaNFirst(torch.nn.Module):
+    """A small MLP whose first evaluation returns NaN logits (a bad validation example, say)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 64), torch.nn.ReLU(),
+                                       torch.nn.Linear(64, 3))
+        self.evals = 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if not self.training and len(x) == 200:  # the validation split
+            self.evals += 1
+            if self.evals == 1:
+                return out * float("nan")
+        return out
+
+
+def test_a_nan_validation_loss_is_never_the_best():
+    snaps = Snapshots()
+    r = train(make_spec(monitor="loss", restore_best=True, patience=3), model=NaNFirst(), dataset=noisy_blobs(),
+              quiet=True, callbacks=[snaps])
+    losses = [m["valid/loss"] for _, m, _ in snaps.evals]
+    assert losses[0] != losses[0]  # NaN at the first evaluation
+    finite = [v for v in losses if v == v]
+    assert r.best["valid/loss"] == min(finite) and r.best["step"] > snaps.evals[0][0]
+    assert r.metrics["valid/loss"] == min(finite)
+
+
+def test_doctor_judges_the_network_a_run_restored():
+    from deepscope.diagnosis.session import diagnosis_run
+
+    data = noisy_blobs()
+    plain = diagnosis_run(make_spec(), dataset=data, updates=300, report=False, quiet=True)
+    kept = diagnosis_run(make_spec(monitor="loss", restore_best=True), dataset=data, updates=300, report=False,
+                         quiet=True)
+    assert [f.severity for f in plain.findings if f.code == "overfitting"] == ["warning"]
+    found = [f for f in kept.findings if f.code == "overfitting"]
+    assert [f.severity for f in found] == ["info"] and "weights of update" in found[0].message

@@ -116,7 +116,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             "adamw", torch.optim.AdamW, {"betas": (0.9, 0.999), "eps": 1e-8},
             update="w(n+1) = w(n) - eta lambda w(n) - eta m_hat(n) / (sqrt(s_hat(n)) + eps)   "
             "(Loshchilov & Hutter 2019; lambda = weight_decay = 0.01)",
-            note="Adam with weight decay decoupled from the gradient; not in the seed texts",
+            note="Adam with weight decay decoupled from the gradient (a later method than the texts cover)",
         ),
     ]
 }

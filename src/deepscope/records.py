@@ -20,8 +20,8 @@ from typing import Any
 
 __all__ = [
     "ACTIVATION", "GRADIENT_STATS", "HISTOGRAM_COLUMNS", "JACOBIAN", "PREACT_GRAD", "QUANTITIES", "Records",
-    "SCALAR_COLUMNS", "SOURCES", "STAT_COLUMNS", "UPDATE_RATIO", "WEIGHT_GRAD", "filter_rows", "layer_order",
-    "pick_source", "to_columns",
+    "RESTORED_STEP", "SCALAR_COLUMNS", "SOURCES", "STAT_COLUMNS", "UPDATE_RATIO", "WEIGHT_GRAD", "filter_rows",
+    "final_scalars", "layer_order", "pick_source", "restored_at", "to_columns",
 ]
 
 Row = Mapping[str, Any]
@@ -29,6 +29,8 @@ Row = Mapping[str, Any]
 STAT_COLUMNS = ("step", "source", "layer", "quantity", "stat", "value")
 HISTOGRAM_COLUMNS = ("step", "source", "layer", "quantity", "lo", "hi", "counts")
 SCALAR_COLUMNS = ("step", "name", "value")
+# the scalar train.restore_best logs at a run's last update: the update whose weights the run ended with
+RESTORED_STEP = "restored_step"
 
 # sources, in the order a reader prefers them
 MONITOR, TRAIN = "monitor", "train"
@@ -89,6 +91,34 @@ def to_columns(rows: Iterable[Row], columns: tuple[str, ...] = STAT_COLUMNS) -> 
     """Rows as a column table ``{column: [values...]}`` (``pandas.DataFrame(...)``-ready)."""
     rows = list(rows)
     return {c: [r[c] for r in rows] for c in columns}
+
+
+def restored_at(last: Mapping[str, tuple[int, float]]) -> int | None:
+    """The update whose weights a run ended with when ``train.restore_best`` went back to it, from each scalar's
+    last ``(step, value)``; None without a restore, or when a validation value was logged after it (a resumed
+    run that trained on)."""
+    if RESTORED_STEP not in last:
+        return None
+    logged, value = last[RESTORED_STEP]
+    if any(step > logged for name, (step, _) in last.items() if name.startswith("valid/")):
+        return None
+    return int(value)
+
+
+def final_scalars(scalars: Iterable[Row]) -> dict[str, float]:
+    """Each scalar's value at the end of a run: its last one; after a restore (:func:`restored_at`) the
+    evaluation values (``split/metric``) of the restored update."""
+    last: dict[str, tuple[int, float]] = {}
+    by_step: dict[tuple[int, str], float] = {}
+    for row in scalars:
+        step, name, value = int(row["step"]), row["name"], float(row["value"])
+        by_step[step, name] = value
+        if name not in last or step >= last[name][0]:
+            last[name] = (step, value)
+    out = {name: value for name, (_, value) in last.items()}
+    if (restored := restored_at(last)) is not None:
+        out |= {name: value for (step, name), value in by_step.items() if step == restored and "/" in name}
+    return out
 
 
 class Records:

@@ -35,7 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS
+from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS, restored_at
 from deepscope.store_safety import (
     RunBusyError,
     StoreError,
@@ -391,6 +391,11 @@ class Store:
         out: dict[str, dict[str, dict]] = {}
         for rid, name, step, value in rows:
             out.setdefault(rid, {})[name] = {"step": step, "value": _float(value)}
+        for rid, last in out.items():  # after train.restore_best: the evaluation of the weights the run ended with
+            restored = restored_at({name: (v["step"], v["value"]) for name, v in last.items()})
+            if restored is not None:
+                at = self._db.execute("SELECT name, value FROM scalars WHERE run_id = ? AND step = ?", (rid, restored))
+                last |= {name: {"step": restored, "value": _float(value)} for name, value in at if "/" in name}
         return out
 
     @_guarded

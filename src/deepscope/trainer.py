@@ -40,6 +40,7 @@ from deepscope.data.preprocess import Preprocessor
 from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.progress import divergence_message, eval_line, new_progress, refresh
+from deepscope.records import RESTORED_STEP
 from deepscope.runtime import describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
 from deepscope.validate import check_batch_size
@@ -69,6 +70,7 @@ class Result:
     eval_step: int | None = None  # the update at which ``metrics`` were evaluated
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
+    restored: int | None = None  # train.restore_best: the update whose weights the run ended with
 
 
 def train(
@@ -216,7 +218,9 @@ class _Trainer:
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
         self.best: dict[str, float] = {}
-        self.best_state: dict[str, Tensor] | None = None  # the best evaluation's weights, with train.restore_best
+        self.best_state: dict[str, Tensor] | None = None  # the best evaluation's weights (on the CPU), restore_best
+        self.last_state: dict[str, Tensor] | None = None  # the last weights, once the best ones were restored
+        self.restored: int | None = None
         self.bad_evals = 0
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
@@ -272,12 +276,15 @@ class _Trainer:
             "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "wrong": self.wrong.cpu().clone(),
                              "seen": self.seen},
             "metrics": dict(self.metrics),
-            "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals, "best_model": self.best_state},
+            "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals, "best_model": self.best_state,
+                               "monitor": self.spec.train.monitor, "last_model": self.last_state},
             "start_loss": self.start_loss,
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        stopping = ckpt["early_stopping"]
+        # a run that ended with its best weights resumes from its last ones (the optimizer state is theirs)
+        self.model.load_state_dict(stopping.get("last_model") or ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.schedule is not None and ckpt["schedule"] is not None:
             self.schedule.load_state_dict(ckpt["schedule"])
@@ -287,8 +294,10 @@ class _Trainer:
         self.losses[: self.n] = acc["losses"].to(self.device)
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
-        self.best, self.bad_evals = dict(ckpt["early_stopping"]["best"]), ckpt["early_stopping"]["bad_evals"]
-        self.best_state = ckpt["early_stopping"].get("best_model")
+        if stopping.get("monitor", "error") == self.spec.train.monitor:  # else the best is sought anew
+            self.best, self.bad_evals = dict(stopping["best"]), stopping["bad_evals"]
+            if self.spec.train.restore_best:
+                self.best_state = stopping.get("best_model")
         self.start_loss = ckpt.get("start_loss")
         set_rng_state(ckpt["rng"])
 
@@ -357,11 +366,11 @@ class _Trainer:
         watched = f"valid/{self.spec.train.monitor}"
         if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
             valid_error = metrics.get("train/error", math.nan)
-        elif not self.best or metrics[watched] < self.best[watched]:
+        elif not self.best or not math.isfinite(self.best[watched]) or metrics[watched] < self.best[watched]:
             self.best = {"step": self.step, **{k: v for k, v in metrics.items() if "/" in k}}
             self.bad_evals = 0
             if self.spec.train.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
             self.bad_evals += 1
         if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
@@ -460,11 +469,8 @@ class _Trainer:
                     if self.n:  # stopped between evaluations (early stopping evaluates on its own)
                         self.run_evaluation()
                         self._emit("eval")
-                    if self.best_state is not None and self.best["step"] != self.eval_step:
+                    if self.spec.train.restore_best:
                         message = " ".join(filter(None, [message, self._restore_best()]))
-                    elif self.spec.train.restore_best and not self.best:
-                        message = " ".join(filter(None, [message, "train.restore_best: the dataset has no "
-                                                         "validation split, so the run ends with its last weights."]))
                     if not self.save():
                         status, message = "diverged", self._diverged(self.step, math.nan)
         except KeyboardInterrupt:
@@ -497,19 +503,31 @@ class _Trainer:
             run_id=self.run_id, status=status, step=self.step, metrics=dict(self.metrics),
             test_error=self.metrics.get("test/error"), best=dict(self.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
-            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
+            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store, restored=self.restored,
         )
 
     def _restore_best(self) -> str:
-        """train.restore_best: load the best evaluation's weights; the run's metrics become that evaluation's."""
+        """train.restore_best at the end of a finished run: load the best evaluation's weights (the run's metrics
+        become that evaluation's, the last weights stay in the checkpoint for a resume); what happened, in words."""
+        if not self.best:
+            return "train.restore_best: the dataset has no validation split, so the run ends with its last weights."
+        if self.best["step"] == self.eval_step:
+            return ""  # the last evaluation is the best
+        if self.best_state is None:
+            return (f"train.restore_best: the checkpoint this run resumed from keeps no weights of its best evaluation "
+                    f"(update {self.best['step']}), so the run ends with its last weights.")
+        self.last_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
+        lr = self.metrics.get("lr")
         self.metrics.clear()
         self.metrics.update({k: v for k, v in self.best.items() if k != "step"})
-        self.eval_step = int(self.best["step"])
+        if lr is not None:
+            self.metrics["lr"] = lr
+        self.eval_step = self.restored = int(self.best["step"])
         if self.store is not None:
-            self.store.log_scalars(self.run_id, self.step, {"restored_step": float(self.best["step"])})
+            self.store.log_scalars(self.run_id, self.step, {RESTORED_STEP: float(self.restored)})
             self.store.flush()
-        return (f"Restored the weights of update {self.eval_step}, the best validation {self.spec.train.monitor} "
+        return (f"Restored the weights of update {self.restored}, the best validation {self.spec.train.monitor} "
                 f"(train.restore_best).")
 
     def _diverged(self, update: int, value: float) -> str:

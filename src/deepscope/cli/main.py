@@ -141,7 +141,9 @@ def train_command(
     status, last = result.status, result.eval_step
     if result.diverged_at is not None:
         status, last = f"diverged at update {result.diverged_at}", result.diverged_at
-    if last is not None and last != result.step:
+    if result.restored is not None:
+        status += f" at update {result.step}; weights of update {result.restored} restored"
+    elif last is not None and last != result.step:
         status += f"; stopped at update {result.step}"
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""

@@ -1,7 +1,7 @@
 """Data augmentation on whole batches with kornia: flips, rotations, scaling, brightness / contrast / colour shifts.
 
 "We can generate new examples through applying distortions, such as flips, rotations, color shifts, scaling"
-(seed text 002). ``make_augment(["hflip", "rotate"], degrees=10)`` returns a callable x -> x on (N, C, H, W)
+(Jen 2020). ``make_augment(["hflip", "rotate"], degrees=10)`` returns a callable x -> x on (N, C, H, W)
 batches, or None when nothing is asked. Each transform is drawn independently per image with probability ``p``.
 Geometric transforms fill uncovered pixels from the image border; brightness and contrast do not clip, so
 they work for [0, 1] and [-1, 1] inputs alike. Randomness comes from torch's global generator (seed it with

@@ -172,13 +172,19 @@ def _early_stopping(spec: dict) -> None:
 
 def _weight_decay(value: float) -> Callable[[dict], None]:
     def fn(spec: dict) -> None:
+        import inspect
+
         from deepscope.optim import OPTIMIZERS
 
-        if "weight_decay" not in OPTIMIZERS[spec["optim"]["name"]].allowed():
-            raise NotApplicable(f"optimizer {spec['optim']['name']!r} takes no weight_decay")
-        if (spec["optim"].get("weight_decay") or 0.0) >= value:
-            raise NotApplicable(f"the optimizer already decays weights as much (weight_decay="
-                                f"{spec['optim']['weight_decay']})")
+        optimizer = OPTIMIZERS[spec["optim"]["name"]]
+        if "weight_decay" not in optimizer.allowed():
+            raise NotApplicable(f"optimizer {optimizer.name!r} takes no weight_decay")
+        current = spec["optim"].get("weight_decay")
+        if current is None:  # the optimizer's own default (AdamW decays by 0.01)
+            current = optimizer.defaults.get("weight_decay",
+                                             inspect.signature(optimizer.cls).parameters["weight_decay"].default)
+        if (current or 0.0) >= value:
+            raise NotApplicable(f"the optimizer already decays weights as much (weight_decay={current})")
         spec["optim"]["weight_decay"] = value
 
     return fn
@@ -217,37 +223,41 @@ def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
 
 def _reinit_module(model, seed: int) -> None:
     """Each Linear/Conv gets the init of the activation module after it (``init.apply(model, "auto")``). A module
-    that applies its activation as a function in ``forward()`` (``torch.relu(x)``), one kind throughout, gets
-    that activation's init on every layer but the last, which gets the init of no activation."""
+    that applies its activations as functions in ``forward()`` (``torch.relu(x)``), all with one init, gets that
+    init on every layer but the last registered (taken for the output layer, as ``"auto"`` does), which gets
+    the init of no activation."""
     import torch
 
     from deepscope import init
     from deepscope.nn.activations import ACTIVATIONS, spec_for_module
 
+    layers = [m for _, m in _layers(model)]
+    if not layers:
+        raise NotApplicable("the module has no Linear/Conv layer to re-initialize")
     generator = torch.Generator().manual_seed(seed)
     if any(spec_for_module(m) is not None for m in model.modules()):
         init.apply(model, "auto", generator=generator)
         return
-    name = _functional_activation(model)
-    layers = [m for _, m in _layers(model)]
+    scheme = _functional_init(model)
     for i, layer in enumerate(layers):
-        scheme = ACTIVATIONS[name if i < len(layers) - 1 else "identity"].init
-        init.apply(layer, scheme, generator=generator)
+        init.apply(layer, scheme if i < len(layers) - 1 else ACTIVATIONS["identity"].init, generator=generator)
 
 
-def _functional_activation(model) -> str:
-    """The one activation of the registry that ``model``'s forward() methods call as a function (from their
-    source, see :mod:`deepscope.probe.functional`); NotApplicable when there is none or several."""
+def _functional_init(model) -> str:
+    """The init scheme of the activations of the registry that ``model``'s forward() methods call as functions
+    (read from their source, see :mod:`deepscope.probe.functional`); NotApplicable when there is none, or when
+    they call for different inits."""
     from deepscope.nn.activations import ACTIVATIONS
     from deepscope.probe.functional import functional_nonlinearities
 
     found = {name.rstrip("_") for m in model.modules() for name in functional_nonlinearities(m) or ()}
     kinds = sorted(found & (ACTIVATIONS.keys() - {"identity"}))
-    if len(kinds) == 1:
-        return kinds[0]
+    schemes = {ACTIVATIONS[k].init for k in kinds}
+    if len(schemes) == 1:
+        return schemes.pop()
     if kinds:
-        raise NotApplicable(f"the module calls several activations as functions in forward() ({', '.join(kinds)}): "
-                            "the init that fits each layer cannot be told")
+        raise NotApplicable(f"the module calls activations with different inits as functions in forward() "
+                            f"({', '.join(kinds)}): the init that fits each layer cannot be told")
     raise NotApplicable("the module has no activation modules, nor an activation function called in forward() "
                         "that deepscope knows: the init that fits cannot be told")
 

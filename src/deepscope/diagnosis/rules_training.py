@@ -17,7 +17,7 @@ from typing import Any
 
 from deepscope.diagnosis.advice import spec_value
 from deepscope.diagnosis.findings import Finding
-from deepscope.records import Records
+from deepscope.records import RESTORED_STEP, Records, restored_at
 
 __all__ = ["curve", "training_rules"]
 
@@ -252,8 +252,8 @@ def _rule_overfitting(loss: list[tuple[int, float]], valid: list[tuple[int, floa
                 "train_loss_end": train[-1], "gap_at_min": gap_then, "gap_end": gap_now, "threshold": OVERFIT_RISE}
     rose = (f"the validation loss rose from {low:.3g} (update {steps[best]}) to {values[-1]:.3g} while the training "
             f"loss fell from {train[best]:.3g} to {train[-1]:.3g}: the gap grew from {gap_then:.3g} to {gap_now:.3g}")
-    if restored and int(restored[-1][1]) in steps:
-        step = int(restored[-1][1])
+    step = restored_at({RESTORED_STEP: restored[-1], "valid/loss": valid[-1]}) if restored else None
+    if step is not None and step in steps:
         kept = values[steps.index(step)]
         evidence |= {"restored_step": float(step), "valid_loss_restored": kept}
         if kept < (1 + OVERFIT_RISE / 2) * low:
@@ -337,7 +337,7 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"))
     findings = rate + _rule_not_learning(rec, explained)
     if not rate:  # a loss thrown about by too high a rate says nothing of generalization
-        findings += _rule_overfitting(loss, valid, curve(scalars, "restored_step"))
+        findings += _rule_overfitting(loss, valid, curve(scalars, RESTORED_STEP))
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
     explained = explained or bool(findings)
     chance_error = curve(scalars, "valid/chance_error")

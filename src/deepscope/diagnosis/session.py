@@ -30,6 +30,7 @@ from deepscope.diagnosis.checks import (
 from deepscope.diagnosis.findings import Finding, has_problem, merge_checks, save_checks
 from deepscope.diagnosis.rules import diagnose
 from deepscope.probe.trainer import MONITOR, TrainerProbe
+from deepscope.records import RESTORED_STEP
 from deepscope.store import CHECKS_FILE, REPORT_FILE
 
 __all__ = ["DOCTOR_UPDATES", "DoctorResult", "chance_error", "chance_loss", "diagnosis_run", "write_report"]
@@ -212,6 +213,8 @@ def diagnosis_run(
     if data.valid is not None and len(data.valid[1]):
         loss_rows.append(dict(step=0, name="valid/chance_loss", value=chance_loss(data.valid[1])))
         loss_rows.append(dict(step=0, name="valid/chance_error", value=chance_error(data.valid[1])))
+    if result.restored is not None:  # train.restore_best: the rules judge the network the run ended with
+        loss_rows.append(dict(step=result.step, name=RESTORED_STEP, value=float(result.restored)))
     if result.status == "diverged":  # the trainer stopped it (a NaN/Inf loss, or a finite one that exploded)
         loss_rows.append(dict(step=result.diverged_at or result.step, name="train/diverged", value=1.0))
     recorded = spec.to_dict()

@@ -374,9 +374,13 @@ def _combine(result: RepairResult, spec: dict, model: Any, seed: int, left: int,
                           key=lambda t: _score(t.metrics, t.status))
         cleared = [t for t in finished if t.cleared and not t.improved]
         gained = [t for t in finished if t.improved and not t.cleared]
-        pairs = [(a, b) for a in cleared for b in gained if not a.groups & b.groups]
-        return bool(pairs) and left > 0 and _try_pair(result, pairs[0][0], pairs[0][1], spec, model, seed,
-                                                      run_args, backend, progress)[1]
+        for a, b in ((a, b) for a in cleared for b in gained if not a.groups & b.groups):
+            if left <= 0:
+                break
+            trial, interrupted = _try_pair(result, a, b, spec, model, seed, run_args, backend, progress)
+            if trial is not None or interrupted:  # one pair run (a pair that does not apply: the next one)
+                return interrupted
+        return False
     current = ranked[0]
     for other in ranked[1:]:
         if left <= 0:

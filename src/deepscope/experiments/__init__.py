@@ -11,7 +11,7 @@ Adding an experiment
 1. Write ``src/deepscope/experiments/<my_name>.py`` that ends with one module-level
    ``EXPERIMENT = Experiment(...)`` (see :class:`~deepscope.experiments.base.Experiment`):
 
-   - ``name`` (kebab-case, the CLI name), ``claim`` (one sentence), ``source`` (paper / seed text and
+   - ``name`` (kebab-case, the CLI name), ``claim`` (one sentence), ``source`` (the paper or text and
      figure or section);
    - ``profiles = {"tiny": {...}, "quick": {...}, "paper": {...}}``: plain dicts of sizes and steps that
      your functions read from ``ctx.settings``. ``tiny`` takes seconds (tests check the machinery with

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
 from deepscope.plots.gradients import backprop_histograms, weight_gradient_histograms, weight_gradient_intervals
 from deepscope.plots.jacobian import jacobian_singular_values
+from deepscope.records import final_scalars
 from deepscope.store import CHECKS_FILE
 
 __all__ = ["FIGURES", "RunData", "render", "report"]
@@ -130,16 +131,11 @@ def _finding_row(f: Finding) -> dict[str, Any]:
     }
 
 
-def _last(scalars: Iterable[Mapping[str, Any]], name: str) -> float | None:
-    points = [(int(r["step"]), float(r["value"])) for r in scalars if r["name"] == name]
-    return max(points)[1] if points else None
-
-
 def _run_context(run: RunData) -> dict[str, Any]:
     findings = sort_findings(run.diagnosis())
-    finals = []
+    finals, last = [], final_scalars(run.scalars)  # after train.restore_best: the restored network's values
     for name in _FINAL_SCALARS:
-        value = _last(run.scalars, name)
+        value = last.get(name)
         if value is not None:
             finals.append((name, f"{100 * value:.2f} %" if name.endswith("error") else _number(value)))
     spec = run.spec.model_dump() if hasattr(run.spec, "model_dump") else run.spec
