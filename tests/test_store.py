@@ -141,3 +141,28 @@ def test_two_processes_write_at_once(tmp_path):
         assert len(rows) == 400 and {r["value"] for r in rows if r["name"] == "tag"} == {tag}
         assert run["status"] == "finished"
     assert sum(len(store.stats(run["id"])) for run in runs) == 400
+
+
+def test_histograms_of_a_diverged_network_do_not_break_the_store(store):
+    run = store.create_run("nan", {}, seed=0)
+    rows = [dict(step=5, source="monitor", layer="hidden1", quantity="activation", lo=lo, hi=1.0, counts=[1.0, 2.0])
+            for lo in (0.0, math.nan, -math.inf)]
+    store.log_histograms(run, rows)
+    store.flush()
+    assert [(r["lo"], r["hi"]) for r in store.histograms(run)] == [(0.0, 1.0)]  # the finite one; no NOT NULL error
+
+
+def test_a_probed_run_that_diverges_is_stored_as_diverged(tmp_path):
+    """A ReLU net at N(0, 1) blows up: the probe's histograms get NaN ranges; the run still ends as diverged."""
+    from deepscope.diagnosis.session import diagnosis_run
+
+    spec = {"name": "blowup", "data": {"name": "shapeset", "preprocess": "standardize",
+                                       "options": {"n_valid": 60, "n_test": 60, "size": 16}},
+            "model": {"depth": 3, "width": 64, "activation": "relu"}, "init": {"scheme": "normal", "std": 1.0},
+            "optim": {"name": "sgd", "lr": 0.05}, "train": {"updates": 200, "batch_size": 10, "device": "cpu"}}
+    result = diagnosis_run(spec, store=Store(tmp_path), updates=200, report=False, quiet=True)
+    assert result.status == "diverged"
+    assert any(not math.isfinite(h["lo"]) for h in result.histograms)  # what used to break the store
+    stored = Store(tmp_path).histograms(result.run_id)
+    assert stored and all(math.isfinite(h["lo"]) and math.isfinite(h["hi"]) for h in stored)
+    assert Store(tmp_path).get_run(result.run_id)["status"] == "diverged"

@@ -432,11 +432,12 @@ class Store:
         self._touched.add(run_id)
 
     def log_histograms(self, run_id: str, rows: list[dict]) -> None:
-        """Buffer histogram rows ``dict(step, source, layer, quantity, lo, hi, counts)``."""
+        """Buffer histogram rows ``dict(step, source, layer, quantity, lo, hi, counts)``; a row whose range is not
+        finite (the values of a diverged network) has no bins to keep and is left out."""
         self._histograms.extend(
             (run_id, int(r["step"]), r["source"], r["layer"], r["quantity"], float(r["lo"]), float(r["hi"]),
              json.dumps([float(c) for c in r["counts"]]))
-            for r in rows
+            for r in rows if math.isfinite(float(r["lo"])) and math.isfinite(float(r["hi"]))
         )
         self._touched.add(run_id)
 
