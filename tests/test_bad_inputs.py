@@ -117,6 +117,68 @@ def test_bad_flags_name_the_flag(tmp_path, monkeypatch, args, needle):
     assert sorted(os.listdir(tmp_path)) == []  # no store, no figure, no image
 
 
+BAD_NETS = """\
+import threading
+import torch
+from torch import nn
+
+
+class TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 9)
+
+    def forward(self, x):
+        z = self.fc(x.flatten(1))
+        return z, z.argmax(1)
+
+
+class Locked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lock = nn.Linear(256, 9), threading.Lock()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def tuple_out():
+    return TupleOut()
+
+
+def wrong_input():  # made for 32 x 32 images; the spec's are 16 x 16
+    return nn.Sequential(nn.Flatten(), nn.Linear(1024, 9))
+
+
+def four_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(256, 4))
+
+
+def locked():
+    return Locked()
+"""
+
+
+@pytest.mark.parametrize("command, factory, needle", [
+    ("train", "tuple_out", "model: forward() returns a tuple; deepscope needs a tensor of logits of shape (N, 9)"),
+    ("doctor", "tuple_out", "model: forward() returns a tuple"),
+    ("train", "wrong_input", "model: forward() fails on 2 examples of shape (1, 16, 16) from the data (RuntimeError: "
+                             "mat1 and mat2 shapes cannot be multiplied"),
+    ("doctor", "four_classes", "model: forward() returns shape (2, 4) for 2 examples; the data has 9 classes"),
+    ("doctor --fix", "locked", "model: doctor --fix trains copies of your module, and this one cannot be copied "
+                               "(TypeError: cannot pickle '_thread.lock' object)"),
+])
+def test_a_model_of_your_own_that_does_not_fit_the_data_is_named_before_training(tmp_path, monkeypatch, command,
+                                                                                  factory, needle):
+    (tmp_path / "badnets.py").write_text(BAD_NETS)
+    (tmp_path / "tiny.toml").write_text(SPEC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    args = [*command.split(), "tiny.toml", "--model", f"badnets:{factory}", "--store", "store", "-q"]
+    _one_line_error(runner.invoke(app, args), needle)
+    assert not (tmp_path / "store").exists() or command == "doctor --fix"
+
+
 # --- stores that fail safe ------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from deepscope.config import SpecError
 from deepscope.nn.activations import spec_for_module
 
-__all__ = ["describe_model", "evaluate", "resolve_device", "stop_on_signals"]
+__all__ = ["check_output", "describe_model", "evaluate", "resolve_device", "stop_on_signals"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,6 +27,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
+    """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
+    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)``."""
+    training = model.training
+    cpu_rng = torch.get_rng_state()
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"model: forward() fails on {len(x)} examples of shape {tuple(x.shape[1:])} from the data "
+                         f"({type(e).__name__}: {first}); it must take inputs of that shape") from None
+    finally:
+        model.train(training)
+        torch.set_rng_state(cpu_rng)
+    if not isinstance(out, Tensor):
+        raise ValueError(f"model: forward() returns a {type(out).__name__}; deepscope needs a tensor of logits of "
+                         f"shape (N, {num_classes}) (return the logits alone)")
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ValueError(f"model: forward() returns shape {tuple(out.shape)} for {len(x)} examples; the data has "
+                         f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
              batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """Mean loss and error fraction of ``model`` on ``(x, y)``, as 0-d tensors on the model's device."""

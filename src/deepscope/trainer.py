@@ -41,7 +41,7 @@ from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.progress import divergence_message, eval_line, new_progress, refresh
 from deepscope.records import RESTORED_STEP
-from deepscope.runtime import describe_model, evaluate, resolve_device, stop_on_signals
+from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
 from deepscope.validate import check_batch_size
 
@@ -195,6 +195,10 @@ class _Trainer:
 
         if user_model is not None:
             self.model = user_model.to(device)
+            sample = next(iter(self.eval_sets.values()))[0][:2] if self.eval_sets else \
+                self.pre(x_fit[:2].to(device)) if x_fit is not None else None
+            if sample is not None:  # before the store holds a run: a model that does not fit is bad input
+                check_output(self.model, sample, data.num_classes)
         else:
             lsuv = spec.init.scheme == "lsuv" and checkpoint is None
             x_lsuv = self.pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None

@@ -88,5 +88,7 @@ def model_from_factory(path: str):
     else:
         model = factory
     if not isinstance(model, nn.Module):
-        raise ValueError(f"--model {path!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        what = (f"the factory returned {type(model).__name__}" if model is not factory
+                else f"{attr} is a {type(model).__name__}, neither a factory nor a module")
+        raise ValueError(f"--model {path!r}: {what}, not a torch.nn.Module")
     return model

@@ -98,6 +98,9 @@ def train_command(
         "auto", "--probe-jacobian-method", help="Jacobian singular values: auto, exact or lanczos."),
     force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if it reads as running "
                                "(its process died on another host, say)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Your own network instead of [model]: package.module:factory (a no-argument callable "
+        "returning an nn.Module), importable from the current directory; give it again with --resume."),
 ) -> None:
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
@@ -131,7 +134,8 @@ def train_command(
         st = read_store(store, read_only=False) if resume is not None else (store or default_root())
         if spec is None and overrides:
             run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
-        result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks, force=force)
+        net = model_from_factory(model) if model is not None else None
+        result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks, force=force, model=net)
         st = result.store
     except (ValueError, OSError) as e:
         raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
@@ -184,7 +188,7 @@ def doctor_command(
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.diagnosis import doctor, has_problem
     from deepscope.diagnosis.workflow import write_report
-    from deepscope.store import Store
+    from deepscope.store import default_root
 
     for flag, value in (("--updates", updates), ("--monitor", monitor)):
         if value < 1:
@@ -204,7 +208,7 @@ def doctor_command(
         if model is not None and "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
-        st = Store(store)
+        st = store or default_root()  # opened (and created) by the run once the spec, data and model are checked
         if fix:
             from deepscope.diagnosis.trials import repair
 
@@ -217,7 +221,7 @@ def doctor_command(
     except (ValueError, OSError, ImportError) as e:
         raise fail(str(e)) from None
     print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
-    typer.echo(f"run {result.run_id} stored in {st.path}")
+    typer.echo(f"run {result.run_id} stored in {result.store.path}")
     if fix:
         from rich.console import Console
 

@@ -76,6 +76,7 @@ class Trial:
     cleared: bool = False
     verified: bool = False
     verdict: str = ""
+    error: str = ""  # why a trial that raised failed (it is not verified; the other trials go on)
     data: dict = field(default_factory=dict, repr=False)  # records, histograms, scalars, checks, spec
 
     @property
@@ -172,6 +173,11 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     try:
         r = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
                    report=False, quiet=True)
+    except Exception as e:  # a fix the module does not take (a shape it breaks, say): this trial fails, not the repair
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return dict(run_id=None, status="failed", metrics={}, findings=[], seconds=time.perf_counter() - start,
+                    records=[], histograms=[], scalars=[], checks=[], spec=spec,
+                    error=f"{type(e).__name__}: {first}" if first else type(e).__name__)
     finally:
         if store is not None:
             store.close()
@@ -185,6 +191,7 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
     def done(trial: Trial, out: dict) -> None:
         for key in ("run_id", "status", "metrics", "findings", "seconds"):
             setattr(trial, key, out[key])
+        trial.error = out.get("error", "")
         trial.data = {k: out[k] for k in ("records", "histograms", "scalars", "checks", "spec")}
         progress(trial)
 
@@ -192,6 +199,8 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
         return False
     jobs = _default_jobs() if jobs is None else jobs
     args = [(_trial_spec(t), copy.deepcopy(t.model)) for t in trials]  # a trial trains its module in place
+    if jobs > 1 and not _picklable(args):  # a class defined in a function or a notebook, a lambda attribute...
+        jobs = 1  # ... cannot be sent to a worker process: the trials run here, one after the other
     try:
         if backend == "ray":
             return _run_ray(trials, args, run_args, jobs, done)
@@ -229,6 +238,16 @@ def _run_all(trials: list[Trial], run_args: dict, backend: str, jobs: int, progr
         return any(t.status == "interrupted" for t in trials)
     except KeyboardInterrupt:
         return True
+
+
+def _picklable(obj: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception:  # pickling raises whatever the object's __reduce__ raises
+        return False
+    return True
 
 
 def _run_ray(trials, args, run_args, jobs, done) -> bool:
@@ -280,6 +299,10 @@ def _judge(trial: Trial, baseline) -> None:
     trial.improved, trial.cleared, trial.verified, trial.verdict = judge(
         baseline.metrics, trial.metrics, trial.targets, baseline.findings, trial.findings, trial.status,
         baseline.status)
+    if trial.status != "finished":
+        trial.cleared = False  # a trial that did not run to its end clears nothing
+    if trial.error:
+        trial.verdict = f"failed: {trial.error}"
 
 
 def repair(
@@ -310,7 +333,6 @@ def repair(
     from deepscope.diagnosis.session import DOCTOR_UPDATES
     from deepscope.diagnosis.session import diagnosis_run as doctor
     from deepscope.probe.trainer import MONITOR
-    from deepscope.store import Store
 
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
@@ -323,12 +345,11 @@ def repair(
         data.setdefault("train", {"updates": updates})
         spec = validate_spec(data, source="repair spec")
     original = spec.to_dict()
-    if store is not None and not isinstance(store, Store):
-        store = Store(store)
-    initial = copy.deepcopy(model) if model is not None else None  # doctor trains the module in place
+    initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
-    baseline = doctor(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
-                      report=False, quiet=quiet)
+    baseline = doctor(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
+                      monitor=monitor, report=False, quiet=quiet)
+    store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
     result.interrupted = baseline.status == "interrupted"  # Ctrl-C during the diagnosis run: no trials
@@ -352,12 +373,24 @@ def repair(
         result.best = min(verified, key=lambda t: (*_score(t.metrics, t.status), len(t.fixes))) if verified else None
         result.trials.sort(key=lambda t: (not t.verified, *_score(t.metrics, t.status), len(t.fixes)))
     if result.best is not None:
-        result.fixed_path = _write_fixed(result.best, original, model is not None,
+        result.fixed_path = _write_fixed(result.best, original, model is not None, dataset is not None,
                                          fixed_path or Path(f"{baseline.run_id or spec.name}-fixed.toml"))
     if report:
         result.report = _report(result, spec.name, store, report_path)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _copy_module(model: Any) -> Any:
+    """A deep copy of your module (None for a spec-built network); one that cannot be copied is named."""
+    if model is None:
+        return None
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:
+        raise ValueError(f"model: doctor --fix trains copies of your module, and this one cannot be copied "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); keep objects such as "
+                         "locks, open files or generators out of the module, or run doctor without --fix") from None
 
 
 def _combine(result: RepairResult, spec: dict, model: Any, seed: int, left: int, run_args: dict, backend: str,
@@ -445,18 +478,24 @@ class _Progress:
         return finished
 
 
-def _write_fixed(best: Trial, original: dict, own_module: bool, path: Any) -> Path:
+def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, path: Any) -> Path:
     spec = {**best.spec, "name": f"{original['name']}-fixed"}
     header = [f"Repaired by deepscope doctor --fix: {best.name}.",
               f"Verified in a {best.data.get('spec', {}).get('train', {}).get('updates', '?')}-update trial: "
-              f"valid error {best.metrics.get('valid/error', math.nan):.2%} (run {best.run_id})."]
+              f"valid error {best.metrics.get('valid/error', math.nan):.2%}"
+              f"{f' (run {best.run_id})' if best.run_id else ''}."]
     if own_module:
         module_fixes = [f for f in best.fixes if not FIXES[f].run_level]
         spec = {k: v for k, v in spec.items() if k not in ("model", "init")}  # your module replaces them
-        header.append("For a module of your own: train(load_spec(this file), model=your_module)")
+        header += ["It trained a module of your own: run it with deepscope train THIS_FILE --model pkg.mod:factory,",
+                   "or train(load_spec(this file), model=your_module); without one, deepscope train builds its",
+                   "default MLP instead."]
         if module_fixes:
-            header.append(f"with the module-level fixes {', '.join(module_fixes)} applied first: your_module = "
-                          f"deepscope.diagnosis.fixes.apply_fixes({module_fixes!r}, spec.to_dict(), your_module)[1]")
+            header.append(f"Apply the module-level fixes {', '.join(module_fixes)} to your module first: your_module = "
+                          f"deepscope.diagnosis.fixes.apply_fixes({module_fixes!r}, spec.to_dict(), your_module, "
+                          f"seed={original['train'].get('seed', 0)})[1]")
+    if own_data:
+        header.append("It trained on a dataset given in Python: train(load_spec(this file), dataset=your_dataset).")
     path = Path(path)
     path.write_text(spec_toml(spec, header))
     return path
@@ -495,7 +534,8 @@ def repair_table(result: RepairResult):
     for i, t in enumerate(result.trials, 1):
         err, loss = _score(t.metrics, t.status)
         mark = "[bold green]" if t is result.best else ""
-        table.add_row(str(i), f"{mark}{t.name}", ", ".join(t.targets), "yes" if t.cleared else "[red]no[/]",
+        cleared = "-" if t.status != "finished" else "yes" if t.cleared else "[red]no[/]"
+        table.add_row(str(i), f"{mark}{t.name}", ", ".join(t.targets), cleared,
                       f"{b_err:.1%} -> {err:.1%}", f"{b_loss:.3g} -> {loss:.3g}",
                       f"{t.seconds:.0f} s ({t.seconds / max(result.diagnosis_seconds, 1e-9):.1f}x)",
                       t.verdict.replace("verified", "[green]verified[/]", 1))
@@ -509,13 +549,15 @@ def summary(result: RepairResult) -> list[str]:
         return ["nothing to fix: the diagnosis run is healthy (no trials run)"]
     lines = [f"skipped {name}: {why}" for name, why in result.skipped]
     if result.interrupted:
-        lines.append(f"interrupted: {len(result.trials)} finished trials kept (in the run store)")
+        done = sum(t.status == "finished" for t in result.trials)
+        lines.append(f"interrupted: {done} finished trials kept (in the run store)")
     b_err, _ = _score(b.metrics, b.status)
     if result.best is None:
         lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
                      "the run is left as it is")
     else:
         err, _ = _score(result.best.metrics, result.best.status)
-        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%} "
-                     f"(run {result.best.run_id}); fixed spec: {result.fixed_path}")
+        run = f" (run {result.best.run_id})" if result.best.run_id else ""
+        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
+                     f"fixed spec: {result.fixed_path}")
     return lines
