@@ -325,3 +325,36 @@ def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_
     html = (store / "glorot-tanh-n-1" / "report.html").read_text()
     assert "baseline glorot-tanh-n-1" in html and "repaired (" in html
 
+
+
+def test_a_trial_that_raises_fails_alone(monkeypatch):
+    import deepscope.diagnosis.session as session
+
+    real = session.diagnosis_run
+
+    def flaky(spec, **kwargs):
+        name = spec["name"] if isinstance(spec, dict) else spec.name
+        if name.endswith("batch_norm"):  # as a batch norm inserted where the module's shapes do not take it
+            raise RuntimeError("running_mean should contain 16 elements not 32\nmore lines")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(session, "diagnosis_run", flaky)
+    result = fix_run(spec("sigmoid", "normal", std=1.0))
+    failed = [t for t in result.trials if t.fixes == ("batch_norm",)]
+    assert failed and failed[0].status == "failed" and not failed[0].verified and not failed[0].cleared
+    assert failed[0].verdict == "failed: RuntimeError: running_mean should contain 16 elements not 32"
+    assert sum(t.status == "finished" for t in result.trials) >= 2  # the other trials ran, and one repaired it
+    assert result.repaired
+
+
+def test_a_module_that_cannot_be_pickled_trains_its_trials_in_this_process():
+    class Local(nn.Module):  # defined in a function: pickle cannot find it, so no worker process can take it
+        def __init__(self):
+            super().__init__()
+            self.net = dead_relu_module()
+
+        def forward(self, x):
+            return self.net(x)
+
+    result = repair(spec(lr=0.05), model=Local(), dataset=blobs(), updates=150, monitor=100, jobs=2, report=False)
+    assert result.trials and all(t.status == "finished" for t in result.trials) and result.repaired
