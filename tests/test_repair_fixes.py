@@ -158,7 +158,7 @@ def test_batch_norm_surgery_uses_batchnorm2d_after_a_conv_and_skips_layers_outsi
 
     with pytest.raises(NotApplicable, match="custom forward"):
         apply_fix("batch_norm", spec(), Custom())
-    with pytest.raises(NotApplicable, match="no relu"):
+    with pytest.raises(NotApplicable, match="no hidden relu"):
         apply_fix("act_leaky_relu", spec(), Custom())
     apply_fix("reinit", spec(), Custom())  # torch.relu in forward(): the init that fits relu (tested below)
 
@@ -256,6 +256,34 @@ def test_module_activation_swap_replaces_every_module_and_reinitializes_for_the_
     assert sum(isinstance(m, nn.LeakyReLU) for m in leaky.modules()) == 2
     _, prelu = apply_fix("act_prelu", spec(), mlp_sequential(nn.ReLU))
     assert sum(isinstance(m, nn.PReLU) for m in prelu.modules()) == 2
+
+
+def test_activation_swap_reaches_a_shared_instance_everywhere_and_leaves_the_output_squashing_alone():
+    act = nn.ReLU()
+    shared = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 4))
+    _, fixed = apply_fix("act_prelu", spec(), shared)
+    swapped = [m for m in fixed if isinstance(m, nn.PReLU)]
+    assert len(swapped) == 2 and swapped[0] is swapped[1]  # one instance before, one after
+    assert not any(isinstance(m, nn.ReLU) for m in fixed.modules())
+    squashed = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 4), nn.Sigmoid())
+    _, tanh = apply_fix("act_tanh", spec(), squashed)
+    assert [type(m) for m in tanh][2:] == [nn.Tanh, nn.Linear, nn.Sigmoid]  # the output's sigmoid stays
+    only_out = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4), nn.Sigmoid())
+    with pytest.raises(NotApplicable, match="no hidden sigmoid"):
+        apply_fix("act_tanh", spec(), only_out)
+
+
+def test_batch_norm_surgery_refuses_a_forward_that_indexes_the_sequential():
+    class Indexed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+        def forward(self, x):
+            return self.net[2](self.net[1](self.net[0](x.flatten(1))))
+
+    with pytest.raises(NotApplicable, match=r"Indexed.forward\(\) indexes its nn.Sequential 'net'"):
+        apply_fix("batch_norm", spec(), Indexed())
 
 
 def test_unfreeze_makes_every_parameter_train_without_changing_it():

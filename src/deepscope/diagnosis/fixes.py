@@ -194,15 +194,29 @@ def _weight_decay(value: float) -> Callable[[dict], None]:
 
 
 def _replace_modules(model, kinds: tuple[type, ...], make: Callable[[], Any], what: str) -> list[str]:
-    """Replace every submodule of the types ``kinds`` by ``make()``; the names replaced."""
-    names = [name for name, m in model.named_modules() if name and isinstance(m, kinds)]
+    """Replace every hidden submodule of the types ``kinds`` by ``make()`` (an instance used at several places
+    stays one instance); the names replaced. An activation after the last Linear/Conv (in registration order,
+    as :func:`deepscope.init.apply` reads it) squashes the output and is left alone."""
+    order = list(model.modules())
+    layers = [i for i, m in enumerate(order) if _is_layer(m)]
+    output = {id(m) for m in order[layers[-1] + 1:]} if layers else set()
+    new: dict[int, Any] = {}
+    names = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent._modules.items()):  # named_children() would skip a repeated instance
+            if isinstance(child, kinds) and id(child) not in output:
+                setattr(parent, name, new.setdefault(id(child), make()))
+                names.append(f"{parent_name}.{name}" if parent_name else name)
     if not names:
-        raise NotApplicable(f"no {what} module to swap (an activation called as a function in forward() "
-                            "cannot be replaced from outside)")
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, make())
+        raise NotApplicable(f"no hidden {what} module to swap (an activation called as a function in forward() "
+                            "cannot be replaced from outside; one after the output layer is left as it is)")
     return names
+
+
+def _is_layer(module) -> bool:
+    from deepscope.init import LAYER_TYPES
+
+    return isinstance(module, LAYER_TYPES)
 
 
 def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
@@ -279,10 +293,17 @@ def _batch_norm_module(model, seed: int) -> None:
 
     from torch import nn
 
+    from deepscope.probe.functional import indexed_children
+
     norms = {nn.Linear: nn.BatchNorm1d, nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,
              nn.Conv3d: nn.BatchNorm3d}
     layers = _layers(model)
     output = layers[-1][1] if layers else None
+    for owner in model.modules():  # self.net[1](x) would call another module once layers are inserted
+        for name in indexed_children(owner) or ():
+            if isinstance(owner._modules[name], nn.Sequential):
+                raise NotApplicable(f"{type(owner).__name__}.forward() indexes its nn.Sequential {name!r} "
+                                    f"(self.{name}[...]): inserted batch norms would shift the positions it calls")
     inserted = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         items, children = list(seq._modules.items()), []

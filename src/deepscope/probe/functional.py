@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["NONLINEAR", "Watcher", "functional_nonlinearities"]
+__all__ = ["NONLINEAR", "Watcher", "functional_nonlinearities", "indexed_children"]
 
 # Functions and tensor methods (in-place variants included) that apply a non-linearity: element-wise ones,
 # and softmax (attention). log_softmax, which turns a model's output into log-probabilities, is left out.
@@ -143,6 +143,19 @@ def functional_nonlinearities(module: nn.Module) -> list[str] | None:
     if not isinstance(forward, types.FunctionType) or _source_tree(forward) is None:
         return None
     return sorted(_calls(forward, module, 0, set()))
+
+
+def indexed_children(module: nn.Module) -> set[str] | None:
+    """Names of the children ``module.forward`` indexes or slices (``self.net[1](x)``, ``self.blocks[:2]``), read
+    from its source; ``None`` when the source cannot be read."""
+    forward = getattr(type(module).forward, "__func__", type(module).forward)
+    tree = _source_tree(forward) if isinstance(forward, types.FunctionType) else None
+    if tree is None:
+        return None
+    return {node.value.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"
+            and node.value.attr in module._modules}
 
 
 class Watcher(TorchFunctionMode):
