@@ -158,6 +158,11 @@ def test_slow_loss_with_small_steps_is_a_low_rate():
     assert "lr_too_low" not in codes(diagnose([], scalars=slow))  # the loss alone cannot tell
     fast = loss_rows(noisy([0.3 + 2.0 * math.exp(-i / 15) for i in range(100)]))
     assert "lr_too_low" not in codes(diagnose(tiny, scalars=fast))
+    # no step at all (every ReLU dead after a too-high rate, say): not a low rate
+    still = rows("update_ratio", "ratio", {0: [0.0] * 3, 50: [0.0] * 3, 100: [0.0] * 3})
+    assert "lr_too_low" not in codes(diagnose(still, scalars=slow))
+    f = only(diagnose(still, scalars=slow), "not_learning")  # nothing moves at all: said as such
+    assert f.severity == "error" and "every gradient is zero" in f.message and len(f.layers) == 3
 
 
 def test_flat_loss_explained_by_another_finding_is_not_blamed_on_the_rate():

@@ -52,10 +52,13 @@ def test_layers_whose_weights_do_not_move_are_named():
     assert slow.severity == "warning"
 
 
-def test_not_learning_is_silent_when_a_stall_is_explained_or_nothing_moves():
+def test_not_learning_is_silent_when_a_stall_is_explained_and_says_when_nothing_moves():
     dead = [dict(step=0, source="monitor", layer="hidden1", quantity="activation", stat="dead", value=1.0)]
     assert "not_learning" not in codes(diagnose(dead + ratios({"hidden1": 0.0, "output": 1e-2})))
-    assert not diagnose(ratios({"hidden1": 0.0, "output": 0.0}))
+    assert "not_learning" not in codes(diagnose(dead + ratios({"hidden1": 0.0, "output": 0.0})))
+    # nothing moves and no other rule says why (activations the probe cannot see, a detached graph)
+    f = only(diagnose(ratios({"hidden1": 0.0, "output": 0.0})), "not_learning")
+    assert f.severity == "error" and f.layers == ["hidden1", "output"] and f.first_step == 0
 
 
 # --- spikes ---------------------------------------------------------------------------------------

@@ -476,7 +476,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "lr_too_low": ["lr_x3", "lr_x10", "momentum", "adam"],
     "input_not_centered": ["center", "standardize"],
     "input_not_scaled": ["standardize"],
-    "not_learning": ["unfreeze", "register"],
+    "not_learning": ["unfreeze", "register", "reinit", "lr_x0.1"],
     "output_loss_mismatch": ["as_logits"],
     "output_saturated": ["reinit", "lr_x0.1", "clip_norm"],
     "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],

@@ -151,7 +151,8 @@ def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, 
         return []
     drop = (start - smooth[-1]) / start
     step_ratio = _median_fastest_update_ratio(rec)
-    if step_ratio is not None and step_ratio < LR_UPDATE_RATIO_LOW and drop < LR_SLOW_DROP:
+    # a ratio of exactly 0 is no step at all (every unit dead, every gradient zero): not a small rate
+    if step_ratio is not None and 0 < step_ratio < LR_UPDATE_RATIO_LOW and drop < LR_SLOW_DROP:
         evidence = {"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_SLOW_DROP,
                     "ratio_threshold": LR_UPDATE_RATIO_LOW, **evidence_lr}
         return [Finding("lr_too_low", "warning",
@@ -312,9 +313,18 @@ def _rule_not_learning(rec: Records, explained: bool) -> list[Finding]:
     if not medians:
         return []
     fastest = max(medians.values())
+    if fastest == 0:  # and no other rule explains it
+        first = min(s for points in rec.get("update_ratio", "ratio").values() for s, _ in points)
+        return [Finding(
+            "not_learning", "error", f"no layer's weights change at all (update/weight ratio 0 in all "
+            f"{len(medians)} layers): every gradient is zero", layers=list(medians), first_step=first,
+            recovers=False, evidence={"layers_still": float(len(medians)), "update_ratio_fastest": 0.0},
+            advice="Every unit may be dead (a ReLU net after too high a learning rate, or negative biases), the "
+            "loss may not depend on the parameters (a detached graph, .data or no_grad in forward()), or the "
+            "learning rate is 0: re-initialize, lower the learning rate, and check the graph.")]
     still = [layer for layer, v in medians.items() if v <= NOT_LEARNING_RELATIVE * fastest]
-    if fastest <= 0 or not still:
-        return []  # nothing moves at all (or everything does): the other rules say why
+    if fastest < 0 or not still:
+        return []  # everything moves
     return [Finding(
         "not_learning", "error" if all(medians[layer] == 0 for layer in still) else "warning",
         f"the weights of {len(still)} of {len(medians)} layers do not change ({', '.join(still[:4])}"

@@ -127,7 +127,8 @@ def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
         ranks.append((i, min(i + 1, n - 1), h - i))
     if x.device.type == "cpu":
         part = np.partition(x.numpy(), sorted({k for i, j, _ in ranks for k in (i, j)}))
-        return torch.tensor([part[i] + (part[j] - part[i]) * f for i, j, f in ranks], dtype=x.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf of a diverged network: NaN, as torch gives
+            return torch.tensor([part[i] + (part[j] - part[i]) * f for i, j, f in ranks], dtype=x.dtype)
     return _topk_percentiles(x, ranks)
 
 
