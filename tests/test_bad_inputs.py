@@ -156,6 +156,11 @@ def four_classes():
 
 def locked():
     return Locked()
+
+
+def good():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(256, 9))
 """
 
 
@@ -177,6 +182,25 @@ def test_a_model_of_your_own_that_does_not_fit_the_data_is_named_before_training
     args = [*command.split(), "tiny.toml", "--model", f"badnets:{factory}", "--store", "store", "-q"]
     _one_line_error(runner.invoke(app, args), needle)
     assert not (tmp_path / "store").exists() or command == "doctor --fix"
+
+
+def test_train_takes_a_model_of_your_own_and_its_resume_asks_for_it_again(tmp_path, monkeypatch):
+    (tmp_path / "badnets.py").write_text(BAD_NETS)
+    (tmp_path / "tiny.toml").write_text(SPEC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "tiny.toml", "--model", "badnets:good", "--store", "store", "-q"])
+    assert result.exit_code == 0, result.output
+    run = Store(tmp_path / "store").get_run("tiny-1")
+    assert run["spec"]["model"]["class"].endswith("Sequential") and run["status"] == "finished"
+    # the stored weights are those of that module: a Linear(256, 9) behind a Flatten
+    state = torch.load(tmp_path / "store" / "tiny-1" / "checkpoint.pt", weights_only=True)["model"]
+    assert tuple(state["1.weight"].shape) == (9, 256)
+    _one_line_error(runner.invoke(app, ["train", "--resume", "tiny-1", "--updates", "40", "--store", "store", "-q"]),
+                    "trained a model of your own", "--model pkg.mod:factory")
+    again = runner.invoke(app, ["train", "--resume", "tiny-1", "--updates", "40", "--model", "badnets:good",
+                                "--store", "store", "-q"])
+    assert again.exit_code == 0 and Store(tmp_path / "store").get_run("tiny-1")["last"]["valid/error"]["step"] == 40
 
 
 # --- stores that fail safe ------------------------------------------------------------------------------------------

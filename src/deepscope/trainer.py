@@ -114,7 +114,8 @@ def train(
             checkpoint = run_checkpoint(store, run_id)
             if checkpoint.get("user_model") and model is None:
                 raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
-                                 "resume it with the same module: train(resume=..., model=...)")
+                                 "resume it with the same module: train(resume=..., model=...), or --model "
+                                 "pkg.mod:factory on the command line")
             spec = spec if spec is not None else checkpoint["spec"]
         if spec is None:
             raise ValueError("train() needs a spec (or resume=RUN with a store)")

@@ -133,7 +133,12 @@ def train_command(
         # a new run opens (and creates) the store only once its data and model are checked
         st = read_store(store, read_only=False) if resume is not None else (store or default_root())
         if spec is None and overrides:
-            run_spec = validate_spec(apply_overrides(st.get_run(resume)["spec"], overrides), source=f"run {resume}")
+            stored = st.get_run(resume)["spec"]
+            if "class" in stored.get("model", {}):  # a module of your own is described there: the spec is the
+                from deepscope.checkpoint import run_checkpoint  # checkpoint's
+
+                stored = run_checkpoint(st, st.resolve(resume))["spec"]
+            run_spec = validate_spec(apply_overrides(stored, overrides), source=f"run {resume}")
         net = model_from_factory(model) if model is not None else None
         result = train(run_spec, store=st, quiet=quiet, resume=resume, callbacks=callbacks, force=force, model=net)
         st = result.store
