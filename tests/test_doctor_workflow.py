@@ -98,3 +98,24 @@ def test_callbacks_are_objects_or_functions_and_anything_else_is_refused():
         train(spec, model=net(), callbacks=[3], quiet=True)
     with pytest.raises(TypeError, match="model=str is not allowed"):
         train(spec, model="resnet", quiet=True)
+
+
+class FunctionalTanh(nn.Module):
+    """Layers called from forward() with torch.tanh between them: the probe sees the layers, not the tanh."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(256, 32), nn.Linear(32, 9)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x.flatten(1))))
+
+
+def test_doctor_says_which_modules_the_probe_cannot_see_into():
+    hidden = doctor(SPEC, model=FunctionalTanh(), updates=UPDATES, monitor=20, report=False, quiet=True)
+    notes = [f for f in hidden.findings if f.code == "unobservable"]
+    assert len(notes) == 1 and notes[0].severity == "info" and notes[0].layers == ["(model)"]
+    assert "calls tanh inside forward" in notes[0].message
+    seen = doctor(SPEC, model=net(), updates=UPDATES, monitor=20, report=False, quiet=True)
+    assert "unobservable" not in {f.code for f in seen.findings}

@@ -33,7 +33,7 @@ def changed(before: dict, after: dict) -> dict:
 
 
 def test_every_finding_code_has_candidate_fixes_that_exist():
-    assert set(CODES) - {"diagnosis_error"} <= set(FIXES_FOR)
+    assert set(CODES) - {"diagnosis_error", "unobservable"} <= set(FIXES_FOR)  # two notes, not problems
     assert all(name in FIXES for names in FIXES_FOR.values() for name in names)
 
 

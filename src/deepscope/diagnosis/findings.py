@@ -39,6 +39,7 @@ CODES: dict[str, str] = {
     "overfitting": "the validation loss rises while the training loss falls: the gap between them grows",
     "eval_mode": "the model or its batch-norm / dropout layers are in eval mode during training",
     "bn_stats_frozen": "batch-norm running statistics do not change during training",
+    "unobservable": "modules whose non-linearities the probe cannot hook (functions in forward(), fused kernels)",
     "diagnosis_error": "a diagnosis rule could not run on these records (a bug of deepscope: please report it)",
 }
 

@@ -486,7 +486,8 @@ FIXES_FOR: dict[str, list[str]] = {
     "eval_mode": ["train_mode"],
     "bn_stats_frozen": ["bn_momentum", "train_mode"],
 }
-"""Candidate fixes per finding code, best first. ``diagnosis_error`` (a bug of deepscope) has none."""
+"""Candidate fixes per finding code, best first. ``diagnosis_error`` (a bug of deepscope) and ``unobservable`` (a
+note on what the probe cannot see) have none."""
 
 
 def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[dict, Any]:

@@ -223,7 +223,7 @@ def diagnosis_run(
 
         recorded["model"] = describe_model(model)
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
-    found_checks = checks.findings()
+    found_checks = checks.findings() + _unobservable(probe)
     found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
     codes = {f.code for f in found_checks}
     findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
@@ -238,6 +238,21 @@ def diagnosis_run(
     if report:
         write_report(out, report_path)
     return out
+
+
+def _unobservable(probe: TrainerProbe) -> list[Finding]:
+    """An info finding naming the modules whose non-linearities the probe could not see, if any: the rules on
+    saturation, dead units and variance say nothing about them, so a healthy verdict covers less there."""
+    hidden = getattr(probe.probe, "unobservable", None) or []
+    if not hidden:
+        return []
+    shown = "; ".join(f"{name}: {why}" for name, why in hidden[:3]) + (" ..." if len(hidden) > 3 else "")
+    return [Finding("unobservable", "info",
+                    f"the probe cannot see the non-linearities of {len(hidden)} module(s) ({shown}): saturation, "
+                    "dead units and the variance of what they compute are not checked there",
+                    layers=[name for name, _ in hidden],
+                    advice="Where you can, use activation modules (nn.ReLU(), nn.Tanh()...) rather than "
+                    "torch.relu(x) or F.tanh(x) in forward(), so that the probe records them.")]
 
 
 def write_report(result: DoctorResult, path: Any = None) -> Path:
