@@ -106,6 +106,8 @@ def test_unreadable_spec_files_are_named(tmp_path, content, needle):
     (["doctor", "--model", "os:system"], "--model 'os:system': system cannot be called without arguments"),
     (["doctor", "--model", "os:getcwd"], "--model 'os:getcwd': the factory returned str"),
     (["doctor", "--model", "m:f", "--updates", "0"], "--updates=0"),
+    (["doctor", "--model", "m:f", "--budget", "3"], "--budget goes with --fix"),
+    (["doctor", "--model", "m:f", "--backend", "ray"], "--backend goes with --fix"),
     (["report", "x", "-o", "nodir/r.html"], "-o nodir/r.html"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "width=-4"], "width=-4"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "updates=0"], "updates=0"),

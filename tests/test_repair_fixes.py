@@ -186,6 +186,11 @@ class ReluGeluNet(FunctionalNet):
         return self.out(nn.functional.gelu(self.b(torch.relu(self.a(x)))))
 
 
+class ClampNet(FunctionalNet):
+    def forward(self, x):
+        return self.out(self.b(self.a(x).clamp(-1, 1)))
+
+
 class NoLayers(nn.Module):
     """An activation function but no Linear/Conv: nothing for a re-initialization to change."""
 
@@ -219,8 +224,12 @@ def test_module_reinit_reads_an_activation_called_as_a_function_in_forward():
     # relu and gelu call for the same init (He et al. 2015): that one
     _, mixed = apply_fix("reinit", spec(), ReluGeluNet(), seed=1)
     assert float(mixed.a.weight.detach().std()) == pytest.approx(math.sqrt(2 / 400), rel=0.02)
+    # no non-linearity at all: the init of no activation (Glorot & Bengio's normalized init) on every layer
+    _, linear = apply_fix("reinit", spec(), LinearNet(), seed=1)
+    assert float(linear.a.weight.detach().abs().max()) <= math.sqrt(6 / (400 + 300))
+    assert float(linear.a.weight.detach().std()) == pytest.approx(math.sqrt(6 / 700) / math.sqrt(3), rel=0.02)
     with pytest.raises(NotApplicable, match="no activation modules, nor an activation function"):
-        apply_fix("reinit", spec(), LinearNet())
+        apply_fix("reinit", spec(), ClampNet())  # clamp: a non-linearity deepscope cannot name
     with pytest.raises(NotApplicable, match="no Linear/Conv layer to re-initialize"):
         apply_fix("reinit", spec(), NoLayers())
 

@@ -198,6 +198,8 @@ def doctor_command(
     for flag, value in (("--updates", updates), ("--monitor", monitor)):
         if value < 1:
             raise fail(f"{flag}={value}: give an integer >= 1")
+    if not fix and (budget is not None or backend != "local"):
+        raise fail(f"{'--budget' if budget is not None else '--backend'} goes with --fix (it sets the trial runs)")
     if output is not None and not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])

@@ -264,7 +264,10 @@ def _functional_init(model) -> str:
     from deepscope.nn.activations import ACTIVATIONS
     from deepscope.probe.functional import functional_nonlinearities
 
-    found = {name.rstrip("_") for m in model.modules() for name in functional_nonlinearities(m) or ()}
+    calls = [functional_nonlinearities(m) for m in model.modules()]
+    found = {name.rstrip("_") for names in calls for name in names or ()}
+    if not found and None not in calls:  # every forward() read, and none applies a non-linearity: a linear net
+        return ACTIVATIONS["identity"].init
     kinds = sorted(found & (ACTIVATIONS.keys() - {"identity"}))
     schemes = {ACTIVATIONS[k].init for k in kinds}
     if len(schemes) == 1:
