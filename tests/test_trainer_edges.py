@@ -117,3 +117,15 @@ def test_findings_with_brackets_print_as_text(capsys):
                             advice="set [model] norm")], "run [x]")
     out = capsys.readouterr().out
     assert "blocks[b]" in out and "[/]" in out and "[model]" in out
+
+
+def test_evaluation_builds_no_graph_and_matches_a_hand_computation():
+    from deepscope.runtime import evaluate
+
+    model, (x, y) = net(), blobs().valid
+    loss, error = evaluate(model, x, y, F.cross_entropy, batch_size=7)  # batches of 7 over 40 examples
+    assert not loss.requires_grad and not error.requires_grad  # no autograd graph kept for evaluations
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    assert float(error) == pytest.approx(float((logits.argmax(1) != y).float().mean()))

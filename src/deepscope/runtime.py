@@ -26,7 +26,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
 def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
     """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
     ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)``."""
@@ -51,6 +50,7 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
                          f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
              batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """Mean loss and error fraction of ``model`` on ``(x, y)``, as 0-d tensors on the model's device."""
