@@ -108,6 +108,7 @@ def test_unreadable_spec_files_are_named(tmp_path, content, needle):
     (["doctor", "--model", "m:f", "--updates", "0"], "--updates=0"),
     (["doctor", "--model", "m:f", "--budget", "3"], "--budget goes with --fix"),
     (["doctor", "--model", "m:f", "--backend", "ray"], "--backend goes with --fix"),
+    (["doctor", "--model", "m:f", "--jobs", "2"], "--jobs goes with --fix"),
     (["report", "x", "-o", "nodir/r.html"], "-o nodir/r.html"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "width=-4"], "width=-4"),
     (["experiments", "run", "sigmoid-saturation", "-p", "tiny", "--set", "updates=0"], "updates=0"),

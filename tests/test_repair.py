@@ -358,3 +358,12 @@ def test_a_module_that_cannot_be_pickled_trains_its_trials_in_this_process():
 
     result = repair(spec(lr=0.05), model=Local(), dataset=blobs(), updates=150, monitor=100, jobs=2, report=False)
     assert result.trials and all(t.status == "finished" for t in result.trials) and result.repaired
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"jobs": 0}, "jobs=0 is not allowed; give an integer >= 1"),
+                                            ({"budget": -1}, "budget=-1 is not allowed"),
+                                            ({"backend": "spark"}, "backend='spark' is not known")])
+def test_bad_repair_options_are_named_before_anything_runs(tmp_path, kwargs, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        repair(spec(), dataset=blobs(), store=tmp_path / "store", **kwargs)
+    assert not (tmp_path / "store").exists()

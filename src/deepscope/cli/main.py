@@ -184,6 +184,8 @@ def doctor_command(
     budget: int | None = typer.Option(None, "--budget", help="With --fix: N trial runs (default: the fixes of the "
                                       "top two findings plus one combination)."),
     backend: str = typer.Option("local", "--backend", help="With --fix: run the trials on local processes or ray."),
+    jobs: int | None = typer.Option(None, "--jobs", help="With --fix: parallel trial processes (default: 2, or this "
+                                    "process alone when the diagnosis run is short)."),
 ) -> None:
     """Train briefly with the probe, print the findings, then write the HTML report.
 
@@ -198,8 +200,9 @@ def doctor_command(
     for flag, value in (("--updates", updates), ("--monitor", monitor)):
         if value < 1:
             raise fail(f"{flag}={value}: give an integer >= 1")
-    if not fix and (budget is not None or backend != "local"):
-        raise fail(f"{'--budget' if budget is not None else '--backend'} goes with --fix (it sets the trial runs)")
+    if not fix and (budget is not None or backend != "local" or jobs is not None):
+        flag = "--budget" if budget is not None else "--jobs" if jobs is not None else "--backend"
+        raise fail(f"{flag} goes with --fix (it sets the trial runs)")
     if output is not None and not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
     overrides = list(set_ or []) + ([f"data.name={data}"] if data else [])
@@ -220,7 +223,7 @@ def doctor_command(
             from deepscope.diagnosis.trials import repair
 
             fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
-                           backend=backend, report=not no_report, report_path=output, quiet=quiet)
+                           jobs=jobs, backend=backend, report=not no_report, report_path=output, quiet=quiet)
             result = fixed.baseline
         else:
             result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False,

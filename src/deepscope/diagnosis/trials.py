@@ -340,6 +340,8 @@ def repair(
         raise ValueError(f"budget={budget!r} is not allowed; give an integer >= 0 (the number of trial runs)")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ValueError(f"jobs={jobs!r} is not allowed; give an integer >= 1 (parallel trial processes)")
     if not isinstance(spec, RunSpec):
         data = dict(spec or {})
         data.setdefault("train", {"updates": updates})
