@@ -36,6 +36,7 @@ class Net(L.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.1), nn.Linear(16, 16), nn.Tanh(),
                                  nn.Linear(16, 3))
+        self.seen: list[float] = []  # every training_step's loss, as returned
 
     def forward(self, x):
         return self.net(x)
@@ -44,6 +45,7 @@ class Net(L.LightningModule):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss)
+        self.seen.append(loss.item())
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -84,6 +86,16 @@ def test_records_at_global_steps_counted_in_updates(runs):
     # training batch, the monitor pass at 20 is the last one
     assert steps == {"monitor": [0, 5, 10, 15, 20], "train": [0, 5, 10, 15, 20]}
     assert [r["step"] for r in callback.scalars] == list(range(1, STEPS + 1))
+
+
+
+def test_the_loss_of_an_update_is_the_mean_of_its_micro_batches(runs):
+    """Lightning divides the loss it hands callbacks by accumulate_grad_batches; train/loss is the mean of the
+    losses training_step returned for the update's micro-batches."""
+    _, callback, (module, _, _), _ = runs
+    seen = module.seen
+    expected = [sum(seen[i:i + ACCUMULATE]) / ACCUMULATE for i in range(0, ACCUMULATE * STEPS, ACCUMULATE)]
+    assert [r["value"] for r in callback.scalars] == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_identical_to_a_run_without_the_callback(runs):

@@ -150,6 +150,8 @@ class DeepscopeCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor):
             loss = loss.detach()
+            if pl_module.automatic_optimization:  # Lightning hands callbacks the loss / accumulate_grad_batches
+                loss = loss * trainer.accumulate_grad_batches
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_n += 1
         step = trainer.global_step
