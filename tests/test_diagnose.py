@@ -500,3 +500,14 @@ def test_doctor_command_on_a_user_model(tmp_path, monkeypatch):
     with Store(tmp_path / "runs") as st:
         assert st.get_run("dead-relu-1")["spec"]["model"] == {"class": "Sequential", "activation": "relu"}
         assert {r["name"] for r in st.scalars("dead-relu-1")} >= {"train/loss", "valid/error", "test/error"}
+
+
+def test_a_stored_diverged_run_is_diagnosed_as_doctor_diagnoses_it():
+    """The store keeps the status, not doctor's train/diverged row: the report puts it back."""
+    from deepscope.plots import RunData
+
+    losses = loss_rows([2.2, 2.1, 40.0])  # per-evaluation means; the last one exploded while finite
+    diverged = RunData("div", status="diverged", scalars=losses, spec={"optim": {"lr": 50.0}})
+    assert "lr_too_high" in codes(diverged.diagnosis())
+    finished = RunData("ok", status="finished", scalars=losses, spec={"optim": {"lr": 50.0}})
+    assert "lr_too_high" not in codes(finished.diagnosis())

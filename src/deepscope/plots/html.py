@@ -59,7 +59,11 @@ class RunData:
 
     def diagnosis(self) -> list[Finding]:
         if self.findings is None:
-            found = diagnose(self.stats, scalars=self.scalars, histograms=self.histograms, spec=self.spec)
+            scalars = list(self.scalars)
+            if self.status == "diverged":  # as doctor does: the trainer stopped it at its last training loss
+                last = max((int(r["step"]) for r in scalars if r["name"] == "train/loss"), default=0)
+                scalars.append(dict(step=last, name="train/diverged", value=1.0))
+            found = diagnose(self.stats, scalars=scalars, histograms=self.histograms, spec=self.spec)
             self.findings = merge_checks(found, self.checks)
         return self.findings
 
