@@ -3,6 +3,7 @@ accumulation, functional activations, frozen layers, dict/dataclass outputs, tor
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -401,3 +402,31 @@ def test_source_reader_follows_attributes_methods_helpers_and_flags(gated):
     probe = Probe(Indirect(gated))
     want = "sigmoid, softsign, tanh" if gated else "softsign, tanh"
     assert probe.unobservable == [("(model)", f"calls {want} inside forward")]
+
+
+def test_an_empty_batch_records_nothing_and_an_empty_monitor_set_is_named():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Probe(model, every=1, monitor=(x[:10], y[:10])) as probe:
+        for t in range(3):
+            xb, yb = (x[:0], y[:0]) if t == 1 else (x[:5], y[:5])  # the last batch of an epoch can be empty
+            out = model(xb)
+            loss = nn.functional.cross_entropy(out, yb) if len(xb) else out.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            probe.step(t)
+    # the monitor pass records at every step; the training batches at the steps where they had examples
+    assert {r["step"] for r in probe.records if r["source"] == "monitor"} == {0, 1, 2}
+    assert all(math.isfinite(r["value"]) for r in probe.records if r["quantity"] == "activation")
+    with pytest.raises(ValueError, match=r"monitor set has no examples \(shape \(0, 4\)\)"):
+        Probe(model, every=1, monitor=(x[:0], y[:0]))
+
+
+def test_a_shapeset_split_of_zero_examples_is_no_split():
+    from deepscope.data import get_dataset
+
+    data = get_dataset("shapeset", n_valid=0, n_test=5, size=16)
+    assert data.valid is None and len(data.test[1]) == 5

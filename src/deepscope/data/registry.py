@@ -181,8 +181,8 @@ def shapeset_dataset(
         num_classes=9,
         class_names=list(shapeset.CLASS_NAMES),
         train=None if n_train is None else stream(split=3).take(n_train),
-        valid=stream(split=1).take(n_valid),
-        test=stream(split=2).take(n_test),
+        valid=stream(split=1).take(n_valid) if n_valid else None,  # 0 examples: no such split
+        test=stream(split=2).take(n_test) if n_test else None,
         stream=stream(split=0) if n_train is None else None,
     )
 

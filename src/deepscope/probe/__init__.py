@@ -422,7 +422,7 @@ class Probe:
         source, bins = self._source, self.bins
 
         def hook(g: Tensor) -> None:
-            if token == self._token:
+            if token == self._token and g.numel():  # an empty batch has no statistics
                 self._pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins), True))
 
         s.register_hook(hook)
@@ -463,8 +463,8 @@ class Probe:
                 return
             call = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
             z = first_tensor(out)
-            if z is None or z.dim() == 0 or not z.is_floating_point():
-                return
+            if z is None or z.dim() == 0 or not z.is_floating_point() or z.numel() == 0:
+                return  # an empty batch has no statistics
             with torch.no_grad(), self._quiet():
                 stats = activation_stats(z, spec, self.bins)
             self._pending.append((self._name(layer, call), "activation", names, stats, True))

@@ -50,10 +50,13 @@ def parse_monitor(monitor: Any) -> tuple[Tensor | None, Tensor | None]:
     if monitor is None:
         return None, None
     if isinstance(monitor, Tensor):
-        return monitor, None
-    if isinstance(monitor, tuple | list) and len(monitor) == 2 and all(isinstance(t, Tensor) for t in monitor):
+        x, y = monitor, None
+    elif isinstance(monitor, tuple | list) and len(monitor) == 2 and all(isinstance(t, Tensor) for t in monitor):
         x, y = monitor
         if len(x) != len(y):
             raise ValueError(f"monitor: x has {len(x)} examples but y has {len(y)}")
-        return x, y
-    raise ValueError(f"monitor={type(monitor).__name__} is not allowed; give a tensor x or a pair (x, y)")
+    else:
+        raise ValueError(f"monitor={type(monitor).__name__} is not allowed; give a tensor x or a pair (x, y)")
+    if x.dim() == 0 or len(x) == 0:
+        raise ValueError(f"monitor: the monitor set has no examples (shape {tuple(x.shape)}); give at least one")
+    return x, y
