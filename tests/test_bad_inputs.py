@@ -63,6 +63,8 @@ SPEC_CASES = [
     (["--set", "schedule.name=step", "--set", "schedule.step_size=0"], "schedule.step_size=0"),
     (["--set", "train.batch_size=1000000000000"], "train.batch_size=1000000000000"),
     (["--set", "optim.lr=inf"], "optim.lr=inf"),
+    (["--set", "model.width=true"], "model.width=True: a boolean is not allowed here"),
+    (["--set", "train.updates=false"], "train.updates=False: a boolean is not allowed here"),
     (["--set", "optim.momentum=-1"], "optim.momentum=-1"),
     (["--set", "optim.name=adam", "--set", "optim.betas=[1.5, 0.9]"], "optim.betas=[1.5, 0.9]"),
     (["--set", "model.activation=elu", "--set", 'model.activation_kwargs={alpha="x"}'],

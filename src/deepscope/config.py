@@ -34,6 +34,7 @@ import json
 import math
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -113,8 +114,25 @@ def _check_params(section: str, what: str, extras: dict, allowed: list[str], req
 Nullable = BeforeValidator(_none)
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field of this type takes True/False as they are (bool, Any, or a union or Annotated of them)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: Any) -> Any:
+        """``--set model.width=true`` would be read as 1: a boolean is only taken where one is allowed."""
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            from pydantic_core import PydanticCustomError  # not a value_error: the message gets the key and value
+
+            raise PydanticCustomError("bool_type", "a boolean is not allowed here; give a number or a name")
+        return value
 
 
 class DataSpec(_Section):
