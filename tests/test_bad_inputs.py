@@ -208,6 +208,14 @@ def test_train_takes_a_model_of_your_own_and_its_resume_asks_for_it_again(tmp_pa
     assert again.exit_code == 0 and Store(tmp_path / "store").get_run("tiny-1")["last"]["valid/error"]["step"] == 40
 
 
+def test_report_names_a_directory_without_event_files_and_an_output_that_is_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    _one_line_error(runner.invoke(app, ["report", "empty", "-o", "r.html"]), "empty: holds no TensorBoard event files")
+    _one_line_error(runner.invoke(app, ["report", "x", "-o", "empty"]), "-o empty: is a directory")
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
 # --- stores that fail safe ------------------------------------------------------------------------------------------
 
 

@@ -179,6 +179,10 @@ def test_scalars_in_the_loggers_files_and_report_from_tensorboard(runs):
     result = CliRunner().invoke(app, ["report", str(tmp / "probed" / "tb"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "Activation" in out.read_text()
+    # the same log directory twice, side by side: no store is needed either
+    twice = CliRunner().invoke(app, ["report", str(tmp / "probed" / "tb"), str(tmp / "probed" / "tb"), "-o",
+                                     str(tmp / "twice.html"), "--store", str(tmp / "no-store")])
+    assert twice.exit_code == 0, twice.output
     from deepscope.diagnosis import diagnose
 
     assert [(f.code, f.layers) for f in diagnose(stats, histograms=histograms)] == \

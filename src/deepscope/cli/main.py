@@ -264,8 +264,14 @@ def report_command(
 
     if not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
+    if output.is_dir():
+        raise fail(f"-o {output}: is a directory; give a file name such as {output / 'report.html'}")
     logged = {run for run in runs if is_tensorboard_dir(run)}
-    st = read_store(store) if len(logged) < len(runs) else None
+    for run in runs:
+        if run not in logged and Path(run).exists():  # a path, not a run id: say what it lacks
+            raise fail(f"{run}: holds no TensorBoard event files (deepscope report reads a run id of the store, "
+                       "or a log directory written by deepscope's TensorBoardSink or callbacks)")
+    st = read_store(store) if any(run not in logged for run in runs) else None
     try:
         bundles = [run_from_tensorboard(run) if run in logged else RunData.from_store(st, run) for run in runs]
         path = report(bundles, out_path=output, title=title)
