@@ -317,11 +317,11 @@ def _rule_not_learning(rec: Records, explained: bool) -> list[Finding]:
         first = min(s for points in rec.get("update_ratio", "ratio").values() for s, _ in points)
         return [Finding(
             "not_learning", "error", f"no layer's weights change at all (update/weight ratio 0 in all "
-            f"{len(medians)} layers): every gradient is zero", layers=list(medians), first_step=first,
+            f"{len(medians)} layers): the optimizer takes no step", layers=list(medians), first_step=first,
             recovers=False, evidence={"layers_still": float(len(medians)), "update_ratio_fastest": 0.0},
-            advice="Every unit may be dead (a ReLU net after too high a learning rate, or negative biases), the "
-            "loss may not depend on the parameters (a detached graph, .data or no_grad in forward()), or the "
-            "learning rate is 0: re-initialize, lower the learning rate, and check the graph.")]
+            advice="Check the learning rate (0?), then whether any gradient reaches the weights: every unit may be "
+            "dead (a ReLU net after too high a learning rate, or negative biases), or the loss may not depend on "
+            "the parameters (a detached graph, .data or no_grad in forward()). Re-initialize or lower the rate.")]
     still = [layer for layer, v in medians.items() if v <= NOT_LEARNING_RELATIVE * fastest]
     if fastest < 0 or not still:
         return []  # everything moves
