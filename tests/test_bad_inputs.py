@@ -105,6 +105,8 @@ def test_unreadable_spec_files_are_named(tmp_path, content, needle):
 @pytest.mark.parametrize("args, needle", [
     (["data", "show", "shapeset", "-n", "0"], "-n 0"),
     (["data", "show", "shapeset", "-o", "nodir/x.png"], "-o nodir/x.png"),
+    (["data", "show", "shapeset", "-o", "g.txt"], "-o g.txt: .txt is not an image format"),
+    (["data", "show", "shapeset", "-n", "100000"], "-n 100000: give the number of examples to draw, an integer in"),
     (["doctor", "--model", "os:system"], "--model 'os:system': system cannot be called without arguments"),
     (["doctor", "--model", "os:getcwd"], "--model 'os:getcwd': the factory returned str"),
     (["doctor", "--model", "m:f", "--updates", "0"], "--updates=0"),
@@ -214,6 +216,13 @@ def test_report_names_a_directory_without_event_files_and_an_output_that_is_a_di
     _one_line_error(runner.invoke(app, ["report", "empty", "-o", "r.html"]), "empty: holds no TensorBoard event files")
     _one_line_error(runner.invoke(app, ["report", "x", "-o", "empty"]), "-o empty: is a directory")
     assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
+def test_experiments_output_that_is_a_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("")
+    _one_line_error(runner.invoke(app, ["experiments", "run", "lsuv", "-p", "tiny", "-o", "taken"]),
+                    "-o taken: is a file")
 
 
 # --- stores that fail safe ------------------------------------------------------------------------------------------

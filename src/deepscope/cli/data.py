@@ -46,6 +46,10 @@ def data_list() -> None:
     typer.echo(f"augmentations: {', '.join(AUGMENTATIONS)}")
 
 
+MAX_SHOW = 1000  # examples in one grid: past this the image is unreadable and slow to draw
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "webp", "tif", "tiff")  # what matplotlib writes
+
+
 @data_app.command("show")
 def data_show(
     name: str = typer.Argument(..., help="Dataset name (see `deepscope data list`)."),
@@ -58,10 +62,13 @@ def data_show(
     """Draw a labelled grid of examples: `deepscope data show shapeset -n 25 -o shapes.png`."""
     from deepscope.data import DataFileError, examples, save_grid
 
-    if n < 1:
-        raise fail(f"-n {n}: give the number of examples to draw, an integer >= 1")
+    if not 1 <= n <= MAX_SHOW:
+        raise fail(f"-n {n}: give the number of examples to draw, an integer in 1..{MAX_SHOW}")
     if not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
+    if output.suffix.lower().lstrip(".") not in IMAGE_FORMATS:
+        raise fail(f"-o {output}: {output.suffix or 'no suffix'} is not an image format; end the name with one of: "
+                   f"{', '.join('.' + f for f in IMAGE_FORMATS)}")
     options = _data_options(option)
     if root is not None:
         options["root"] = root

@@ -72,6 +72,8 @@ def experiments_run(
     from deepscope.experiments import get_experiment, run_experiment
     from deepscope.store import default_root
 
+    if out.exists() and not out.is_dir():
+        raise fail(f"-o {out}: is a file; give a directory for the figures and the verdict JSON")
     try:
         experiment = get_experiment(name)
         if store is None and experiment.grid is not None:
