@@ -62,6 +62,7 @@ SPEC_CASES = [
     (["--set", "init.scheme=normal", "--set", "init.std=abc"], "init.std='abc'"),
     (["--set", "schedule.name=step", "--set", "schedule.step_size=0"], "schedule.step_size=0"),
     (["--set", "train.batch_size=1000000000000"], "train.batch_size=1000000000000"),
+    (["--set", "model.width=1000000000000"], "model.depth=2 x model.width=1000000000000: one example needs about"),
     (["--set", "optim.lr=inf"], "optim.lr=inf"),
     (["--set", "model.width=true"], "model.width=True: a boolean is not allowed here"),
     (["--set", "train.updates=false"], "train.updates=False: a boolean is not allowed here"),

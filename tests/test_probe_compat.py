@@ -430,3 +430,16 @@ def test_a_shapeset_split_of_zero_examples_is_no_split():
 
     data = get_dataset("shapeset", n_valid=0, n_test=5, size=16)
     assert data.valid is None and len(data.test[1]) == 5
+
+
+def test_a_float64_model_probed_with_a_float32_monitor_set():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))  # float32, as data usually comes
+    with Probe(model, every=1, monitor=(x, y)) as probe:
+        probe.step(0)
+    with torch.no_grad():
+        h = torch.tanh(model[0](x.double()))
+    got = {r["stat"]: r["value"] for r in probe.records
+           if r["source"] == "monitor" and r["quantity"] == "activation" and r["step"] == 0}
+    assert got["mean"] == pytest.approx(h.mean().item(), abs=1e-9)

@@ -172,8 +172,14 @@ def check_batch_size(spec, data) -> None:
     per_example = 4 * (inputs + 3 * hidden)
     memory = _memory_bytes()
     if memory is not None and b * per_example > MEMORY_SHARE * memory:
-        most = max(1, int(MEMORY_SHARE * memory // per_example))
+        most = int(MEMORY_SHARE * memory // per_example)
         need = b * per_example / 2**30
+        if most < 1:  # not the batch: one example of this network does not fit
+            size = (f"model.depth={m.depth} x model.width={m.width}" if m.builder == "mlp" else
+                    f"model.channels={m.channels} on {tuple(data.input_shape)} inputs")
+            raise ValueError(f"{size}: one example needs about {per_example / 2**30:.3g} GiB (layer outputs, "
+                             f"float32), more than half of this machine's {memory / 2**30:.3g} GiB; make the "
+                             "network smaller")
         raise ValueError(f"train.batch_size={b} needs about {need:.3g} GiB for one batch (inputs and "
                          f"layer outputs, float32), more than half of this machine's {memory / 2**30:.3g} GiB; "
                          f"give at most {most}")

@@ -173,10 +173,12 @@ class Probe:
         if not self._enabled:
             return self
         try:
-            device = next((p.device for p in self._net.parameters()), None)
-            if device is not None and self._monitor_x is not None:
-                self._monitor_x = self._monitor_x.to(device)
-                self._monitor_y = self._monitor_y.to(device) if self._monitor_y is not None else None
+            param = next((p for p in self._net.parameters() if p.is_floating_point()), None)
+            if param is not None and self._monitor_x is not None:
+                # the model's device, and its float type for float inputs (a float64 model, float32 monitor set)
+                dtype = param.dtype if self._monitor_x.is_floating_point() else self._monitor_x.dtype
+                self._monitor_x = self._monitor_x.to(param.device, dtype)
+                self._monitor_y = self._monitor_y.to(param.device) if self._monitor_y is not None else None
             if self._step % self.every == 0:
                 self._arm()
         except BaseException:
