@@ -124,3 +124,10 @@ def test_tensorboard_sink_writes_event_files(setup, tmp_path):
     train(Probe(model, every=1, monitor=(x, y), sinks=[sink]), model, x, y, steps=1)
     sink.close()
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_tensorboard_sink_log_dir_that_is_a_file_is_named(tmp_path):
+    pytest.importorskip("tensorboard")
+    (tmp_path / "events").write_text("")
+    with pytest.raises(ValueError, match="log_dir=.*events' is a file; give a directory"):
+        TensorBoardSink(tmp_path / "events")

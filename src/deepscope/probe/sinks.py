@@ -76,6 +76,8 @@ class TensorBoardSink:
     def __init__(self, log_dir: str | Path | None = None, *, writer: Any = None, prefix: str = PREFIX):
         if writer is None:
             tb = require("torch.utils.tensorboard", "tensorboard", "TensorBoardSink")
+            if log_dir is not None and Path(log_dir).exists() and not Path(log_dir).is_dir():
+                raise ValueError(f"log_dir={str(log_dir)!r} is a file; give a directory for the TensorBoard events")
             writer = tb.SummaryWriter(log_dir=None if log_dir is None else str(log_dir))
         self.writer, self.prefix = writer, prefix
 
