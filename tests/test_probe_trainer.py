@@ -101,4 +101,6 @@ def test_cli_jacobian_options(tmp_path):
         bad.output
     alone = runner.invoke(app, ["train", str(toml), "--store", str(tmp_path), "-q", "--probe-jacobian-method", "exact"])
     assert alone.exit_code == 2 and "need --probe-every" in alone.output
+    alone = runner.invoke(app, ["train", str(toml), "--store", str(tmp_path), "-q", "--probe-monitor", "50"])
+    assert alone.exit_code == 2 and "--probe-monitor" in alone.output and "need --probe-every" in alone.output
     assert len(Store(tmp_path).runs()) == 1  # bad options fail before a run is created

@@ -117,8 +117,10 @@ def train_command(
             raise ValueError("give a spec file (deepscope train SPEC.toml) or --resume RUN")
         run_spec = load_spec(spec, overrides) if spec is not None else None  # before the store: no db for bad input
         callbacks = []
-        if probe_every is None and (probe_jacobian_every is not None or probe_jacobian_method != "auto"):
-            raise ValueError("--probe-jacobian-every and --probe-jacobian-method need --probe-every N")
+        if probe_every is None and (probe_jacobian_every is not None or probe_jacobian_method != "auto"
+                                    or probe_monitor != MONITOR):
+            raise ValueError("--probe-monitor, --probe-jacobian-every and --probe-jacobian-method need "
+                             "--probe-every N")
         if probe_every is not None:
             from deepscope.probe.trainer import TrainerProbe
 
