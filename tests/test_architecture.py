@@ -15,7 +15,8 @@ ROOT = Path(deepscope.__file__).parent
 # top to bottom, as in the README's "Development" section; a module may import its own layer and below
 LAYERS = [
     ["cli"],
-    ["experiments", "integrations", "diagnosis.workflow", "diagnosis.trials", "diagnosis.session"],
+    ["experiments", "integrations", "diagnosis.workflow", "diagnosis.trials", "diagnosis.trial_runs",
+     "diagnosis.session"],
     ["trainer", "checkpoint", "progress", "runtime", "plots"],
     ["diagnosis"],
     ["probe", "records", "store", "store_safety", "callbacks"],

@@ -119,7 +119,7 @@ def test_a_combination_is_tried_from_verified_fixes_of_different_groups():
 def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_gained(monkeypatch):
     """Trials faked by their fixes: reinit clears the saturation without a gain, batch_norm gains without
     clearing it; nothing is verified alone, so the pair is tried once and judged by the same rule."""
-    import deepscope.diagnosis.trials as trials
+    import deepscope.diagnosis.trial_runs as trial_runs
 
     base = None
 
@@ -133,7 +133,7 @@ def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_g
         return dict(run_id=f"t-{'-'.join(sorted(fixes))}", status="finished", metrics=metrics, findings=found,
                     seconds=0.0, records=[], histograms=[], scalars=[], checks=[], spec=spec)
 
-    monkeypatch.setattr(trials, "run_trial", fake)
+    monkeypatch.setattr(trial_runs, "run_trial", fake)
     saturated = spec("sigmoid", "normal", std=1.0)
     probe = fix_run(saturated, budget=0)
     base = probe.baseline.metrics
@@ -159,7 +159,8 @@ def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_pa
 
 
 def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
-    import deepscope.diagnosis.trials as repair_module
+    import deepscope.diagnosis.trial_runs as repair_module
+    from deepscope.diagnosis.trials import summary
 
     real, calls = repair_module.run_trial, []
 
@@ -173,7 +174,7 @@ def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
     result = fix_run(spec(lr=2.0))
     assert result.interrupted and len(calls) == 2
     assert len(result.trials) == 1 and result.trials[0].status == "finished"  # the finished trial is kept
-    assert "interrupted: 1 finished trials kept" in "\n".join(repair_module.summary(result))
+    assert "interrupted: 1 finished trials kept" in "\n".join(summary(result))
 
 
 def test_a_healthy_run_gets_nothing_to_fix_and_no_trials(tmp_path):

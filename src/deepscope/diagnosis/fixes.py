@@ -6,9 +6,9 @@ or, for a network of your own, the ``nn.Module`` itself:
 - *run-level* fixes change ``[optim]``, ``[schedule]``, ``[train]`` or ``[data]``: they apply to any run,
   spec-built or your own module (the trainer uses the spec's optimizer, schedule and data for both);
 - *model-level* fixes change ``[model]`` / ``[init]`` of a spec-built network, and have a module-level
-  version (swap activation modules, insert ``BatchNorm`` after each Linear/Conv of an ``nn.Sequential``,
-  re-initialize by formula, unfreeze parameters) that works on your module where it is safe. Where it
-  is not, :func:`apply_fix` raises :class:`NotApplicable` with the reason.
+  version (:mod:`deepscope.diagnosis.surgery`: swap activation modules, insert ``BatchNorm`` after each
+  Linear/Conv of an ``nn.Sequential``, re-initialize by formula, unfreeze parameters) that works on your
+  module where it is safe. Where it is not, :func:`apply_fix` raises :class:`NotApplicable` with the reason.
 
 :data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.diagnosis.trials`
 tries them. The techniques: learning-rate scaling and annealing (LeCun et al. 1998, "Efficient BackProp",
@@ -28,7 +28,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from deepscope.diagnosis.surgery import (
+    BN_MOMENTUM,
+    AsLogits,
+    NotApplicable,
+    TrainMode,
+    as_logits_module,
+    batch_norm_module,
+    bn_momentum_module,
+    register_module,
+    reinit_module,
+    swap_module,
+    train_mode_module,
+    unfreeze_module,
+)
 
 __all__ = ["FIXES", "FIXES_FOR", "AsLogits", "Fix", "NotApplicable", "TrainMode", "apply_fix", "apply_fixes"]
 
@@ -37,12 +50,7 @@ CLIP_NORM = 1.0  # Pascanu et al. (2013) clip the gradient norm at a threshold o
 PLATEAU = {"factor": 0.3, "patience": 1}  # reduce_on_plateau: x0.3 after two evaluations without progress
 DROPOUT = 0.3  # Srivastava et al. (2014) keep hidden units with p = 0.5-0.8
 WEIGHT_DECAY = 5e-4  # L2 penalty of the order used for small nets (Krogh & Hertz 1992); x10 is tried too
-BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
 PATIENCE = 2  # early stopping: evaluations without a better validation loss (Prechelt 1998)
-
-
-class NotApplicable(Exception):  # noqa: N818 -- a reason, not a failure
-    """A fix that does not apply to this run; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -190,238 +198,9 @@ def _weight_decay(value: float) -> Callable[[dict], None]:
     return fn
 
 
-# --- module-level transformations (your own nn.Module, changed in place) -------------------------------
-
-
-def _replace_modules(model, kinds: tuple[type, ...], make: Callable[[], Any], what: str) -> list[str]:
-    """Replace every hidden submodule of the types ``kinds`` by ``make()`` (an instance used at several places
-    stays one instance); the names replaced. An activation after the last Linear/Conv (in registration order,
-    as :func:`deepscope.init.apply` reads it) squashes the output and is left alone."""
-    order = list(model.modules())
-    layers = [i for i, m in enumerate(order) if _is_layer(m)]
-    output = {id(m) for m in order[layers[-1] + 1:]} if layers else set()
-    new: dict[int, Any] = {}
-    names = []
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent._modules.items()):  # named_children() would skip a repeated instance
-            if isinstance(child, kinds) and id(child) not in output:
-                setattr(parent, name, new.setdefault(id(child), make()))
-                names.append(f"{parent_name}.{name}" if parent_name else name)
-    if not names:
-        raise NotApplicable(f"no hidden {what} module to swap (an activation called as a function in forward() "
-                            "cannot be replaced from outside; one after the output layer is left as it is)")
-    return names
-
-
-def _is_layer(module) -> bool:
-    from deepscope.init import LAYER_TYPES
-
-    return isinstance(module, LAYER_TYPES)
-
-
-def _swap_module(old: str, new: str) -> Callable[[Any, int], None]:
-    """Swap the activation modules, then give each layer the init that fits the activation after it."""
-
-    def fn(model, seed: int) -> None:
-        from torch import nn
-
-        from deepscope.nn.activations import ACTIVATIONS
-
-        make = {"tanh": nn.Tanh, "softsign": nn.Softsign, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU}[new]
-        kinds = ACTIVATIONS[old].module_types
-        _replace_modules(model, kinds, make, f"{old} ({kinds[0].__name__})")
-        _reinit_module(model, seed)
-
-    return fn
-
-
-def _reinit_module(model, seed: int) -> None:
-    """Each Linear/Conv gets the init of the activation module after it (``init.apply(model, "auto")``). A module
-    that applies its activations as functions in ``forward()`` (``torch.relu(x)``), all with one init, gets that
-    init on every layer but the last registered (taken for the output layer, as ``"auto"`` does), which gets
-    the init of no activation."""
-    import torch
-
-    from deepscope import init
-    from deepscope.nn.activations import ACTIVATIONS, spec_for_module
-
-    layers = [m for _, m in _layers(model)]
-    if not layers:
-        raise NotApplicable("the module has no Linear/Conv layer to re-initialize")
-    generator = torch.Generator().manual_seed(seed)
-    if any(spec_for_module(m) is not None for m in model.modules()):
-        init.apply(model, "auto", generator=generator)
-        return
-    scheme = _functional_init(model)
-    for i, layer in enumerate(layers):
-        init.apply(layer, scheme if i < len(layers) - 1 else ACTIVATIONS["identity"].init, generator=generator)
-
-
-def _functional_init(model) -> str:
-    """The init scheme of the activations of the registry that ``model``'s forward() methods call as functions
-    (read from their source, see :mod:`deepscope.probe.functional`); NotApplicable when there is none, or when
-    they call for different inits."""
-    from deepscope.nn.activations import ACTIVATIONS
-    from deepscope.probe.functional import functional_nonlinearities
-
-    calls = [functional_nonlinearities(m) for m in model.modules()]
-    found = {name.rstrip("_") for names in calls for name in names or ()}
-    if not found and None not in calls:  # every forward() read, and none applies a non-linearity: a linear net
-        return ACTIVATIONS["identity"].init
-    kinds = sorted(found & (ACTIVATIONS.keys() - {"identity"}))
-    schemes = {ACTIVATIONS[k].init for k in kinds}
-    if len(schemes) == 1:
-        return schemes.pop()
-    if kinds:
-        raise NotApplicable(f"the module calls activations with different inits as functions in forward() "
-                            f"({', '.join(kinds)}): the init that fits each layer cannot be told")
-    raise NotApplicable("the module has no activation modules, nor an activation function called in forward() "
-                        "that deepscope knows: the init that fits cannot be told")
-
-
-def _layers(model) -> list[tuple[str, Any]]:
-    from deepscope.init import LAYER_TYPES
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
-
-
-def _batch_norm_module(model, seed: int) -> None:
-    """Insert BatchNorm1d/2d/3d after each hidden Linear/Conv that is a child of an ``nn.Sequential``.
-
-    The output layer (the last Linear/Conv) gets none, nor does a layer already followed by a batch norm.
-    A layer called from a custom ``forward()`` is out of reach: without any layer in an ``nn.Sequential``
-    the fix does not apply.
-    """
-    from collections import OrderedDict
-
-    from torch import nn
-
-    from deepscope.probe.functional import indexed_children
-
-    norms = {nn.Linear: nn.BatchNorm1d, nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,
-             nn.Conv3d: nn.BatchNorm3d}
-    layers = _layers(model)
-    output = layers[-1][1] if layers else None
-    for owner in model.modules():  # self.net[1](x) would call another module once layers are inserted
-        for name in indexed_children(owner) or ():
-            if isinstance(owner._modules[name], nn.Sequential):
-                raise NotApplicable(f"{type(owner).__name__}.forward() indexes its nn.Sequential {name!r} "
-                                    f"(self.{name}[...]): inserted batch norms would shift the positions it calls")
-    inserted = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        items, children = list(seq._modules.items()), []
-        for i, (name, child) in enumerate(items):
-            children.append((name, child))
-            after = items[i + 1][1] if i + 1 < len(items) else None
-            if type(child) in norms and child is not output and not isinstance(after, nn.modules.batchnorm._BatchNorm):
-                size = child.out_features if isinstance(child, nn.Linear) else child.out_channels
-                children.append((f"{name}_bn", norms[type(child)](size)))
-                inserted += 1
-        if len(children) > len(items):
-            seq._modules = OrderedDict(children)
-    if not inserted:
-        raise NotApplicable("no hidden Linear/Conv layer is a child of an nn.Sequential (layers called from a "
-                            "custom forward() cannot safely get a batch norm)")
-
-
-def _unfreeze_module(model, seed: int) -> None:
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    if not frozen:
-        raise NotApplicable("every parameter already trains")
-    for p in frozen:
-        p.requires_grad_(True)
-
-
-def _register_module(model, seed: int) -> None:
-    """Layers kept in a plain Python list or dict attribute become an ``nn.ModuleList`` / ``nn.ModuleDict``: the
-    same objects in the same order, now registered, so ``parameters()`` and the optimizer see them."""
-    found = []
-    for owner_name, owner in list(model.named_modules()):
-        for name, value in list(vars(owner).items()):
-            if name.startswith("_"):  # torch's own registries (_modules, _parameters, ...)
-                continue
-            if isinstance(value, list | tuple) and value and all(isinstance(v, nn.Module) for v in value):
-                wrapped = nn.ModuleList(value)
-            elif isinstance(value, dict) and value and all(isinstance(v, nn.Module) and isinstance(k, str)
-                                                           for k, v in value.items()):
-                wrapped = nn.ModuleDict(value)
-            else:
-                continue
-            del vars(owner)[name]
-            setattr(owner, name, wrapped)
-            found.append(f"{owner_name}.{name}".lstrip("."))
-    if not found:
-        raise NotApplicable("no layers kept in a Python list or dict attribute")
-
-
-def _bn_momentum_module(model, seed: int) -> None:
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum == 0]
-    if not norms:
-        raise NotApplicable("no batch norm with running-statistics momentum 0")
-    for m in norms:
-        m.momentum = BN_MOMENTUM
-
-
-class TrainMode(nn.Module):
-    """Wraps a module whose own ``train()`` keeps some layers in eval mode: ``train(mode)`` sets every
-    submodule's mode (so batch norm uses batch statistics and dropout drops while training)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def train(self, mode: bool = True) -> TrainMode:
-        super().train(mode)
-        for m in self.module.modules():
-            m.training = mode
-        return self
-
-
-def _train_mode_module(model, seed: int) -> TrainMode:
-    if not any(type(m).train is not nn.Module.train for m in model.modules()):
-        raise NotApplicable("no module overrides train(): its mode is the trainer's")
-    return TrainMode(model)
-
-
-class AsLogits(nn.Module):
-    """Wraps a module whose output is squashed (softmax, sigmoid or tanh) and reads it back as logits.
-
-    The kind is read from the first output: rows >= 0 that sum to 1 are probabilities -> ``log p`` (then
-    cross-entropy's log-softmax of ``log p`` is ``log p`` itself: the loss of the unsquashed logits); values in
-    [0, 1] -> ``logit p``; in [-1, 1] -> ``atanh y``; anything else passes unchanged.
-    """
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module, self.kind = module, None
-
-    def forward(self, *args, **kwargs):
-        import torch
-
-        y = self.module(*args, **kwargs)
-        if self.kind is None:
-            d = y.detach()
-            if d.min() >= -1e-4 and torch.allclose(d.sum(-1), torch.ones(()), atol=1e-3):
-                self.kind = "log"
-            else:
-                self.kind = "logit" if d.min() >= 0 and d.max() <= 1 else "atanh" if d.abs().max() <= 1 else "none"
-        if self.kind == "log":
-            return y.clamp_min(1e-12).log()
-        if self.kind == "logit":
-            return torch.logit(y, eps=1e-6)
-        return torch.atanh(y.clamp(-1 + 1e-6, 1 - 1e-6)) if self.kind == "atanh" else y
-
-
-def _as_logits_module(model, seed: int) -> AsLogits:
-    return AsLogits(model)
-
-
 def _swap_fix(name: str, old: str, new: str) -> Fix:
     return Fix(name, f"{old} -> {new}, with the init that fits it", "activation+init", _swap(old, new),
-               _swap_module(old, new))
+               swap_module(old, new))
 
 
 # --- the registry -----------------------------------------------------------------------------------
@@ -443,22 +222,22 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("center", "center the inputs (training-set mean)", "preprocess", _preprocess("center"), run_level=True),
     Fix("standardize", "standardize the inputs (training-set mean and std)", "preprocess",
         _preprocess("standardize"), run_level=True),
-    Fix("reinit", "re-initialize with the scheme that fits the activation", "init", _reinit, _reinit_module),
+    Fix("reinit", "re-initialize with the scheme that fits the activation", "init", _reinit, reinit_module),
     Fix("lsuv", "LSUV initialization", "init", _lsuv),
     _swap_fix("act_tanh", "sigmoid", "tanh"),
     _swap_fix("act_softsign", "tanh", "softsign"),
     _swap_fix("act_leaky_relu", "relu", "leaky_relu"),
     _swap_fix("act_prelu", "relu", "prelu"),
-    Fix("batch_norm", "batch normalization after each hidden layer", "norm", _batch_norm, _batch_norm_module),
-    Fix("unfreeze", "unfreeze the frozen parameters", "unfreeze", None, _unfreeze_module),
+    Fix("batch_norm", "batch normalization after each hidden layer", "norm", _batch_norm, batch_norm_module),
+    Fix("unfreeze", "unfreeze the frozen parameters", "unfreeze", None, unfreeze_module),
     Fix("register", "register layers kept in Python lists/dicts (nn.ModuleList / nn.ModuleDict)", "register",
-        None, _register_module),
+        None, register_module),
     Fix("bn_momentum", f"batch-norm running statistics updated again (momentum {BN_MOMENTUM})", "bn_momentum",
-        None, _bn_momentum_module),
+        None, bn_momentum_module),
     Fix("train_mode", "every submodule in train mode while training (overrides your train())", "train_mode",
-        None, _train_mode_module),
+        None, train_mode_module),
     Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
-        "output", None, _as_logits_module),
+        "output", None, as_logits_module),
     Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
     Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay(WEIGHT_DECAY), run_level=True),
     Fix("strong_weight_decay", f"weight decay {10 * WEIGHT_DECAY:g}", "weight_decay", _weight_decay(10 * WEIGHT_DECAY),
