@@ -89,6 +89,11 @@ def test_sigmoid_top_layer_driven_to_zero_gets_tanh_advice():
     # with a spec naming tanh the advice is about the initialization instead
     f = only(diagnose(records, spec={"model": {"activation": "tanh"}}), "saturation")
     assert "Glorot" in f.advice and "driven to 0" not in f.message
+    assert "already uses" not in f.advice
+    # a run that already has that init is told so, and pointed at the other remedies
+    used = {"model": {"activation": "tanh"}, "init": {"scheme": "glorot_uniform"}}
+    f = only(diagnose(records, spec=used), "saturation")
+    assert "init.scheme='glorot_uniform', which this run already uses" in f.advice and "batch normalization" in f.advice
 
 
 def test_dead_units_warning_and_error():

@@ -47,11 +47,16 @@ def activation_name(spec: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def fitting_init(activation: str | None) -> str:
+def fitting_init(activation: str | None, used: str | None = None) -> str:
+    """The initialization that fits ``activation``, as advice; ``used``: the run's ``init.scheme``, said when it is
+    that one already (the advice then points past the initialization)."""
     if activation in _FITTING_INIT:
         from deepscope.nn.activations import ACTIVATIONS
 
         scheme = ACTIVATIONS[activation].init  # the registry's pairing: the spec switch to set
+        if used == scheme:
+            return (f"{_FITTING_INIT[activation]}, the initialization that fits {activation} (init.scheme={scheme!r}, "
+                    "which this run already uses: look at the other remedies)")
         return f"{_FITTING_INIT[activation]}, the initialization that fits {activation} (init.scheme={scheme!r})"
     return "the initialization that fits the activation (normalized/Glorot for tanh and softsign, He for ReLU)"
 

@@ -92,7 +92,7 @@ def _rule_non_finite(rec: Records) -> list[Finding]:
     ]
 
 
-def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
+def _rule_gradient_depth(rec: Records, activation: str | None, scheme: str | None = None) -> list[Finding]:
     """Vanishing or exploding back-propagated gradients: std at the lowest vs the top layer (fig. 7)."""
     steps = rec.by_step("preact_grad", "std")
     vanish: dict[int, tuple[list[str], float]] = {}
@@ -124,7 +124,7 @@ def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
                 f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
                 layers=layers, first_step=first, recovers=last not in vanish,
                 evidence={"ratio_bottom_to_top": ratio, "worst_ratio": worst, "threshold": VANISHING_RATIO},
-                advice=f"Use {fitting_init(activation)} (Glorot & Bengio 2010; He et al. 2015), or add "
+                advice=f"Use {fitting_init(activation, scheme)} (Glorot & Bengio 2010; He et al. 2015), or add "
                 "batch normalization; in deep nets prefer tanh/softsign or ReLU over sigmoid.",
             )
         )
@@ -137,7 +137,7 @@ def _rule_gradient_depth(rec: Records, activation: str | None) -> list[Finding]:
                 f"back-propagated gradient std at the lowest layer is {ratio:.1e} x the top layer's",
                 layers=layers, first_step=first, recovers=last not in explode,
                 evidence={"ratio_bottom_to_top": ratio, "threshold": EXPLODING_RATIO},
-                advice=f"Use {fitting_init(activation)}; clip the gradient norm (gradient clipping) and "
+                advice=f"Use {fitting_init(activation, scheme)}; clip the gradient norm (gradient clipping) and "
                 "lower the learning rate; batch normalization.",
             )
         )
@@ -157,7 +157,7 @@ def _first_and_recovery(
     return out
 
 
-def _rule_saturation(rec: Records, activation: str | None) -> list[Finding]:
+def _rule_saturation(rec: Records, activation: str | None, scheme: str | None = None) -> list[Finding]:
     hits = _first_and_recovery(rec.get("activation", "saturated"), SATURATION_FRACTION)
     if not hits:
         return []
@@ -180,8 +180,8 @@ def _rule_saturation(rec: Records, activation: str | None) -> list[Finding]:
         advice = ("Replace sigmoid by tanh or softsign (zero-centred; Glorot & Bengio 2010) with normalized "
                   "(Glorot) initialization; batch normalization keeps pre-activations out of the flat regions.")
     else:
-        advice = (f"Use {fitting_init(activation)} so pre-activations stay in the linear regime; softsign saturates "
-                  "less than tanh; batch normalization before the non-linearity also helps.")
+        advice = (f"Use {fitting_init(activation, scheme)} so pre-activations stay in the linear regime; softsign "
+                  "saturates less than tanh; batch normalization before the non-linearity also helps.")
     driven = ""
     if sigmoid_like and "mean_at_first_step" in evidence and evidence["mean_at_first_step"] < 0.1:
         driven = " (driven to 0, as the sigmoid top layer in Glorot & Bengio fig. 2)"
@@ -256,7 +256,7 @@ def _rule_constant_layer(rec: Records) -> list[Finding]:
     ]
 
 
-def _rule_variance_depth(rec: Records, activation: str | None) -> list[Finding]:
+def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | None = None) -> list[Finding]:
     steps = rec.by_step("activation", "std")
     if not steps:
         return []
@@ -281,7 +281,7 @@ def _rule_variance_depth(rec: Records, activation: str | None) -> list[Finding]:
             f"activation std {what} {values[0][1] / values[-1][1] if ratio < 1 else ratio:.1f}x from {values[0][0]} to "
             f"{values[-1][0]} at initialization",
             layers=layers, first_step=step, recovers=None, evidence=evidence,
-            advice=f"The initialization scale does not fit the activation: use {fitting_init(activation)}, "
+            advice=f"The initialization scale does not fit the activation: use {fitting_init(activation, scheme)}, "
             "or LSUV; batch normalization removes the dependence on the scale.",
         )
     ]
@@ -313,10 +313,11 @@ def diagnose(
             rec = Records([*rec.rows, *extra])
     scalars = list(scalars or ())
     activation = _safe(lambda: activation_name(spec), None)
+    scheme = _safe(lambda: spec_value(spec, "scheme"), None)
     findings: list[Finding] = []
     rules = [lambda: _rule_constant_layer(rec), lambda: _rule_non_finite(rec),
-             lambda: _rule_gradient_depth(rec, activation), lambda: _rule_saturation(rec, activation),
-             lambda: _rule_dead(rec, spec), lambda: _rule_variance_depth(rec, activation)]
+             lambda: _rule_gradient_depth(rec, activation, scheme), lambda: _rule_saturation(rec, activation, scheme),
+             lambda: _rule_dead(rec, spec), lambda: _rule_variance_depth(rec, activation, scheme)]
     for rule in rules:
         findings += _run(rule)
     explained = any(f.code in _STALLING for f in findings)
