@@ -1,7 +1,9 @@
-"""What the trainer prints: the progress bar, the evaluation lines, and the advice when a run diverges."""
+"""What the trainer prints and watches: the progress bar, the evaluation lines, when a run diverges (a non-finite
+loss, or one that explodes while finite) and the advice then."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -9,11 +11,30 @@ from torch import Tensor
 
 from deepscope.config import RunSpec
 
-__all__ = ["divergence_message", "eval_line", "new_progress", "refresh"]
+__all__ = ["EXPLOSION", "divergence_message", "eval_line", "exploded", "first_bad", "new_progress", "refresh"]
+
+EXPLOSION = 10.0  # a training loss above EXPLOSION x max(its first value, ln K) stops the run as diverged
 
 
 # schemes that do not scale the weights to the layer's fan-in/fan-out
 _UNSCALED_INITS = ("standard", "normal", "uniform", "zeros", "constant")
+
+
+def first_bad(window: Tensor, step: int) -> tuple[int, float] | None:
+    """(update, loss) of the first non-finite loss of ``window``, the losses up to update ``step``; None when they
+    are all finite (one host read)."""
+    if math.isfinite(window.sum().item()):
+        return None
+    i = int((~window.isfinite()).nonzero()[0, 0])
+    return step - len(window) + i + 1, float(window[i])
+
+
+def exploded(window: Tensor, start_loss: float, num_classes: int) -> tuple[float, float] | None:
+    """The explosion rule: ``(mean, reference)`` when the mean of ``window`` is above EXPLOSION x ``reference`` =
+    max(the first update's loss, ln K), a loss that grows without bound while staying finite; else None."""
+    reference = max(start_loss, math.log(max(num_classes, 2)))
+    mean = float(window.mean())
+    return (mean, reference) if mean > EXPLOSION * reference else None
 
 
 def divergence_message(spec: RunSpec, update: int, value: float, checkpoint: Path | None, saved_step: int,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from deepscope.registry import MAX_NAME, check_name  # noqa: F401 - re-exported for the store
 
-__all__ = ["MAX_NAME", "RunBusyError", "StoreError", "check_name", "heartbeat_timeout"]
+__all__ = ["MAX_NAME", "RunBusyError", "RunTakenOver", "StoreError", "TakenMessage", "check_name",
+           "heartbeat_timeout"]
 
 
 
@@ -25,6 +26,18 @@ class StoreError(ValueError):
 
 class RunBusyError(StoreError):
     """A run that another live process is training (its one writer)."""
+
+
+class RunTakenOver(Exception):  # noqa: N818 -- an event the trainer acts on, not a failure
+    """Raised before a checkpoint write when another process has claimed the run (with force)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"Run {run_id} was taken over by another process (--resume --force); this one stops "
+                         "without writing its checkpoint.")
+
+
+class TakenMessage(str):
+    """The message of a run taken over: its status is the new owner's to set."""
 
 
 def heartbeat_timeout() -> float:

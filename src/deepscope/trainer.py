@@ -37,19 +37,20 @@ from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
+from deepscope.early_stopping import EarlyStopping
 from deepscope.nn.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
-from deepscope.progress import divergence_message, eval_line, new_progress, refresh
+from deepscope.progress import EXPLOSION, divergence_message, eval_line, exploded, first_bad, new_progress, refresh
 from deepscope.records import RESTORED_STEP
 from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
+from deepscope.store_safety import RunTakenOver, TakenMessage
 from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
            "resolve_device", "train"]
 
 REFRESH_SECONDS = 0.25  # progress bar: at most four refreshes (and host reads) a second
-EXPLOSION = 10.0  # a training loss above EXPLOSION x max(its first value, ln K) stops the run as diverged
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
 
@@ -132,18 +133,6 @@ def train(
             store.release(run_id, claimed)
 
 
-class _TakenOver(Exception):
-    """Raised before a checkpoint write when another process has claimed the run (with force)."""
-
-    def __init__(self, run_id: str):
-        super().__init__(f"Run {run_id} was taken over by another process (--resume --force); this one stops "
-                         "without writing its checkpoint.")
-
-
-class _Taken(str):
-    """The message of a run taken over: its status is the new owner's to set."""
-
-
 class _Trainer:
     """The state of one training run; :meth:`run` is the loop. Internal: use :func:`train`."""
 
@@ -222,11 +211,7 @@ class _Trainer:
         self.metrics: dict[str, float] = {}
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
-        self.best: dict[str, float] = {}
-        self.best_state: dict[str, Tensor] | None = None  # the best evaluation's weights (on the CPU), restore_best
-        self.last_state: dict[str, Tensor] | None = None  # the last weights, once the best ones were restored
-        self.restored: int | None = None
-        self.bad_evals = 0
+        self.stopping = EarlyStopping(t.monitor, t.patience, t.restore_best)
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
 
@@ -281,8 +266,7 @@ class _Trainer:
             "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "wrong": self.wrong.cpu().clone(),
                              "seen": self.seen},
             "metrics": dict(self.metrics),
-            "early_stopping": {"best": dict(self.best), "bad_evals": self.bad_evals, "best_model": self.best_state,
-                               "monitor": self.spec.train.monitor, "last_model": self.last_state},
+            "early_stopping": self.stopping.state(),
             "start_loss": self.start_loss,
         }
 
@@ -299,10 +283,7 @@ class _Trainer:
         self.losses[: self.n] = acc["losses"].to(self.device)
         self.wrong.copy_(acc["wrong"])
         self.metrics.update(ckpt["metrics"])
-        if stopping.get("monitor", "error") == self.spec.train.monitor:  # else the best is sought anew
-            self.best, self.bad_evals = dict(stopping["best"]), stopping["bad_evals"]
-            if self.spec.train.restore_best:
-                self.best_state = stopping.get("best_model")
+        self.stopping.load(stopping)
         self.start_loss = ckpt.get("start_loss")
         set_rng_state(ckpt["rng"])
 
@@ -317,7 +298,7 @@ class _Trainer:
         if not self._all_finite():
             return False
         if not self.store.owns(self.run_id):
-            raise _TakenOver(self.run_id)
+            raise RunTakenOver(self.run_id)
         _checkpoint.save(self.path, self._state())
         self.saved_step = self.step
         return True
@@ -325,25 +306,16 @@ class _Trainer:
     # --- evaluation ----------------------------------------------------------------------------------
 
     def _first_bad_update(self) -> tuple[int, float] | None:
-        """(update, loss) of the first non-finite loss since the last evaluation, or None (one host read)."""
-        window = self.losses[: self.n]
-        if math.isfinite(window.sum().item()):
-            return None
-        i = int((~window.isfinite()).nonzero()[0, 0])
-        return self.step - self.n + i + 1, float(window[i])
+        return first_bad(self.losses[: self.n], self.step)
 
     def _exploded(self) -> str | None:
-        """The explosion rule: the mean training loss since the last evaluation above EXPLOSION times
-        max(first update's loss, ln K) -- a loss that grows without bound while staying finite."""
         if self.n == 0:
             return None
         if self.start_loss is None:
             self.start_loss = float(self.losses[0])
-        reference = max(self.start_loss, math.log(max(self.data.num_classes, 2)))
-        mean = float(self.losses[: self.n].mean())
-        if not mean > EXPLOSION * reference:
+        if (found := exploded(self.losses[: self.n], self.start_loss, self.data.num_classes)) is None:
             return None
-        self.diverged_at = self.step
+        (mean, reference), self.diverged_at = found, self.step
         return divergence_message(
             self.spec, self.step, mean, self.path if self.saved_step >= 0 else None, self.saved_step,
             what=f"The training loss averaged {mean:.4g} up to update {self.step}, more than {EXPLOSION:g} times "
@@ -368,16 +340,10 @@ class _Trainer:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
         valid_error = metrics.get("valid/error")
-        watched = f"valid/{self.spec.train.monitor}"
         if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
             valid_error = metrics.get("train/error", math.nan)
-        elif not self.best or not math.isfinite(self.best[watched]) or metrics[watched] < self.best[watched]:
-            self.best = {"step": self.step, **{k: v for k, v in metrics.items() if "/" in k}}
-            self.bad_evals = 0
-            if self.spec.train.restore_best:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
-            self.bad_evals += 1
+            self.stopping.observe(self.step, metrics, self.model)
         if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
             step_schedule(self.schedule, metric=1.0 - valid_error)
         self.losses.zero_()
@@ -404,7 +370,6 @@ class _Trainer:
         clipping = clip_norm is not None or clip_value is not None
         per_update = self.schedule if self.schedule is not None and schedule_steps_on(self.schedule) == "update" \
             else None
-        patience = self.spec.train.patience
         callbacks = self.callbacks
         model.train()
         self._emit("start")
@@ -448,13 +413,8 @@ class _Trainer:
                         self.run_evaluation()
                         self._emit("eval")
                         console.print(eval_line(self.step, self.total, self.metrics), markup=False)
-                        if patience is not None and self.bad_evals >= patience:
-                            watched = self.spec.train.monitor
-                            best = self.best[f"valid/{watched}"]
-                            message = (f"Stopped early at update {self.step}: the validation {watched} has not "
-                                       f"improved for {patience} evaluations (best "
-                                       f"{f'{best:.2%}' if watched == 'error' else f'{best:.4g}'} at update "
-                                       f"{self.best['step']}).")
+                        if stop := self.stopping.stop_message(self.step):
+                            message = stop
                             break
                     if self.step % self.checkpoint_every == 0 and self.step < self.total and not self.save():
                         bad = self._first_bad_update() or (self.step, math.nan)
@@ -481,14 +441,14 @@ class _Trainer:
         except KeyboardInterrupt:
             status = "interrupted"
             if consistent:  # between two updates: the state is whole, save it
-                with contextlib.suppress(_TakenOver):
+                with contextlib.suppress(RunTakenOver):
                     self.save()
             message = f"Interrupted at update {self.step}."
             if self.saved_step >= 0:
                 message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
                             f"Resume with: deepscope train --resume {self.run_id}")
-        except _TakenOver as e:  # another process took the run over (--force): leave it everything
-            status, message = "interrupted", _Taken(e)
+        except RunTakenOver as e:  # another process took the run over (--force): leave it everything
+            status, message = "interrupted", TakenMessage(e)
         except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
             if self.store is not None:
                 self.store.discard()
@@ -499,41 +459,32 @@ class _Trainer:
                 with contextlib.suppress(Exception):
                     callback.on_end(self.ctx)
             raise
-        if self.store is not None and not isinstance(message, _Taken):
+        if self.store is not None and not isinstance(message, TakenMessage):
             self.store.set_status(self.run_id, status)
         self._emit("end")
         if message:
             console.print(message, style="yellow" if status == "finished" else "red", markup=False)
         return Result(
             run_id=self.run_id, status=status, step=self.step, metrics=dict(self.metrics),
-            test_error=self.metrics.get("test/error"), best=dict(self.best),
+            test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
-            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store, restored=self.restored,
+            eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
+            restored=self.stopping.restored,
         )
 
     def _restore_best(self) -> str:
-        """train.restore_best at the end of a finished run: load the best evaluation's weights (the run's metrics
-        become that evaluation's, the last weights stay in the checkpoint for a resume); what happened, in words."""
-        if not self.best:
-            return "train.restore_best: the dataset has no validation split, so the run ends with its last weights."
-        if self.best["step"] == self.eval_step:
-            return ""  # the last evaluation is the best
-        if self.best_state is None:
-            return (f"train.restore_best: the checkpoint this run resumed from keeps no weights of its best evaluation "
-                    f"(update {self.best['step']}), so the run ends with its last weights.")
-        self.last_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.best_state)
-        lr = self.metrics.get("lr")
-        self.metrics.clear()
-        self.metrics.update({k: v for k, v in self.best.items() if k != "step"})
-        if lr is not None:
-            self.metrics["lr"] = lr
-        self.eval_step = self.restored = int(self.best["step"])
-        if self.store is not None:
-            self.store.log_scalars(self.run_id, self.step, {RESTORED_STEP: float(self.restored)})
-            self.store.flush()
-        return (f"Restored the weights of update {self.restored}, the best validation {self.spec.train.monitor} "
-                f"(train.restore_best).")
+        """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
+        run's metrics (the last weights stay in the checkpoint for a resume); what happened, in words."""
+        message, best = self.stopping.restore_best(self.model, self.eval_step)
+        if best is not None:
+            lr = self.metrics.get("lr")
+            self.metrics.clear()
+            self.metrics.update(best | ({"lr": lr} if lr is not None else {}))
+            self.eval_step = self.stopping.restored
+            if self.store is not None:
+                self.store.log_scalars(self.run_id, self.step, {RESTORED_STEP: float(self.eval_step)})
+                self.store.flush()
+        return message
 
     def _diverged(self, update: int, value: float) -> str:
         self.diverged_at = update
