@@ -13,23 +13,11 @@ from typer.testing import CliRunner
 
 from deepscope.cli import app
 from deepscope.store import Store
+from tiny_spec import tiny_spec
 
 runner = CliRunner()
 
-SPEC = """\
-name = "tiny"
-[data]
-name = "shapeset"
-options = { n_valid = 40, n_test = 40, size = 16 }
-[model]
-depth = 2
-width = 16
-[train]
-updates = 30
-eval_every = 10
-batch_size = 10
-device = "cpu"
-"""
+SPEC = tiny_spec(30)
 
 
 @pytest.fixture(scope="module")

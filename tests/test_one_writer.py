@@ -12,23 +12,11 @@ from typer.testing import CliRunner
 
 from deepscope.cli import app
 from deepscope.store import RunBusyError, Store
+from tiny_spec import tiny_spec
 
 runner = CliRunner()
 
-SPEC = """\
-name = "tiny"
-[data]
-name = "shapeset"
-options = { n_valid = 40, n_test = 40, size = 16 }
-[model]
-depth = 2
-width = 16
-[train]
-updates = 20
-eval_every = 10
-batch_size = 10
-device = "cpu"
-"""
+SPEC = tiny_spec(20)
 
 
 def _pretend_owner(store: Store, run_id: str, *, host: str, pid: int, heartbeat_age: float) -> None:
