@@ -11,7 +11,7 @@ checkpoint is just its step (:class:`~deepscope.data.loader.TrainBatches`).
 
 The hot loop keeps everything on the device: per-update losses go into a buffer and the training
 errors into a counter, both read once per progress refresh (at most four a second) or evaluation.
-Callbacks (:mod:`deepscope.callbacks`) are called at ``on_start``, ``on_step`` (after
+Callbacks (:mod:`deepscope.training.callbacks`) are called at ``on_start``, ``on_step`` (after
 ``optimizer.step()``; ``ctx.loss`` is that update's loss), ``on_eval`` (``ctx.metrics`` just computed)
 and ``on_end``. The gradients of an update are cleared just before the next backward pass.
 """
@@ -30,21 +30,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepscope import checkpoint as _checkpoint
-from deepscope.callbacks import TrainContext, as_callback
-from deepscope.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
 from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
-from deepscope.early_stopping import EarlyStopping
-from deepscope.nn.models import build_model
+from deepscope.models import build_model
 from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
-from deepscope.progress import EXPLOSION, divergence_message, eval_line, exploded, first_bad, new_progress, refresh
 from deepscope.records import RESTORED_STEP
-from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
-from deepscope.store import CHECKPOINT_FILE, Store
-from deepscope.store_safety import RunTakenOver, TakenMessage
+from deepscope.store import CHECKPOINT_FILE, RunTakenOver, Store, TakenMessage
+from deepscope.training import checkpoint as _checkpoint
+from deepscope.training.callbacks import TrainContext, as_callback
+from deepscope.training.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
+from deepscope.training.divergence import (
+    EXPLOSION,
+    divergence_message,
+    eval_line,
+    exploded,
+    first_bad,
+    new_progress,
+    refresh,
+)
+from deepscope.training.early_stopping import EarlyStopping
+from deepscope.training.setup import check_output, describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
@@ -91,7 +98,7 @@ def train(
     ``[model]`` and ``[init]`` are not used) with everything else the spec says -- data, preprocessing,
     augmentation, optimizer, schedule, clipping, evaluation, checkpoints -- and the same batches, so only the
     network differs. It is moved to the spec's device and trained in place.
-    ``callbacks`` are :class:`~deepscope.callbacks.Callback` objects or plain functions ``fn(ctx)``.
+    ``callbacks`` are :class:`~deepscope.training.callbacks.Callback` objects or plain functions ``fn(ctx)``.
     ``resume`` is the id (or unique prefix) of a run in ``store`` to continue from its checkpoint; its
     stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``); a run of your own
     model resumes with the same ``model=`` (any weights: the checkpoint's are loaded). ``dataset`` replaces

@@ -1,4 +1,4 @@
-"""The probe inside :func:`deepscope.trainer.train`: the one way to attach a probe to training.
+"""The probe inside :func:`deepscope.training.loop.train`: the one way to attach a probe to training.
 
 The trainer builds (or is given) the model, so this callback creates the :class:`~deepscope.probe.Probe`
 when training starts, on a fixed monitor set taken from the run's (preprocessed) validation split, and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepscope.callbacks import Callback
+from deepscope.training.callbacks import Callback
 
 __all__ = ["MONITOR", "TrainerProbe"]
 
