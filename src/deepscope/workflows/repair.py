@@ -43,8 +43,6 @@ TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are trie
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
 SPAWN_SECONDS = 10.0
-
-
 PROBLEM = ("error", "warning")
 
 

@@ -227,7 +227,7 @@ def diagnosis_run(
         loss_rows.append(dict(step=result.diverged_at or result.step, name="train/diverged", value=1.0))
     recorded = spec.to_dict()
     if model is not None:
-        from deepscope.training.loop import describe_model
+        from deepscope.training.setup import describe_model
 
         recorded["model"] = describe_model(model)
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
