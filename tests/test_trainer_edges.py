@@ -110,8 +110,8 @@ def test_the_output_check_leaves_the_rng_alone():
 
 
 def test_findings_with_brackets_print_as_text(capsys):
-    from deepscope.cli.common import print_findings
     from deepscope.diagnosis import Finding
+    from deepscope.diagnosis.findings import print_findings
 
     print_findings([Finding("dead_units", "warning", "layer blocks[b] is [/] dead", layers=["blocks[b]"],
                             advice="set [model] norm")], "run [x]")

@@ -338,8 +338,7 @@ def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, 
 
 
 def _report(result: RepairResult, name: str, store, report_path) -> Path:
-    from deepscope.plots import RunData
-    from deepscope.plots import report as write_report
+    from deepscope.plots.html import RunData, write_html
     from deepscope.store import REPORT_FILE
 
     b = result.baseline
@@ -353,7 +352,7 @@ def _report(result: RepairResult, name: str, store, report_path) -> Path:
         runs.append(RunData(f"repaired ({best.name})", run_id=best.run_id, spec=d["spec"], status=best.status,
                             stats=d["records"], histograms=d["histograms"], scalars=d["scalars"],
                             findings=best.findings, checks=d["checks"]))
-    return write_report(runs, out_path=report_path, title=f"deepscope doctor --fix: {name}")
+    return write_html(runs, report_path, title=f"deepscope doctor --fix: {name}")
 
 
 # --- output: the table and the summary ---------------------------------------------------------------

@@ -269,8 +269,7 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     The default path is ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store. Matplotlib is
     imported here, not before: the findings need none of it. Sets ``result.report`` and ``result.timings["report"]``.
     """
-    from deepscope.plots import RunData
-    from deepscope.plots import report as html_report
+    from deepscope.plots.html import RunData, write_html
 
     drawing = time.perf_counter()
     if path is None:
@@ -279,6 +278,6 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     run = RunData(name, run_id=result.run_id, spec=result.spec, status=result.status, stats=result.records,
                   histograms=result.histograms, findings=result.findings, checks=result.checks,
                   scalars=result.scalars)
-    result.report = html_report([run], out_path=path, title=f"deepscope doctor: {name}")
+    result.report = write_html([run], path, title=f"deepscope doctor: {name}")
     result.timings["report"] = time.perf_counter() - drawing
     return result.report
