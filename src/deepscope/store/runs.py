@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS, restored_at
-from deepscope.store_safety import (
+from deepscope.store.ownership import (
     RunBusyError,
     StoreError,
     _explain,
