@@ -1,27 +1,26 @@
-"""What keeps a run store safe: one-line errors naming the file, read-only opening, run heartbeats, name checks.
+"""One writer per run: claims (owner token, pid, host), the heartbeat thread, and when an owner counts as gone.
 
-Used by :mod:`deepscope.store`; see its docstring for the rules (one writer per run, heartbeat timeout).
+A run's owner is recorded in its row (``owner``, ``pid``, ``host``, ``heartbeat``); a claim of a ``running`` run
+whose owner is alive is refused with :class:`RunBusyError`. While a store owns runs, a background thread refreshes
+their ``heartbeat`` every ``timeout / 4`` seconds; a run without a heartbeat for :func:`heartbeat_timeout`
+seconds, or whose process is gone on this host, counts as interrupted.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from deepscope.registry import MAX_NAME, check_name  # noqa: F401 - re-exported for the store
+from deepscope.store.db import RUN_FIELDS, StoreError
 
-__all__ = ["MAX_NAME", "RunBusyError", "RunTakenOver", "StoreError", "TakenMessage", "check_name",
-           "heartbeat_timeout"]
-
-
-
-class StoreError(ValueError):
-    """A store that cannot be opened, read or written; the message names the file and what to do."""
+__all__ = ["MAX_NAME", "Claims", "RunBusyError", "RunTakenOver", "TakenMessage", "check_name", "claim",
+           "heartbeat_timeout", "mark_interrupted", "owner_alive", "take"]
 
 
 class RunBusyError(StoreError):
@@ -48,55 +47,86 @@ def heartbeat_timeout() -> float:
         return 60.0
 
 
-def _explain(error: BaseException, path: Path) -> StoreError:
-    """One line for an SQLite or OS error on the store file ``path``: what is wrong and what to do."""
-    text = str(error).lower()
-    other = "or give --store DIR (or $DEEPSCOPE_STORE) for another store"
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "disk is full" in text:
-        return StoreError(f"the store's disk is full: {path} cannot be written; free some space {other}")
-    if path.is_dir():
-        return StoreError(f"{path} is a directory, not a run store file; move it away {other}")
-    if "not a database" in text or "no such table" in text:
-        return StoreError(f"{path} is not a deepscope run store (not an SQLite database of runs); move it away {other}")
-    if "malformed" in text or "corrupt" in text:
-        return StoreError(f"{path} is damaged ({error}); move it away (keep a copy to recover what you can) {other}")
-    unwritable = not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
-    if "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (
-            errno.EROFS, errno.EACCES)) or ("unable to open" in text and path.parent.is_dir() and unwritable):
-        return StoreError(f"{path} is read-only and training writes to its store: make it writable, {other} on a "
-                          "writable disk")
-    if "locked" in text or "busy" in text:
-        return StoreError(f"{path} is locked by another process for too long ({error}); try again")
-    return StoreError(f"cannot use the run store {path} ({error}): check the file and its directory, {other}")
-
-
-def _guarded(method):
-    """Turn SQLite and disk errors of a Store method into one-line :class:`StoreError` s."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (sqlite3.Error, OSError) as e:
-            raise _explain(e, self.path) from None
-
-    return wrapper
-
-
-def _open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
-    """Open ``path`` without writing to it; on a read-only directory, where SQLite cannot make the WAL index
-    file, as an immutable file (what the last writer committed and checkpointed)."""
-    uri = path.resolve().as_uri()
-    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+def _pid_alive(pid: int) -> bool:
     try:
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return db
-    except sqlite3.OperationalError as e:
-        db.close()
-        if os.access(path.parent, os.W_OK) and "unable to open" not in str(e) and "readonly" not in str(e):
-            raise
-    return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout, isolation_level=None,
-                           check_same_thread=False)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def owner_alive(run: dict) -> bool:
+    """Whether the process training a ``running`` run still is: its heartbeat is fresh (less than
+    :func:`heartbeat_timeout` seconds old) and, on this host, its pid exists."""
+    beat = run.get("heartbeat") if run.get("heartbeat") is not None else run["updated"]
+    if time.time() - beat > heartbeat_timeout():
+        return False
+    if run["host"] != socket.gethostname() or run["pid"] is None:
+        return True  # cannot tell from here: the heartbeat decides
+    return _pid_alive(run["pid"])
+
+
+def take(db: sqlite3.Connection, run_id: str, token: str) -> None:
+    """Record this process (owner ``token``) as the writer of ``run_id``, now ``running``."""
+    now = time.time()
+    db.execute("UPDATE runs SET status = 'running', updated = ?, finished = NULL, pid = ?, host = ?, owner = ?,"
+               " heartbeat = ? WHERE id = ?", (now, os.getpid(), socket.gethostname(), token, now, run_id))
+
+
+def claim(db: sqlite3.Connection, fields: str, run_id: str, token: str, *, force: bool = False) -> dict:
+    """Take ``run_id`` for ``token`` unless it is ``running`` with a live owner (and not ``force``); call inside a
+    transaction. Returns the run's row as it was before."""
+    row = db.execute(f"SELECT {fields} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    run = dict(zip(RUN_FIELDS, row, strict=True))
+    if run["status"] == "running" and not force and owner_alive(run):
+        beat = run["heartbeat"] if run["heartbeat"] is not None else run["updated"]
+        raise RunBusyError(
+            f"run {run_id} is being trained by pid {run['pid']} on {run['host']} (last heartbeat "
+            f"{time.time() - beat:.0f} s ago): one writer per run; wait for it to end, or if that process is "
+            f"gone, add --force (a run without heartbeat for {heartbeat_timeout():g} s counts as interrupted)")
+    take(db, run_id, token)
+    return run
+
+
+def mark_interrupted(db: sqlite3.Connection, run: dict) -> None:
+    """Record a ``running`` run whose owner is gone as ``interrupted`` (unless someone claimed it meanwhile)."""
+    db.execute("UPDATE runs SET status = 'interrupted' WHERE id = ? AND status = 'running' AND owner IS ?",
+               (run["id"], run["owner"]))
+
+
+class Claims:
+    """The runs one store writes: its owner token, the ids it owns, and the heartbeat thread that beats for them
+    (started with the first owned run, stopped with the last)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.token = uuid.uuid4().hex  # this store's owner token for the runs it creates or claims
+        self.owned: set[str] = set()
+        self.heartbeat: _Heartbeat | None = None
+
+    def own(self, run_id: str) -> None:
+        self.owned.add(run_id)
+        if self.heartbeat is None:
+            self.heartbeat = _Heartbeat(self.path, self.token, self.owned, heartbeat_timeout() / 4)
+            self.heartbeat.start()
+
+    def disown(self, run_id: str) -> None:
+        """This process no longer writes ``run_id``; the heartbeat thread stops with the last owned run."""
+        self.owned.discard(run_id)
+        if not self.owned:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+
+    def owns(self, db: sqlite3.Connection, run_id: str) -> bool:
+        """Whether the row of ``run_id`` still names this token (another process may have taken it with force)."""
+        row = db.execute("SELECT owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row is not None and row[0] == self.token
 
 
 class _Heartbeat(threading.Thread):
