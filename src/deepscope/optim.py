@@ -164,8 +164,8 @@ def constant(optimizer: torch.optim.Optimizer, total_updates: int | None = None)
     return lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
 
 
-def step(optimizer: torch.optim.Optimizer, total_updates: int | None = None, *, step_size: int,
-         gamma: float = 0.1) -> lr_scheduler.StepLR:
+def step_decay(optimizer: torch.optim.Optimizer, total_updates: int | None = None, *, step_size: int,
+               gamma: float = 0.1) -> lr_scheduler.StepLR:
     """eta(t) = eta0 gamma^floor(t / step_size): annealing by the number of updates (Varma & Das, ch. 7, 7.2)."""
     return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
@@ -227,7 +227,7 @@ def reduce_on_plateau(optimizer: torch.optim.Optimizer, total_updates: int | Non
 
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "constant": constant,
-    "step": step,
+    "step": step_decay,
     "exponential": exponential,
     "cosine": cosine,
     "warmup_cosine": warmup_cosine,

@@ -20,7 +20,7 @@ Adding an experiment
    - trainer-based: ``grid(ctx) -> list[RunSpec | dict]``, one spec per (setting, seed). Without a ``run``
      function the framework trains the grid in parallel (:func:`~deepscope.experiments.sweep.run_grid`:
      local processes or Ray, into the run store when there is one) and hands ``verdict`` and ``figure``
-     the list of :class:`~deepscope.experiments.sweep.RunOutcome` (``run_id``, final ``metrics``,
+     the list of :class:`~deepscope.training.loop.Result` (``run_id``, final ``metrics``,
      ``status``, ``step``, ``spec``) in grid order. To read more than the final metrics (curves, probe
      stats), write ``run(ctx)``: ``root = ctx.ensure_store(); outcomes = ctx.sweep(grid(ctx))``, then
      ``Store(root).scalars(o.run_id, "valid/error")`` / ``.stats(o.run_id, ...)``;
@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from deepscope.experiments.base import PROFILES, Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.experiments.sweep import BACKENDS, RunOutcome, run_grid
+from deepscope.experiments.sweep import BACKENDS, run_grid
 from deepscope.parallel import check_backend
 from deepscope.registry import discover, lookup
 
@@ -77,7 +77,6 @@ __all__ = [
     "PROFILES",
     "Context",
     "Experiment",
-    "RunOutcome",
     "Verdict",
     "get_experiment",
     "new_figure",

@@ -71,7 +71,7 @@ class Context:
 
     ``settings`` is the chosen profile's dict; ``seeds`` the seeds to repeat over; ``out_dir`` where
     figures go. ``sweep(specs)`` trains a list of run specs in parallel (local processes or Ray) into the
-    run store at ``store_root`` and returns their :class:`~deepscope.experiments.sweep.RunOutcome`.
+    run store at ``store_root`` and returns their :class:`~deepscope.training.loop.Result`.
     """
 
     name: str

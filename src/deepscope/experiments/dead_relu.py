@@ -29,9 +29,8 @@ from torch import Tensor, nn
 from deepscope.data import get_dataset
 from deepscope.data.preprocess import Preprocessor
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.experiments.training import minibatch_step
+from deepscope.experiments.training import train_module
 from deepscope.models import mlp
-from deepscope.optim import make_optimizer
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu")
 CONDITIONS = ("bad_init", "high_lr")
@@ -79,22 +78,21 @@ def train_one(activation: str, condition: str, seed: int, data: tuple[Tensor, Te
                 if name.startswith("hidden"):
                     block.linear.bias.fill_(cfg["bad_bias"])
     lr = cfg["high_lr"] if condition == "high_lr" else cfg["lr"]
-    optimizer = make_optimizer("adam", model, lr)
-    steps, records, losses, half = [], [], [], None
-    for step in range(cfg["updates"] + 1):
-        if step % cfg["record_every"] == 0 or step == cfg["updates"]:
-            masks = inactive_units(model, monitor)
-            steps.append(step)
-            records.append(torch.stack([m.float().mean() for m in masks]))
-            if half is None and step >= cfg["updates"] // 2:
-                half = torch.cat(masks)
-        if step == cfg["updates"]:
-            break
-        losses.append(minibatch_step(model, optimizer, x, y, cfg["batch_size"], generator))
+    steps, records, found = [], [], {}
+
+    def record(step: int) -> None:
+        found["masks"] = masks = inactive_units(model, monitor)
+        steps.append(step)
+        records.append(torch.stack([m.float().mean() for m in masks]))
+        if "half" not in found and step >= cfg["updates"] // 2:
+            found["half"] = torch.cat(masks)
+
+    losses = train_module(model, x, y, optim="adam", lr=lr, updates=cfg["updates"], batch_size=cfg["batch_size"],
+                          seed=seed, every=cfg["record_every"], record=record)
+    half, masks = found["half"], found["masks"]
     end = torch.cat(masks)
     revived = float((half & ~end).sum() / half.sum().clamp_min(1))
-    return Trained(activation, condition, seed, steps, torch.stack(records).numpy(), revived,
-                   torch.stack(losses).numpy())
+    return Trained(activation, condition, seed, steps, torch.stack(records).numpy(), revived, losses.numpy())
 
 
 def load(cfg: dict, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,33 +8,21 @@ may split its sums differently from one process to the next.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deepscope.parallel import BACKENDS, check_backend, run_many
+from deepscope.training.loop import Result, train
 
-__all__ = ["BACKENDS", "RunOutcome", "run_grid", "run_one"]
-
-
-@dataclass
-class RunOutcome:
-    """One run of a grid: its id in the store (``None`` without a store), its final metrics
-    ("test/error", "valid/loss", ...), how it ended ("finished", "diverged", ...) and its spec."""
-
-    run_id: str | None
-    metrics: dict[str, float]
-    status: str = "finished"
-    step: int = 0
-    spec: dict[str, Any] = field(default_factory=dict)
+__all__ = ["BACKENDS", "run_grid", "run_one"]
 
 
-def run_one(spec: Any, store_root: str | None = None) -> RunOutcome:
+def run_one(spec: Any, store_root: str | None = None) -> Result:
     """Train one spec (a RunSpec or its dict) and return its run id and final metrics."""
     from deepscope.config import RunSpec, validate_spec
     from deepscope.store import Store
-    from deepscope.training.loop import train
 
     spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
     if store_root is None:
@@ -42,8 +30,7 @@ def run_one(spec: Any, store_root: str | None = None) -> RunOutcome:
     else:
         with Store(store_root) as store:
             result = train(spec, store=store, quiet=True)
-    metrics = {key: float(value) for key, value in result.metrics.items()}
-    return RunOutcome(result.run_id, metrics, result.status, result.step, spec.to_dict())
+    return dataclasses.replace(result, model=None, store=None)  # what a worker process can send back
 
 
 def run_grid(
@@ -52,7 +39,7 @@ def run_grid(
     store_root: str | Path | None = None,
     jobs: int | None = None,
     backend: str = "local",
-) -> list[RunOutcome]:
+) -> list[Result]:
     """Train every spec of ``specs`` and return their outcomes in the same order.
 
     ``backend="local"`` uses a ``ProcessPoolExecutor`` (spawn context) with ``jobs`` workers (default

@@ -9,8 +9,8 @@ A run's name is ``"<experiment>:<setting>"``; ``by_setting`` groups the runs of 
 
 The runs go to the experiment's store (``ctx.ensure_store()``: the one given, else ``<out_dir>/runs``).
 
-Experiments that train by hand (to look inside the model after every update) take their steps with
-``minibatch_step``.
+Experiments that look inside the model as it trains train it with ``train_module`` (the same loop, with a
+callback that records).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from deepscope.experiments.base import Context, new_figure, save_figure
 from deepscope.store import CHECKPOINT_FILE
@@ -36,11 +35,11 @@ __all__ = [
     "final_value",
     "generalization",
     "generalization_figure",
-    "minibatch_step",
     "plot_generalization",
     "run_spec",
     "shapeset_data",
     "train_runs",
+    "train_module",
     "train_set_error",
 ]
 
@@ -212,13 +211,35 @@ def generalization_figure(results: Sequence[TrainedRun], ctx: Context, title: st
     return [save_figure(fig, ctx.path())]
 
 
-def minibatch_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batch_size: int,
-                   generator: torch.Generator) -> Tensor:
-    """One update on ``batch_size`` examples of ``(x, y)`` drawn at random (with replacement) by ``generator``;
-    returns the batch's cross-entropy, detached."""
-    idx = torch.randint(0, len(x), (batch_size,), generator=generator)
-    loss = F.cross_entropy(model(x[idx]), y[idx])
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+def train_module(model: nn.Module, x: Tensor, y: Tensor, *, optim: str, lr: float, updates: int, batch_size: int,
+                 seed: int, every: int, record: Callable[[int], None]) -> Tensor:
+    """Train your ``model`` on the examples ``(x, y)`` with the one training loop of deepscope
+    (:func:`deepscope.training.loop.train`: shuffled epochs of ``batch_size``, optimizer ``optim`` at rate ``lr``,
+    ``updates`` updates from ``seed``), calling ``record(step)`` before the first update and after every
+    ``every``-th one and the last, for experiments that look inside the model as it trains. Returns the training
+    loss of every update."""
+    from deepscope.data import Dataset
+    from deepscope.training.callbacks import Callback
+    from deepscope.training.loop import train
+
+    losses: list[Tensor] = []
+
+    class Recorder(Callback):
+        def on_start(self, ctx) -> None:
+            record(0)
+
+        def on_step(self, ctx) -> None:
+            losses.append(ctx.loss)
+            if ctx.step % every == 0 or ctx.step == updates:
+                record(ctx.step)
+
+    classes = int(y.max()) + 1
+    data = Dataset("examples", (int(x[0].numel()), 1, 1), classes, [str(c) for c in range(classes)], (x, y),
+                   None, None)
+    spec = {"name": "train-module", "optim": {"name": optim, "lr": lr},
+            "train": {"updates": updates, "batch_size": batch_size, "seed": seed, "eval_every": updates,
+                      "device": "cpu"}}
+    result = train(spec, model=model, dataset=data, callbacks=[Recorder()], quiet=True)
+    if result.status != "finished":
+        raise RuntimeError(f"the experiment's run {result.status}: {result.message}")
+    return torch.stack(losses)

@@ -19,9 +19,8 @@ from torch import Tensor, nn
 
 from deepscope.data.shapeset import generate
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.experiments.training import minibatch_step
+from deepscope.experiments.training import train_module
 from deepscope.models import mlp
-from deepscope.optim import make_optimizer
 
 SYMMETRIC = ("zeros", "constant")
 
@@ -52,6 +51,7 @@ class Trained:
     moved: list[float]  # per layer, max |W - W0|
     distinct: list[int]  # per layer
     weight: Tensor  # hidden1 incoming weights after training (units, inputs)
+    steps: list[int]  # updates done at each record of ``spread``
 
 
 def train_one(scheme: str, seed: int, x: Tensor, y: Tensor, cfg: dict) -> Trained:
@@ -61,17 +61,18 @@ def train_one(scheme: str, seed: int, x: Tensor, y: Tensor, cfg: dict) -> Traine
     model = mlp(x.shape[1], 9, cfg["depth"], cfg["width"], activation="sigmoid", init=scheme, init_kwargs=init_kwargs)
     linears = _hidden_linears(model)
     start = [layer.weight.detach().clone() for layer in linears]
-    opt = make_optimizer("sgd", model, cfg["lr"])
-    order = torch.Generator().manual_seed(seed)
-    spreads, losses = [], []
-    for step in range(cfg["steps"]):
-        losses.append(minibatch_step(model, opt, x, y, cfg["batch_size"], order))
-        if step % cfg["record_every"] == 0 or step == cfg["steps"] - 1:
-            spreads.append(torch.stack([unit_spread(layer) for layer in linears]))
+    spreads, steps = [], []
+
+    def record(step: int) -> None:
+        steps.append(step)
+        spreads.append(torch.stack([unit_spread(layer) for layer in linears]))
+
+    losses = train_module(model, x, y, optim="sgd", lr=cfg["lr"], updates=cfg["steps"], batch_size=cfg["batch_size"],
+                          seed=seed, every=cfg["record_every"], record=record)
     moved = [(layer.weight.detach() - w0).abs().max().item() for layer, w0 in zip(linears, start, strict=True)]
     return Trained(
-        scheme, seed, torch.stack(spreads), torch.stack(losses), moved,
-        [distinct_units(layer) for layer in linears], linears[0].weight.detach().clone(),
+        scheme, seed, torch.stack(spreads), losses, moved,
+        [distinct_units(layer) for layer in linears], linears[0].weight.detach().clone(), steps,
     )
 
 
@@ -121,12 +122,9 @@ def figure(results: list[Trained], ctx: Context) -> list:
     runs = {r.scheme: r for r in results if r.seed == seed}
     schemes = list(cfg["schemes"])
     fig, axes = new_figure(2, len(schemes), size=(4.4 * len(schemes), 7.2))
-    steps = list(range(0, cfg["steps"], cfg["record_every"]))
-    if steps[-1] != cfg["steps"] - 1:
-        steps.append(cfg["steps"] - 1)
     for scheme, r in runs.items():
         for layer in range(r.spread.shape[1]):
-            axes[0, 0].plot(steps, r.spread[:, layer].clamp_min(1e-12).numpy(), label=f"{scheme} hidden{layer + 1}")
+            axes[0, 0].plot(r.steps, r.spread[:, layer].clamp_min(1e-12).numpy(), label=f"{scheme} hidden{layer + 1}")
         axes[0, 1].plot(r.loss.numpy(), lw=0.6, label=scheme)
     axes[0, 0].set(yscale="log", title="max difference between units", xlabel="SGD step", ylabel="(floored at 1e-12)")
     axes[0, 1].set(title="training loss", xlabel="SGD step", ylabel="cross-entropy")

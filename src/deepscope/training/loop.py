@@ -67,6 +67,7 @@ class Result:
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
     restored: int | None = None  # train.restore_best: the update whose weights the run ended with
+    spec: dict[str, Any] = field(default_factory=dict, repr=False)  # the spec as recorded
 
 
 def train(
@@ -252,7 +253,7 @@ class _Run:
             test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
-            restored=self.stopping.restored,
+            restored=self.stopping.restored, spec=recorded_spec(self.spec, self.parts.user_model),
         )
 
     def _evaluation_point(self, console) -> tuple[str, str]:
