@@ -81,7 +81,8 @@ class Capture:
     far; ``calls`` how often each module ran in this forward pass (``name@k``); the rest serves the
     training step (``forwards``, ``root_inputs``: which forward is the first micro-batch; ``trainable``;
     ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor pass (``grad_inputs``: what the
-    backward pass differentiates to; ``input``: its leaf copy of the input; ``jacobian_inputs``).
+    backward pass differentiates to; ``input``: its leaf copy of the input; ``jacobian_inputs``); ``replay``
+    is set while the training step of a compiled model is replayed (:mod:`deepscope.probe.replay`).
     """
 
     bins: int
@@ -101,6 +102,7 @@ class Capture:
     jacobian_inputs: dict[str, Tensor] = field(default_factory=dict)
     want_jacobians: bool = False
     watcher: Watcher | None = None
+    replay: bool = False
 
     def start(self, source: str | None) -> int:
         """Begin a record from ``source`` (None: end it): a fresh token and empty buffers."""
@@ -162,7 +164,7 @@ def watch_grad(cap: Capture, s: Any, name: str, token: int) -> None:
             cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins), True))
 
     s.register_hook(hook)
-    if source == "monitor":
+    if source == "monitor" or cap.replay:
         cap.grad_inputs.append(s)
 
 

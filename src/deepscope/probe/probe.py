@@ -17,7 +17,6 @@ arms the probe and runs the two passes; the hooks, statistics, Jacobians and row
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from deepscope.probe.hooks import (
 from deepscope.probe.jacobian import jacobians_due, plan_jacobians, record_jacobians
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.options import check_options, parse_monitor, positive_int
+from deepscope.probe.replay import arm_replay
 from deepscope.probe.sinks import Entry, filter_rows, rows, to_columns
 from deepscope.probe.stats import WEIGHT_GRADIENT_STATS, update_ratio, weight_gradient_stats, weight_sample
 
@@ -132,6 +132,7 @@ class Probe:
         self.layers: list[Layer] = find_layers(net, layers, self.unobservable)
         self.weights: list[Weight] = find_weights(net)
         self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
+        self.unavailable: dict[str, str] = {}
         inplace = any(getattr(layer.module, "inplace", False) for layer in self.layers)
         # the monitor pass differentiates down to its input when in-place activations or frozen
         # parameters would otherwise leave pre-activations without a gradient
@@ -145,7 +146,6 @@ class Probe:
         self._hooks = Hooks()
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
         self._snapshot: list[Tensor] = []
-        self._eager = contextlib.ExitStack()
         self._jacobians_done = False
 
     # ------------------------------------------------------------------ context manager
@@ -176,7 +176,6 @@ class Probe:
 
     def _detach(self) -> None:
         self._hooks.remove()
-        self._eager.close()
         self._cap.start(None)  # tensor hooks still attached to live graphs become no-ops
         self._armed = False
         self._active = False
@@ -220,21 +219,22 @@ class Probe:
         cap.trainable = any(p.requires_grad for p in self._net.parameters())
         with torch.no_grad():
             self._snapshot = [weight_sample(w.param) for w in self.weights]
-        attach_layer_hooks(self.layers, cap, self._hooks)
-        self._hooks.add(self._net.register_forward_pre_hook(root_hook(cap)))
-        if cap.watcher is None:  # no monitor pass ran yet: look for functional activations in this one
-            self._start_watching(self._hooks)
+        if self._compiled:  # the compiled step runs untouched; the probe replays it (deepscope.probe.replay)
+            arm_replay(self.model, self._net, self.layers, cap, self._hooks, self._start_watching, self.unavailable)
+        else:
+            attach_layer_hooks(self.layers, cap, self._hooks)
+            self._hooks.add(self._net.register_forward_pre_hook(root_hook(cap)))
+            if cap.watcher is None:  # no monitor pass ran yet: look for functional activations in this one
+                self._start_watching(self._hooks)
         for w in self.weights:
             if w.param.requires_grad:
                 self._hooks.add(w.param.register_post_accumulate_grad_hook(weight_hook(cap, w.name)))
         self._hooks.add(optimizer_hook(cap, self.weights))
-        self._eager.enter_context(eager(self._compiled))  # hooks see every module of a compiled model
         self._armed = True
 
     def _record_train(self) -> None:
         """The training step's record: what the hooks took, the weight gradients and the update ratios."""
         self._hooks.remove()
-        self._eager.close()
         cap = self._cap
         entries = cap.pending
         with torch.no_grad():  # without an optimizer step, the gradients the backward pass left
