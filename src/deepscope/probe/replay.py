@@ -10,7 +10,7 @@ watches it from outside:
   state of the first forward pass with gradients;
 - after that call it *replays* the forward pass on the eager module inside, with the layer hooks, from
   the same random state (dropout draws the same masks as eager mode would), in the model's own mode, and
-  puts back the buffers it changed (batch-norm statistics) and the random state;
+  runs on copies of the buffers (batch-norm statistics) under a forked random state;
 - when the backward pass of the training step reaches the compiled model's output, a hook on that tensor
   takes ``dLoss/doutput`` and back-propagates it through the replay to the pre-activations only (no
   parameter ``.grad`` is written).
@@ -125,7 +125,11 @@ def _replay(
 ) -> Tensor | None:
     """The eager forward pass of ``net`` on the step's inputs with the layer hooks, leaving no trace."""
     hooks = Hooks()
-    buffers = [(b, b.detach().clone()) for b in net.buffers()]
+    # the replay updates copies of the buffers (batch-norm statistics): the run's own buffers are not written,
+    # not even their version counters, which the compiled step's backward pass may check
+    buffers = [(m, name, b) for m in net.modules() for name, b in m._buffers.items() if b is not None]
+    for m, name, b in buffers:
+        m._buffers[name] = b.clone()
     cap.replay = True
     try:
         with torch.random.fork_rng(devices=cuda), eager(), torch.enable_grad():
@@ -141,9 +145,8 @@ def _replay(
     finally:
         hooks.remove()
         cap.replay = False
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+        for m, name, b in buffers:
+            m._buffers[name] = b
     return out if isinstance(out, Tensor) and out.requires_grad else None
 
 
