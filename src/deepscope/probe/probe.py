@@ -35,7 +35,7 @@ from deepscope.probe.hooks import (
 )
 from deepscope.probe.jacobian import jacobians_due, plan_jacobians, record_jacobians
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
-from deepscope.probe.options import check_options, parse_monitor, positive_int
+from deepscope.probe.options import check_options, monitor_to_model, parse_monitor, positive_int
 from deepscope.probe.replay import arm_replay
 from deepscope.probe.sinks import Entry, filter_rows, rows, to_columns
 from deepscope.probe.stats import WEIGHT_GRADIENT_STATS, update_ratio, weight_gradient_stats, weight_sample
@@ -73,12 +73,13 @@ class Probe:
             by default only rank 0 records (the other ranks' probes do nothing).
 
     ``model`` may be wrapped in ``DistributedDataParallel`` or ``torch.compile``: the probe hooks the
-    module inside, runs the monitor pass on it (no collective), and runs the recorded training step
-    eagerly (``torch.compiler.set_stance("force_eager")``). Weight gradients are read when the optimizer
-    steps (after the backward pass of every micro-batch, DDP's all-reduce, clipping), or as the backward
-    pass left them when no ``torch.optim`` optimizer steps. With several forward passes per step
-    (gradient accumulation), activations and dLoss/ds come from the first; ``name@k`` is the k-th call of
-    one module within one forward pass.
+    module inside and runs the monitor pass on it (no collective). A compiled model's training step always
+    runs its compiled graph, recorded steps too (no recompilation, no graph break, the numerics of the
+    unprobed run); its activations and dLoss/ds are taken from a replay (:mod:`deepscope.probe.replay`).
+    Weight gradients are read when the optimizer steps (after the backward pass of every micro-batch, DDP's
+    all-reduce, clipping), or as the backward pass left them when no ``torch.optim`` optimizer steps. With
+    several forward passes per step (gradient accumulation), activations and dLoss/ds come from the first;
+    ``name@k`` is the k-th call of one module within one forward pass.
 
     Records carry ``source="train"`` (the training batch of the recorded step: activations,
     back-propagated gradients dLoss/ds, weight gradients, update/weight ratios) or
@@ -88,7 +89,8 @@ class Probe:
     Attributes: ``layers`` and ``weights`` (what is recorded, under which name), ``unobservable``
     (``(module, reason)`` for non-linearities computed inside a ``forward``, found by reading its
     source), ``jacobian_unavailable`` (``{layer: reason}``), ``jacobian_methods`` (``{layer: "exact" |
-    "lanczos"}``, as resolved at the last Jacobian record), ``records`` and ``histograms`` (the rows),
+    "lanczos"}``, as resolved at the last Jacobian record), ``unavailable`` (``{part: reason}`` for other
+    instruments that could not be taken), ``records`` and ``histograms`` (the rows),
     ``rank`` (this process's rank under ``torch.distributed``, else None).
     """
 
@@ -157,12 +159,7 @@ class Probe:
         if not self._enabled:
             return self
         try:
-            param = next((p for p in self._net.parameters() if p.is_floating_point()), None)
-            if param is not None and self._monitor_x is not None:
-                # the model's device, and its float type for float inputs (a float64 model, float32 monitor set)
-                dtype = param.dtype if self._monitor_x.is_floating_point() else self._monitor_x.dtype
-                self._monitor_x = self._monitor_x.to(param.device, dtype)
-                self._monitor_y = self._monitor_y.to(param.device) if self._monitor_y is not None else None
+            self._monitor_x, self._monitor_y = monitor_to_model(self._monitor_x, self._monitor_y, self._net)
             if self._step % self.every == 0:
                 self._arm()
         except BaseException:
