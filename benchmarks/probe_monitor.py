@@ -6,7 +6,8 @@ monitor set once on all 300 and once on the first n of them (n = 50, 100, 150), 
 sigmoid (saturates) and ReLU (dead units) at initialization and after ``--updates`` SGD updates. Printed per n,
 over every layer, draw and model, the median and the largest deviation of each statistic from the
 300-example record: mean, p2 and p98 in units of the layer's activation std, std and dLoss/ds std as a
-relative error, saturated and dead fractions as absolute differences.
+relative error (dLoss/ds of n examples times n/300: the monitor loss is a mean, so dLoss/ds scales as 1/n),
+saturated and dead fractions as absolute differences.
 
     python benchmarks/probe_monitor.py [--draws 3] [--updates 300]
 """
@@ -32,12 +33,14 @@ def monitor_stats(model, x, y) -> dict:
     return {(r["layer"], r["quantity"], r["stat"]): r["value"] for r in probe.records}
 
 
-def deviations(small: dict, ref: dict) -> dict[str, list[float]]:
+def deviations(small: dict, ref: dict, n: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for (layer, quantity, stat), value in ref.items():
         if (layer, quantity, stat) not in small:
             continue
-        d = small[layer, quantity, stat] - value
+        # the monitor loss is a mean over the examples: dLoss/ds of n examples is 300/n times that of 300
+        scale = n / REFERENCE if quantity == "preact_grad" else 1.0
+        d = small[layer, quantity, stat] * scale - value
         if quantity == "activation" and stat in ("mean", "p2", "p98"):
             scale = ref[layer, "activation", "std"]
             key, err = f"activation {stat} (/std)", abs(d) / scale if scale > 0 else 0.0
@@ -76,7 +79,7 @@ def main() -> None:
                 mx, my = x[d * REFERENCE : (d + 1) * REFERENCE], y[d * REFERENCE : (d + 1) * REFERENCE]
                 ref = monitor_stats(model, mx, my)
                 for n in SIZES:
-                    for key, errs in deviations(monitor_stats(model, mx[:n], my[:n]), ref).items():
+                    for key, errs in deviations(monitor_stats(model, mx[:n], my[:n]), ref, n).items():
                         found[n].setdefault(key, []).extend(errs)
     for n in SIZES:
         parts = [f"{k}: median {statistics.median(v):.4f}, max {max(v):.4f}" for k, v in sorted(found[n].items())]

@@ -13,6 +13,16 @@ from deepscope.probe import Probe
 STEPS, EVERY = 6, 2
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test counts its own graphs, and leaves no compiled code or counts to the next file's tests."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
 class Net(nn.Module):
     """A model class of the user's (``module.compile()`` of a bare ``nn.Sequential`` compiles nothing in torch
     2.13: its call is in a file dynamo skips)."""

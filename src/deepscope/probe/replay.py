@@ -34,43 +34,21 @@ from deepscope.probe.compat import eager, first_tensor, in_backward
 from deepscope.probe.hooks import Capture, Hooks, attach_layer_hooks
 from deepscope.probe.layers import Layer
 
-__all__ = ["CallHandle", "arm_replay", "watch_calls"]
+__all__ = ["PART", "CallHandle", "arm_replay"]
+
+PART = "train activations and dLoss/ds"
 
 
 class CallHandle:
-    """Undoes :func:`watch_calls` (a ``RemovableHandle``-like ``remove()``)."""
+    """Puts back a module's compiled call (a ``RemovableHandle``-like ``remove()``)."""
 
-    def __init__(self, undo: Callable[[], None]):
-        self._undo: Callable[[], None] | None = undo
+    def __init__(self, module: nn.Module, impl: Callable):
+        self.module, self.impl = module, impl
 
     def remove(self) -> None:
-        if self._undo is not None:
-            self._undo()
-            self._undo = None
-
-
-def watch_calls(root: nn.Module, after: Callable[[tuple, dict, Any], None]) -> list[Any]:
-    """Call ``after(args, kwargs, output)`` after each call of ``root``, from outside any compiled code.
-
-    Hooks on ``root`` run in Python unless ``root`` itself was compiled in place (``module.compile()``),
-    whose hooks run inside the compiled call: there the compiled call is wrapped instead (same function,
-    same arguments, so the same graph). Returns handles with ``remove()``.
-    """
-    impl = root.__dict__.get("_compiled_call_impl")
-    if impl is None:
-        return [root.register_forward_hook(lambda m, args, kwargs, out: after(args, kwargs, out), with_kwargs=True)]
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = impl(*args, **kwargs)
-        after(args, kwargs, out)
-        return out
-
-    root._compiled_call_impl = call
-
-    def undo() -> None:
-        root._compiled_call_impl = impl
-
-    return [CallHandle(undo)]
+        if self.impl is not None:
+            self.module._compiled_call_impl = self.impl
+            self.impl = None
 
 
 def arm_replay(
@@ -79,9 +57,11 @@ def arm_replay(
 ) -> None:
     """Record the next training step of the compiled ``root`` (whose eager module is ``net``) by replay.
 
-    The random state is taken before the call, by a pre-hook on ``root`` when it runs in Python, else
-    by the wrapper of :func:`watch_calls`. Failures of the replay are listed in ``unavailable``
-    (``{"train activations": reason}``), never raised into the training step.
+    The inputs and random state are taken at the call of ``root`` from outside the compiled code: by hooks
+    on ``root`` (the ``torch.compile`` wrapper, DDP, or an eager module with compiled parts), or for a module
+    compiled in place (``module.compile()``, whose own hooks run inside the graph) by a wrapper around its
+    compiled call. Failures of the replay are listed in ``unavailable`` (``{"train activations and dLoss/ds":
+    reason}``), never raised into the training step.
     """
     token = cap.token
     state: dict[str, Any] = {}
@@ -100,23 +80,25 @@ def arm_replay(
         try:
             replayed = _replay(net, args, kwargs, state["rng"], cuda, layers, cap, watch)
         except Exception as e:  # the training step goes on; the record says what is missing
-            unavailable["train activations"] = f"the replay of the compiled step failed: {type(e).__name__}: {e}"
+            unavailable[PART] = f"the replay of the compiled step failed: {type(e).__name__}: {e}"
             return
         if isinstance(real, Tensor) and real.requires_grad and isinstance(replayed, Tensor):
-            real.register_hook(_backward(replayed, cap, token))
+            real.register_hook(_backward(replayed, cap, token, unavailable))
 
     impl = root.__dict__.get("_compiled_call_impl")
-    if impl is None:
+    if impl is None:  # hooks on the wrapper (torch.compile's, DDP) or on an eager root run in Python
         hooks.add(root.register_forward_pre_hook(before))
-    else:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            before()
-            return impl(*args, **kwargs)
+        hooks.add(root.register_forward_hook(lambda m, a, k, out: after(a, k, out), with_kwargs=True))
+        return
 
-        root._compiled_call_impl = call
-        hooks.add(CallHandle(lambda: setattr(root, "_compiled_call_impl", impl)))
-    for handle in watch_calls(root, after):
-        hooks.add(handle)
+    def call(*args: Any, **kwargs: Any) -> Any:  # the same compiled call, the same arguments: the same graph
+        before()
+        out = impl(*args, **kwargs)
+        after(args, kwargs, out)
+        return out
+
+    root._compiled_call_impl = call  # module.compile(): the module's own hooks would run inside the graph
+    hooks.add(CallHandle(root, impl))
 
 
 def _replay(
@@ -150,14 +132,17 @@ def _replay(
     return out if isinstance(out, Tensor) and out.requires_grad else None
 
 
-def _backward(replayed: Tensor, cap: Capture, token: int) -> Callable[[Tensor], None]:
+def _backward(replayed: Tensor, cap: Capture, token: int, unavailable: dict[str, str]) -> Callable[[Tensor], None]:
     """A hook on the compiled output: ``dLoss/doutput`` through the replay to the pre-activations."""
 
     def hook(g: Tensor) -> None:
         inputs = [s for s in cap.grad_inputs if s.requires_grad]
-        if token == cap.token and inputs:
-            with torch.enable_grad():
-                torch.autograd.grad(replayed, inputs, grad_outputs=g.detach(), allow_unused=True)
         cap.grad_inputs = []
+        if token == cap.token and inputs:
+            try:
+                with torch.enable_grad():
+                    torch.autograd.grad(replayed, inputs, grad_outputs=g.detach(), allow_unused=True)
+            except Exception as e:  # never into the training step's backward pass
+                unavailable[PART] = f"the replay's backward pass failed: {type(e).__name__}: {e}"
 
     return hook
