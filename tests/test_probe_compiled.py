@@ -149,3 +149,33 @@ def test_compiled_training_step_statistics_against_a_hand_captured_forward(data)
     # the replay put the batch-norm statistics back: one training step moved them once, as without the probe
     moved = model.state_dict()["body.1.num_batches_tracked"] - buffers["body.1.num_batches_tracked"]
     assert moved.item() == 1
+
+
+class EagerFails(nn.Module):
+    """Runs compiled, fails eagerly: the replay of its recorded step cannot be made."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling():
+            raise RuntimeError("this model only runs compiled")
+        return self.body(x)
+
+
+def test_a_replay_that_fails_is_listed_and_training_goes_on(data):
+    x, y, _ = data
+    torch.manual_seed(0)
+    model = EagerFails()
+    run = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Probe(run, every=1) as probe:
+        for i in range(2):
+            F.cross_entropy(run(x[i * 10 : i * 10 + 10]), y[i * 10 : i * 10 + 10]).backward()
+            opt.step()
+            opt.zero_grad()
+            probe.step()
+    assert "only runs compiled" in probe.unavailable["train activations and dLoss/ds"]
+    quantities = {r["quantity"] for r in probe.records}
+    assert quantities == {"weight_grad", "update_ratio"}  # what is read from the parameters is still recorded
