@@ -179,3 +179,31 @@ def test_a_replay_that_fails_is_listed_and_training_goes_on(data):
     assert "only runs compiled" in probe.unavailable["train activations and dLoss/ds"]
     quantities = {r["quantity"] for r in probe.records}
     assert quantities == {"weight_grad", "update_ratio"}  # what is read from the parameters is still recorded
+
+
+def test_compiled_model_records_as_eager():
+    torch.manual_seed(6)
+    base = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(12, 10), torch.randint(0, 3, (12,))
+    records = {}
+    torch._dynamo.reset()
+    for kind in ("eager", "compiled"):
+        model = copy.deepcopy(base)
+        try:
+            run = torch.compile(model, backend="eager") if kind == "compiled" else model
+        except Exception as e:  # pragma: no cover - depends on the platform
+            pytest.skip(f"torch.compile is not available: {e}")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Probe(run, every=2, monitor=(x, y)) as probe:
+            for _ in range(4):
+                F.cross_entropy(run(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+                probe.step()
+        records[kind] = probe.records
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled once, not per record
+    eager, compiled = records["eager"], records["compiled"]
+    assert [(r["step"], r["layer"], r["quantity"], r["stat"]) for r in eager] == [
+        (r["step"], r["layer"], r["quantity"], r["stat"]) for r in compiled
+    ]
+    assert [r["value"] for r in compiled] == pytest.approx([r["value"] for r in eager], rel=1e-5, abs=1e-7)
