@@ -1,62 +1,62 @@
-"""Which modules of a model the probe watches, what they are called, and the hook handles.
+"""The hooks the probe attaches while a record is taken, and the state one record collects.
 
-Layers are found by module type: every activation module of the registry (and the element-wise
-activations of ``torch.nn``), or the modules the user names. Non-linearities computed inside a
-``forward`` (``F.relu`` in ``nn.TransformerEncoderLayer``, the gates of ``nn.LSTM``) cannot be
-hooked; such modules are reported as *unobservable* and their outputs, and the outputs of the
-Linear/Conv layers directly inside them, are recorded as *layer outputs* instead.
+Every hook is a plain function of a :class:`Capture` (what the record being taken has collected so
+far) and a *token*: the capture's token changes whenever a record ends, so a hook left on a live
+autograd graph (a tensor hook) becomes a no-op instead of writing into the next record. The probe owns
+the handles (:class:`Hooks`) and removes them all when the record ends, whatever happened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from deepscope.nn.activations import ActivationSpec, Maxout, spec_for_module
-from deepscope.probe.functional import functional_nonlinearities
+from deepscope.nn.activations import Maxout
+from deepscope.probe.compat import first_tensor, in_backward
+from deepscope.probe.functional import Watcher
+from deepscope.probe.layers import (  # re-exported: the names this module held before the split
+    Layer,
+    Weight,
+    custom_activation,
+    find_layers,
+    find_unobservable,
+    find_weights,
+    is_activation,
+    sequential_chains,
+)
+from deepscope.probe.sinks import Entry
+from deepscope.probe.stats import (
+    GRADIENT_STATS,
+    activation_stat_names,
+    activation_stats,
+    gradient_stats,
+    weight_gradient_stats,
+)
 
 __all__ = [
+    "Capture",
     "Hooks",
     "Layer",
     "Weight",
+    "attach_layer_hooks",
     "custom_activation",
     "find_layers",
     "find_unobservable",
     "find_weights",
     "is_activation",
+    "optimizer_hook",
+    "root_hook",
     "sequential_chains",
+    "start_watching",
+    "weight_hook",
 ]
-
-_WEIGHT_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
-_NOT_HIDDEN_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
-_NOT_ELEMENTWISE = (nn.GLU, Maxout)
-
-@dataclass
-class Layer:
-    """One recorded layer: ``kind`` is "activation" (its input is the pre-activation s) or "output".
-
-    ``preact``: dLoss/ds is taken on the module's input (element-wise activations, custom activation modules).
-    """
-
-    name: str
-    path: str
-    module: nn.Module
-    kind: str
-    spec: ActivationSpec | None = None
-    elementwise: bool = False
-    preact: bool = False
-
-
-@dataclass
-class Weight:
-    """A weight matrix or kernel (a parameter with 2 or more dimensions) and its layer name."""
-
-    name: str
-    path: str
-    param: nn.Parameter
 
 
 @dataclass
@@ -73,177 +73,184 @@ class Hooks:
             self.handles.pop().remove()
 
 
-def is_activation(module: nn.Module) -> tuple[bool, ActivationSpec | None, bool]:
-    """``(is a hidden-unit activation module, its registry entry or None, element-wise)``."""
-    spec = spec_for_module(module)
-    if spec is not None:
-        return True, spec, not isinstance(module, _NOT_ELEMENTWISE)
-    if type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, _NOT_HIDDEN_ACTIVATIONS):
-        return True, None, not isinstance(module, _NOT_ELEMENTWISE)
-    return False, None, False
+@dataclass
+class Capture:
+    """What one record collects while its hooks run.
 
-
-def _is_torch(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("torch.")
-
-
-def custom_activation(m: nn.Module) -> bool:
-    """A module of the user's with no submodules whose ``forward`` applies a non-linearity: its output is
-    taken as an activation and its input as the pre-activation."""
-    if _is_torch(m) or is_activation(m)[0] or any(True for _ in m.children()):
-        return False
-    return bool(functional_nonlinearities(m))
-
-
-def find_unobservable(model: nn.Module) -> list[tuple[str, str]]:
-    """Modules whose non-linearities run inside ``forward``, as ``(module name, reason)``.
-
-    Known ``torch.nn`` cases are listed by type; for modules defined outside torch the source of
-    ``forward`` is read (never run, see :mod:`deepscope.probe.functional`) for calls such as ``F.relu``,
-    ``x.clamp(min=0)`` or ``torch.where``. A module without submodules that calls them is no loss: it is
-    recorded as an activation layer (:func:`custom_activation`).
-    """
-    found = []
-    for path, m in model.named_modules():
-        name = path or "(model)"
-        if isinstance(m, nn.RNNBase):
-            found.append((name, f"{type(m).__name__} gate non-linearities run inside the fused recurrent kernel"))
-        elif isinstance(m, nn.MultiheadAttention):
-            found.append((name, "the attention softmax is computed inside forward"))
-        elif isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
-            if not isinstance(m.activation, nn.Module):
-                fn = getattr(m.activation, "__name__", repr(m.activation))
-                found.append((name, f"activation {fn} is applied functionally inside forward"))
-        elif not _is_torch(m) and not is_activation(m)[0]:
-            calls = functional_nonlinearities(m)
-            if calls is None:
-                found.append((name, "the source of forward could not be read to look for functional activations"))
-            elif calls and any(True for _ in m.children()):
-                found.append((name, f"calls {', '.join(calls)} inside forward"))
-    return found
-
-
-def _parent(path: str) -> str:
-    return path.rpartition(".")[0]
-
-
-def _block_names(model: nn.Module, paths: list[str], base: dict[str, str]) -> dict[str, str]:
-    """Name each path after its block when it is the only one of ``paths`` inside that block.
-
-    A block is the nearest enclosing ``nn.Sequential`` other than the model itself (``hidden1`` for
-    ``hidden1.act``); a child named ``act`` is always named after its parent. Collisions keep ``base``.
-    """
-    modules = dict(model.named_modules())
-    sequential = {p for p, m in modules.items() if p and isinstance(m, nn.Sequential)}
-
-    def block(path: str) -> str | None:
-        p = _parent(path)
-        while p:
-            if p in sequential:
-                return p
-            p = _parent(p)
-        return None
-
-    blocks = {path: block(path) for path in paths}
-    names = {}
-    for path in paths:
-        b = blocks[path]
-        if path.rpartition(".")[2] == "act" and _parent(path):
-            names[path] = _parent(path)
-        elif b is not None and sum(1 for q in paths if blocks[q] == b) == 1:
-            names[path] = b
-        else:
-            names[path] = base[path]
-    counts: dict[str, int] = {}
-    for n in names.values():
-        counts[n] = counts.get(n, 0) + 1
-    return {p: (n if counts[n] == 1 else base[p]) for p, n in names.items()}
-
-
-def find_layers(
-    model: nn.Module, layers: str | Sequence[str] | None, unobservable: list[tuple[str, str]]
-) -> list[Layer]:
-    """The recorded layers, in module registration order.
-
-    With ``layers=None``: every activation module (:func:`custom_activation` ones included), plus the
-    outputs of unobservable modules (except the model itself) and of the Linear/Conv modules directly
-    inside them. Otherwise exactly the named modules (``"hidden1.act"``); an unknown name raises
-    ``ValueError`` listing the valid ones.
-    """
-    modules = dict(model.named_modules())
-    chosen: list[tuple[str, nn.Module]] = []
-    if layers is None:
-        hidden = {("" if n == "(model)" else n) for n, _ in unobservable}
-        for path, m in modules.items():
-            if is_activation(m)[0] or (path not in hidden and custom_activation(m)):
-                chosen.append((path, m))
-            elif path and path in hidden:
-                chosen.append((path, m))
-            elif isinstance(m, _WEIGHT_MODULES) and path and _parent(path) in hidden:
-                chosen.append((path, m))
-    else:
-        if isinstance(layers, str):
-            layers = [layers]
-        for path in layers:
-            if path not in modules or not path:
-                valid = [p for p in modules if p]
-                shown = ", ".join(valid[:40]) + (", ..." if len(valid) > 40 else "")
-                raise ValueError(f"layers: {path!r} is not a module of the model; choose from: {shown}")
-            chosen.append((path, modules[path]))
-    names = _block_names(model, [p for p, _ in chosen], {p: p for p, _ in chosen})
-    out = []
-    for path, m in chosen:
-        act, spec, elementwise = is_activation(m)
-        custom = not act and custom_activation(m)
-        kind = "activation" if act or custom else "output"
-        out.append(Layer(names[path], path, m, kind, spec, elementwise, preact=elementwise or custom))
-    return out
-
-
-def find_weights(model: nn.Module) -> list[Weight]:
-    """Every parameter with 2 or more dimensions, named after its module (``hidden1``, ``output``).
-
-    A Linear/Conv ``weight`` takes its module's name, other matrices ``module.param``
-    (``lstm.weight_hh_l0``); block naming as for layers, so an MLP's ``hidden1.linear.weight`` is
-    ``hidden1``, the same name as the activations it feeds.
-    """
-    seen: set[int] = set()
-    found: list[tuple[str, str, nn.Parameter]] = []
-    for path, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
-            if p.dim() < 2 or id(p) in seen:
-                continue
-            seen.add(id(p))
-            full = f"{path}.{pname}" if path else pname
-            base = path if (pname == "weight" and path) else full
-            found.append((full, base, p))
-    names = _block_names(model, [f for f, _, _ in found], {f: b for f, b, _ in found})
-    return [Weight(names[full], full, p) for full, _, p in found]
-
-
-def sequential_chains(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Module]]]]:
-    """Every outermost ``nn.Sequential`` as ``(its name, the flat list of what it applies, in order)``.
-
-    Nested ``nn.Sequential`` children are expanded, so ``model(x)`` for an MLP built of blocks is
-    exactly the composition of the listed modules; a module that appears twice (weight tying) is listed
-    at both places. Subclasses that override ``forward`` are not chains.
+    ``source`` is ``"train"`` or ``"monitor"`` (None between records); ``pending`` the statistics taken so
+    far; ``calls`` how often each module ran in this forward pass (``name@k``); the rest serves the
+    training step (``forwards``, ``root_inputs``: which forward is the first micro-batch; ``trainable``;
+    ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor pass (``grad_inputs``: what the
+    backward pass differentiates to; ``input``: its leaf copy of the input; ``jacobian_inputs``); ``replay``
+    is set while the training step of a compiled model is replayed (:mod:`deepscope.probe.replay`).
     """
 
-    def plain(m: nn.Module) -> bool:
-        return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+    bins: int
+    jacobian_examples: int
+    map_sources: set[str]
+    token: int = 0
+    source: str | None = None
+    pending: list[Entry] = field(default_factory=list)
+    calls: dict[int, int] = field(default_factory=dict)
+    forwards: int = 0
+    root_inputs: set[int] = field(default_factory=set)
+    trainable: bool = True
+    grad_refs: dict[str, Tensor] = field(default_factory=dict)
+    weight_grads: dict[str, Tensor] = field(default_factory=dict)
+    grad_inputs: list[Tensor] = field(default_factory=list)
+    input: Tensor | None = None
+    jacobian_inputs: dict[str, Tensor] = field(default_factory=dict)
+    want_jacobians: bool = False
+    watcher: Watcher | None = None
+    replay: bool = False
 
-    def expand(seq: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
-        out = []
-        for name, child in seq._modules.items():  # not named_children(): a module used twice stays twice
-            if child is None:
-                continue
-            path = f"{prefix}.{name}" if prefix else name
-            out += expand(child, path) if plain(child) else [(path, child)]
-        return out
+    def start(self, source: str | None) -> int:
+        """Begin a record from ``source`` (None: end it): a fresh token and empty buffers."""
+        self.token += 1
+        self.source, self.pending, self.calls, self.forwards = source, [], {}, 0
+        self.root_inputs, self.grad_refs, self.weight_grads = set(), {}, {}
+        self.grad_inputs, self.input, self.jacobian_inputs = [], None, {}
+        return self.token
 
-    modules = dict(model.named_modules())
-    return [
-        (path, expand(m, path))
-        for path, m in modules.items()
-        if plain(m) and not (path and plain(modules[_parent(path)]))
-    ]
+    def capturing(self, token: int) -> bool:
+        """Record this call? Not on a stale token, not in a re-computation during backward (gradient
+        checkpointing), and in training only the first forward with gradients after arming (the first
+        micro-batch when gradients are accumulated over several)."""
+        if token != self.token or in_backward():
+            return False
+        return self.source == "monitor" or (torch.is_grad_enabled() and self.forwards <= 1)
+
+    def quiet(self) -> contextlib.AbstractContextManager:
+        """The probe's own computations are not the model's: hidden from the :class:`Watcher`."""
+        return self.watcher.quiet() if self.watcher is not None else contextlib.nullcontext()
+
+
+def _name(layer: Layer, call: int) -> str:
+    return layer.name if call == 1 else f"{layer.name}@{call}"
+
+
+def attach_layer_hooks(layers: list[Layer], cap: Capture, hooks: Hooks) -> None:
+    """Hooks on every recorded layer: activations on its output, dLoss/ds on its input (pre-activation)."""
+    for layer in layers:
+        m = layer.module
+        if layer.kind == "activation" and layer.preact:
+            hooks.add(m.register_forward_pre_hook(_preact_hook(cap, layer, cap.token)))
+        elif isinstance(m, Maxout):  # its pre-activations are the k affine pieces
+            hooks.add(m.linear.register_forward_hook(_maxout_hook(cap, layer, cap.token)))
+        hooks.add(m.register_forward_hook(_output_hook(cap, layer, cap.token)))
+
+
+def root_hook(cap: Capture) -> Callable:
+    """On the model itself: counts the forward passes with gradients and keeps the first one's inputs."""
+    token = cap.token
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if token == cap.token and torch.is_grad_enabled() and not in_backward():
+            cap.forwards += 1
+            if cap.forwards == 1:
+                cap.root_inputs = {id(a) for a in args if isinstance(a, Tensor)}
+
+    return hook
+
+
+def watch_grad(cap: Capture, s: Any, name: str, token: int) -> None:
+    """Record dLoss/ds when the backward pass reaches the pre-activations ``s``."""
+    if not (isinstance(s, Tensor) and s.requires_grad) or s is cap.input:
+        return
+    source, bins = cap.source, cap.bins
+
+    def hook(g: Tensor) -> None:
+        if token == cap.token and g.numel():  # an empty batch has no statistics
+            cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins), True))
+
+    s.register_hook(hook)
+    if source == "monitor" or cap.replay:
+        cap.grad_inputs.append(s)
+
+
+def _preact_hook(cap: Capture, layer: Layer, token: int) -> Callable:
+    def hook(module: nn.Module, args: tuple) -> tuple | None:
+        if not (cap.capturing(token) and args):
+            return None
+        s, new = args[0], None
+        if (
+            cap.source == "train" and isinstance(s, Tensor) and s.is_floating_point() and not s.requires_grad
+            and id(s) not in cap.root_inputs and cap.trainable
+        ):
+            # after frozen layers only: no gradient would reach s, though dLoss/ds exists; a leaf
+            # copy of s that requires it lets the backward pass through (parameters get the same
+            # gradients); the clone keeps in-place activations off the leaf
+            s = new = s.detach().requires_grad_(True).clone()
+        watch_grad(cap, s, _name(layer, cap.calls.get(id(module), 0) + 1), token)
+        return None if new is None else (new, *args[1:])
+
+    return hook
+
+
+def _maxout_hook(cap: Capture, layer: Layer, token: int) -> Callable:
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        if cap.capturing(token):
+            watch_grad(cap, out, _name(layer, cap.calls.get(id(layer.module), 0) + 1), token)
+
+    return hook
+
+
+def _output_hook(cap: Capture, layer: Layer, token: int) -> Callable:
+    spec = layer.spec if layer.kind == "activation" else None
+    names = activation_stat_names(spec)
+
+    def hook(module: nn.Module, args: tuple, out: Any) -> None:
+        if not cap.capturing(token):
+            return
+        call = cap.calls[id(module)] = cap.calls.get(id(module), 0) + 1
+        z = first_tensor(out)
+        if z is None or z.dim() == 0 or not z.is_floating_point() or z.numel() == 0:
+            return  # an empty batch has no statistics
+        with torch.no_grad(), cap.quiet():
+            stats = activation_stats(z, spec, cap.bins)
+        cap.pending.append((_name(layer, call), "activation", names, stats, True))
+        if cap.source == "monitor" and cap.want_jacobians and call == 1 and layer.name in cap.map_sources:
+            cap.jacobian_inputs[layer.name] = z.detach()[: cap.jacobian_examples].clone()
+
+    return hook
+
+
+def weight_hook(cap: Capture, name: str) -> Callable:
+    """Keep the gradient the backward pass accumulated, in case no optimizer steps (a hand-written update)."""
+    token = cap.token
+
+    def hook(p: Tensor) -> None:
+        if token == cap.token and p.grad is not None:
+            cap.grad_refs[name] = p.grad
+
+    return hook
+
+
+def optimizer_hook(cap: Capture, weights: list[Weight]) -> RemovableHandle:
+    """Weight gradients as the optimizer reads them: after the backward pass of every micro-batch,
+    DDP's all-reduce, gradient clipping and ``GradScaler`` unscaling (a hook on every ``torch.optim``
+    optimizer)."""
+    token = cap.token
+
+    def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if token != cap.token:
+            return
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        with torch.no_grad():
+            for w in weights:
+                if id(w.param) in stepped and w.param.grad is not None and w.name not in cap.weight_grads:
+                    cap.weight_grads[w.name] = weight_gradient_stats(w.param.grad, cap.bins)
+
+    return register_optimizer_step_pre_hook(hook)
+
+
+def start_watching(
+    cap: Capture, model: nn.Module, layers: list[Layer], report: Callable[[list], None], hooks: Hooks
+) -> None:
+    """Watch the next forward pass of ``model`` for non-linearities the source did not show (:class:`Watcher`):
+    ``report`` gets ``(module, reason)`` pairs; the recorded activation modules are not reported."""
+    token = cap.token
+    cap.watcher = Watcher()
+    skip = {id(layer.module) for layer in layers if layer.kind == "activation"}
+    for handle in cap.watcher.watch(model, skip, lambda: token == cap.token, report):
+        hooks.add(handle)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from deepscope.probe.hooks import Layer, sequential_chains
+from deepscope.probe.layers import Layer, sequential_chains
+from deepscope.probe.sinks import Entry
 
 __all__ = [
     "EXACT_MAX_DIM",
@@ -39,8 +40,10 @@ __all__ = [
     "LANCZOS_STEPS",
     "MAX_JACOBIAN_ENTRIES",
     "JacobianMap",
+    "jacobians_due",
     "lanczos_singular_values",
     "plan_jacobians",
+    "record_jacobians",
 ]
 
 JACOBIAN_METHODS = ("auto", "exact", "lanczos")
@@ -293,3 +296,47 @@ def plan_jacobians(model: nn.Module, layers: list[Layer]) -> tuple[dict[str, Jac
                 else "a layer output of an unobservable module, not an activation"
             )
     return maps, reasons
+
+
+def jacobians_due(step: int, examples: int, done: bool, every: int | None) -> bool:
+    """Whether the monitor pass at ``step`` computes the Jacobians: at the first record (the initialization)
+    and at the multiples of ``every``, when there are ``examples`` to compute them on."""
+    return examples > 0 and (not done or (every is not None and step % every == 0))
+
+
+def record_jacobians(
+    maps: dict[str, JacobianMap],
+    layers: list[Layer],
+    calls: dict[int, int],
+    inputs: dict[str, Tensor],
+    method: str,
+    unavailable: dict[str, str],
+    methods: dict[str, str],
+) -> list[Entry]:
+    """The spectrum of each planned map at the source activations ``inputs`` the monitor pass captured.
+
+    A map through a module that ran more than once in that pass (``calls``), or one that fails, moves from
+    ``maps`` to ``unavailable`` with the reason (an instrument that cannot be computed is reported, not
+    fatal); ``methods`` gets the method each layer resolved to.
+    """
+    entries: list[Entry] = []
+    reused = {layer.name for layer in layers if calls.get(id(layer.module), 0) > 1}
+    for name, jmap in list(maps.items()):
+        if name in reused or jmap.source in reused:
+            module = "the module" if name in reused else f"the previous layer {jmap.source!r}"
+            unavailable[name] = f"{module} is called more than once per forward pass"
+            del maps[name]
+            continue
+        z = inputs.get(jmap.source)
+        if z is None:
+            continue
+        try:
+            resolved = jmap.method(z, method)
+            stats, values = jmap.spectrum(z, resolved)
+        except Exception as e:
+            unavailable[name] = f"could not be computed: {type(e).__name__}: {e}"
+            del maps[name]
+            continue
+        methods[name] = resolved
+        entries.append((name, "jacobian", stats, values, False))
+    return entries

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepscope.probe.jacobian import JACOBIAN_METHODS
 from deepscope.registry import integer, unknown
 
-__all__ = ["check_options", "check_probe_kwargs", "parse_monitor", "positive_int"]
+__all__ = ["check_options", "check_probe_kwargs", "monitor_to_model", "parse_monitor", "positive_int"]
 
 # the options of a Probe that can be checked before the model is known
 MODEL_FREE = ("bins", "jacobian_examples", "jacobian_every", "jacobian_method")
@@ -60,3 +60,12 @@ def parse_monitor(monitor: Any) -> tuple[Tensor | None, Tensor | None]:
     if x.dim() == 0 or len(x) == 0:
         raise ValueError(f"monitor: the monitor set has no examples (shape {tuple(x.shape)}); give at least one")
     return x, y
+
+
+def monitor_to_model(x: Tensor | None, y: Tensor | None, model: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    """The monitor set on the model's device, float inputs in its float type (a float64 model, a float32 set)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None or x is None:
+        return x, y
+    x = x.to(param.device, param.dtype if x.is_floating_point() else x.dtype)
+    return x, (y.to(param.device) if y is not None else None)

@@ -13,11 +13,47 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from deepscope.records import filter_rows, to_columns
 
-__all__ = ["MLflowSink", "StoreSink", "TensorBoardSink", "WandbSink", "filter_rows", "to_columns"]
+__all__ = ["Entry", "MLflowSink", "StoreSink", "TensorBoardSink", "WandbSink", "filter_rows", "rows", "to_columns"]
 
 PREFIX = "deepscope"
+
+Entry = tuple[str, str, tuple[str, ...], Tensor, bool]
+"""One statistic of a record as the hooks leave it: layer, quantity, stat names, the values on the device
+(the statistics, then for a histogram ``lo, hi, counts...``), and whether it has a histogram."""
+
+
+def rows(entries: list[Entry], step: int, source: str, rank: int | None = None) -> tuple[list[dict], list[dict]]:
+    """The statistics and histogram rows of one record (with ``rank`` in each row when given).
+
+    Every value moves to the CPU in one transfer per device (float64, float32 on MPS), so a record costs
+    one synchronization however many layers it has.
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    for i, e in enumerate(entries):
+        by_device.setdefault(e[3].device, []).append(i)
+    values: list[list[float]] = [[] for _ in entries]
+    for device, idx in by_device.items():
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # float64 statistics stay float64
+        flat = torch.cat([entries[i][3].detach().reshape(-1).to(dtype) for i in idx]).tolist()
+        at = 0
+        for i in idx:
+            n = entries[i][3].numel()
+            values[i], at = flat[at : at + n], at + n
+    stats, hists = [], []
+    for (layer, quantity, names, _, has_hist), v in zip(entries, values, strict=True):
+        row = {"step": step, "source": source, "layer": layer, "quantity": quantity}
+        if rank is not None:
+            row["rank"] = rank
+        stats += [{**row, "stat": s, "value": float(val)} for s, val in zip(names, v, strict=False)]
+        if has_hist:
+            lo, hi, *counts = v[len(names) :]
+            hists.append({**row, "lo": lo, "hi": hi, "counts": counts})
+    return stats, hists
 
 
 def require(module: str, extra: str, what: str) -> Any:
@@ -43,14 +79,16 @@ def histogram_tag(row: dict, prefix: str = PREFIX) -> str:
 class StoreSink:
     """Streams records to a deepscope run store: ``store.log_stats`` / ``store.log_histograms`` per record.
 
-    ``store`` is a ``deepscope.store.Store`` (or any object with those methods) or a directory for one.
+    ``store`` is a ``deepscope.store.Store`` (or any object with those methods); the probe itself never
+    imports the store.
     """
 
     def __init__(self, store: Any, run_id: str):
-        if isinstance(store, str | Path):
-            from deepscope.store import Store
-
-            store = Store(store)
+        if not (callable(getattr(store, "log_stats", None)) and callable(getattr(store, "log_histograms", None))):
+            raise TypeError(
+                f"StoreSink store={store!r} is not allowed; give a run store, e.g. deepscope.store.Store(path), "
+                "or any object with log_stats and log_histograms"
+            )
         self.store, self.run_id = store, run_id
 
     def write(self, stats: list[dict], histograms: list[dict]) -> None:
