@@ -17,7 +17,7 @@ LAYERS = [
     ["cli"],
     ["experiments", "integrations", "diagnosis.workflow", "diagnosis.trials", "diagnosis.trial_runs",
      "diagnosis.session"],
-    ["trainer", "checkpoint", "progress", "runtime", "early_stopping", "plots"],
+    ["trainer", "training", "checkpoint", "progress", "runtime", "early_stopping", "plots"],
     ["diagnosis"],
     ["probe", "records", "store", "store_safety", "callbacks"],
     ["nn", "init", "data", "optim", "config", "registry", "validate"],

@@ -37,6 +37,7 @@ from deepscope.probe import Probe  # noqa: E402
 
 _LAZY = {
     "train": "deepscope.trainer",
+    "Guard": "deepscope.training.guard",
     "diagnose": "deepscope.diagnosis",
     "doctor": "deepscope.diagnosis",
     "repair": "deepscope.diagnosis",

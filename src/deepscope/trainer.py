@@ -45,6 +45,7 @@ from deepscope.records import RESTORED_STEP
 from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
 from deepscope.store_safety import RunTakenOver, TakenMessage
+from deepscope.training.guard import GuardStop, for_trainer
 from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
@@ -72,6 +73,7 @@ class Result:
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
     restored: int | None = None  # train.restore_best: the update whose weights the run ended with
+    guard: Any = field(default=None, repr=False)  # train.guard: the Guard (its events, summary())
 
 
 def train(
@@ -237,6 +239,7 @@ class _Trainer:
             self.path = store.run_dir(self.run_id) / CHECKPOINT_FILE
             if checkpoint is not None:
                 self.saved_step = self.step
+        self.guard = for_trainer(self)  # train.guard (deepscope.training.guard): it steps the optimizer and schedule
         self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
                                 metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
                                 eval_sets=self.eval_sets)
@@ -370,7 +373,7 @@ class _Trainer:
         clipping = clip_norm is not None or clip_value is not None
         per_update = self.schedule if self.schedule is not None and schedule_steps_on(self.schedule) == "update" \
             else None
-        callbacks = self.callbacks
+        callbacks, guard = self.callbacks, self.guard
         model.train()
         self._emit("start")
         progress = new_progress(console, self.total, self.step, self.spec.name, self.quiet)
@@ -387,19 +390,22 @@ class _Trainer:
                     # allocator then reuses their memory (about 25 % faster at batch 10 on CPU).
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if clipping:
-                        clip_gradients(params, clip_norm, clip_value)
-                    optimizer.step()
-                    if per_update is not None:
-                        step_schedule(per_update)
-                    loss = loss.detach()
-                    self.slots[self.n].copy_(loss)
-                    self.wrong += (logits.argmax(1) != y).sum()
-                    self.n += 1
-                    self.seen += len(y)
+                    norm = clip_gradients(params, clip_norm, clip_value) if clipping else None
+                    if guard is None:
+                        optimizer.step()
+                        if per_update is not None:
+                            step_schedule(per_update)
+                    elif not guard.step(loss, (x, y), ids=lambda t=self.step: guard.batch_ids(t), grad_norm=norm):
+                        loss = None  # train.guard skipped the update (or rolled back): its loss is not recorded
+                    if loss is not None:
+                        loss = loss.detach()
+                        self.slots[self.n].copy_(loss)
+                        self.wrong += (logits.argmax(1) != y).sum()
+                        self.n += 1
+                        self.seen += len(y)
                     self.step += 1
                     consistent = True
-                    if callbacks:
+                    if callbacks and loss is not None:
                         self._emit("step", loss)
 
                     if self.step % self.eval_every == 0 or self.step == self.total:
@@ -447,6 +453,8 @@ class _Trainer:
             if self.saved_step >= 0:
                 message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
                             f"Resume with: deepscope train --resume {self.run_id}")
+        except GuardStop as e:  # train.guard rolled back max_rollbacks times and the trouble came back
+            status, message, self.diverged_at = "diverged", str(e), self.step
         except RunTakenOver as e:  # another process took the run over (--force): leave it everything
             status, message = "interrupted", TakenMessage(e)
         except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
@@ -469,7 +477,7 @@ class _Trainer:
             test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
-            restored=self.stopping.restored,
+            restored=self.stopping.restored, guard=self.guard,
         )
 
     def _restore_best(self) -> str:

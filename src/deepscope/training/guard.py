@@ -428,3 +428,43 @@ def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_map(v, fn) for v in obj)
     return fn(obj)
+
+
+# --- the deepscope trainer (train.guard): a thin adapter ---------------------------------------------------------
+
+
+def for_trainer(trainer: Any) -> Guard | None:
+    """The open guard of a :func:`deepscope.train` run when its spec says ``train.guard``, else None. It steps the
+    optimizer and the per-update schedule in place of the trainer; a recorder callback logs the events to the
+    store (scalars ``guard/<action>``) at each evaluation and writes them, with the examples, to ``guard.json``."""
+    from deepscope.callbacks import Callback
+    from deepscope.optim import schedule_steps_on
+    from deepscope.training.guard_examples import trainer_ids, write_events
+
+    options = trainer.spec.train.guard
+    if options is False:
+        return None
+    options = {} if options is True else options.model_dump()
+    schedule = trainer.schedule if trainer.schedule is not None and schedule_steps_on(trainer.schedule) == "update" \
+        else None
+    guard = Guard(trainer.model, trainer.optimizer, schedule, loss_fn=trainer.loss_fn, **options)
+    guard.batch_ids = lambda t: trainer_ids(trainer.next_batch, t)
+
+    class Recorder(Callback):
+        logged = 0
+
+        def on_eval(self, ctx: Any) -> None:
+            new, self.logged = guard.events[self.logged:], len(guard.events)
+            if ctx.store is not None and ctx.run_id is not None:
+                for e in new:
+                    ctx.store.log_scalars(ctx.run_id, e.step, {f"guard/{e.action}": e.loss})
+
+        def on_end(self, ctx: Any) -> None:
+            self.on_eval(ctx)
+            if ctx.store is not None and ctx.run_id is not None:
+                ctx.store.flush()
+                write_events(ctx.store.run_dir(ctx.run_id) / "guard.json", guard)
+            guard.__exit__(None, None, None)
+
+    trainer.callbacks = (*trainer.callbacks, Recorder())
+    return guard.__enter__()

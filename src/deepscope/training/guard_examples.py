@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,3 +85,26 @@ def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
     return Ranking(index=order, loss=[losses_[i] for i in order], grad_norm=[norms_[i] for i in order],
                    ids=None if ids_ is None else [int(ids_[i]) for i in order],
                    share=[norms_[i] / total if math.isfinite(norms_[i]) else 1.0 for i in order])
+
+
+def trainer_ids(batches: Any, t: int) -> Tensor:
+    """The dataset ids of the examples of update ``t`` of a :class:`~deepscope.data.loader.TrainBatches`: their
+    index in the in-memory training set (the epoch's permutation, drawn again), or in the stream (``t x B + i``)."""
+    from deepscope.data.registry import derive_seed
+
+    b = batches.batch_size
+    if batches.stream is not None:
+        return torch.arange(t * b, (t + 1) * b)
+    epoch, k = divmod(t, batches.per_epoch)
+    generator = torch.Generator().manual_seed(derive_seed(batches.seed, epoch))
+    return torch.randperm(len(batches.x), generator=generator)[k * b:(k + 1) * b]
+
+
+def write_events(path: Any, guard: Any) -> None:
+    """The guard's events (with the examples they name) and its counts as JSON, in the run folder."""
+    import json
+    from pathlib import Path
+
+    data = {"summary": guard.summary(), "updates": guard.updates, "skipped": guard.skipped,
+            "rollbacks": guard.rollbacks, "options": guard.options, "events": [e.to_dict() for e in guard.events]}
+    Path(path).write_text(json.dumps(data, indent=1, default=str, allow_nan=True), encoding="utf-8")
