@@ -152,7 +152,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown_keys := [k for k in options if k not in DEFAULTS]:
         raise unknown("guard option", unknown_keys[0], DEFAULTS)
     o = {**DEFAULTS, **options}
@@ -192,13 +192,15 @@ class Guard:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None, *,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None, probe: Any = None,
-                 sinks: Iterable[Any] = (), snapshot_device: str | torch.device | None = None, **options: Any):
+                 sinks: Iterable[Any] = (), snapshot_device: str | torch.device | None = None,
+                 step_scheduler: bool = True, **options: Any):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Guard: model={type(model).__name__} is not allowed; give a torch.nn.Module")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"Guard: optimizer={type(optimizer).__name__} is not allowed; give a torch.optim.Optimizer")
-        self.options = o = _check_options(options)
+        self.options = o = check_options(options)
         self.model, self.optimizer, self.scheduler, self.probe = model, optimizer, scheduler, probe
+        self._optimizer_step, self.step_scheduler = optimizer.step, step_scheduler  # the step before any wrapping
         self.loss_fn = loss_fn or F.cross_entropy
         self.sinks = list(sinks)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -228,7 +230,8 @@ class Guard:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None, grad_norm: Tensor | None = None) -> bool:
+    def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None,
+             grad_norm: Tensor | None = None) -> bool:
         """Check this update (after ``loss.backward()``); step the optimizer (and the scheduler) if healthy.
 
         ``batch``: ``(x, y)`` or ``(x, y, ids)``, ranked on a spike; ``ids``: the examples' dataset ids (a tensor,
@@ -266,12 +269,12 @@ class Guard:
             for g in groups:
                 g["lr"] = g["lr"] * self.lr_scale
         try:
-            self.optimizer.step()
+            self._optimizer_step()
         finally:
             if saved is not None:
                 for g, lr in zip(groups, saved, strict=True):
                     g["lr"] = lr
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.step_scheduler:
             self.scheduler.step()
 
     def _cool_down(self) -> None:
@@ -468,3 +471,29 @@ def for_trainer(trainer: Any) -> Guard | None:
 
     trainer.callbacks = (*trainer.callbacks, Recorder())
     return guard.__enter__()
+
+
+# --- trainers that step the optimizer themselves (Lightning, Hugging Face) ----------------------------------------
+
+
+def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[], Any] = lambda: None,
+                skipped: Callable[[bool], None] = lambda s: None) -> Callable[[], None]:
+    """Make ``guard.optimizer.step(closure=None)`` go through ``guard.step``: a closure (Lightning's: the training
+    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()``.
+    ``skipped(bool)`` hears whether the update was skipped. Returns the function that undoes the wrapping."""
+    optimizer = guard.optimizer
+
+    def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            if loss is None:  # the training step returned None: nothing to step on
+                return None
+        else:
+            loss = get_loss()
+        skipped(not guard.step(loss, batch=get_batch()))
+        return loss
+
+    step._wrapped_by_lr_sched = True  # torch's schedulers check that the step they wrapped is still in place
+    optimizer.step = step
+    return lambda: vars(optimizer).pop("step", None)
