@@ -45,7 +45,8 @@ from deepscope.records import RESTORED_STEP
 from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
 from deepscope.store import CHECKPOINT_FILE, Store
 from deepscope.store_safety import RunTakenOver, TakenMessage
-from deepscope.training.guard import GuardStop, for_trainer
+from deepscope.training.guard import GuardStop
+from deepscope.training.guard_adapters import for_trainer
 from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",

@@ -181,7 +181,8 @@ class DeepscopeCallback(Callback):
         """Lightning steps the optimizer with a closure (training step + backward): the guard runs it, checks the
         loss and the gradients, then steps or skips. A skip leaves the optimizer untouched, but Lightning still
         counts the batch in ``global_step`` and steps a step-interval scheduler; a rollback restores that too."""
-        from deepscope.training.guard import Guard, route_steps
+        from deepscope.training.guard import Guard
+        from deepscope.training.guard_adapters import route_steps
 
         configs = trainer.lr_scheduler_configs
         self.guard = Guard(pl_module, trainer.optimizers[0], configs[0].scheduler if configs else None,

@@ -190,7 +190,8 @@ class DeepscopeCallback(TrainerCallback):
         gradients, then steps or skips. A skipped step reads as the Trainer's "optimizer step was skipped", so
         the schedule does not advance; ``state.global_step`` still counts it. Batches are dicts: the events name
         no examples here."""
-        from deepscope.training.guard import Guard, route_steps
+        from deepscope.training.guard import Guard
+        from deepscope.training.guard_adapters import route_steps
 
         def keep_loss(module: nn.Module, args: Any, output: Any) -> None:
             loss = _field(output, "loss")

@@ -10,33 +10,19 @@ with deepscope.Guard(model, optimizer) as guard:
 print(guard.events)
 ```
 
-**Detect.** Every update the guard stacks the loss and the gradients' total 2-norm into one 2-vector on the
-device and compares it with limits computed from the last ``window`` healthy updates: a *spike* is a value more
-than ``z`` spreads above the window's median (a z-score; the spread is the larger of 1.4826 x the median
-absolute deviation and the standard deviation, so a heavy-tailed but healthy loss does not trigger it), checked
-after ``warmup`` updates; a non-finite loss or gradient is always caught; *divergence* is the window's median loss
-above ``EXPLOSION`` = 10 x its median at the end of the warm-up (the trainer's explosion rule). The limits are
-recomputed every ``refresh`` updates, so a healthy update costs a norm, a comparison and one read of a flag.
-Defaults follow OLMo-core's skip-step optimizer (z = 6 over the last 128 updates), with a robust centre.
-With a :class:`~deepscope.probe.Probe` attached (``probe=``), a layer whose dead-unit or saturated fraction
-rises past the diagnosis thresholds during training is an event too (``on_pathology``: ``warn`` or ``rollback``).
-
-**Act**, in order of cost. *Skip*: the optimizer is not stepped, so its state, the schedule and the step count
-are untouched (zeroed gradients are not a skip with Adam: its moments and step count would still move).
-*Roll back*: when ``rollback_after`` flags fall within ``rollback_window`` updates, or the loss diverges, the
-model, optimizer, schedule and RNG go back to the last good in-memory snapshot (taken every ``snapshot_every``
-updates and trusted once a whole interval passed without a flag), the learning rate is multiplied by
-``lr_factor`` for ``cooldown`` healthy updates, and training goes on with the next batch (the batches since the
-snapshot are not replayed: they are skipped). *Stop*: after ``max_rollbacks`` rollbacks, :class:`GuardStop`.
-Skipping and rolling back to a snapshot, and lowering the learning rate, is what PaLM (Chowdhery et al. 2022,
-section 5.1) and OPT-175B (Zhang et al. 2022, section 2.5) did by hand.
-
-**Name the examples.** On a spike the offending batch gets one extra pass (:mod:`.guard_examples`): per-example
-losses and gradient norms rank its examples; the event lists the top ``examples`` (positions in the batch, and
-the dataset ids when ``ids=`` or a third batch element gives them).
-
-Under ``torch.distributed`` the loss/norm vector is averaged over the ranks before the check, so every rank
-takes the same decision.
+Every update the guard checks the loss and the gradients' total 2-norm against limits computed on the device from
+the last ``window`` healthy updates (a z-score above ``z``, after ``warmup``; a non-finite value; a median loss
+above ``EXPLOSION`` x its level at the end of the warm-up) and reads one flag. A flagged update is *skipped* (the
+optimizer is not stepped: its state, the schedule and the step count are untouched); when ``rollback_after`` flags
+fall within ``rollback_window`` updates, or the loss diverges, the model, optimizer, schedule and RNG *roll back* to
+the last good in-memory snapshot and the learning rate is lowered by ``lr_factor`` for ``cooldown`` updates; after
+``max_rollbacks`` rollbacks the run *stops* (:class:`GuardStop`). On a spike the offending batch's examples are
+ranked by their own loss and gradient norm (:mod:`.guard_examples`). The README's "Guard" section has the details
+and the measurements. Defaults follow OLMo-core's skip-step optimizer (z > 6 over the last 128 updates) with a
+robust centre (the median); skipping, rolling back and lowering the learning rate are what PaLM (Chowdhery et al.
+2022, "PaLM: Scaling Language Modeling with Pathways", section 5.1) and OPT-175B (Zhang et al. 2022, "OPT: Open
+Pre-trained Transformer Language Models", section 2.5) did by hand. Under ``torch.distributed`` the checked values
+are averaged over the ranks first, so every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -100,8 +86,7 @@ class _Window:
         self.size, self.warmup, self.zmax, self.refresh = size, warmup, z, refresh
         self.values = torch.full((2, size), math.nan, device=device)
         self.limit = torch.full((2,), math.inf, device=device)
-        self.center = torch.zeros(2, device=device)
-        self.spread = torch.ones(2, device=device)
+        self.center, self.spread = torch.zeros(2, device=device), torch.ones(2, device=device)
         self.reference: Tensor | None = None  # the median loss at the end of the warm-up
         self.diverged = torch.zeros((), dtype=torch.bool, device=device)
         self.count = 0
@@ -139,36 +124,21 @@ class _Window:
         vars(self).update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()})
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    if unknown_keys := [k for k in options if k not in DEFAULTS]:
-        raise unknown("guard option", unknown_keys[0], DEFAULTS)
+    """The guard's options over ``DEFAULTS``; a ValueError naming a bad key, its value and what is allowed."""
+    if bad := [k for k in options if k not in DEFAULTS]:
+        raise unknown("guard option", bad[0], DEFAULTS)
     o = {**DEFAULTS, **options}
-    for key in ("window", "refresh", "snapshot_every", "rollback_after", "rollback_window", "cooldown"):
-        o[key] = integer(f"guard {key}", o[key], minimum=1)
-    for key in ("warmup", "max_rollbacks", "examples"):
-        o[key] = integer(f"guard {key}", o[key], minimum=0)
-    o["warmup"] = max(o["warmup"], 2)
-    if isinstance(o["z"], bool) or not isinstance(o["z"], int | float) or not o["z"] > 0 or math.isinf(o["z"]):
-        raise ValueError(f"guard z={o['z']!r} is not allowed; give a finite number > 0 (the z-score of a spike)")
-    lr = o["lr_factor"]
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 1:
-        raise ValueError(f"guard lr_factor={lr!r} is not allowed; give a number in (0, 1] (1 keeps the rate)")
+    for key in ("window", "refresh", "snapshot_every", "rollback_after", "rollback_window", "cooldown", "warmup",
+                "max_rollbacks", "examples"):
+        o[key] = integer(f"guard {key}", o[key], minimum=0 if key in ("warmup", "max_rollbacks", "examples") else 1)
+    for key, ok, allowed in (("z", lambda v: 0 < v < math.inf, "a finite number > 0 (the z-score of a spike)"),
+                             ("lr_factor", lambda v: 0 < v <= 1, "a number in (0, 1] (1 keeps the rate)")):
+        if isinstance(o[key], bool) or not isinstance(o[key], int | float) or not ok(o[key]):
+            raise ValueError(f"guard {key}={o[key]!r} is not allowed; give {allowed}")
     if o["on_pathology"] not in ("warn", "rollback"):
         raise unknown("guard on_pathology", o["on_pathology"], ["warn", "rollback"])
-    return o
+    return {**o, "warmup": max(o["warmup"], 2)}
 
 
 class Guard:
@@ -217,8 +187,6 @@ class Guard:
         self._probe_seen, self._pathology_base, self._pathology_hit = 0, {}, set()
         self._open = False
 
-    # ------------------------------------------------------------------ context
-
     def __enter__(self) -> Guard:
         self._good = self._snapshot()  # the starting state is trusted
         self._open = True
@@ -227,8 +195,6 @@ class Guard:
     def __exit__(self, *exc: Any) -> None:
         self._open = False
         self._good = self._pending = None  # free the snapshots' memory
-
-    # ------------------------------------------------------------------ the step
 
     def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None,
              grad_norm: Tensor | None = None) -> bool:
@@ -282,8 +248,6 @@ class Guard:
             self._calm += 1
             if self._calm >= self.options["cooldown"]:
                 self.lr_scale, self._calm = min(1.0, self.lr_scale / self.options["lr_factor"]), 0
-
-    # ------------------------------------------------------------------ acting
 
     def _on_flag(self, index: int, v: Tensor, batch: Any, ids: Any) -> None:
         o = self.options
@@ -347,8 +311,6 @@ class Guard:
         for sink in self.sinks:
             sink.write(event_rows(event), [])
 
-    # ------------------------------------------------------------------ snapshots
-
     def _snapshot(self) -> dict[str, Any]:
         to = self.snapshot_device
 
@@ -361,7 +323,8 @@ class Guard:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if to is None else
             _map(self.optimizer.state_dict(), keep),
             "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
-            "rng": _rng_state(self.device), "window": self.window.state(), "updates": self.updates,
+            "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []),
+            "window": self.window.state(), "updates": self.updates,
         }
 
     def _rotate_snapshots(self) -> None:
@@ -374,14 +337,14 @@ class Guard:
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         if self.scheduler is not None and snap["scheduler"] is not None:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
-        _set_rng_state(snap["rng"], self.device)
+        torch.set_rng_state(snap["rng"][0])
+        if snap["rng"][1]:
+            torch.cuda.set_rng_state_all(snap["rng"][1])
         self.window.load(snap["window"])
         for p in self.params:
             p.grad = None
         self._pending, self._flag_since_pending = None, False
         return snap["updates"]
-
-    # ------------------------------------------------------------------ probe
 
     def _check_probe(self, index: int) -> None:
         """A layer whose dead or saturated fraction rises past the diagnosis threshold while it started under it."""
@@ -403,8 +366,6 @@ class Guard:
                     self._rollback(event)
                 else:
                     self._record(event)
-
-    # ------------------------------------------------------------------ reading
 
     def summary(self) -> str:
         """One line: what the guard did."""
@@ -431,69 +392,3 @@ def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_map(v, fn) for v in obj)
     return fn(obj)
-
-
-# --- the deepscope trainer (train.guard): a thin adapter ---------------------------------------------------------
-
-
-def for_trainer(trainer: Any) -> Guard | None:
-    """The open guard of a :func:`deepscope.train` run when its spec says ``train.guard``, else None. It steps the
-    optimizer and the per-update schedule in place of the trainer; a recorder callback logs the events to the
-    store (scalars ``guard/<action>``) at each evaluation and writes them, with the examples, to ``guard.json``."""
-    from deepscope.callbacks import Callback
-    from deepscope.optim import schedule_steps_on
-    from deepscope.training.guard_examples import trainer_ids, write_events
-
-    options = trainer.spec.train.guard
-    if options is False:
-        return None
-    options = {} if options is True else options.model_dump()
-    schedule = trainer.schedule if trainer.schedule is not None and schedule_steps_on(trainer.schedule) == "update" \
-        else None
-    guard = Guard(trainer.model, trainer.optimizer, schedule, loss_fn=trainer.loss_fn, **options)
-    guard.batch_ids = lambda t: trainer_ids(trainer.next_batch, t)
-
-    class Recorder(Callback):
-        logged = 0
-
-        def on_eval(self, ctx: Any) -> None:
-            new, self.logged = guard.events[self.logged:], len(guard.events)
-            if ctx.store is not None and ctx.run_id is not None:
-                for e in new:
-                    ctx.store.log_scalars(ctx.run_id, e.step, {f"guard/{e.action}": e.loss})
-
-        def on_end(self, ctx: Any) -> None:
-            self.on_eval(ctx)
-            if ctx.store is not None and ctx.run_id is not None:
-                ctx.store.flush()
-                write_events(ctx.store.run_dir(ctx.run_id) / "guard.json", guard)
-            guard.__exit__(None, None, None)
-
-    trainer.callbacks = (*trainer.callbacks, Recorder())
-    return guard.__enter__()
-
-
-# --- trainers that step the optimizer themselves (Lightning, Hugging Face) ----------------------------------------
-
-
-def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[], Any] = lambda: None,
-                skipped: Callable[[bool], None] = lambda s: None) -> Callable[[], None]:
-    """Make ``guard.optimizer.step(closure=None)`` go through ``guard.step``: a closure (Lightning's: the training
-    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()``.
-    ``skipped(bool)`` hears whether the update was skipped. Returns the function that undoes the wrapping."""
-    optimizer = guard.optimizer
-
-    def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-            if loss is None:  # the training step returned None: nothing to step on
-                return None
-        else:
-            loss = get_loss()
-        skipped(not guard.step(loss, batch=get_batch()))
-        return loss
-
-    step._wrapped_by_lr_sched = True  # torch's schedulers check that the step they wrapped is still in place
-    optimizer.step = step
-    return lambda: vars(optimizer).pop("step", None)
