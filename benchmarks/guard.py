@@ -20,7 +20,7 @@ Cost: the Glorot & Bengio 5 x 1000 tanh MLP (input 1024) with SGD, batch 10 and 
 ``guard.step(loss)`` and with ``optimizer.step()`` alternating in ABBA order; the median of the per-pair ratios
 (target <= 1.02) and the ratio of this process's CPU time.
 
-    python benchmarks/guard.py [--updates 1200] [--chunks 8] [--only faults|cost]
+    python benchmarks/guard.py [--updates 1200] [--chunks 8] [--only faults|cost] [--threads 1]
 """
 
 from __future__ import annotations
@@ -244,8 +244,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1200)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--only", choices=["faults", "cost"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     if args.only != "cost":
         faults(args.updates)
     if args.only != "faults":

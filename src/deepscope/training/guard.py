@@ -64,7 +64,7 @@ class GuardEvent:
     action: str  # one of ACTIONS
     loss: float = math.nan
     grad_norm: float = math.nan
-    z_loss: float = math.nan  # (value - window median) / spread
+    z_loss: float = math.nan  # (log value - window median) / spread, on the log scale
     z_grad: float = math.nan
     examples: list[int] = field(default_factory=list)  # positions in the batch, most suspect first
     ids: list[int] | None = None  # their dataset ids, when known
@@ -79,8 +79,11 @@ class GuardEvent:
 
 
 class _Window:
-    """The last ``size`` healthy (loss, gradient norm) pairs in a ring buffer on the device, and the limits above
-    which a new pair is flagged. Nothing here reads the device except :meth:`z` (on an event)."""
+    """The logarithms of the last ``size`` healthy (loss, gradient norm) pairs in a ring buffer on the device, and
+    the limits above which a new pair is flagged: median + z x spread, the spread being the larger of 1.4826 x the
+    median absolute deviation and the standard deviation (on a log scale, as both quantities are positive and
+    heavy-tailed: a small batch's loss late in training varies by factors, not by amounts). Nothing here reads the
+    device except :meth:`z` (on an event)."""
 
     def __init__(self, size: int, warmup: int, z: float, refresh: int, device: torch.device):
         self.size, self.warmup, self.zmax, self.refresh = size, warmup, z, refresh
@@ -91,12 +94,14 @@ class _Window:
         self.diverged = torch.zeros((), dtype=torch.bool, device=device)
         self.count = 0
 
-    def flagged(self, v: Tensor) -> Tensor:
-        """True (0-d, on device) unless both values are finite and under their limits (NaN fails every test)."""
-        return ~(v < self.limit).all()
+    def check(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``(flag, log v)``: the flag is True (0-d, on device) unless both values are finite and their logarithms
+        under the limits (NaN fails every test; a value <= 0 counts as 1e-12, so only a positive loss spikes)."""
+        log = v.clamp_min(1e-12).log()
+        return ~(log < self.limit).all(), log
 
-    def add(self, v: Tensor) -> None:
-        self.values[:, self.count % self.size].copy_(v)
+    def add(self, log: Tensor) -> None:
+        self.values[:, self.count % self.size].copy_(log)
         self.count += 1
         if self.count >= self.warmup and self.count % self.refresh == 0:
             self._update_limits()
@@ -106,15 +111,15 @@ class _Window:
         values = self.values[:, :n] if n < self.size else self.values
         center = values.median(dim=1).values
         mad = (values - center[:, None]).abs().median(dim=1).values
-        spread = torch.maximum(1.4826 * mad, values.std(dim=1)).clamp_min(1e-12) + 1e-3 * center.abs()
+        spread = torch.maximum(1.4826 * mad, values.std(dim=1)) + 1e-3
         if self.reference is None:
             self.reference = center[0].clone()
-        self.diverged = center[0] > EXPLOSION * self.reference
+        self.diverged = center[0] > math.log(EXPLOSION) + self.reference
         self.limit = torch.where(self.diverged, torch.full_like(center, -math.inf), center + self.zmax * spread)
         self.center, self.spread = center, spread
 
-    def z(self, v: Tensor) -> tuple[float, float]:
-        z = ((v - self.center) / self.spread).tolist() if self.count >= self.warmup else [math.nan, math.nan]
+    def z(self, log: Tensor) -> tuple[float, float]:
+        z = ((log - self.center) / self.spread).tolist() if self.count >= self.warmup else [math.nan, math.nan]
         return z[0], z[1]
 
     def state(self) -> dict[str, Any]:
@@ -214,9 +219,10 @@ class Guard:
         v = torch.stack([loss.to(self.device), grad_norm.detach().float().to(self.device)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.AVG)  # one decision for every rank
-        if not bool(self.window.flagged(v)):  # the one host read of a healthy update (a flag)
+        flag, log = self.window.check(v)
+        if not bool(flag):  # the one host read of a healthy update (a flag)
             self._apply()
-            self.window.add(v)
+            self.window.add(log)
             self.updates += 1
             self._cool_down()
             if self.updates % self.options["snapshot_every"] == 0:
@@ -224,7 +230,7 @@ class Guard:
             if self.probe is not None and len(self.probe.records) != self._probe_seen:
                 self._check_probe(index)
             return True
-        self._on_flag(index, v, batch, ids)
+        self._on_flag(index, v, log, batch, ids)
         return False
 
     def _apply(self) -> None:
@@ -249,16 +255,16 @@ class Guard:
             if self._calm >= self.options["cooldown"]:
                 self.lr_scale, self._calm = min(1.0, self.lr_scale / self.options["lr_factor"]), 0
 
-    def _on_flag(self, index: int, v: Tensor, batch: Any, ids: Any) -> None:
+    def _on_flag(self, index: int, v: Tensor, log: Tensor, batch: Any, ids: Any) -> None:
         o = self.options
         loss, norm = v.tolist()
-        z_loss, z_grad = self.window.z(v)
+        z_loss, z_grad = self.window.z(log)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             kind = "nonfinite"
         elif bool(self.window.diverged):
             kind = "divergence"
         else:
-            kind = "loss_spike" if not loss < float(self.window.limit[0]) else "grad_spike"
+            kind = "loss_spike" if not float(log[0]) < float(self.window.limit[0]) else "grad_spike"
         self._flag_since_pending = True
         self._flags.append(index)
         while self._flags and self._flags[0] <= index - o["rollback_window"]:
