@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from deepscope.data.shapeset import generate
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.probe import Probe
 
 SIZES, REFERENCE = (50, 100, 150), 300

@@ -45,14 +45,15 @@ from deepscope.probe.sinks import MLflowSink, StoreSink, TensorBoardSink, WandbS
 from deepscope.records import Records
 from deepscope.store import Store
 from deepscope.training.callbacks import Callback, TrainContext
+from deepscope.training.guard import Guard
 from deepscope.training.loop import train
 from deepscope.training.probe import TrainerProbe
 from deepscope.workflows.doctor import doctor
 from deepscope.workflows.repair import repair
 from deepscope.workflows.report import report
 
-__all__ = ["ACTIVATIONS", "Callback", "Finding", "MLflowSink", "Maxout", "PReLU", "Preprocessor", "Probe", "Records",
-           "RunData", "RunSpec", "Store", "StoreSink", "TensorBoardSink", "TrainContext", "TrainerProbe", "WandbSink",
-           "__version__", "convnet", "diagnose", "doctor", "get_activation", "get_dataset", "load_spec",
+__all__ = ["ACTIVATIONS", "Callback", "Finding", "Guard", "MLflowSink", "Maxout", "PReLU", "Preprocessor", "Probe",
+           "Records", "RunData", "RunSpec", "Store", "StoreSink", "TensorBoardSink", "TrainContext", "TrainerProbe",
+           "WandbSink", "__version__", "convnet", "diagnose", "doctor", "get_activation", "get_dataset", "load_spec",
            "make_activation", "make_loss", "make_optimizer", "make_schedule", "mlp", "repair", "report",
            "run_experiment", "train"]

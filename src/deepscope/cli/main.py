@@ -102,6 +102,8 @@ def train_command(
     model: str | None = typer.Option(
         None, "--model", help="Your own network instead of [model]: package.module:factory (a no-argument callable "
         "returning an nn.Module), importable from the current directory; give it again with --resume."),
+    guard: bool = typer.Option(False, "--guard", help="Watch every update: skip spikes, roll back on divergence, "
+                               "name the examples (train.guard=true; events in <run>/guard.json)."),
 ) -> None:
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
@@ -113,10 +115,14 @@ def train_command(
     if force and resume is None:
         raise fail("--force goes with --resume RUN (it takes over a run that reads as running)")
     overrides = list(set_ or []) + ([f"train.updates={updates}", "train.epochs=none"] if updates else [])
+    if guard and spec is None and not any(o.startswith("train.guard") for o in overrides):
+        overrides.append("train.guard=true")  # a resume: onto the stored spec
     try:
         if spec is None and resume is None:
             raise ValueError("give a spec file (deepscope train SPEC.toml) or --resume RUN")
         run_spec = load_spec(spec, overrides) if spec is not None else None  # before the store: no db for bad input
+        if guard and run_spec is not None and run_spec.train.guard is False:
+            run_spec.train.guard = True  # --guard: the guard's defaults, unless the spec gives its options
         callbacks = []
         if probe_every is None and (probe_jacobian_every is not None or probe_jacobian_method != "auto"
                                     or probe_monitor != MONITOR):
@@ -162,6 +168,8 @@ def train_command(
         typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.eval_step} updates [{status}]")
     else:
         typer.echo(f"{status}" if result.diverged_at is not None else f"{status} after {result.step} updates")
+    if result.guard is not None:  # train.guard: what it did
+        typer.echo(result.guard.summary())
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
     typer.echo(f"run {result.run_id} stored in {st.path}{where}")
     if result.status != "finished":

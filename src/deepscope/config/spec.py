@@ -37,6 +37,7 @@ from deepscope.registry import check_name, table, unknown
 
 __all__ = [
     "DataSpec",
+    "GuardSpec",
     "InitSpec",
     "ModelSpec",
     "OptimSpec",
@@ -252,6 +253,23 @@ class ScheduleSpec(_ParamSection):
         return self
 
 
+class GuardSpec(_Section):
+    """``train.guard`` as a table: the options of :class:`deepscope.Guard` (``deepscope.training.guard.DEFAULTS``)."""
+
+    window: int = Field(128, ge=1)
+    warmup: int = Field(64, ge=0)
+    z: float = Field(6.0, gt=0, allow_inf_nan=False)
+    refresh: int = Field(8, ge=1)
+    snapshot_every: int = Field(100, ge=1)
+    rollback_after: int = Field(3, ge=1)
+    rollback_window: int = Field(50, ge=1)
+    lr_factor: float = Field(0.1, gt=0, le=1)
+    cooldown: int = Field(500, ge=1)
+    max_rollbacks: int = Field(5, ge=0)
+    examples: int = Field(3, ge=0)
+    on_pathology: Literal["warn", "rollback"] = "warn"
+
+
 class TrainSpec(_Section):
     """``[train]``: length (``updates`` or ``epochs``), batch size, evaluation, stopping, clipping, seed, device."""
 
@@ -269,8 +287,28 @@ class TrainSpec(_Section):
     clip_norm: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
     clip_value: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
     loss: str = "cross_entropy"
+    guard: bool | GuardSpec = False  # deepscope.Guard: true (its defaults), or a table of its options
 
     _known_loss = _known("loss", "train.loss", "losses")
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _guard_options(cls, value: Any) -> Any:
+        """train.guard: true/false, or a table of the guard's options checked key by key."""
+        keys = ", ".join(GuardSpec.model_fields)
+        if isinstance(value, dict):
+            try:
+                return GuardSpec.model_validate(value)
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = "train.guard." + ".".join(map(str, err["loc"]))
+                if err["type"] == "extra_forbidden":
+                    raise ValueError(f"unknown key {key}; valid keys of train.guard: {keys}") from None
+                raise ValueError(f"{key}={err['input']!r}: {err['msg']}") from None
+        if not isinstance(value, bool | GuardSpec):
+            raise ValueError(f"train.guard={value!r} is not allowed; give true, false or a table of its options "
+                             f"({keys})")
+        return value
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:

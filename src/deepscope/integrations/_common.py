@@ -12,7 +12,7 @@ from torch import Tensor
 from deepscope.diagnosis.findings import print_findings
 from deepscope.probe.sinks import PREFIX, histogram_tag, require, stat_tag
 
-__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "histogram_tag", "metrics_by_step", "require",
+__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "guard_options", "histogram_tag", "metrics_by_step", "require",
            "set_options", "stat_tag", "take_examples"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
@@ -33,6 +33,20 @@ def set_options(callback: Any, every: int, monitor: Any, sinks: Iterable[Any], d
     callback.sinks, callback.diagnose, callback.loss_fn, callback.log = list(sinks), diagnose, loss_fn, log
     callback.probe_kwargs = probe_kwargs
     callback.probe, callback.findings, callback.report_path, callback._open = None, [], None, False
+
+
+def guard_options(guard: Any) -> dict[str, Any] | None:
+    """A callback's ``guard=``: None (off), or the options of :class:`deepscope.Guard` (checked now)."""
+    if guard is False or guard is None:
+        return None
+    if guard is True:
+        return {}
+    if not isinstance(guard, dict):
+        raise ValueError(f"guard={guard!r} is not allowed; give True, False or a dict of the guard's options")
+    from deepscope.training.guard import check_options
+
+    check_options(guard)
+    return dict(guard)
 
 
 def metrics_by_step(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:

@@ -22,6 +22,7 @@ from deepscope.integrations._common import (
     MONITOR,
     LossWindow,
     finish,
+    guard_options,
     metrics_by_step,
     set_options,
     take_examples,
@@ -92,6 +93,9 @@ class DeepscopeCallback(Callback):
         log: log the statistics through the Trainer's loggers as ``deepscope/{source}/{quantity}/{stat}/
             {layer}`` (histograms too for TensorBoard), plus ``deepscope/loss``, the mean training loss
             since the previous record.
+        guard: ``True`` or a dict of options: a :class:`~deepscope.Guard` watches every optimizer step (skips
+            spikes, rolls back on divergence, names the examples of ``(x, y)`` batches; events through the loggers
+            as ``deepscope/guard/{action}/{number}/{kind}``); ``callback.guard.events`` after training.
         probe_kwargs: passed to :class:`~deepscope.probe.Probe` (``layers``, ``bins``, ``jacobian_every``...).
 
     Under DDP only global rank 0 records. After training, ``records``, ``histograms``, ``scalars``
@@ -100,8 +104,9 @@ class DeepscopeCallback(Callback):
 
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
-                 log: bool = True, **probe_kwargs: Any):
+                 log: bool = True, guard: bool | dict = False, **probe_kwargs: Any):
         set_options(self, every, monitor, sinks, diagnose, monitor_size, loss_fn, log, probe_kwargs)
+        self.guard_options, self.guard, self._unguard, self._batch = guard_options(guard), None, None, None
         self._grads: dict[str, Tensor] = {}
         self._losses = LossWindow()
         self._last_step = -1
@@ -123,6 +128,8 @@ class DeepscopeCallback(Callback):
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_train_start(self, trainer: Any, pl_module: LightningModule) -> None:
+        if self.guard_options is not None:  # guard=: on every rank (each takes the same decision)
+            self._start_guard(trainer, pl_module)
         if not trainer.is_global_zero:
             return
         from deepscope.probe import Probe
@@ -168,7 +175,32 @@ class DeepscopeCallback(Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics({LOSS: mean}, step=step)
 
+    # ------------------------------------------------------------------ guard (deepscope.training.guard)
+
+    def _start_guard(self, trainer: Any, pl_module: LightningModule) -> None:
+        """Lightning steps the optimizer with a closure (training step + backward): the guard runs it, checks the
+        loss and the gradients, then steps or skips. A skip leaves the optimizer untouched, but Lightning still
+        counts the batch in ``global_step`` and steps a step-interval scheduler; a rollback restores that too."""
+        from deepscope.training.guard import Guard
+        from deepscope.training.guard_adapters import route_steps
+
+        configs = trainer.lr_scheduler_configs
+        self.guard = Guard(pl_module, trainer.optimizers[0], configs[0].scheduler if configs else None,
+                           step_scheduler=False, loss_fn=self.loss_fn, sinks=[_LoggerSink(self, trainer), *self.sinks],
+                           **self.guard_options).__enter__()
+        self._unguard = route_steps(self.guard, lambda: None, lambda: self._batch)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch = batch if self.guard is not None else None  # ranked by the guard on a spike
+
+    def _stop_guard(self) -> None:
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = self._batch = None
+            self.guard.__exit__(None, None, None)
+
     def on_train_end(self, trainer: Any, pl_module: LightningModule) -> None:
+        self._stop_guard()
         if self.probe is None:
             return
         self._close()
@@ -181,6 +213,7 @@ class DeepscopeCallback(Callback):
         self._close()
 
     def _close(self) -> None:
+        self._stop_guard()
         if self._open:
             self._open = False
             self.probe.__exit__(None, None, None)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.integrations._common import MONITOR, finish, metrics_by_step, set_options, take_examples
+from deepscope.integrations._common import MONITOR, finish, guard_options, metrics_by_step, set_options, take_examples
 
 try:
     from transformers import TrainerCallback
@@ -111,6 +111,8 @@ class DeepscopeCallback(TrainerCallback):
             ``args.output_dir``.
         log: (attached callback) log the statistics through ``trainer.log`` as
             ``deepscope/{source}/{quantity}/{stat}/{layer}`` at the record's step.
+        guard: ``True`` or a dict of options: a :class:`~deepscope.Guard` watches every optimizer step (skips
+            spikes, rolls back on divergence; ``callback.guard.events`` after training).
         probe_kwargs: passed to :class:`~deepscope.probe.Probe`.
 
     Only the main process records; its weight gradients are read as the backward pass accumulates them
@@ -121,8 +123,9 @@ class DeepscopeCallback(TrainerCallback):
 
     def __init__(self, every: int = 100, monitor: Any = None, sinks: Iterable[Any] = (), diagnose: bool = True, *,
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
-                 log: bool = True, **probe_kwargs: Any):
+                 log: bool = True, guard: bool | dict = False, **probe_kwargs: Any):
         set_options(self, every, monitor, sinks, diagnose, monitor_size, loss_fn, log, probe_kwargs)
+        self.guard_options, self.guard, self._unguard, self._losses = guard_options(guard), None, None, []
         self.trainer = None
         self.scalars: list[dict] = []
         self._inputs: dict[str, Tensor] | None = None
@@ -145,6 +148,8 @@ class DeepscopeCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        train_dataloader: Any = None, **kwargs: Any) -> None:
+        if self.guard_options is not None and model is not None and kwargs.get("optimizer") is not None:
+            self._start_guard(model, kwargs["optimizer"], kwargs.get("lr_scheduler"))  # every process
         if not state.is_world_process_zero or model is None:
             return
         from deepscope.probe import Probe
@@ -168,6 +173,7 @@ class DeepscopeCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                      **kwargs: Any) -> None:
+        self._stop_guard()
         if self.probe is None:
             return
         self.close()
@@ -176,8 +182,45 @@ class DeepscopeCallback(TrainerCallback):
             self.findings, self.report_path = finish(name, self.records, self.histograms, self.scalars,
                                                      args.output_dir)
 
+    # ------------------------------------------------------------------ guard (deepscope.training.guard)
+
+    def _start_guard(self, model: nn.Module, optimizer: Any, scheduler: Any) -> None:
+        """The Trainer calls ``optimizer.step()`` without a closure: the guard checks the loss the model computed
+        (``output.loss`` of the training forward passes since the last step, read by a forward hook) and the
+        gradients, then steps or skips. A skipped step reads as the Trainer's "optimizer step was skipped", so
+        the schedule does not advance; ``state.global_step`` still counts it. Batches are dicts: the events name
+        no examples here."""
+        from deepscope.training.guard import Guard
+        from deepscope.training.guard_adapters import route_steps
+
+        def keep_loss(module: nn.Module, args: Any, output: Any) -> None:
+            loss = _field(output, "loss")
+            if module.training and torch.is_grad_enabled() and isinstance(loss, Tensor):
+                self._losses.append(loss.detach().float().reshape(()))
+
+        def take_loss() -> Tensor:
+            losses, self._losses = self._losses, []
+            return torch.stack(losses).mean() if losses else torch.zeros(())
+
+        def skipped(skip: bool) -> None:
+            if skip or getattr(optimizer, "scaler", None) is None:
+                optimizer._is_overflow = skip  # accelerate's step_was_skipped: the Trainer holds the schedule
+
+        self.guard = Guard(model, optimizer, scheduler, step_scheduler=False, sinks=self.sinks, examples=0,
+                           **{k: v for k, v in self.guard_options.items() if k != "examples"}).__enter__()
+        hook = model.register_forward_hook(keep_loss)
+        unroute = route_steps(self.guard, take_loss, skipped=skipped)
+        self._unguard = lambda: (hook.remove(), unroute())
+
+    def _stop_guard(self) -> None:
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
+            self.guard.__exit__(None, None, None)
+
     def close(self) -> None:
         """Remove the probe's hooks (safe twice, and after an error)."""
+        self._stop_guard()
         if self._open:
             self._open = False
             self.probe.__exit__(None, None, None)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["error_curves", "loss_curves"]
 
 _ERROR_STYLES = {"test/error": "-", "valid/error": ":", "train/error": "--"}
+_GUARD_STYLES = {"guard/skip": ":", "guard/rollback": "--", "guard/stop": "-", "guard/warn": "-."}
 
 
 def _curve(scalars: Sequence[Mapping[str, Any]], name: str) -> tuple[list[int], list[float]]:
@@ -46,7 +47,8 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
 
 def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
-    """Training loss against updates (log scale when it spans 10x), one colour per run: Varma & Das, ch. 7, fig. 7.6."""
+    """Training loss against updates (log scale when it spans 10x), one colour per run: Varma & Das, ch. 7, fig. 7.6.
+    The updates deepscope.Guard acted on are marked (skip dotted, rollback dashed, stop solid)."""
     fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn: list[float] = []
     for i, (label, scalars) in enumerate(runs.items()):
@@ -58,6 +60,11 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | Non
                 drawn += [v for v in values if math.isfinite(v)]
     if not drawn:
         return None
+    for i, scalars in enumerate(runs.values()):  # deepscope.Guard's actions: a dotted line at each update it acted on
+        for r in scalars:
+            if r["name"] in _GUARD_STYLES:
+                ax.axvline(int(r["step"]), color=layer_color(i), linestyle=_GUARD_STYLES[r["name"]], linewidth=0.8,
+                           alpha=0.6)
     if max(drawn) > 10 * min(drawn):  # a diverging run next to a converging one: log scale shows both
         ax.set_yscale("log")
     ax.set_xlabel("updates", fontsize=9)

@@ -128,7 +128,7 @@ def _run_context(run: RunData) -> dict[str, Any]:
     spec = run.spec.model_dump() if hasattr(run.spec, "model_dump") else run.spec
     return {
         "name": run.name, "run_id": run.run_id or "", "status": run.status or "",
-        "summary": _summary(spec) + finals,
+        "summary": _summary(spec) + finals + _guard_summary(run.scalars),
         "spec_json": json.dumps(spec, indent=2, sort_keys=True, default=str) if spec else "",
         "findings": [_finding_row(f) for f in findings],
         "errors": sum(f.severity == "error" for f in findings),
@@ -137,6 +137,19 @@ def _run_context(run: RunData) -> dict[str, Any]:
         "has_records": bool(run.stats or run.scalars or run.histograms),
         "probed": bool(run.stats or run.histograms or run.checks),
     }
+
+
+def _guard_summary(scalars: Rows) -> list[tuple[str, str]]:
+    """What deepscope.Guard did (its ``guard/<action>`` scalars), for the run's card: ``1 skip, 1 rollback``."""
+    counts: dict[str, int] = {}
+    for r in scalars:
+        if r["name"].startswith("guard/"):
+            action = r["name"].removeprefix("guard/")
+            counts[action] = counts.get(action, 0) + 1
+    did = ", ".join(f"{n} {a}{'s' if n != 1 and a != 'stop' else ''} at update "
+                    f"{', '.join(str(int(r['step'])) for r in scalars if r['name'] == 'guard/' + a)}"
+                    for a, n in counts.items())
+    return [("guard", did)] if did else []
 
 
 def _image(fig: Figure | None, missing: str) -> dict[str, Any]:

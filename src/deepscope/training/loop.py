@@ -43,6 +43,8 @@ from deepscope.training.device import resolve_device, stop_on_signals
 from deepscope.training.divergence import EXPLOSION, divergence_message, exploded, first_bad
 from deepscope.training.early_stopping import EarlyStopping
 from deepscope.training.evaluation import run_metrics
+from deepscope.training.guard import GuardStop
+from deepscope.training.guard_adapters import for_trainer
 from deepscope.training.setup import Setup, build, recorded_spec
 
 __all__ = ["Result", "train"]
@@ -68,6 +70,7 @@ class Result:
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
     restored: int | None = None  # train.restore_best: the update whose weights the run ended with
     spec: dict[str, Any] = field(default_factory=dict, repr=False)  # the spec as recorded
+    guard: Any = field(default=None, repr=False)  # train.guard: the Guard (its events, summary())
 
 
 def train(
@@ -172,6 +175,7 @@ class _Run:
             self.path = store.run_dir(self.run_id) / CHECKPOINT_FILE
             if checkpoint is not None:
                 self.saved_step = self.step
+        self.guard = for_trainer(self)  # train.guard (deepscope.training.guard): it steps the optimizer and schedule
         self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
                                 metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
                                 eval_sets=parts.eval_sets)
@@ -190,6 +194,7 @@ class _Run:
         per_update = self.schedule if self.schedule is not None and schedule_steps_on(self.schedule) == "update" \
             else None
         total, eval_every, checkpoint_every = self.parts.total, self.parts.eval_every, self.parts.checkpoint_every
+        guard = self.guard
         model.train()
         self._emit("start")
         progress = new_progress(console, total, self.step, self.spec.name, self.quiet)
@@ -206,17 +211,21 @@ class _Run:
                     # allocator then reuses their memory (about 25 % faster at batch 10 on CPU).
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if clipping:
-                        clip_gradients(params, clip_norm, clip_value)
-                    optimizer.step()
-                    if per_update is not None:
-                        step_schedule(per_update)
-                    loss = loss.detach()
-                    self.slots[self.n].copy_(loss)
-                    self.wrong += (logits.argmax(1) != y).sum()
-                    self.n, self.seen, self.step = self.n + 1, self.seen + len(y), self.step + 1
+                    norm = clip_gradients(params, clip_norm, clip_value) if clipping else None
+                    if guard is None:
+                        optimizer.step()
+                        if per_update is not None:
+                            step_schedule(per_update)
+                    elif not guard.step(loss, (x, y), ids=lambda t=self.step: guard.batch_ids(t), grad_norm=norm):
+                        loss = None  # train.guard skipped the update (or rolled back): its loss is not recorded
+                    if loss is not None:
+                        loss = loss.detach()
+                        self.slots[self.n].copy_(loss)
+                        self.wrong += (logits.argmax(1) != y).sum()
+                        self.n, self.seen = self.n + 1, self.seen + len(y)
+                    self.step += 1
                     consistent = True
-                    if self.callbacks:
+                    if self.callbacks and loss is not None:
                         self._emit("step", loss)
                     if self.step % eval_every == 0 or self.step == total:
                         status, message = self._evaluation_point(console)
@@ -238,6 +247,8 @@ class _Run:
                     status, message = self._end_of_training(message)
         except KeyboardInterrupt:
             status, message = "interrupted", self._interrupted(consistent)
+        except GuardStop as e:  # train.guard rolled back max_rollbacks times and the trouble came back
+            status, message, self.diverged_at = "diverged", str(e), self.step
         except RunTakenOver as e:  # another process took the run over (--force): leave it everything
             status, message = "interrupted", TakenMessage(e)
         except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
@@ -253,7 +264,7 @@ class _Run:
             test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
-            restored=self.stopping.restored, spec=recorded_spec(self.spec, self.parts.user_model),
+            restored=self.stopping.restored, spec=recorded_spec(self.spec, self.parts.user_model), guard=self.guard,
         )
 
     def _evaluation_point(self, console) -> tuple[str, str]:
@@ -273,7 +284,7 @@ class _Run:
             self.evaluate()
             self._emit("eval")
         if self.spec.train.restore_best:
-            message = " ".join(filter(None, [message, self._restore_best()]))
+            message = " ".join(filter(None, [message, _restore_best(self)]))
         if not self.save():
             return "diverged", self._diverged(self.step, math.nan)
         return "finished", message
@@ -366,16 +377,17 @@ class _Run:
         self.saved_step = self.step
         return True
 
-    def _restore_best(self) -> str:
-        """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
-        run's metrics (the last weights stay in the checkpoint for a resume); what happened, in words."""
-        message, best = self.stopping.restore_best(self.model, self.eval_step)
-        if best is not None:
-            lr = self.metrics.get("lr")
-            self.metrics.clear()
-            self.metrics.update(best | ({"lr": lr} if lr is not None else {}))
-            self.eval_step = self.stopping.restored
-            if self.store is not None:
-                self.store.log_scalars(self.run_id, self.step, {RESTORED_STEP: float(self.eval_step)})
-                self.store.flush()
-        return message
+
+def _restore_best(run: _Run) -> str:
+    """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
+    run's metrics (the last weights stay in the checkpoint for a resume); what happened, in words."""
+    message, best = run.stopping.restore_best(run.model, run.eval_step)
+    if best is not None:
+        lr = run.metrics.get("lr")
+        run.metrics.clear()
+        run.metrics.update(best | ({"lr": lr} if lr is not None else {}))
+        run.eval_step = run.stopping.restored
+        if run.store is not None:
+            run.store.log_scalars(run.run_id, run.step, {RESTORED_STEP: float(run.eval_step)})
+            run.store.flush()
+    return message

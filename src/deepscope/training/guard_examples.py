@@ -1,0 +1,110 @@
+"""Which examples of a batch made an update go wrong: per-example losses and gradient norms, ranked.
+
+One extra forward and backward pass over the offending batch only, vectorized over its examples with
+``torch.func`` (``vmap`` of ``grad`` of a ``functional_call``): the gradient of each example's own loss, as if it
+were a batch of one. The technique is the per-sample gradient of Goodfellow (2015), "Efficient Per-Example
+Gradient Computations" (arXiv:1510.01799), computed here by automatic vectorization (the ``torch.func`` recipe)
+rather than by hand-written layer rules, so it holds for any module ``torch.func`` can trace.
+
+The pass runs in eval mode (batch normalization uses its running statistics, so an example's gradient does not
+depend on the others of its batch, and dropout is off) and leaves the model, its buffers, its gradients and the
+random number generators exactly as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Ranking", "per_example", "rank_examples"]
+
+
+def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
+                chunk_size: int | None = 32) -> tuple[Tensor, Tensor]:
+    """``(losses, grad_norms)`` of the examples of ``(x, y)``: each example's loss ``loss_fn(model(x_i), y_i)``
+    and the 2-norm of its gradient over every trainable parameter, both shaped ``(len(x),)``, on x's device.
+
+    ``chunk_size`` examples are vectorized at once (memory: that many copies of the gradients); ``None``: all.
+    """
+    from torch.func import functional_call, grad_and_value, vmap
+
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+
+    def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    training = model.training
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
+    finally:
+        model.train(training)
+    squares = torch.stack([g.reshape(len(x), -1).double().pow(2).sum(1) for g in grads.values()]).sum(0)
+    return losses.detach().float(), squares.sqrt().float()
+
+
+@dataclass
+class Ranking:
+    """The examples of one batch, most suspect first: ``index`` (positions in the batch), their ``ids`` in the
+    dataset when known, per-example ``loss`` and ``grad_norm`` (same order)."""
+
+    index: list[int]
+    loss: list[float]
+    grad_norm: list[float]
+    ids: list[int] | None = None
+    share: list[float] = field(default_factory=list)  # each example's share of the batch's summed gradient norms
+
+    def top(self, k: int) -> Ranking:
+        return Ranking(self.index[:k], self.loss[:k], self.grad_norm[:k], None if self.ids is None else self.ids[:k],
+                       self.share[:k])
+
+
+def _order_key(value: float) -> float:
+    return math.inf if not math.isfinite(value) else value  # a NaN example is the first suspect
+
+
+def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+                  ids: Tensor | list[int] | None = None, *, chunk_size: int | None = 32) -> Ranking:
+    """The examples of ``(x, y)`` ordered by their gradient norm (the size of their pull on the update), the
+    loss breaking ties; non-finite values first. ``ids``: the dataset ids of the examples, reported alongside."""
+    losses, norms = per_example(model, loss_fn, x, y, chunk_size=chunk_size)
+    losses_, norms_ = losses.tolist(), norms.tolist()  # one host read, on an event only
+    order = sorted(range(len(x)), key=lambda i: (_order_key(norms_[i]), _order_key(losses_[i])), reverse=True)
+    finite = [v for v in norms_ if math.isfinite(v)]
+    total = sum(finite) or 1.0
+    ids_ = None if ids is None else (ids.tolist() if isinstance(ids, Tensor) else list(ids))
+    return Ranking(index=order, loss=[losses_[i] for i in order], grad_norm=[norms_[i] for i in order],
+                   ids=None if ids_ is None else [int(ids_[i]) for i in order],
+                   share=[norms_[i] / total if math.isfinite(norms_[i]) else 1.0 for i in order])
+
+
+def trainer_ids(batches: Any, t: int) -> Tensor:
+    """The dataset ids of the examples of update ``t`` of a :class:`~deepscope.data.loader.TrainBatches`: their
+    index in the in-memory training set (the epoch's permutation, drawn again), or in the stream (``t x B + i``)."""
+    from deepscope.data.datasets import derive_seed
+
+    b = batches.batch_size
+    if batches.stream is not None:
+        return torch.arange(t * b, (t + 1) * b)
+    epoch, k = divmod(t, batches.per_epoch)
+    generator = torch.Generator().manual_seed(derive_seed(batches.seed, epoch))
+    return torch.randperm(len(batches.x), generator=generator)[k * b:(k + 1) * b]
+
+
+def write_events(path: Any, guard: Any) -> None:
+    """The guard's events (with the examples they name) and its counts as JSON, in the run folder."""
+    import json
+    from pathlib import Path
+
+    data = {"summary": guard.summary(), "updates": guard.updates, "skipped": guard.skipped,
+            "rollbacks": guard.rollbacks, "options": guard.options, "events": [e.to_dict() for e in guard.events]}
+    Path(path).write_text(json.dumps(data, indent=1, default=str, allow_nan=True), encoding="utf-8")
