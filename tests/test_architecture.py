@@ -20,7 +20,7 @@ LAYERS = [
     ["trainer", "checkpoint", "progress", "runtime", "early_stopping", "plots"],
     ["diagnosis"],
     ["probe", "records", "store", "store_safety", "callbacks"],
-    ["nn", "init", "data", "optim", "config", "registry", "validate"],
+    ["nn", "init", "data", "optim", "losses", "metrics", "config", "registry", "validate"],
 ]
 
 
