@@ -10,7 +10,7 @@ from deepscope import metrics as M
 from deepscope.losses import make_loss
 from deepscope.metrics import Task, baseline, task_of
 
-CLS, TOK, BIN, ML, REG = Task("classification", -100), Task("tokens", -1), Task("binary"), Task("multilabel"), \
+CLS, TOK, BIN, ML, REG = Task("classification"), Task("tokens", -1), Task("binary"), Task("multilabel"), \
     Task("regression")
 
 
@@ -24,7 +24,8 @@ def test_the_task_comes_from_the_loss_and_the_targets():
     assert task_of("bce_with_logits", torch.tensor([[0.0], [1.0]])).kind == "binary"
     assert task_of("bce_with_logits", torch.tensor([[0.0, 1.0], [1.0, 1.0]])).kind == "multilabel"
     assert task_of("huber", torch.tensor([0.3, -1.2])).kind == "regression"
-    assert task_of("nll", torch.tensor([1, 0]), options={"ignore_index": 5}).ignore_index == 5
+    assert task_of("nll", torch.tensor([[1, 0]]), options={"ignore_index": 5}).ignore_index == 5
+    assert task_of("cross_entropy", torch.tensor([1, 0])).ignore_index is None  # labels (N,) have no padding
 
 
 def test_a_callable_of_your_own_gets_its_task_from_the_targets():

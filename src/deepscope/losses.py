@@ -44,6 +44,7 @@ __all__ = [
     "mse",
     "nll",
     "quadratic",
+    "resolve",
 ]
 
 CLASS, BINARY, REGRESSION = "class", "binary", "regression"  # what a loss is for: class labels, 0/1 labels, values
@@ -221,3 +222,16 @@ def describe(loss: str | Callable[..., Tensor], options: dict[str, Any] | None =
     name = f"{getattr(loss, '__module__', None) or ''}.{getattr(loss, '__qualname__', type(loss).__name__)}"
     name = name.lstrip(".").replace("torch.nn.functional.", "F.")
     return LossInfo(name, *(known[1:] if known else (None, None)), -100 if known and known[1] == CLASS else None)
+
+
+def resolve(loss: str | Callable[..., Tensor], options: dict[str, Any] | None = None
+            ) -> tuple[Callable[[Tensor, Tensor], Tensor], LossInfo]:
+    """``(loss function, its LossInfo)`` for a registry name with ``options`` (bound by :func:`make_loss`) or for a
+    callable ``(output, target) -> scalar`` of your own (``options`` must then be empty)."""
+    if isinstance(loss, str):
+        return make_loss(loss, **(options or {})), describe(loss, options)
+    info = describe(loss)
+    if options:
+        raise ValueError(f"train.loss_options={options!r} apply to the losses of the registry; loss_fn={info.name} "
+                         "takes none (bind its options yourself, e.g. nn.HuberLoss(delta=2.0))")
+    return loss, info

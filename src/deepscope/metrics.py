@@ -79,7 +79,7 @@ class Task:
     decision threshold of a binary output (0 on logits, 0.5 on probabilities)."""
 
     kind: str
-    ignore_index: int | None = None
+    ignore_index: int | None = None  # tokens only: class labels (N,) have no padding
     threshold: float = 0.0
 
     @property
@@ -143,7 +143,7 @@ def task_of(loss: str | Callable | None, targets: Tensor, *, options: dict[str, 
         raise ValueError("the targets are a single number; give one target per example (shape (N, ...))")
     if family is None:
         kind = _natural_kind(y)
-        return Task(kind, -100 if kind in (CLASSIFICATION, TOKENS) else None)
+        return Task(kind, -100 if kind == TOKENS else None)
     if family == CLASS:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise refuse(f"{shown} needs integer class labels")
@@ -155,7 +155,7 @@ def task_of(loss: str | Callable | None, targets: Tensor, *, options: dict[str, 
             low, high = torch.stack([valid.min(), valid.max()]).tolist()
             if low < 0 or (num_classes is not None and high >= num_classes):
                 raise refuse(f"labels go from {low} to {high}, outside 0..{(num_classes or high + 1) - 1}")
-        return Task(TOKENS if y.ndim == 2 else CLASSIFICATION, ignore)
+        return Task(TOKENS, ignore) if y.ndim == 2 else Task(CLASSIFICATION)
     if family == BINARY:
         if not (y.is_floating_point() or y.dtype == torch.bool):
             raise refuse(f"{shown} needs 0/1 targets as floats (one per output); integer class labels take "
@@ -240,35 +240,45 @@ def r2(output: Tensor, target: Tensor) -> Tensor:
 def batch_sums(task: Task, output: Tensor, target: Tensor) -> dict[str, Tensor]:
     """Sums over one batch that add up across batches; :func:`reduce_sums` makes the metrics of their total."""
     output = output.detach()
-    if task.kind in (CLASSIFICATION, TOKENS):
-        keep = target != task.ignore_index if task.ignore_index is not None else torch.ones_like(target, dtype=bool)
+    if task.kind == CLASSIFICATION or (task.kind == TOKENS and task.ignore_index is None):
+        return {"wrong": (output.argmax(-1) != target).sum(), "count": target.numel()}  # one op: the hot path
+    if task.kind == TOKENS:
+        keep = target != task.ignore_index
         return {"wrong": ((output.argmax(-1) != target) & keep).sum(), "count": keep.sum()}
     if task.kind in (BINARY_TASK, MULTILABEL):
         wrong = (match_shape(output, target) > task.threshold) != (target > 0.5)
-        sums = {"wrong": wrong.sum(), "count": torch.tensor(wrong.numel(), device=wrong.device)}
+        sums = {"wrong": wrong.sum(), "count": wrong.numel()}
         if task.kind == MULTILABEL:
             sums["exact"] = (~wrong).reshape(len(target), -1).all(1).sum()
-            sums["rows"] = torch.tensor(len(target), device=wrong.device)
+            sums["rows"] = len(target)
         return sums
     y = target.double().reshape(len(target), -1)
     z = match_shape(output, target).double().reshape(len(target), -1)
-    return {"sse": (y - z).square().sum(0), "sum": y.sum(0), "sumsq": y.square().sum(0),
-            "count": torch.tensor(len(y), device=y.device, dtype=torch.float64)}
+    return {"sse": (y - z).square().sum(0), "sum": y.sum(0), "sumsq": y.square().sum(0), "count": len(y)}
 
 
-def add_sums(total: dict[str, Tensor] | None, sums: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``total + sums``, key by key (``total`` None: ``sums``)."""
-    return dict(sums) if not total else {k: total[k] + v for k, v in sums.items()}
+def add_sums(total: dict[str, Any] | None, sums: dict[str, Any]) -> dict[str, Any]:
+    """``total + sums`` key by key, in place where ``total`` holds tensors (``total`` None or empty: ``sums``).
+    Counts are Python ints where the batch fixes them (no host read), tensors where the data do (token padding)."""
+    if not total:
+        return dict(sums)
+    for k, v in sums.items():
+        total[k] += v  # tensors in place, ints rebound
+    return total
+
+
+def _at_least_1(count: Any) -> Any:
+    return count.clamp_min(1) if isinstance(count, Tensor) else max(count, 1)
 
 
 def reduce_sums(task: Task, sums: dict[str, Tensor]) -> dict[str, Tensor]:
     """The metrics of :attr:`Task.metrics` from summed :func:`batch_sums`, as 0-d tensors on the device."""
     if task.kind != REGRESSION_TASK:
-        out = {"error": sums["wrong"] / sums["count"].clamp_min(1)}
+        out = {"error": sums["wrong"] / _at_least_1(sums["count"])}
         if task.kind == MULTILABEL:
-            out["exact_match"] = sums["exact"] / sums["rows"].clamp_min(1)
+            out["exact_match"] = sums["exact"] / _at_least_1(sums["rows"])
         return out
-    n = sums["count"].clamp_min(1)
+    n = _at_least_1(sums["count"])
     sst = sums["sumsq"] - sums["sum"].square() / n
     sse = sums["sse"]
     return {"rmse": (sse.sum() / (n * sse.numel())).sqrt(),
