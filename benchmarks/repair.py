@@ -1,6 +1,6 @@
 """The repair benchmark: ``deepscope doctor --fix`` on the labelled set-ups of benchmarks/cases.py.
 
-For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.diagnosis.trials).
+For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.workflows.repair).
 Prints one line per case -- what doctor found, the best verified fix, the validation error before -> after,
 the number of trials and the whole repair's time as a multiple of its diagnosis run (a diagnosis run that
 diverges stops early, so its multiple is large) -- then the share of
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from cases import CASES, Case  # noqa: E402
 from heldout import HELDOUT  # noqa: E402
 
-from deepscope.diagnosis.trials import repair  # noqa: E402
+from deepscope.workflows.repair import repair  # noqa: E402
 
 
 def run_case(case: Case, jobs: int, out: Path):

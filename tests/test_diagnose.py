@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepscope.diagnosis import Finding, check_model, checks, diagnose, diagnose_input, has_problem, sort_findings
-from deepscope.diagnosis import rules as dg
+from deepscope.diagnosis.rules import layers as dg
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 
@@ -222,7 +222,7 @@ def test_diagnose_input_centering_and_scaling():
 
 @pytest.mark.parametrize("init, kwargs", [("zeros", {}), ("constant", {"value": 0.05})])
 def test_check_model_finds_clones_of_zero_and_constant_init(init, kwargs):
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
 
     model = mlp(16, 3, depth=3, width=8, activation="tanh", init=init, init_kwargs=kwargs)
     x = torch.randn(20, 16)
@@ -235,7 +235,7 @@ def test_check_model_finds_clones_of_zero_and_constant_init(init, kwargs):
 
 
 def test_check_model_silent_on_random_init_and_convnets():
-    from deepscope.nn.models import convnet, mlp
+    from deepscope.models import convnet, mlp
 
     assert check_model(mlp(16, 3, depth=3, width=8, activation="tanh"), torch.randn(20, 16)) == []
     assert check_model(mlp(16, 3, depth=2, width=8, activation="maxout")) == []
@@ -278,7 +278,7 @@ def probe_run(model, lr=0.1, updates=40, every=10, activation=None):
 
 
 def net(activation="tanh", depth=3, width=32, init="glorot_uniform", **init_kwargs):
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
 
     torch.manual_seed(0)
     return mlp(D_IN, CLASSES, depth, width, activation, init=init, init_kwargs=init_kwargs)
@@ -388,7 +388,7 @@ def spec_file(tmp_path, name="tiny", activation="tanh", init="glorot_uniform", i
 
 def test_doctor_api_on_zero_init_reports_symmetry_once(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnosis import doctor
+    from deepscope.workflows.doctor import doctor
 
     result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100,
                     report_path=tmp_path / "r.html")
@@ -444,9 +444,9 @@ def test_report_says_when_a_run_has_no_probe_records(tmp_path):
 
 def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnosis import doctor
     from deepscope.plots import RunData
     from deepscope.store import Store
+    from deepscope.workflows.doctor import doctor
 
     store = Store(tmp_path / "runs")
     result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100, store=store)

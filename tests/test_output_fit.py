@@ -2,7 +2,7 @@
 
 import torch
 
-from deepscope.diagnosis.output_fit import output_fit
+from deepscope.diagnosis.checks.output import output_fit
 from deepscope.losses import describe
 
 

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from deepscope.diagnosis import Finding
 from deepscope.plots import activations, curves, gradients, jacobian
-from deepscope.plots.common import series
+from deepscope.plots.figure import series
 from deepscope.plots.html import FIGURES, RunData, render, report
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]

@@ -40,7 +40,7 @@ def driver(tmp_path_factory):
 
 def probed_run(name, activation, init, **init_kwargs):
     """A small network trained 40 updates with the real Probe; its records as a RunData."""
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
     from deepscope.plots.html import RunData
     from deepscope.probe import Probe
 

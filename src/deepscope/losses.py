@@ -22,7 +22,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.registry import check_kwargs, lookup
+from deepscope.registry import check_kwargs, lookup, register
 
 __all__ = [
     "CLASS",
@@ -154,6 +154,7 @@ OUTPUTS: dict[str, str] = {"cross_entropy": "logits", "nll": "log_probabilities"
                            "bce_with_logits": "logits", "mse": "values", "huber": "values", "l1": "values"}
 LOSS_OPTIONS: dict[str, tuple[str, ...]] = {name: tuple(
     p for p in fn.__kwdefaults__ or {}) for name, fn in LOSSES.items()}
+register("losses", LOSSES)
 
 
 class Loss:
@@ -234,4 +235,20 @@ def resolve(loss: str | Callable[..., Tensor], options: dict[str, Any] | None = 
     if options:
         raise ValueError(f"train.loss_options={options!r} apply to the losses of the registry; loss_fn={info.name} "
                          "takes none (bind its options yourself, e.g. nn.HuberLoss(delta=2.0))")
+    if info.family in (BINARY, REGRESSION):  # torch's element-wise losses: a one-output model's (N, 1) against (N,)
+        return _ElementWise(loss), info
     return loss, info
+
+
+class _ElementWise:
+    """A torch element-wise loss given the output in the targets' shape (:func:`match_shape`) and float targets:
+    ``nn.BCEWithLogitsLoss()`` refuses ``(N, 1)`` against ``(N,)``, and ``nn.MSELoss()`` would broadcast it."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]):
+        self.fn = fn
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        return self.fn(match_shape(output, target), target.to(output.dtype))
+
+    def __repr__(self) -> str:
+        return repr(self.fn)

@@ -45,6 +45,7 @@ __all__ = [
     "Task",
     "baseline",
     "batch_sums",
+    "class_entropy",
     "binary_error",
     "constant_output",
     "error_rate",
@@ -52,6 +53,7 @@ __all__ = [
     "exact_match",
     "label_entropy",
     "label_error",
+    "majority_error",
     "majority_exact_match",
     "majority_label_error",
     "mean_rmse",
@@ -320,19 +322,29 @@ def _frequencies(targets: Tensor, ignore_index: int | None = None, classes: int 
     return counts / counts.sum().clamp_min(1)
 
 
+def majority_error(frequencies: Tensor) -> float:
+    """The error of always predicting the most frequent class, from the class frequencies p: 1 - max p."""
+    p = torch.as_tensor(frequencies).double()
+    return float(1.0 - p.max() / p.sum()) if p.numel() and float(p.sum()) > 0 else 0.0
+
+
+def class_entropy(frequencies: Tensor) -> float:
+    """The cross-entropy of predicting the class frequencies p: their entropy -sum p log p."""
+    p = torch.as_tensor(frequencies).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
 def prior_error(labels: Tensor, ignore_index: int | None = None) -> float:
     """The error of always predicting the most frequent class of ``labels`` (positions equal to ``ignore_index``
     left out): 1 - the largest class frequency."""
-    p = _frequencies(labels, ignore_index)
-    return float(1.0 - p.max()) if p.numel() and _labels(labels, ignore_index).numel() else 0.0
+    return majority_error(_frequencies(labels, ignore_index))
 
 
 def prior_loss(labels: Tensor, ignore_index: int | None = None) -> float:
     """The cross-entropy of predicting the class frequencies of ``labels``: their entropy -sum p log p, the loss of
     a model that learned nothing from the inputs."""
-    p = _frequencies(labels, ignore_index)
-    p = p[p > 0]
-    return float(-(p * p.log()).sum())
+    return class_entropy(_frequencies(labels, ignore_index))
 
 
 def _label_means(targets: Tensor) -> Tensor:

@@ -16,11 +16,30 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["MAX_NAME", "check_kwargs", "check_name", "discover", "integer", "lookup", "unknown"]
+__all__ = ["MAX_NAME", "check_kwargs", "check_name", "discover", "integer", "lookup", "register", "table", "unknown"]
 
 MAX_NAME = 100  # characters of a run name (its id is a directory name)
 
 T = TypeVar("T")
+
+# The registries by kind, for the modules below which they live (the run spec checks names against them without
+# importing the modules that define them). Each defining module registers its dict when it is imported; importing
+# ``deepscope`` imports them all.
+_TABLES: dict[str, Mapping[str, Any]] = {}
+
+
+def register(kind: str, registry: Mapping[str, T]) -> Mapping[str, T]:
+    """Make ``registry`` (a dict from name to factory) known as ``kind`` to :func:`table`; returns it."""
+    _TABLES[kind] = registry
+    return registry
+
+
+def table(kind: str) -> Mapping[str, Any]:
+    """The registry of ``kind`` (``"activations"``, ``"init"``, ``"optimizers"``, ...)."""
+    try:
+        return _TABLES[kind]
+    except KeyError:
+        raise unknown("registry", kind, sorted(_TABLES)) from None
 
 
 def unknown(key: str, value: Any, valid: Iterable[Any]) -> ValueError:

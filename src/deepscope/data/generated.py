@@ -23,7 +23,7 @@ from functools import partial
 import torch
 from torch import Generator, Tensor
 
-from deepscope.data.registry import Dataset, Stream
+from deepscope.data.datasets import Dataset, Stream
 from deepscope.registry import integer
 
 __all__ = ["FRIEDMAN_MEAN", "FRIEDMAN_STD", "friedman", "friedman_dataset", "spirals", "spirals_dataset"]

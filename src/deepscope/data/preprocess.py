@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from deepscope.registry import register
+
 __all__ = ["METHODS", "Preprocessor"]
 
 Stats = tuple[Tensor | None, Tensor | None]  # (shift, scale), each broadcast against one sample
@@ -177,3 +179,5 @@ class Preprocessor:
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.methods!r}, fitted={self.fitted})"
+
+register("preprocess", METHODS)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import histogram_figure, layer_color, new_figure, series
+from deepscope.plots.figure import histogram_figure, layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["activation_histograms", "activation_mean_std", "activation_percentiles"]
 

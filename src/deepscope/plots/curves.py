@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+from deepscope.plots.figure import layer_color, new_figure
 
-from deepscope.plots.common import layer_color, new_figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["error_curves", "loss_curves"]
 

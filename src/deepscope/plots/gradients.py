@@ -4,12 +4,13 @@ histograms (fig. 8) and the standard-deviation intervals of weight gradients ove
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import histogram_figure, layer_color, new_figure, series
+from deepscope.plots.figure import histogram_figure, layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["backprop_histograms", "weight_gradient_histograms", "weight_gradient_intervals"]
 

@@ -14,21 +14,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from deepscope.config import flatten
 from deepscope.diagnosis.findings import Finding, has_problem, load_checks, merge_checks, sort_findings
 from deepscope.diagnosis.rules import diagnose
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
-from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
+from deepscope.plots.figure import to_data_uri
 from deepscope.plots.gradients import backprop_histograms, weight_gradient_histograms, weight_gradient_intervals
 from deepscope.plots.jacobian import jacobian_singular_values
 from deepscope.records import final_scalars
 from deepscope.store import CHECKS_FILE
+
+if TYPE_CHECKING:
+    import jinja2
+    from matplotlib.figure import Figure
 
 __all__ = ["FIGURES", "RunData", "render", "report"]
 
@@ -164,6 +165,8 @@ def _image(fig: Figure | None, missing: str) -> dict[str, Any]:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True,  # run names, spec strings and layer names are user input

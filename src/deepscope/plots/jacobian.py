@@ -4,12 +4,13 @@ average with normalized initialization, 0.5 with standard initialization)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import layer_color, new_figure, series
+from deepscope.plots.figure import layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["jacobian_singular_values"]
 

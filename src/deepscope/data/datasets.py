@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from deepscope.data import files, shapeset
-from deepscope.registry import integer, lookup
+from deepscope.registry import integer, lookup, register
 
 __all__ = [
     "DATASETS",
@@ -307,3 +307,5 @@ def save_grid(x: Tensor, y: Tensor, class_names: list[str], path: str | Path, *,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+register("datasets", DATASETS)

@@ -1,5 +1,5 @@
-"""What a run runs on and how it is stopped and measured: the device, Ctrl-C / SIGTERM, evaluation passes,
-and the description of a user's own module."""
+"""What a run runs on and how it is stopped and measured: the device, Ctrl-C / SIGTERM, the loss and the task it
+makes with the targets, evaluation passes, and the description of a user's own module."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.config import SpecError
+from deepscope.losses import CLASS, resolve
+from deepscope.metrics import CLASSIFICATION, output_problem, task_of
 from deepscope.nn.activations import spec_for_module
 
-__all__ = ["check_output", "describe_model", "evaluate", "resolve_device", "stop_on_signals"]
+__all__ = ["check_output", "describe_model", "evaluate", "resolve_device", "setup_loss", "stop_on_signals"]
+
+TASK_SAMPLE = 10_000  # targets of a stream the task is read from
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,9 +30,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
+def setup_loss(spec, data, loss_fn: Callable | None = None):
+    """``(loss function, LossInfo, Task)`` of a run: ``loss_fn`` (a callable of your own) or ``train.loss`` with
+    ``train.loss_options``, and the task it makes with the data's targets (the training set's, else the validation
+    set's, else a sample of the stream). A :class:`SpecError` names a loss that does not fit the targets, or a
+    ``train.monitor`` that is not a metric of the task -- before any run is created."""
+    t = spec.train
+    key = "loss_fn" if loss_fn is not None else "train.loss"
+    try:
+        fn, info = resolve(loss_fn if loss_fn is not None else t.loss, None if loss_fn is not None else t.loss_options)
+        split = data.train if data.train is not None else data.valid
+        targets = split[1] if split is not None else data.stream.batch(0, TASK_SAMPLE)[1]
+        classes = data.num_classes if info.family == CLASS else None
+        task = task_of(loss_fn if loss_fn is not None else t.loss, targets, options=t.loss_options if loss_fn is None
+                       else None, num_classes=classes, key=key)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
+    if t.monitor not in ("error", "loss", *task.metrics):
+        raise SpecError(f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task; choose one of: error, "
+                        f"loss, {', '.join(m for m in task.metrics if m != 'error')}".rstrip(", "))
+    return fn, info, task
+
+
+def check_output(model: nn.Module, x: Tensor, num_classes: int, task=None, y: Tensor | None = None) -> None:
     """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
-    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)``."""
+    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)`` -- or, for another
+    ``task`` (:class:`deepscope.metrics.Task`) with targets ``y``, the output that task needs."""
     training = model.training
     cpu_rng = torch.get_rng_state()
     try:
@@ -45,6 +72,10 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
     if not isinstance(out, Tensor):
         raise ValueError(f"model: forward() returns a {type(out).__name__}; deepscope needs a tensor of logits of "
                          f"shape (N, {num_classes}) (return the logits alone)")
+    if task is not None and task.kind != CLASSIFICATION and y is not None:
+        if problem := output_problem(task, out, y, num_classes):
+            raise ValueError(f"model: {problem}")
+        return
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ValueError(f"model: forward() returns shape {tuple(out.shape)} for {len(x)} examples; the data has "
                          f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from deepscope.records import Records, layer_order, pick_source
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["DPI", "histogram_figure", "layer_color", "new_figure", "series", "to_data_uri"]
 
@@ -35,6 +36,8 @@ def layer_color(index: int) -> str:
 
 def new_figure(width: float = 4.6, height: float = 3.2, ncols: int = 1, sharey: bool = False):
     """A Figure and its axes (a list when ``ncols > 1``), with the report's style."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width * ncols, height), dpi=DPI)
     m, w = _MARGINS, width * ncols
     top = m["top"] + (m["suptitle"] if ncols > 1 else 0.0)  # multi-panel figures carry a suptitle

@@ -25,7 +25,7 @@ from torch import nn
 
 from deepscope.config import RunSpec, validate_spec
 from deepscope.data.preprocess import Preprocessor
-from deepscope.nn.models import build_model
+from deepscope.models import build_model
 from deepscope.store import CHECKPOINT_FILE, Store
 
 __all__ = ["REQUIRED", "CheckpointError", "check_resume", "load", "load_checkpoint", "load_model", "rng_state",
@@ -136,7 +136,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint as saved by :func:`~deepscope.trainer.train` (plain containers and tensors; loaded with
+    """A checkpoint as saved by :func:`~deepscope.training.loop.train` (plain containers and tensors; loaded with
     ``weights_only=True``); a :class:`CheckpointError` naming the file when it is not one."""
     return load(path)
 

@@ -11,7 +11,7 @@ checkpoint is just its step (:class:`~deepscope.data.loader.TrainBatches`).
 
 The hot loop keeps everything on the device: per-update losses go into a buffer and the training
 errors into a counter, both read once per progress refresh (at most four a second) or evaluation.
-Callbacks (:mod:`deepscope.callbacks`) are called at ``on_start``, ``on_step`` (after
+Callbacks (:mod:`deepscope.training.callbacks`) are called at ``on_start``, ``on_step`` (after
 ``optimizer.step()``; ``ctx.loss`` is that update's loss), ``on_eval`` (``ctx.metrics`` just computed)
 and ``on_end``. The gradients of an update are cleared just before the next backward pass.
 """
@@ -30,21 +30,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepscope import checkpoint as _checkpoint
-from deepscope.callbacks import TrainContext, as_callback
-from deepscope.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
 from deepscope.config import RunSpec, SpecError, validate_spec
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
-from deepscope.early_stopping import EarlyStopping
-from deepscope.nn.models import build_model
-from deepscope.optim import clip_gradients, make_loss, make_optimizer, make_schedule, schedule_steps_on, step_schedule
-from deepscope.progress import EXPLOSION, divergence_message, eval_line, exploded, first_bad, new_progress, refresh
+from deepscope.metrics import add_sums, batch_sums, reduce_sums
+from deepscope.metrics import evaluate as evaluate_task
+from deepscope.models import build_model
+from deepscope.optim import clip_gradients, make_optimizer, make_schedule, schedule_steps_on, step_schedule
 from deepscope.records import RESTORED_STEP
-from deepscope.runtime import check_output, describe_model, evaluate, resolve_device, stop_on_signals
-from deepscope.store import CHECKPOINT_FILE, Store
-from deepscope.store_safety import RunTakenOver, TakenMessage
+from deepscope.store import CHECKPOINT_FILE, RunTakenOver, Store, TakenMessage
+from deepscope.training import checkpoint as _checkpoint
+from deepscope.training.callbacks import TrainContext, as_callback
+from deepscope.training.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
+from deepscope.training.divergence import (
+    EXPLOSION,
+    divergence_message,
+    eval_line,
+    exploded,
+    first_bad,
+    new_progress,
+    refresh,
+)
+from deepscope.training.early_stopping import EarlyStopping
+from deepscope.training.setup import check_output, describe_model, evaluate, resolve_device, setup_loss, stop_on_signals
 from deepscope.validate import check_batch_size
 
 __all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
@@ -72,6 +81,7 @@ class Result:
     diverged_at: int | None = None  # the first update with a NaN/Inf loss, for a diverged run
     store: Store | None = field(default=None, repr=False)  # the store the run is recorded in
     restored: int | None = None  # train.restore_best: the update whose weights the run ended with
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
 
 
 def train(
@@ -84,6 +94,7 @@ def train(
     dataset: Dataset | None = None,
     model: nn.Module | None = None,
     force: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
@@ -91,13 +102,16 @@ def train(
     ``[model]`` and ``[init]`` are not used) with everything else the spec says -- data, preprocessing,
     augmentation, optimizer, schedule, clipping, evaluation, checkpoints -- and the same batches, so only the
     network differs. It is moved to the spec's device and trained in place.
-    ``callbacks`` are :class:`~deepscope.callbacks.Callback` objects or plain functions ``fn(ctx)``.
+    ``callbacks`` are :class:`~deepscope.training.callbacks.Callback` objects or plain functions ``fn(ctx)``.
     ``resume`` is the id (or unique prefix) of a run in ``store`` to continue from its checkpoint; its
     stored spec is used unless ``spec`` is given (e.g. to extend ``train.updates``); a run of your own
     model resumes with the same ``model=`` (any weights: the checkpoint's are loaded). ``dataset`` replaces
     the dataset named by ``spec.data`` (your own tensors). Without a store nothing is written to disk.
     A run has one writer: resuming claims the run in the store, refused while another live process trains
     it, unless ``force`` (see :meth:`~deepscope.store.Store.claim`).
+    ``loss_fn`` trains with a loss of your own, any callable ``(output, target) -> scalar`` (``nn.HuberLoss()``,
+    ``F.binary_cross_entropy_with_logits``, a function), instead of ``train.loss``; its name is recorded as
+    ``train.loss`` and the task (metrics, baseline) is read from it and the targets (:func:`deepscope.metrics.task_of`).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
@@ -117,6 +131,9 @@ def train(
                 raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
                                  "resume it with the same module: train(resume=..., model=...), or --model "
                                  "pkg.mod:factory on the command line")
+            if checkpoint.get("user_loss") and loss_fn is None:
+                raise ValueError(f"run {run_id} trained with a loss of your own ({checkpoint['user_loss']}); resume it "
+                                 "with the same one: train(resume=..., loss_fn=...)")
             spec = spec if spec is not None else checkpoint["spec"]
         if spec is None:
             raise ValueError("train() needs a spec (or resume=RUN with a store)")
@@ -125,7 +142,7 @@ def train(
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
             torch.manual_seed(spec.train.seed)
-            trainer = _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model)
+            trainer = _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model, loss_fn)
             claimed = None  # the trainer owns the run now and records how it ends
             return trainer.run()
     finally:
@@ -138,7 +155,7 @@ class _Trainer:
 
     def __init__(self, spec: RunSpec, device: torch.device, store: Store | None, run_id: str | None,
                  checkpoint: dict | None, dataset: Dataset | None, callbacks, quiet: bool,
-                 user_model: nn.Module | None = None):
+                 user_model: nn.Module | None = None, loss_fn: Callable | None = None):
         self.spec, self.device, self.store, self.quiet = spec, device, store, quiet
         self.callbacks = tuple(callbacks)
         self.user_model = describe_model(user_model) if user_model is not None else None
@@ -151,6 +168,9 @@ class _Trainer:
                             "learned online: give train.updates instead")
         self.data = data
         check_batch_size(spec, data)
+        # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
+        self.loss_fn, self.loss_info, self.task = setup_loss(spec, data, loss_fn)
+        self.user_loss = self.loss_info.name if loss_fn is not None else None
 
         # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
         self.pre = Preprocessor(spec.data.preprocess or "none")
@@ -185,10 +205,11 @@ class _Trainer:
 
         if user_model is not None:
             self.model = user_model.to(device)
-            sample = next(iter(self.eval_sets.values()))[0][:2] if self.eval_sets else \
-                self.pre(x_fit[:2].to(device)) if x_fit is not None else None
+            sample = next(iter(self.eval_sets.values()))[:2] if self.eval_sets else \
+                (self.pre(x_fit[:2].to(device)), None) if x_fit is not None else None
             if sample is not None:  # before the store holds a run: a model that does not fit is bad input
-                check_output(self.model, sample, data.num_classes)
+                check_output(self.model, sample[0][:2], data.num_classes, self.task,
+                             sample[1][:2] if sample[1] is not None else None)
         else:
             lsuv = spec.init.scheme == "lsuv" and checkpoint is None
             x_lsuv = self.pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
@@ -199,19 +220,19 @@ class _Trainer:
         if spec.schedule.name != "constant" or spec.schedule.params:
             self.schedule = make_schedule(spec.schedule.name, self.optimizer, total_updates=self.total,
                                           **spec.schedule.params)
-        self.loss_fn = make_loss(t.loss)
 
         # progress of the run: step, accumulators since the last evaluation, early stopping
         self.step = 0
         saved = len(checkpoint["accumulators"]["losses"]) if checkpoint is not None else 0
         self.losses = torch.zeros(self.eval_every + saved, device=device)  # room until the next evaluation
         self.slots = self.losses.unbind(0)  # views: slots[i].copy_(loss) writes the buffer in one op
-        self.wrong = torch.zeros((), device=device, dtype=torch.long)
-        self.n = self.seen = 0
+        self.sums: dict[str, Any] = {}  # the task's metric sums since the last evaluation (deepscope.metrics)
+        self.n = 0
         self.metrics: dict[str, float] = {}
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
-        self.stopping = EarlyStopping(t.monitor, t.patience, t.restore_best)
+        monitored = self.task.primary if t.monitor == "error" else t.monitor
+        self.stopping = EarlyStopping(monitored, t.patience, t.restore_best)
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
 
@@ -239,13 +260,15 @@ class _Trainer:
                 self.saved_step = self.step
         self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
                                 metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
-                                eval_sets=self.eval_sets)
+                                eval_sets=self.eval_sets, loss_fn=self.loss_fn, task=self.task)
 
     def recorded_spec(self) -> dict[str, Any]:
         """The spec as the store shows it: with your own model, ``[model]`` describes that module instead."""
         spec = self.spec.to_dict()
         if self.user_model is not None:
             spec["model"] = dict(self.user_model)
+        if self.user_loss is not None:  # loss_fn=: its name
+            spec["train"]["loss"], spec["train"]["loss_options"] = self.user_loss, {}
         return spec
 
     # --- checkpoints -------------------------------------------------------------------------------
@@ -258,13 +281,14 @@ class _Trainer:
             "input_shape": list(self.data.input_shape),
             "num_classes": self.data.num_classes,
             "user_model": self.user_model,
+            "user_loss": self.user_loss,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "preprocessor": self.pre.state_dict(),
             "rng": rng_state(self.device),
-            "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "wrong": self.wrong.cpu().clone(),
-                             "seen": self.seen},
+            "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "sums": {
+                k: v.cpu().clone() if isinstance(v, Tensor) else v for k, v in self.sums.items()}},
             "metrics": dict(self.metrics),
             "early_stopping": self.stopping.state(),
             "start_loss": self.start_loss,
@@ -279,9 +303,10 @@ class _Trainer:
             self.schedule.load_state_dict(ckpt["schedule"])
         self.step = ckpt["step"]
         acc = ckpt["accumulators"]
-        self.n, self.seen = len(acc["losses"]), acc["seen"]
+        self.n = len(acc["losses"])
         self.losses[: self.n] = acc["losses"].to(self.device)
-        self.wrong.copy_(acc["wrong"])
+        sums = acc["sums"] if "sums" in acc else {"wrong": acc["wrong"], "count": acc["seen"]} if acc["seen"] else {}
+        self.sums = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in sums.items()}
         self.metrics.update(ckpt["metrics"])
         self.stopping.load(stopping)
         self.start_loss = ckpt.get("start_loss")
@@ -324,14 +349,16 @@ class _Trainer:
 
     def run_evaluation(self) -> None:
         t = self.spec.train
-        values = {"train/loss": self.losses[: self.n].mean(), "train/error": self.wrong / max(self.seen, 1)}
-        for split, (x, y) in self.eval_sets.items():
-            values[f"{split}/loss"], values[f"{split}/error"] = evaluate(self.model, x, y, self.loss_fn,
-                                                                         t.eval_batch_size)
+        values = {"train/loss": self.losses[: self.n].mean()}
+        values |= {f"train/{k}": v for k, v in (reduce_sums(self.task, self.sums) if self.sums else {}).items()}
+        for split, (x, y) in self.eval_sets.items():  # the loss and the task's metrics (deepscope.metrics)
+            values |= {f"{split}/{k}": v for k, v in evaluate_task(self.model, x, y, self.loss_fn, self.task,
+                                                                   t.eval_batch_size).items()}
         names = list(values)
         metrics = dict(zip(names, torch.stack([values[k].float() for k in names]).tolist(), strict=True))
         if self.n == 0:
-            metrics.pop("train/loss"), metrics.pop("train/error")
+            for name in [k for k in metrics if k.startswith("train/")]:
+                metrics.pop(name)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.metrics.clear()
         self.metrics.update(metrics)
@@ -339,16 +366,17 @@ class _Trainer:
         if self.store is not None:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
-        valid_error = metrics.get("valid/error")
-        if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
-            valid_error = metrics.get("train/error", math.nan)
+        score = "r2" if self.task.kind == "regression" else "error"  # what a plateau schedule maximizes (1 - error)
+        valid_score = metrics.get(f"valid/{score}")
+        if valid_score is None:  # no validation split: no best model, no patience; a plateau schedule reads training
+            valid_score = metrics.get(f"train/{score}", math.nan)
         else:
             self.stopping.observe(self.step, metrics, self.model)
         if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
-            step_schedule(self.schedule, metric=1.0 - valid_error)
+            step_schedule(self.schedule, metric=valid_score if score == "r2" else 1.0 - valid_score)
         self.losses.zero_()
-        self.wrong.zero_()
-        self.n = self.seen = 0
+        self.sums = {}
+        self.n = 0
 
     def _emit(self, event: str, loss: Tensor | None = None) -> None:
         ctx = self.ctx
@@ -365,6 +393,7 @@ class _Trainer:
         status, message = "finished", ""
         flag = {"stop": False}
         model, optimizer, loss_fn, next_batch = self.model, self.optimizer, self.loss_fn, self.next_batch
+        task = self.task
         params = [p for p in model.parameters() if p.requires_grad]
         clip_norm, clip_value = self.spec.train.clip_norm, self.spec.train.clip_value
         clipping = clip_norm is not None or clip_value is not None
@@ -394,9 +423,8 @@ class _Trainer:
                         step_schedule(per_update)
                     loss = loss.detach()
                     self.slots[self.n].copy_(loss)
-                    self.wrong += (logits.argmax(1) != y).sum()
+                    self.sums = add_sums(self.sums, batch_sums(task, logits, y))
                     self.n += 1
-                    self.seen += len(y)
                     self.step += 1
                     consistent = True
                     if callbacks:
@@ -427,7 +455,7 @@ class _Trainer:
                             status, message = "diverged", self._diverged(*bad)
                             break
                         speed = (self.step - last_step) / (now - last_time)
-                        refresh(progress, self.step, self.losses, self.n, self.wrong, self.seen,
+                        refresh(progress, self.step, self.losses, self.n, self.sums,
                                  optimizer.param_groups[0]["lr"], speed)
                         next_refresh, last_step, last_time = now + REFRESH_SECONDS, self.step, now
                 if status == "finished":
@@ -469,7 +497,7 @@ class _Trainer:
             test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
-            restored=self.stopping.restored,
+            restored=self.stopping.restored, task=self.task,
         )
 
     def _restore_best(self) -> str:

@@ -32,7 +32,9 @@ class EarlyStopping:
     def observe(self, step: int, metrics: dict[str, float], model: nn.Module) -> None:
         """One evaluation with a validation split."""
         watched = f"valid/{self.monitor}"
-        if not self.best or not math.isfinite(self.best[watched]) or metrics[watched] < self.best[watched]:
+        sign = -1.0 if self.monitor in ("r2", "exact_match") else 1.0  # R^2 and exact match: higher is better
+        best = self.best.get(watched, math.nan)
+        if not self.best or not math.isfinite(best) or sign * metrics[watched] < sign * best:
             self.best = {"step": step, **{k: v for k, v in metrics.items() if "/" in k}}
             self.bad_evals = 0
             if self.restore:
@@ -45,7 +47,7 @@ class EarlyStopping:
         if self.patience is None or self.bad_evals < self.patience:
             return None
         best = self.best[f"valid/{self.monitor}"]
-        shown = f"{best:.2%}" if self.monitor == "error" else f"{best:.4g}"
+        shown = f"{best:.2%}" if self.monitor in ("error", "exact_match") else f"{best:.4g}"
         return (f"Stopped early at update {step}: the validation {self.monitor} has not improved for "
                 f"{self.patience} evaluations (best {shown} at update {self.best['step']}).")
 

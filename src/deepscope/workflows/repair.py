@@ -1,6 +1,6 @@
 """``repair`` (``deepscope doctor --fix``): diagnose, try the candidate fixes, verify them, hand back a run that trains.
 
-1. The diagnosis run: :func:`~deepscope.diagnosis.session.diagnosis_run` on the spec (or your module, whose initial
+1. The diagnosis run: :func:`~deepscope.workflows.run.diagnosis_run` on the spec (or your module, whose initial
    state is deep-copied first). A healthy run gets "nothing to fix" and no trials.
 2. Trials: for the top :data:`TOP_FINDINGS` findings, each candidate of
    :data:`~deepscope.diagnosis.fixes.FIXES_FOR` that applies is a short doctor run of the repaired spec (or
@@ -30,11 +30,12 @@ from typing import Any
 from deepscope.config import RunSpec, spec_toml, validate_spec
 from deepscope.diagnosis.findings import Finding
 from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes
-from deepscope.diagnosis.trial_runs import run_all as _run_all
-from deepscope.diagnosis.trial_runs import run_trial
+from deepscope.parallel import check_backend
+from deepscope.training.probe import MONITOR
+from deepscope.workflows.run import DOCTOR_UPDATES, diagnosis_run
+from deepscope.workflows.trials import Trial, run_trials
 
-__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "Trial", "judge", "repair", "repair_table",
-           "run_trial", "summary"]
+__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "judge", "repair", "repair_table", "summary"]
 
 ERROR_MARGIN = 0.01  # a verified fix lowers the validation error by at least 1 point ...
 LOSS_MARGIN = 0.05  # ... or the validation loss by at least 5 % without raising the error
@@ -42,39 +43,9 @@ TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are trie
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
 SPAWN_SECONDS = 10.0
-BACKENDS = ("local", "ray")  # as deepscope.experiments.sweep, which sits above diagnosis (not imported here)
 
 
 PROBLEM = ("error", "warning")
-
-
-@dataclass
-class Trial:
-    """One trial run: the fixes applied, what they target, how the run went and the verdict of :func:`judge`."""
-
-    fixes: tuple[str, ...]
-    targets: tuple[str, ...]  # the baseline finding codes the fixes were tried for
-    spec: dict = field(repr=False)  # the repaired spec, at the run's full length
-    model: Any = field(default=None, repr=False)  # the repaired copy of your initial module
-    run_id: str | None = None
-    status: str = "not run"
-    metrics: dict[str, float] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list, repr=False)
-    seconds: float = 0.0
-    improved: bool = False
-    cleared: bool = False
-    verified: bool = False
-    verdict: str = ""
-    error: str = ""  # why a trial that raised failed (it is not verified; the other trials go on)
-    data: dict = field(default_factory=dict, repr=False)  # records, histograms, scalars, checks, spec
-
-    @property
-    def name(self) -> str:
-        return " + ".join(self.fixes)
-
-    @property
-    def groups(self) -> set[str]:
-        return {g for f in self.fixes for g in FIXES[f].group.split("+")}
 
 
 @dataclass
@@ -202,18 +173,11 @@ def repair(
     ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
     are drawn side by side (``report_path``, default the baseline run's ``report.html``).
     """
-    from deepscope.diagnosis.session import DOCTOR_UPDATES
-    from deepscope.diagnosis.session import diagnosis_run as doctor
-    from deepscope.probe.trainer import MONITOR
-
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
         raise ValueError(f"budget={budget!r} is not allowed; give an integer >= 0 (the number of trial runs)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
-    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise ValueError(f"jobs={jobs!r} is not allowed; give an integer >= 1 (parallel trial processes)")
+    check_backend(backend, jobs)
     if not isinstance(spec, RunSpec):
         data = dict(spec or {})
         data.setdefault("train", {"updates": updates})
@@ -221,7 +185,7 @@ def repair(
     original = spec.to_dict()
     initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
-    baseline = doctor(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
+    baseline = diagnosis_run(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
                       monitor=monitor, report=False, quiet=quiet)
     store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
@@ -236,7 +200,7 @@ def repair(
                         updates=updates, monitor=monitor)
         with _Progress(quiet) as progress:
             singles = candidates[:budget]
-            result.interrupted = _run_all(singles, run_args, backend, jobs, progress.add(len(singles)))
+            result.interrupted = run_trials(singles, run_args, backend, jobs, progress.add(len(singles)))
             for trial in singles:
                 _judge(trial, baseline)
             result.trials = [t for t in singles if t.status != "not run"]
@@ -315,7 +279,7 @@ def _try_pair(result: RepairResult, first: Trial, second: Trial, spec: dict, mod
         result.skipped.append((" + ".join(fixes), str(e)))
         return None, False
     trial = Trial(fixes, tuple(dict.fromkeys(first.targets + second.targets)), fixed, fixed_model)
-    interrupted = _run_all([trial], run_args, backend, 1, progress.add(1))
+    interrupted = run_trials([trial], run_args, backend, 1, progress.add(1))
     if trial.status == "not run":
         return trial, True
     _judge(trial, result.baseline)

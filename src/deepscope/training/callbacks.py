@@ -1,6 +1,6 @@
 """Training callbacks: objects with ``on_start / on_step / on_eval / on_end``, called with a :class:`TrainContext`.
 
-:func:`deepscope.trainer.train` calls every callback at four events:
+:func:`deepscope.training.loop.train` calls every callback at four events:
 
 - ``on_start`` -- the model is built (or given), the optimizer made, nothing trained yet (``ctx.step`` is 0,
   or the checkpoint's step on resume);
@@ -40,6 +40,8 @@ class TrainContext:
     store: Any = None  # the deepscope.store.Store the run is recorded in, if any
     spec: Any = None  # the run's RunSpec
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # preprocessed, on device
+    loss_fn: Any = None  # the run's loss, (output, target) -> scalar (train.loss, or loss_fn= of your own)
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
 
 
 class Callback:
@@ -79,4 +81,4 @@ def as_callback(obj: Any) -> Callback:
         return obj
     if callable(obj):
         return _FunctionCallback(obj)
-    raise TypeError(f"callbacks: {obj!r} is not allowed; give a deepscope.callbacks.Callback or a function fn(ctx)")
+    raise TypeError(f"callbacks: {obj!r} is not allowed; give a deepscope.Callback or a function fn(ctx)")
