@@ -85,8 +85,11 @@ class RepairResult:
 
 
 def _score(metrics: dict[str, float], status: str) -> tuple[float, float]:
-    """(validation error, validation loss); a diverged run, or one without them, scores worst."""
+    """(validation error, validation loss); a diverged run, or one without them, scores worst. A regression's error
+    is the share of the variance it leaves unexplained, 1 - R^2 (1 when it predicts no better than the mean)."""
     err, loss = metrics.get("valid/error", math.nan), metrics.get("valid/loss", math.nan)
+    if "valid/r2" in metrics:
+        err = min(1.0, 1.0 - metrics["valid/r2"])
     if status == "diverged" or not math.isfinite(err):
         return 1.0, math.inf
     return err, loss if math.isfinite(loss) else math.inf
@@ -163,6 +166,7 @@ def repair(
     report_path: Any = None,
     fixed_path: Any = None,
     quiet: bool = True,
+    loss_fn: Any = None,
 ) -> RepairResult:
     """Diagnose ``spec`` (or your ``model`` trained with it), try the candidate fixes, keep the best verified one.
 
@@ -171,7 +175,8 @@ def repair(
     processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
     like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
     ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
-    are drawn side by side (``report_path``, default the baseline run's ``report.html``).
+    are drawn side by side (``report_path``, default the baseline run's ``report.html``). ``loss_fn``: a loss of
+    your own for the diagnosis run and every trial (trials run in this process when it cannot be pickled).
     """
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
@@ -186,7 +191,7 @@ def repair(
     initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
     baseline = diagnosis_run(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
-                      monitor=monitor, report=False, quiet=quiet)
+                      monitor=monitor, report=False, quiet=quiet, loss_fn=loss_fn)
     store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
@@ -194,10 +199,10 @@ def repair(
     if codes and not result.interrupted:
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
-        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:
+        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS or not _picklable(loss_fn):
             jobs = 1
         run_args = dict(dataset=dataset, store_root=str(store.root) if store is not None else None,
-                        updates=updates, monitor=monitor)
+                        updates=updates, monitor=monitor, loss_fn=loss_fn)
         with _Progress(quiet) as progress:
             singles = candidates[:budget]
             result.interrupted = run_trials(singles, run_args, backend, jobs, progress.add(len(singles)))
@@ -217,6 +222,17 @@ def repair(
         result.report = _report(result, spec.name, store, report_path)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _picklable(value: Any) -> bool:
+    """Whether ``value`` can go to a worker process (a lambda cannot)."""
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any failure means: keep it in this process
+        return False
+    return True
 
 
 def _copy_module(model: Any) -> Any:

@@ -47,7 +47,7 @@ class Trial:
 
 
 def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: str | None = None,
-              updates: int = 500, monitor: int = 300) -> dict:
+              updates: int = 500, monitor: int = 300, loss_fn: Any = None) -> dict:
     """One diagnosis run of ``spec`` (and your ``model``), without a report; a picklable summary of it."""
     from deepscope.store import Store
 
@@ -55,7 +55,7 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     store = Store(store_root) if store_root is not None else None
     try:
         r = diagnosis_run(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
-                          report=False, quiet=True)
+                          report=False, quiet=True, loss_fn=loss_fn)
     except Exception as e:  # a fix the module does not take (a shape it breaks, say): this trial fails, not the repair
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return dict(run_id=None, status="failed", metrics={}, findings=[], seconds=time.perf_counter() - start,
