@@ -160,6 +160,10 @@ def train_command(
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
         typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.eval_step} updates [{status}]")
+    elif "test/rmse" in m:  # a regression
+        valid = f" (valid R² {m['valid/r2']:.3f})" if "valid/r2" in m else ""
+        typer.echo(f"test RMSE {m['test/rmse']:.4g}, R² {m['test/r2']:.3f}{valid} after {result.eval_step} updates "
+                   f"[{status}]")
     else:
         typer.echo(f"{status}" if result.diverged_at is not None else f"{status} after {result.step} updates")
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""

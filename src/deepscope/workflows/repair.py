@@ -336,7 +336,8 @@ def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, 
     spec = {**best.spec, "name": f"{original['name']}-fixed"}
     header = [f"Repaired by deepscope doctor --fix: {best.name}.",
               f"Verified in a {best.data.get('spec', {}).get('train', {}).get('updates', '?')}-update trial: "
-              f"valid error {best.metrics.get('valid/error', math.nan):.2%}"
+              + (f"valid R² {best.metrics['valid/r2']:.3f}" if "valid/r2" in best.metrics else
+                 f"valid error {best.metrics.get('valid/error', math.nan):.2%}") +
               f"{f' (run {best.run_id})' if best.run_id else ''}."]
     if own_module:
         module_fixes = [f for f in best.fixes if not FIXES[f].run_level]
@@ -382,7 +383,9 @@ def repair_table(result: RepairResult):
     from rich.table import Table
 
     b_err, b_loss = _score(result.baseline.metrics, result.baseline.status)
-    table = Table("#", "fix", "for finding", "cleared", "valid error", "valid loss", "time", "verdict",
+    regression = "valid/r2" in result.baseline.metrics  # its error is 1 - R^2, the variance left unexplained
+    table = Table("#", "fix", "for finding", "cleared", "valid 1 - R²" if regression else "valid error", "valid loss",
+                  "time", "verdict",
                   title=f"deepscope doctor --fix: {len(result.trials)} trials (diagnosis run "
                   f"{result.diagnosis_seconds:.0f} s)", show_lines=False)
     for i, t in enumerate(result.trials, 1):
