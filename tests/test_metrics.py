@@ -185,3 +185,11 @@ def test_regression_baseline_predicts_the_mean():
     assert baseline(REG, y, "l1")["loss"] == pytest.approx(2.5)
     # huber (delta 1) at the median: (1 + .125 + .125 + 7) / 4 ; at the mean: (2.5 + 1.5 + .5 + 5.5) / 4
     assert baseline(REG, y, "huber")["loss"] == pytest.approx(min(8.25, 10.0) / 4)
+
+
+def test_a_run_trains_when_it_is_clearly_past_the_baseline():
+    chance = {"error": 0.5}
+    assert M.beats_baseline(BIN, {"valid/error": 0.39}, chance)
+    assert not M.beats_baseline(BIN, {"valid/error": 0.41}, chance)  # 0.8 x 0.5 = 0.4
+    assert not M.beats_baseline(BIN, {}, chance)
+    assert M.beats_baseline(REG, {"valid/r2": 0.25}, {}) and not M.beats_baseline(REG, {"valid/r2": 0.1}, {})

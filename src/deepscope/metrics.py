@@ -45,6 +45,7 @@ __all__ = [
     "Task",
     "baseline",
     "batch_sums",
+    "beats_baseline",
     "class_entropy",
     "binary_error",
     "constant_output",
@@ -423,3 +424,17 @@ def baseline(task: Task, targets: Tensor, loss: str | Callable | None = None,
         values["loss"] = fn(out, y)
     names = list(values)
     return dict(zip(names, torch.stack([values[k].double() for k in names]).tolist(), strict=True))
+
+
+TRAINS_MARGIN = 0.2  # "clearly past the baseline": 20 % below the chance error, or R^2 >= 0.2
+
+
+def beats_baseline(task: Task, metrics: dict[str, float], chance: dict[str, float], split: str = "valid",
+                   margin: float = TRAINS_MARGIN) -> bool:
+    """Whether a run trains: its ``split`` error is at most (1 - ``margin``) x the baseline's (``chance``, from
+    :func:`baseline`), or for a regression its R^2 is at least ``margin`` (the mean scores 0)."""
+    if task.kind == REGRESSION_TASK:
+        r2_value = metrics.get(f"{split}/r2", float("nan"))
+        return r2_value == r2_value and r2_value >= margin
+    error = metrics.get(f"{split}/error", float("nan"))
+    return error == error and error <= (1 - margin) * chance.get("error", 1.0)
