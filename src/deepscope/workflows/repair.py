@@ -383,7 +383,8 @@ def repair_table(result: RepairResult):
     from rich.table import Table
 
     b_err, b_loss = _score(result.baseline.metrics, result.baseline.status)
-    regression = "valid/r2" in result.baseline.metrics  # its error is 1 - R^2, the variance left unexplained
+    # a regression's error is 1 - R^2, the variance left unexplained
+    regression = any("valid/r2" in m for m in [result.baseline.metrics, *(t.metrics for t in result.trials)])
     table = Table("#", "fix", "for finding", "cleared", "valid 1 - R²" if regression else "valid error", "valid loss",
                   "time", "verdict",
                   title=f"deepscope doctor --fix: {len(result.trials)} trials (diagnosis run "
