@@ -133,7 +133,7 @@ def test_report_on_a_log_dir_without_tensorboard_exits_2(tmp_path, monkeypatch):
 
 def test_findings_table_printed(capsys):
     from deepscope.diagnosis import Finding
-    from deepscope.integrations._common import print_findings
+    from deepscope.diagnosis.findings import print_findings
 
     print_findings([Finding("saturation", "error", "top layer saturated", ["hidden5"], first_step=100,
                             recovers=False, evidence={"saturated": 0.97}, advice="Replace sigmoid by tanh")], "run")

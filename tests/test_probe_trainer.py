@@ -8,7 +8,8 @@ from deepscope.cli import app
 from deepscope.config import validate_spec
 from deepscope.data import get_dataset
 from deepscope.store import Store
-from deepscope.training.loop import load_model, train
+from deepscope.training.checkpoint import load_model
+from deepscope.training.loop import train
 from deepscope.training.probe import TrainerProbe
 
 OPTIONS = {"n_valid": 50, "n_test": 50, "size": 16, "seed": 3}

@@ -8,7 +8,8 @@ from deepscope.config import SpecError, validate_spec
 from deepscope.data import Dataset
 from deepscope.store import Store
 from deepscope.training.callbacks import Callback
-from deepscope.training.loop import load_checkpoint, train
+from deepscope.training.checkpoint import load_checkpoint
+from deepscope.training.loop import train
 
 
 def noisy_blobs(seed=0) -> Dataset:

@@ -17,7 +17,10 @@ from deepscope.data.preprocess import Preprocessor
 from deepscope.models import mlp
 from deepscope.store import Store
 from deepscope.training import loop as train_module
-from deepscope.training.loop import TrainContext, load_checkpoint, load_model, train
+from deepscope.training import setup as run_setup
+from deepscope.training.callbacks import TrainContext
+from deepscope.training.checkpoint import load_checkpoint, load_model
+from deepscope.training.loop import train
 
 SHAPESET = {"n_valid": 60, "n_test": 60, "size": 16}
 
@@ -27,7 +30,7 @@ def small(monkeypatch):
     """Small stream chunks (so that a resume also lands inside a chunk) and a small preprocessing sample
     keep data generation short."""
     monkeypatch.setattr(loader, "STREAM_CHUNK", 100)
-    monkeypatch.setattr(train_module, "FIT_SAMPLE", 500)
+    monkeypatch.setattr(run_setup, "FIT_SAMPLE", 500)
 
 
 def blobs(n_train=120, seed=0) -> Dataset:

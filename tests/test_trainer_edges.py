@@ -110,8 +110,8 @@ def test_the_output_check_leaves_the_rng_alone():
 
 
 def test_findings_with_brackets_print_as_text(capsys):
-    from deepscope.cli.common import print_findings
     from deepscope.diagnosis import Finding
+    from deepscope.diagnosis.findings import print_findings
 
     print_findings([Finding("dead_units", "warning", "layer blocks[b] is [/] dead", layers=["blocks[b]"],
                             advice="set [model] norm")], "run [x]")
@@ -120,7 +120,7 @@ def test_findings_with_brackets_print_as_text(capsys):
 
 
 def test_evaluation_builds_no_graph_and_matches_a_hand_computation():
-    from deepscope.training.setup import evaluate
+    from deepscope.training.evaluation import evaluate
 
     model, (x, y) = net(), blobs().valid
     loss, error = evaluate(model, x, y, F.cross_entropy, batch_size=7)  # batches of 7 over 40 examples

@@ -40,7 +40,7 @@ from deepscope.losses import make_loss
 from deepscope.models import convnet, mlp
 from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
 from deepscope.optim import make_optimizer, make_schedule
-from deepscope.plots import RunData, report
+from deepscope.plots.html import RunData
 from deepscope.probe import Probe
 from deepscope.probe.sinks import MLflowSink, StoreSink, TensorBoardSink, WandbSink
 from deepscope.records import Records
@@ -50,6 +50,7 @@ from deepscope.training.loop import train
 from deepscope.training.probe import TrainerProbe
 from deepscope.workflows.doctor import doctor
 from deepscope.workflows.repair import repair
+from deepscope.workflows.report import report
 
 __all__ = ["ACTIVATIONS", "Callback", "Finding", "MLflowSink", "Maxout", "PReLU", "Preprocessor", "Probe", "Records",
            "RunData", "RunSpec", "Store", "StoreSink", "TensorBoardSink", "TrainContext", "TrainerProbe", "WandbSink",

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, spec_for_module
-from deepscope.registry import lookup, register
+from deepscope.registry import lookup, register, unknown
 
 __all__ = [
     "LAYER_TYPES",
@@ -91,7 +91,7 @@ def layer_fans(module: nn.Module) -> Fans:
 
 def _fan(tensor: Tensor, fans_: Fans | None, mode: str) -> float:
     if mode not in FAN_MODES:
-        raise ValueError(f"mode={mode!r} is not known; choose one of: {', '.join(FAN_MODES)}")
+        raise unknown("mode", mode, FAN_MODES)
     fan_in, fan_out = fans(tensor) if fans_ is None else fans_
     return {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
 
@@ -379,7 +379,7 @@ def apply(model: nn.Module, scheme: str, **kwargs) -> nn.Module:
             _init_layer(layer, SCHEMES[chosen[id(layer)]], kwargs)
         return model
     if scheme not in SCHEMES:
-        raise ValueError(f"init={scheme!r} is not known; choose one of: {', '.join([*SCHEMES, *APPLY_ONLY])}")
+        raise unknown("init", scheme, [*SCHEMES, *APPLY_ONLY])
     fn = SCHEMES[scheme]
     _check_kwargs(scheme, fn, kwargs)
     if scheme == "lsuv":

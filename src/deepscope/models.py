@@ -27,7 +27,7 @@ from torch import nn
 
 from deepscope import init as init_module
 from deepscope.nn.activations import Maxout, get_activation, make_activation
-from deepscope.registry import integer
+from deepscope.registry import integer, unknown
 
 __all__ = ["build_model", "convnet", "mlp"]
 
@@ -41,9 +41,9 @@ _check_int = integer
 
 def _check_switches(norm, norm_position, dropout) -> None:
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not known; choose one of: None, 'batch'")
+        raise unknown("norm", norm, ["None", "'batch'"])
     if norm_position not in NORM_POSITIONS:
-        raise ValueError(f"norm_position={norm_position!r} is not known; choose one of: before, after")
+        raise unknown("norm_position", norm_position, ["before", "after"])
     if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r}: must be a probability in [0, 1)")
 
@@ -60,13 +60,13 @@ def _activation(name: str, kwargs: dict | None, neuron_shape: tuple[int, ...], c
     if name == "prelu":
         per = kwargs.pop("per", default_per)
         if per not in PRELU_PER:
-            raise ValueError(f"activation_kwargs per={per!r} is not known; choose one of: {', '.join(PRELU_PER)}")
+            raise unknown("activation_kwargs per", per, PRELU_PER)
         if "shape" not in kwargs:
             kwargs["shape"] = {"neuron": neuron_shape, "channel": channel_shape, "shared": ()}[per]
         params.append("per")
-    if unknown := [k for k in kwargs if k not in params]:
+    if bad := [k for k in kwargs if k not in params]:
         raise ValueError(
-            f"activation {name!r} does not take {', '.join(map(repr, unknown))}; "
+            f"activation {name!r} does not take {', '.join(map(repr, bad))}; "
             f"its parameters are: {', '.join(params) or '(none)'}"
         )
     return make_activation(name, **kwargs)

@@ -42,9 +42,11 @@ def table(kind: str) -> Mapping[str, Any]:
         raise unknown("registry", kind, sorted(_TABLES)) from None
 
 
-def unknown(key: str, value: Any, valid: Iterable[Any]) -> ValueError:
-    """The error for a name that is not in a registry: the key, the value and every valid name."""
-    return ValueError(f"{key}={value!r} is not known; choose one of: {', '.join(map(str, valid))}")
+def unknown(key: str, value: Any, valid: Iterable[Any], *, what: str | None = None) -> ValueError:
+    """The error for a name that is not in a registry: the key, the value and every valid name (``what`` replaces
+    the ``key=value is not known`` part where the message must say more)."""
+    what = f"{key}={value!r} is not known" if what is None else what
+    return ValueError(f"{what}; choose one of: {', '.join(map(str, valid))}")
 
 
 def lookup(registry: Mapping[str, T], key: str, name: Any) -> T:

@@ -12,10 +12,11 @@ from pathlib import Path
 import typer
 
 import deepscope
-from deepscope.cli.common import STORE_HELP, fail, model_from_factory, print_findings, read_store
+from deepscope.cli.common import STORE_HELP, fail, model_from_factory, read_store
 from deepscope.cli.data import data_app
 from deepscope.cli.experiments import experiments_app
 from deepscope.cli.runs import runs_app
+from deepscope.diagnosis.findings import print_findings
 from deepscope.training.probe import MONITOR
 from deepscope.workflows.run import DOCTOR_UPDATES
 
@@ -262,7 +263,7 @@ def report_command(
 ) -> None:
     """Write one self-contained HTML report (findings and Glorot & Bengio's figures) for stored runs."""
     from deepscope.integrations.trackers import is_tensorboard_dir, run_from_tensorboard
-    from deepscope.plots import RunData, report
+    from deepscope.workflows.report import diagnosed, report, run_data
 
     if not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
@@ -275,7 +276,7 @@ def report_command(
                        "or a log directory written by deepscope's TensorBoardSink or callbacks)")
     st = read_store(store) if any(run not in logged for run in runs) else None
     try:
-        bundles = [run_from_tensorboard(run) if run in logged else RunData.from_store(st, run) for run in runs]
+        bundles = [run_from_tensorboard(run) if run in logged else run_data(st, run) for run in runs]
         path = report(bundles, out_path=output, title=title)
     except (ValueError, OSError, ImportError) as e:
         raise fail(str(e)) from None
@@ -285,5 +286,5 @@ def report_command(
                     "train it with --probe-every N (or run deepscope doctor on its spec)")
             typer.echo(f"run {run.run_id}: no probe records to diagnose; {hint}")
         else:
-            print_findings(run.diagnosis(), f"run {run.run_id}")
+            print_findings(diagnosed(run), f"run {run.run_id}")
     typer.echo(f"report: {path}")

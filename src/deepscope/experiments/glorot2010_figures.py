@@ -214,7 +214,8 @@ def _plot(name: str):
 
 def write_report(runs: dict[str, ProbedRun], path, title: str):
     """The HTML report (findings, curves and every figure family, runs side by side) of ``runs``."""
-    from deepscope.plots import RunData, report
+    from deepscope.plots.html import RunData
+    from deepscope.workflows.report import report
 
     data = [RunData(f"{label}: {_TITLES.get(label, label)}", run_id=r.run_id, spec=r.spec, status=r.status,
                     stats=r.stats, histograms=r.histograms, scalars=r.scalars) for label, r in runs.items()]

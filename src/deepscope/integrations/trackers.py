@@ -109,7 +109,7 @@ def _in_record_order(rows: dict[tuple, dict]) -> list[dict]:
 
 def run_from_tensorboard(log_dir: str | Path, name: str | None = None) -> Any:
     """A :class:`~deepscope.plots.RunData` for the run logged under ``log_dir``."""
-    from deepscope.plots import RunData
+    from deepscope.plots.html import RunData
 
     stats, histograms, scalars = read_tensorboard(log_dir)
     path = Path(log_dir)

@@ -31,7 +31,7 @@ def activation_mean_std(stats: Rows) -> Figure | None:
     if not means:
         return None
     order = layer_order(stats)
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     for layer, (steps, mean) in means.items():
         std = dict(zip(*stds.get(layer, ([], [])), strict=True))
         err = [std.get(s, math.nan) for s in steps]
@@ -51,7 +51,7 @@ def activation_percentiles(stats: Rows) -> Figure | None:
     if not p98 and not stds:
         return None
     order = layer_order(stats)
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     for layer in sorted({*p98, *stds}, key=order.__getitem__):
         color = layer_color(order[layer])
         if layer in stds:

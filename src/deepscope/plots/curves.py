@@ -30,7 +30,7 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
     ``runs`` maps a run's label to its scalar rows ``dict(step, name, value)``.
     """
-    fig, ax = new_figure(6.4, 3.6)
+    fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn = False
     rates = any(r["name"] in _ERROR_STYLES for scalars in runs.values() for r in scalars)
     styles, scale = (_ERROR_STYLES, 100) if rates else (_RMSE_STYLES, 1)
@@ -52,7 +52,7 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
 def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
     """Training loss against updates (log scale when it spans 10x), one colour per run: Varma & Das, ch. 7, fig. 7.6."""
-    fig, ax = new_figure(6.4, 3.6)
+    fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn: list[float] = []
     for i, (label, scalars) in enumerate(runs.items()):
         for name, style in (("train/loss", "-"), ("valid/loss", ":")):

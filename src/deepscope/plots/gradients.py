@@ -37,7 +37,7 @@ def weight_gradient_intervals(stats: Rows) -> Figure | None:
     layers = [layer for layer in stds if layer in means]
     if not layers:
         return None
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     all_steps = sorted({s for layer in layers for s in stds[layer][0]})
     gap = (all_steps[-1] - all_steps[0]) / max(1, len(all_steps) - 1) if len(all_steps) > 1 else 1.0
     order = layer_order(stats)

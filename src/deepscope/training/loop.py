@@ -2,7 +2,8 @@
 
 This is the one training loop of deepscope: ``deepscope train``, ``deepscope doctor``, the experiments
 and your own code (``train(spec, model=my_module)``) all go through :func:`train`, so the same spec and
-seed give the same run wherever the model comes from.
+seed give the same run wherever the model comes from. Read it top to bottom: :func:`train` resolves the
+run (new or resumed), :func:`~deepscope.training.setup.build` makes its parts, :meth:`_Run.loop` trains.
 
 Data come either from a stream (Shapeset, learned online, read in chunks of consecutive batches) or
 from an in-memory training set visited in epochs (epoch ``e`` shuffled by a generator seeded with
@@ -28,45 +29,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from deepscope.config import RunSpec, SpecError, validate_spec
-from deepscope.data import Dataset, get_dataset, make_augment
-from deepscope.data.loader import TrainBatches
-from deepscope.data.preprocess import Preprocessor
-from deepscope.metrics import add_sums, batch_sums, reduce_sums
-from deepscope.metrics import evaluate as evaluate_task
-from deepscope.models import build_model
-from deepscope.optim import clip_gradients, make_optimizer, make_schedule, schedule_steps_on, step_schedule
+from deepscope.config import RunSpec, validate_spec
+from deepscope.data import Dataset
+from deepscope.metrics import add_sums, batch_sums
+from deepscope.optim import clip_gradients, schedule_steps_on, step_schedule
 from deepscope.records import RESTORED_STEP
 from deepscope.store import CHECKPOINT_FILE, RunTakenOver, Store, TakenMessage
 from deepscope.training import checkpoint as _checkpoint
 from deepscope.training.callbacks import TrainContext, as_callback
-from deepscope.training.checkpoint import load_checkpoint, load_model, rng_state, run_checkpoint, set_rng_state
-from deepscope.training.divergence import (
-    EXPLOSION,
-    divergence_message,
-    eval_line,
-    exploded,
-    first_bad,
-    new_progress,
-    refresh,
-)
+from deepscope.training.console import eval_line, new_progress, refresh
+from deepscope.training.device import resolve_device, stop_on_signals
+from deepscope.training.divergence import EXPLOSION, divergence_message, exploded, first_bad
 from deepscope.training.early_stopping import EarlyStopping
-from deepscope.training.setup import check_output, describe_model, evaluate, resolve_device, setup_loss, stop_on_signals
-from deepscope.validate import check_batch_size
+from deepscope.training.evaluation import run_metrics
+from deepscope.training.setup import Setup, build, recorded_spec
 
-__all__ = ["Result", "TrainContext", "build_model", "describe_model", "evaluate", "load_checkpoint", "load_model",
-           "resolve_device", "train"]
+__all__ = ["Result", "train"]
 
 REFRESH_SECONDS = 0.25  # progress bar: at most four refreshes (and host reads) a second
-FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
-LSUV_SAMPLE = 500  # training examples LSUV calibrates on
 
 
 @dataclass
 class Result:
-    """The outcome of :func:`train`. ``status`` is ``finished``, ``diverged`` or ``interrupted``."""
+    """A run: how :func:`train` ended it. ``status`` is ``finished``, ``diverged`` or ``interrupted``."""
 
     run_id: str | None
     status: str
@@ -94,7 +81,7 @@ def train(
     dataset: Dataset | None = None,
     model: nn.Module | None = None,
     force: bool = False,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
@@ -126,7 +113,7 @@ def train(
         claimed = store.claim(run_id, force=force)
     try:
         if resume is not None:
-            checkpoint = run_checkpoint(store, run_id)
+            checkpoint = _checkpoint.run_checkpoint(store, run_id)
             if checkpoint.get("user_model") and model is None:
                 raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
                                  "resume it with the same module: train(resume=..., model=...), or --model "
@@ -142,272 +129,86 @@ def train(
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
             torch.manual_seed(spec.train.seed)
-            trainer = _Trainer(spec, device, store, run_id, checkpoint, dataset, callbacks, quiet, model, loss_fn)
-            claimed = None  # the trainer owns the run now and records how it ends
-            return trainer.run()
+            parts = build(spec, device, checkpoint, dataset, model, run_id, loss_fn)
+            run = _Run(spec, device, parts, store, run_id, checkpoint, callbacks, quiet)
+            claimed = None  # the run owns its store entry now and records how it ends
+            return run.loop()
     finally:
         if claimed is not None:  # refused before training: the run is as it was
             store.release(run_id, claimed)
 
 
-class _Trainer:
-    """The state of one training run; :meth:`run` is the loop. Internal: use :func:`train`."""
+class _Run:
+    """The state of one training run as it goes; :meth:`loop` trains. Internal: use :func:`train`."""
 
-    def __init__(self, spec: RunSpec, device: torch.device, store: Store | None, run_id: str | None,
-                 checkpoint: dict | None, dataset: Dataset | None, callbacks, quiet: bool,
-                 user_model: nn.Module | None = None, loss_fn: Callable | None = None):
-        self.spec, self.device, self.store, self.quiet = spec, device, store, quiet
+    def __init__(self, spec: RunSpec, device: torch.device, parts: Setup, store: Store | None, run_id: str | None,
+                 checkpoint: dict | None, callbacks, quiet: bool):
+        self.spec, self.device, self.parts, self.store, self.quiet = spec, device, parts, store, quiet
         self.callbacks = tuple(callbacks)
-        self.user_model = describe_model(user_model) if user_model is not None else None
-        t = spec.train
-        data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
-        if data.train is None and data.stream is None:
-            raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
-        if t.epochs is not None and data.train is None:
-            raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
-                            "learned online: give train.updates instead")
-        self.data = data
-        check_batch_size(spec, data)
-        # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
-        self.loss_fn, self.loss_info, self.task = setup_loss(spec, data, loss_fn)
-        self.user_loss = self.loss_info.name if loss_fn is not None else None
-
-        # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
-        self.pre = Preprocessor(spec.data.preprocess or "none")
-        preprocessing = [m for m in self.pre.methods if m != "none"]
-        x_fit = None
-        if checkpoint is None:
-            if data.train is not None:
-                x_fit = data.train[0]
-            else:
-                x_fit = data.stream.batch(0, FIT_SAMPLE if preprocessing or spec.init.scheme == "lsuv" else 2)[0]
-            self.pre.fit(x_fit)
-        else:
-            try:
-                self.pre.load_state_dict(checkpoint["preprocessor"])
-            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
-                raise _checkpoint.CheckpointError(f"the checkpoint of run {run_id} has a damaged preprocessor state "
-                                                  f"({type(e).__name__}); start the run again") from None
-        self.pre.to(device)
-        augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
-        self.next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment,
-                                        self.pre if preprocessing else None)
-        self.eval_sets = {
-            split: (self.pre(xy[0].to(device)), xy[1].to(device))
-            for split in ("valid", "test") if (xy := getattr(data, split)) is not None
-        }
-
-        self.total = t.updates if t.updates is not None else t.epochs * self.next_batch.per_epoch
-        if checkpoint is not None:
-            _checkpoint.check_resume(run_id, checkpoint["spec"], spec.to_dict(), checkpoint["step"], self.total)
-        self.eval_every = t.eval_every or (self.next_batch.per_epoch if t.epochs else max(1, self.total // 20))
-        self.checkpoint_every = t.checkpoint_every or self.eval_every
-
-        if user_model is not None:
-            self.model = user_model.to(device)
-            sample = next(iter(self.eval_sets.values()))[:2] if self.eval_sets else \
-                (self.pre(x_fit[:2].to(device)), None) if x_fit is not None else None
-            if sample is not None:  # before the store holds a run: a model that does not fit is bad input
-                check_output(self.model, sample[0][:2], data.num_classes, self.task,
-                             sample[1][:2] if sample[1] is not None else None)
-        else:
-            lsuv = spec.init.scheme == "lsuv" and checkpoint is None
-            x_lsuv = self.pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
-            self.model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
-                                     initialize=checkpoint is None).to(device)
-        self.optimizer = make_optimizer(spec.optim.name, self.model.parameters(), spec.optim.lr, **spec.optim.params)
-        self.schedule = None
-        if spec.schedule.name != "constant" or spec.schedule.params:
-            self.schedule = make_schedule(spec.schedule.name, self.optimizer, total_updates=self.total,
-                                          **spec.schedule.params)
-
+        self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
         # progress of the run: step, accumulators since the last evaluation, early stopping
         self.step = 0
         saved = len(checkpoint["accumulators"]["losses"]) if checkpoint is not None else 0
-        self.losses = torch.zeros(self.eval_every + saved, device=device)  # room until the next evaluation
+        self.losses = torch.zeros(parts.eval_every + saved, device=device)  # room until the next evaluation
         self.slots = self.losses.unbind(0)  # views: slots[i].copy_(loss) writes the buffer in one op
         self.sums: dict[str, Any] = {}  # the task's metric sums since the last evaluation (deepscope.metrics)
         self.n = 0
         self.metrics: dict[str, float] = {}
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
-        monitored = self.task.primary if t.monitor == "error" else t.monitor
-        self.stopping = EarlyStopping(monitored, t.patience, t.restore_best)
+        monitored = parts.task.primary if spec.train.monitor == "error" else spec.train.monitor  # rmse: regression
+        self.stopping = EarlyStopping(monitored, spec.train.patience, spec.train.restore_best)
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
-
         if checkpoint is not None:
             try:
-                self._restore(checkpoint)
+                _checkpoint.restore_run(self, checkpoint)
             except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
                 path = store.run_dir(run_id) / CHECKPOINT_FILE if store is not None else "the checkpoint"
                 raise _checkpoint.CheckpointError(
                     f"the checkpoint {path} does not fit run {run_id}'s spec ({str(e).splitlines()[0][:160]}); "
                     "it is damaged or from another run: start the run again") from None
-        self.run_id = run_id
-        self.path: Path | None = None
+        self.run_id, self.path = run_id, None
         if store is not None:
             if not isinstance(store, Store):
                 store = self.store = Store(store)
             if run_id is None:
-                self.run_id = store.create_run(spec.name, self.recorded_spec(), t.seed)
+                self.run_id = store.create_run(spec.name, recorded_spec(spec, parts.user_model, parts.user_loss),
+                                               spec.train.seed)
             else:
                 store.delete_after(run_id, self.step)
-                store.update_spec(run_id, self.recorded_spec())
+                store.update_spec(run_id, recorded_spec(spec, parts.user_model, parts.user_loss))
                 store.set_status(run_id, "running")
             self.path = store.run_dir(self.run_id) / CHECKPOINT_FILE
             if checkpoint is not None:
                 self.saved_step = self.step
         self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
                                 metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
-                                eval_sets=self.eval_sets, loss_fn=self.loss_fn, task=self.task)
-
-    def recorded_spec(self) -> dict[str, Any]:
-        """The spec as the store shows it: with your own model, ``[model]`` describes that module instead."""
-        spec = self.spec.to_dict()
-        if self.user_model is not None:
-            spec["model"] = dict(self.user_model)
-        if self.user_loss is not None:  # loss_fn=: its name
-            spec["train"]["loss"], spec["train"]["loss_options"] = self.user_loss, {}
-        return spec
-
-    # --- checkpoints -------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "step": self.step,
-            "spec": self.spec.to_dict(),
-            "input_shape": list(self.data.input_shape),
-            "num_classes": self.data.num_classes,
-            "user_model": self.user_model,
-            "user_loss": self.user_loss,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
-            "preprocessor": self.pre.state_dict(),
-            "rng": rng_state(self.device),
-            "accumulators": {"losses": self.losses[: self.n].cpu().clone(), "sums": {
-                k: v.cpu().clone() if isinstance(v, Tensor) else v for k, v in self.sums.items()}},
-            "metrics": dict(self.metrics),
-            "early_stopping": self.stopping.state(),
-            "start_loss": self.start_loss,
-        }
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        stopping = ckpt["early_stopping"]
-        # a run that ended with its best weights resumes from its last ones (the optimizer state is theirs)
-        self.model.load_state_dict(stopping.get("last_model") or ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.schedule is not None and ckpt["schedule"] is not None:
-            self.schedule.load_state_dict(ckpt["schedule"])
-        self.step = ckpt["step"]
-        acc = ckpt["accumulators"]
-        self.n = len(acc["losses"])
-        self.losses[: self.n] = acc["losses"].to(self.device)
-        sums = acc["sums"] if "sums" in acc else {"wrong": acc["wrong"], "count": acc["seen"]} if acc["seen"] else {}
-        self.sums = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in sums.items()}
-        self.metrics.update(ckpt["metrics"])
-        self.stopping.load(stopping)
-        self.start_loss = ckpt.get("start_loss")
-        set_rng_state(ckpt["rng"])
-
-    def _all_finite(self) -> bool:
-        params = [p.detach().isfinite().all() for p in self.model.parameters()]
-        return bool(torch.stack([*params, self.losses[: self.n].isfinite().all()]).all())
-
-    def save(self) -> bool:
-        """Write a checkpoint (when there is a store) unless the state is not finite; False if it is not."""
-        if self.path is None:
-            return True
-        if not self._all_finite():
-            return False
-        if not self.store.owns(self.run_id):
-            raise RunTakenOver(self.run_id)
-        _checkpoint.save(self.path, self._state())
-        self.saved_step = self.step
-        return True
-
-    # --- evaluation ----------------------------------------------------------------------------------
-
-    def _first_bad_update(self) -> tuple[int, float] | None:
-        return first_bad(self.losses[: self.n], self.step)
-
-    def _exploded(self) -> str | None:
-        if self.n == 0:
-            return None
-        if self.start_loss is None:
-            self.start_loss = float(self.losses[0])
-        if (found := exploded(self.losses[: self.n], self.start_loss, self.data.num_classes)) is None:
-            return None
-        (mean, reference), self.diverged_at = found, self.step
-        return divergence_message(
-            self.spec, self.step, mean, self.path if self.saved_step >= 0 else None, self.saved_step,
-            what=f"The training loss averaged {mean:.4g} up to update {self.step}, more than {EXPLOSION:g} times "
-                 f"max(its first value, ln {self.data.num_classes}) = {reference:.3g}: the loss exploded and the run "
-                 "is stopped as diverged.")
-
-    def run_evaluation(self) -> None:
-        t = self.spec.train
-        values = {"train/loss": self.losses[: self.n].mean()}
-        values |= {f"train/{k}": v for k, v in (reduce_sums(self.task, self.sums) if self.sums else {}).items()}
-        for split, (x, y) in self.eval_sets.items():  # the loss and the task's metrics (deepscope.metrics)
-            values |= {f"{split}/{k}": v for k, v in evaluate_task(self.model, x, y, self.loss_fn, self.task,
-                                                                   t.eval_batch_size).items()}
-        names = list(values)
-        metrics = dict(zip(names, torch.stack([values[k].float() for k in names]).tolist(), strict=True))
-        if self.n == 0:
-            for name in [k for k in metrics if k.startswith("train/")]:
-                metrics.pop(name)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.metrics.clear()
-        self.metrics.update(metrics)
-        self.eval_step = self.step
-        if self.store is not None:
-            self.store.log_scalars(self.run_id, self.step, metrics)
-            self.store.flush()
-        score = "r2" if self.task.kind == "regression" else "error"  # what a plateau schedule maximizes (1 - error)
-        valid_score = metrics.get(f"valid/{score}")
-        if valid_score is None:  # no validation split: no best model, no patience; a plateau schedule reads training
-            valid_score = metrics.get(f"train/{score}", math.nan)
-        else:
-            self.stopping.observe(self.step, metrics, self.model)
-        if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
-            step_schedule(self.schedule, metric=valid_score if score == "r2" else 1.0 - valid_score)
-        self.losses.zero_()
-        self.sums = {}
-        self.n = 0
-
-    def _emit(self, event: str, loss: Tensor | None = None) -> None:
-        ctx = self.ctx
-        ctx.event, ctx.step, ctx.loss, ctx.metrics, ctx.run_id = event, self.step, loss, self.metrics, self.run_id
-        for callback in self.callbacks:
-            getattr(callback, f"on_{event}")(ctx)
+                                eval_sets=parts.eval_sets, loss_fn=parts.loss_fn, task=parts.task)
 
     # --- the loop ------------------------------------------------------------------------------------
 
-    def run(self) -> Result:
+    def loop(self) -> Result:
         from rich.console import Console
 
         console = Console(stderr=True, quiet=self.quiet)
-        status, message = "finished", ""
-        flag = {"stop": False}
-        model, optimizer, loss_fn, next_batch = self.model, self.optimizer, self.loss_fn, self.next_batch
-        task = self.task
+        status, message, flag = "finished", "", {"stop": False}
+        model, optimizer, loss_fn, next_batch = self.model, self.optimizer, self.parts.loss_fn, self.parts.next_batch
         params = [p for p in model.parameters() if p.requires_grad]
         clip_norm, clip_value = self.spec.train.clip_norm, self.spec.train.clip_value
         clipping = clip_norm is not None or clip_value is not None
         per_update = self.schedule if self.schedule is not None and schedule_steps_on(self.schedule) == "update" \
             else None
-        callbacks = self.callbacks
+        total, eval_every, checkpoint_every = self.parts.total, self.parts.eval_every, self.parts.checkpoint_every
+        task = self.parts.task
         model.train()
         self._emit("start")
-        progress = new_progress(console, self.total, self.step, self.spec.name, self.quiet)
+        progress = new_progress(console, total, self.step, self.spec.name, self.quiet)
         next_refresh, last_step, last_time = time.perf_counter() + REFRESH_SECONDS, self.step, time.perf_counter()
         consistent = True
         try:
             with progress, stop_on_signals(flag):
-                while self.step < self.total:
+                while self.step < total:
                     consistent = False
                     x, y = next_batch(self.step)
                     logits = model(x)
@@ -424,68 +225,34 @@ class _Trainer:
                     loss = loss.detach()
                     self.slots[self.n].copy_(loss)
                     self.sums = add_sums(self.sums, batch_sums(task, logits, y))
-                    self.n += 1
-                    self.step += 1
+                    self.n, self.step = self.n + 1, self.step + 1
                     consistent = True
-                    if callbacks:
+                    if self.callbacks:
                         self._emit("step", loss)
-
-                    if self.step % self.eval_every == 0 or self.step == self.total:
-                        if bad := self._first_bad_update():
-                            status, message = "diverged", self._diverged(*bad)
+                    if self.step % eval_every == 0 or self.step == total:
+                        status, message = self._evaluation_point(console)
+                        if status != "finished" or message:
                             break
-                        if exploded := self._exploded():
-                            status, message = "diverged", exploded
-                            self.run_evaluation()  # the exploded loss is recorded; the checkpoint is not
-                            break
-                        self.run_evaluation()
-                        self._emit("eval")
-                        console.print(eval_line(self.step, self.total, self.metrics), markup=False)
-                        if stop := self.stopping.stop_message(self.step):
-                            message = stop
-                            break
-                    if self.step % self.checkpoint_every == 0 and self.step < self.total and not self.save():
-                        bad = self._first_bad_update() or (self.step, math.nan)
-                        status, message = "diverged", self._diverged(*bad)
+                    if self.step % checkpoint_every == 0 and self.step < total and not self.save():
+                        status, message = "diverged", self._diverged(*(self._first_bad() or (self.step, math.nan)))
                         break
                     if flag["stop"]:
                         raise KeyboardInterrupt
                     if not self.quiet and (now := time.perf_counter()) >= next_refresh:
-                        if bad := self._first_bad_update():
+                        if bad := self._first_bad():
                             status, message = "diverged", self._diverged(*bad)
                             break
-                        speed = (self.step - last_step) / (now - last_time)
                         refresh(progress, self.step, self.losses, self.n, self.sums,
-                                 optimizer.param_groups[0]["lr"], speed)
+                                optimizer.param_groups[0]["lr"], (self.step - last_step) / (now - last_time))
                         next_refresh, last_step, last_time = now + REFRESH_SECONDS, self.step, now
                 if status == "finished":
-                    if self.n:  # stopped between evaluations (early stopping evaluates on its own)
-                        self.run_evaluation()
-                        self._emit("eval")
-                    if self.spec.train.restore_best:
-                        message = " ".join(filter(None, [message, self._restore_best()]))
-                    if not self.save():
-                        status, message = "diverged", self._diverged(self.step, math.nan)
+                    status, message = self._end_of_training(message)
         except KeyboardInterrupt:
-            status = "interrupted"
-            if consistent:  # between two updates: the state is whole, save it
-                with contextlib.suppress(RunTakenOver):
-                    self.save()
-            message = f"Interrupted at update {self.step}."
-            if self.saved_step >= 0:
-                message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
-                            f"Resume with: deepscope train --resume {self.run_id}")
+            status, message = "interrupted", self._interrupted(consistent)
         except RunTakenOver as e:  # another process took the run over (--force): leave it everything
             status, message = "interrupted", TakenMessage(e)
         except Exception:  # a failing callback or a full disk: what was flushed stays, the run reads as interrupted
-            if self.store is not None:
-                self.store.discard()
-                with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
-                    self.store.set_status(self.run_id, "interrupted")
-            self.ctx.event = "end"
-            for callback in self.callbacks:  # let every callback let go (a probe removes its hooks)
-                with contextlib.suppress(Exception):
-                    callback.on_end(self.ctx)
+            self._failed()
             raise
         if self.store is not None and not isinstance(message, TakenMessage):
             self.store.set_status(self.run_id, status)
@@ -497,8 +264,119 @@ class _Trainer:
             test_error=self.metrics.get("test/error"), best=dict(self.stopping.best),
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
-            restored=self.stopping.restored, task=self.task,
+            restored=self.stopping.restored, task=self.parts.task,
         )
+
+    def _evaluation_point(self, console) -> tuple[str, str]:
+        """At an evaluation update: stop on a non-finite or exploded loss, else evaluate; early stopping's word."""
+        if bad := self._first_bad():
+            return "diverged", self._diverged(*bad)
+        if message := self._exploded():
+            self.evaluate()  # the exploded loss is recorded; the checkpoint is not
+            return "diverged", message
+        self.evaluate()
+        self._emit("eval")
+        console.print(eval_line(self.step, self.parts.total, self.metrics), markup=False)
+        return "finished", self.stopping.stop_message(self.step) or ""
+
+    def _end_of_training(self, message: str) -> tuple[str, str]:
+        if self.n:  # stopped between evaluations (early stopping evaluates on its own)
+            self.evaluate()
+            self._emit("eval")
+        if self.spec.train.restore_best:
+            message = " ".join(filter(None, [message, self._restore_best()]))
+        if not self.save():
+            return "diverged", self._diverged(self.step, math.nan)
+        return "finished", message
+
+    def _interrupted(self, consistent: bool) -> str:
+        if consistent:  # between two updates: the state is whole, save it
+            with contextlib.suppress(RunTakenOver):
+                self.save()
+        message = f"Interrupted at update {self.step}."
+        if self.saved_step >= 0:
+            message += (f" Checkpoint at update {self.saved_step}: {self.path}. "
+                        f"Resume with: deepscope train --resume {self.run_id}")
+        return message
+
+    def _failed(self) -> None:
+        if self.store is not None:
+            self.store.discard()
+            with contextlib.suppress(Exception):  # the store may be what failed: keep the first error
+                self.store.set_status(self.run_id, "interrupted")
+        self.ctx.event = "end"
+        for callback in self.callbacks:  # let every callback let go (a probe removes its hooks)
+            with contextlib.suppress(Exception):
+                callback.on_end(self.ctx)
+
+    def _emit(self, event: str, loss: torch.Tensor | None = None) -> None:
+        ctx = self.ctx
+        ctx.event, ctx.step, ctx.loss, ctx.metrics, ctx.run_id = event, self.step, loss, self.metrics, self.run_id
+        for callback in self.callbacks:
+            getattr(callback, f"on_{event}")(ctx)
+
+    # --- evaluation, divergence, checkpoints ---------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        metrics = run_metrics(self.model, self.parts.eval_sets, self.parts.loss_fn, self.spec.train.eval_batch_size,
+                              self.losses[: self.n], self.sums, self.parts.task)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.metrics.clear()
+        self.metrics.update(metrics)
+        self.eval_step = self.step
+        if self.store is not None:
+            self.store.log_scalars(self.run_id, self.step, metrics)
+            self.store.flush()
+        score = "r2" if self.parts.task.kind == "regression" else "error"  # a plateau schedule maximizes R^2, 1 - error
+        valid_score = metrics.get(f"valid/{score}")
+        if valid_score is None:  # no validation split: no best model, no patience; a plateau schedule reads training
+            valid_score = metrics.get(f"train/{score}", math.nan)
+        else:
+            self.stopping.observe(self.step, metrics, self.model)
+        if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
+            step_schedule(self.schedule, metric=valid_score if score == "r2" else 1.0 - valid_score)
+        self.losses.zero_()
+        self.sums = {}
+        self.n = 0
+
+    def _first_bad(self) -> tuple[int, float] | None:
+        return first_bad(self.losses[: self.n], self.step)
+
+    def _exploded(self) -> str | None:
+        if self.n == 0:
+            return None
+        if self.start_loss is None:
+            self.start_loss = float(self.losses[0])
+        classes = self.parts.data.num_classes
+        if (found := exploded(self.losses[: self.n], self.start_loss, classes)) is None:
+            return None
+        (mean, reference), self.diverged_at = found, self.step
+        return divergence_message(
+            self.spec, self.step, mean, self.path if self.saved_step >= 0 else None, self.saved_step,
+            what=f"The training loss averaged {mean:.4g} up to update {self.step}, more than {EXPLOSION:g} times "
+                 f"max(its first value, ln {classes}) = {reference:.3g}: the loss exploded and the run "
+                 "is stopped as diverged.")
+
+    def _diverged(self, update: int, value: float) -> str:
+        self.diverged_at = update
+        if self.store is not None:
+            self.store.log_scalars(self.run_id, update, {"train/loss": value})
+            self.store.flush()
+        return divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
+                                  self.saved_step)
+
+    def save(self) -> bool:
+        """Write a checkpoint (when there is a store) unless the state is not finite; False if it is not."""
+        if self.path is None:
+            return True
+        params = [p.detach().isfinite().all() for p in self.model.parameters()]
+        if not bool(torch.stack([*params, self.losses[: self.n].isfinite().all()]).all()):
+            return False
+        if not self.store.owns(self.run_id):
+            raise RunTakenOver(self.run_id)
+        _checkpoint.save(self.path, _checkpoint.run_state(self))
+        self.saved_step = self.step
+        return True
 
     def _restore_best(self) -> str:
         """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
@@ -513,11 +391,3 @@ class _Trainer:
                 self.store.log_scalars(self.run_id, self.step, {RESTORED_STEP: float(self.eval_step)})
                 self.store.flush()
         return message
-
-    def _diverged(self, update: int, value: float) -> str:
-        self.diverged_at = update
-        if self.store is not None:
-            self.store.log_scalars(self.run_id, update, {"train/loss": value})
-            self.store.flush()
-        return divergence_message(self.spec, update, value, self.path if self.saved_step >= 0 else None,
-                                   self.saved_step)

@@ -1,58 +1,141 @@
-"""What a run runs on and how it is stopped and measured: the device, Ctrl-C / SIGTERM, the loss and the task it
-makes with the targets, evaluation passes, and the description of a user's own module."""
+"""Everything a run is built from, before its first update: data, preprocessing, batches, evaluation sets, the
+network (yours or the spec's), optimizer, schedule, the loss and the task it makes with the targets -- checked as
+bad input before a run is stored."""
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable
-from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from deepscope.config import SpecError
+from deepscope.config import RunSpec, SpecError
+from deepscope.data import Dataset, get_dataset, make_augment
+from deepscope.data.loader import TrainBatches
+from deepscope.data.preprocess import Preprocessor
 from deepscope.losses import CLASS, resolve
 from deepscope.metrics import CLASSIFICATION, output_problem, task_of
+from deepscope.models import build_model
 from deepscope.nn.activations import spec_for_module
+from deepscope.optim import make_optimizer, make_schedule
+from deepscope.training.checkpoint import CheckpointError, check_resume
+from deepscope.validate import check_batch_size
 
-__all__ = ["check_output", "describe_model", "evaluate", "resolve_device", "setup_loss", "stop_on_signals"]
+__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "recorded_spec",
+           "setup_loss"]
 
+FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
+LSUV_SAMPLE = 500  # training examples LSUV calibrates on
 TASK_SAMPLE = 10_000  # targets of a stream the task is read from
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device='cuda' but no CUDA device is available; choose one of: auto, cpu")
-    return torch.device(name)
+@dataclass
+class Setup:
+    """A run's parts, built from its spec by :func:`build`."""
+
+    data: Dataset
+    pre: Preprocessor
+    next_batch: TrainBatches  # the batch of update t, a function of t
+    eval_sets: dict[str, tuple[Tensor, Tensor]]  # "valid", "test": preprocessed, on the device
+    total: int  # updates of the whole run
+    eval_every: int
+    checkpoint_every: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loss_fn: Any
+    user_model: dict[str, str] | None  # your own module, described (None: the spec's network)
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
+    user_loss: str | None = None  # the name of your own loss_fn (None: train.loss)
 
 
-def setup_loss(spec, data, loss_fn: Callable | None = None):
+def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset: Dataset | None,
+          user_model: nn.Module | None, run_id: str | None, loss_fn: Any = None) -> Setup:
+    """The parts of the run ``spec`` on ``device``; with a ``checkpoint`` (a resume) the preprocessing is
+    restored and the network built without initialization (the checkpoint's weights are loaded next)."""
+    t = spec.train
+    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    if data.train is None and data.stream is None:
+        raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
+    if t.epochs is not None and data.train is None:
+        raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
+                        "learned online: give train.updates instead")
+    check_batch_size(spec, data)
+    # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
+    loss, loss_info, task = setup_loss(spec, data, loss_fn)
+
+    # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
+    pre = Preprocessor(spec.data.preprocess or "none")
+    preprocessing = [m for m in pre.methods if m != "none"]
+    x_fit = None
+    if checkpoint is None:
+        if data.train is not None:
+            x_fit = data.train[0]
+        else:
+            x_fit = data.stream.batch(0, FIT_SAMPLE if preprocessing or spec.init.scheme == "lsuv" else 2)[0]
+        pre.fit(x_fit)
+    else:
+        try:
+            pre.load_state_dict(checkpoint["preprocessor"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"the checkpoint of run {run_id} has a damaged preprocessor state "
+                                  f"({type(e).__name__}); start the run again") from None
+    pre.to(device)
+    augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
+    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing else None)
+    eval_sets = {split: (pre(xy[0].to(device)), xy[1].to(device))
+                 for split in ("valid", "test") if (xy := getattr(data, split)) is not None}
+
+    total = t.updates if t.updates is not None else t.epochs * next_batch.per_epoch
+    if checkpoint is not None:
+        check_resume(run_id, checkpoint["spec"], spec.to_dict(), checkpoint["step"], total)
+    eval_every = t.eval_every or (next_batch.per_epoch if t.epochs else max(1, total // 20))
+
+    if user_model is not None:
+        model = user_model.to(device)
+        sample = next(iter(eval_sets.values())) if eval_sets else \
+            (pre(x_fit[:2].to(device)), None) if x_fit is not None else None
+        if sample is not None:  # before the store holds a run: a model that does not fit is bad input
+            check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
+    else:
+        lsuv = spec.init.scheme == "lsuv" and checkpoint is None
+        x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
+        model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
+                            initialize=checkpoint is None).to(device)
+    optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
+    schedule = None
+    if spec.schedule.name != "constant" or spec.schedule.params:
+        schedule = make_schedule(spec.schedule.name, optimizer, total_updates=total, **spec.schedule.params)
+    return Setup(data, pre, next_batch, eval_sets, total, eval_every, t.checkpoint_every or eval_every, model,
+                 optimizer, schedule, loss, describe_model(user_model) if user_model is not None else None, task,
+                 loss_info.name if loss_fn is not None else None)
+
+
+def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
     """``(loss function, LossInfo, Task)`` of a run: ``loss_fn`` (a callable of your own) or ``train.loss`` with
     ``train.loss_options``, and the task it makes with the data's targets (the training set's, else the validation
     set's, else a sample of the stream). A :class:`SpecError` names a loss that does not fit the targets, or a
     ``train.monitor`` that is not a metric of the task -- before any run is created."""
     t = spec.train
-    key = "loss_fn" if loss_fn is not None else "train.loss"
     try:
         fn, info = resolve(loss_fn if loss_fn is not None else t.loss, None if loss_fn is not None else t.loss_options)
         split = data.train if data.train is not None else data.valid
         targets = split[1] if split is not None else data.stream.batch(0, TASK_SAMPLE)[1]
-        classes = data.num_classes if info.family == CLASS else None
-        task = task_of(loss_fn if loss_fn is not None else t.loss, targets, options=t.loss_options if loss_fn is None
-                       else None, num_classes=classes, key=key)
+        task = task_of(loss_fn if loss_fn is not None else t.loss, targets,
+                       options=None if loss_fn is not None else t.loss_options,
+                       num_classes=data.num_classes if info.family == CLASS else None,
+                       key="loss_fn" if loss_fn is not None else "train.loss")
     except (ValueError, TypeError) as e:
         raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
     if t.monitor not in ("error", "loss", *task.metrics):
-        raise SpecError(f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task; choose one of: error, "
-                        f"loss, {', '.join(m for m in task.metrics if m != 'error')}".rstrip(", "))
+        others = [m for m in task.metrics if m != "error"]
+        raise SpecError(f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task; choose one of: "
+                        f"{', '.join(['error', 'loss', *others])}")
     return fn, info, task
 
 
-def check_output(model: nn.Module, x: Tensor, num_classes: int, task=None, y: Tensor | None = None) -> None:
+def check_output(model: nn.Module, x: Tensor, num_classes: int, task: Any = None, y: Tensor | None = None) -> None:
     """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
     ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)`` -- or, for another
     ``task`` (:class:`deepscope.metrics.Task`) with targets ``y``, the output that task needs."""
@@ -81,48 +164,18 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int, task=None, y: Te
                          f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
-             batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """Mean loss and error fraction of ``model`` on ``(x, y)``, as 0-d tensors on the model's device."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    wrong = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = model(xb)
-        loss_sum += loss_fn(logits, yb) * len(xb)
-        wrong += (logits.argmax(1) != yb).sum()
-    model.train(was_training)
-    return loss_sum / len(x), wrong / len(x)
-
-
-@contextmanager
-def stop_on_signals(flag: dict):
-    """While active, a first Ctrl-C (SIGINT) or SIGTERM sets ``flag["stop"]``: the loop stops after the
-    current update and saves a checkpoint. A second one raises KeyboardInterrupt at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# --- the trainer ------------------------------------------------------------------------------------------
-
-
 def describe_model(model: nn.Module) -> dict[str, str]:
     """A user's module as a spec section: its class, and its activation when it uses exactly one."""
     names = {s.name for m in model.modules() if (s := spec_for_module(m)) is not None}
     return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}
+
+
+def recorded_spec(spec: RunSpec, user_model: dict[str, str] | None, user_loss: str | None = None) -> dict[str, Any]:
+    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead; with your own
+    loss, ``train.loss`` is its name."""
+    data = spec.to_dict()
+    if user_model is not None:
+        data["model"] = dict(user_model)
+    if user_loss is not None:
+        data["train"]["loss"], data["train"]["loss_options"] = user_loss, {}
+    return data

@@ -43,8 +43,6 @@ TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are trie
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
 SPAWN_SECONDS = 10.0
-
-
 PROBLEM = ("error", "warning")
 
 
@@ -357,8 +355,7 @@ def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, 
 
 
 def _report(result: RepairResult, name: str, store, report_path) -> Path:
-    from deepscope.plots import RunData
-    from deepscope.plots import report as write_report
+    from deepscope.plots.html import RunData, write_html
     from deepscope.store import REPORT_FILE
 
     b = result.baseline
@@ -372,7 +369,7 @@ def _report(result: RepairResult, name: str, store, report_path) -> Path:
         runs.append(RunData(f"repaired ({best.name})", run_id=best.run_id, spec=d["spec"], status=best.status,
                             stats=d["records"], histograms=d["histograms"], scalars=d["scalars"],
                             findings=best.findings, checks=d["checks"]))
-    return write_report(runs, out_path=report_path, title=f"deepscope doctor --fix: {name}")
+    return write_html(runs, report_path, title=f"deepscope doctor --fix: {name}")
 
 
 # --- output: the table and the summary ---------------------------------------------------------------

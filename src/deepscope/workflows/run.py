@@ -222,7 +222,7 @@ def diagnosis_run(
         loss_rows.append(dict(step=result.diverged_at or result.step, name="train/diverged", value=1.0))
     recorded = spec.to_dict()
     if model is not None:
-        from deepscope.training.loop import describe_model
+        from deepscope.training.setup import describe_model
 
         recorded["model"] = describe_model(model)
     if loss_fn is not None:
@@ -268,8 +268,7 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     The default path is ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store. Matplotlib is
     imported here, not before: the findings need none of it. Sets ``result.report`` and ``result.timings["report"]``.
     """
-    from deepscope.plots import RunData
-    from deepscope.plots import report as html_report
+    from deepscope.plots.html import RunData, write_html
 
     drawing = time.perf_counter()
     if path is None:
@@ -278,6 +277,6 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     run = RunData(name, run_id=result.run_id, spec=result.spec, status=result.status, stats=result.records,
                   histograms=result.histograms, findings=result.findings, checks=result.checks,
                   scalars=result.scalars)
-    result.report = html_report([run], out_path=path, title=f"deepscope doctor: {name}")
+    result.report = write_html([run], path, title=f"deepscope doctor: {name}")
     result.timings["report"] = time.perf_counter() - drawing
     return result.report

@@ -42,6 +42,7 @@ from deepscope.diagnosis.fixes.module import (
     train_mode_module,
     unfreeze_module,
 )
+from deepscope.registry import unknown
 
 __all__ = ["FIXES", "FIXES_FOR", "AsLogits", "Fix", "NotApplicable", "TrainMode", "apply_fix", "apply_fixes"]
 
@@ -280,7 +281,7 @@ def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[
     :class:`NotApplicable` with the reason when the fix does not apply, ``ValueError`` for an unknown name.
     """
     if name not in FIXES:
-        raise ValueError(f"fix={name!r} is not known; choose one of: {', '.join(FIXES)}")
+        raise unknown("fix", name, FIXES)
     fix = FIXES[name]
     spec = copy.deepcopy(spec)
     if model is None or fix.run_level:
