@@ -299,7 +299,10 @@ def save_grid(x: Tensor, y: Tensor, class_names: list[str], path: str | Path, *,
             image = x[k].permute(1, 2, 0).numpy()
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")  # fmt: skip
-            ax.set_title(class_names[int(y[k])], fontsize=7)
+            label = y[k]  # a class (by its name), or a real target (a regression), or several (multi-label)
+            named = label.numel() == 1 and float(label) == int(label) and 0 <= int(label) < len(class_names)
+            ax.set_title(class_names[int(label)] if named else ", ".join(f"{float(v):.3g}" for v in label.reshape(-1)),
+                         fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
