@@ -9,6 +9,7 @@ from torch import nn
 from deepscope import metrics as M
 from deepscope.losses import make_loss
 from deepscope.metrics import Task, baseline, task_of
+from deepscope.training.setup import output_problem
 
 CLS, TOK, BIN, ML, REG = Task("classification"), Task("tokens", -1), Task("binary"), Task("multilabel"), \
     Task("regression")
@@ -58,13 +59,13 @@ def test_a_loss_that_does_not_fit_the_targets_is_named(loss, targets, message):
 
 def test_output_shape_problems_are_described():
     y = torch.tensor([0.0, 1.0, 1.0])
-    assert M.output_problem(BIN, torch.zeros(3, 1), y) is None
-    assert M.output_problem(BIN, torch.zeros(3), y) is None
-    assert "needs (3,) (or (3, 1))" in M.output_problem(BIN, torch.zeros(3, 2), y)
-    assert M.output_problem(CLS, torch.zeros(3, 4), torch.tensor([0, 1, 2]), 4) is None
-    assert "(3, 5): one score per class" in M.output_problem(CLS, torch.zeros(3, 4), torch.tensor([0, 1, 2]), 5)
-    assert M.output_problem(TOK, torch.zeros(2, 5, 7), torch.zeros(2, 5, dtype=torch.long), 7) is None
-    assert M.output_problem(TOK, torch.zeros(2, 7), torch.zeros(2, 5, dtype=torch.long), 7) is not None
+    assert output_problem(BIN, torch.zeros(3, 1), y) is None
+    assert output_problem(BIN, torch.zeros(3), y) is None
+    assert "needs (3,) (or (3, 1))" in output_problem(BIN, torch.zeros(3, 2), y)
+    assert output_problem(CLS, torch.zeros(3, 4), torch.tensor([0, 1, 2]), 4) is None
+    assert "(3, 5): one score per class" in output_problem(CLS, torch.zeros(3, 4), torch.tensor([0, 1, 2]), 5)
+    assert output_problem(TOK, torch.zeros(2, 5, 7), torch.zeros(2, 5, dtype=torch.long), 7) is None
+    assert output_problem(TOK, torch.zeros(2, 7), torch.zeros(2, 5, dtype=torch.long), 7) is not None
 
 
 # --- metrics ------------------------------------------------------------------------------------------------------

@@ -33,40 +33,11 @@ from torch import Tensor, nn
 
 from deepscope.losses import BINARY, CLASS, FAMILIES, LOSSES, REGRESSION, describe, match_shape
 
-__all__ = [
-    "BINARY_TASK",
-    "CLASSIFICATION",
-    "HIGHER_IS_BETTER",
-    "METRIC_TITLES",
-    "MULTILABEL",
-    "REGRESSION_TASK",
-    "TASKS",
-    "TOKENS",
-    "Task",
-    "baseline",
-    "batch_sums",
-    "beats_baseline",
-    "class_entropy",
-    "binary_error",
-    "constant_output",
-    "error_rate",
-    "evaluate",
-    "exact_match",
-    "label_entropy",
-    "label_error",
-    "majority_error",
-    "majority_exact_match",
-    "majority_label_error",
-    "mean_rmse",
-    "output_problem",
-    "prior_error",
-    "prior_loss",
-    "r2",
-    "reduce_sums",
-    "rmse",
-    "task_of",
-    "token_error",
-]
+__all__ = ["BINARY_TASK", "CLASSIFICATION", "HIGHER_IS_BETTER", "METRIC_TITLES", "MULTILABEL", "REGRESSION_TASK",
+           "TASKS", "TOKENS", "Task", "baseline", "batch_sums", "beats_baseline", "class_entropy", "binary_error",
+           "constant_output", "error_rate", "error_rate_of", "evaluate", "exact_match", "label_entropy", "label_error",
+           "majority_error", "majority_exact_match", "majority_label_error", "mean_rmse",
+           "prior_error", "prior_loss", "r2", "reduce_sums", "rmse", "task_of", "token_error"]
 
 CLASSIFICATION, TOKENS, BINARY_TASK, MULTILABEL, REGRESSION_TASK = (
     "classification", "tokens", "binary", "multilabel", "regression")
@@ -174,25 +145,6 @@ def task_of(loss: str | Callable | None, targets: Tensor, *, options: dict[str, 
     return Task(REGRESSION_TASK)
 
 
-def output_problem(task: Task, output: Tensor, target: Tensor, num_classes: int | None = None) -> str | None:
-    """What is wrong with the shape of a model's ``output`` for ``target`` under ``task``, in words; None if nothing."""
-    n, shape = len(target), tuple(output.shape)
-    if task.kind == CLASSIFICATION:
-        want = (n, num_classes) if num_classes else None
-        ok = output.ndim == 2 and output.shape[0] == n and (want is None or shape == want)
-        expected = f"({n}, {num_classes or 'K'}): one score per class"
-    elif task.kind == TOKENS:
-        ok = output.ndim == 3 and shape[:2] == tuple(target.shape) and (num_classes is None or shape[2] == num_classes)
-        expected = f"({n}, {target.shape[1]}, {num_classes or 'K'}): one score per token and class"
-    else:
-        ok = output.ndim >= 1 and output.shape[0] == n and output.numel() == target.numel()
-        what = {BINARY_TASK: "one logit per example", MULTILABEL: "one logit per label"}.get(task.kind,
-                                                                                            "one value per target")
-        expected = f"{tuple(target.shape)} (or {(n, 1)}) : {what}" if target.ndim == 1 else \
-            f"{tuple(target.shape)}: {what}"
-    return None if ok else f"the model returns shape {shape} for {n} examples; the {task.kind} task needs {expected}"
-
-
 # --- metrics: plain functions of (output, target), reduced on the device -----------------------------------------
 
 
@@ -235,6 +187,13 @@ def r2(output: Tensor, target: Tensor) -> Tensor:
     z = match_shape(output, target).double().reshape(len(target), -1)
     sse, sst = (y - z).square().sum(0), (y - y.mean(0)).square().sum(0)
     return torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double()).mean()
+
+
+def error_rate_of(metrics: dict[str, float], split: str = "valid") -> float:
+    """A run's error in [0, 1] whatever its task: its ``split/error``, or for a regression 1 - R^2 (the share of the
+    variance it leaves unexplained, 1 when it predicts no better than the mean); NaN when it has neither."""
+    r2_value = metrics.get(f"{split}/r2")
+    return min(1.0, 1.0 - r2_value) if r2_value is not None else metrics.get(f"{split}/error", float("nan"))
 
 
 # --- additive sums: the metrics over many batches, accumulated on the device ----------------------------------

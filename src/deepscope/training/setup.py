@@ -15,15 +15,15 @@ from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
 from deepscope.losses import CLASS, resolve
-from deepscope.metrics import CLASSIFICATION, output_problem, task_of
+from deepscope.metrics import BINARY_TASK, CLASSIFICATION, MULTILABEL, TOKENS, Task, task_of
 from deepscope.models import build_model
 from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
 from deepscope.training.checkpoint import CheckpointError, check_resume
 from deepscope.validate import check_batch_size
 
-__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "recorded_spec",
-           "setup_loss"]
+__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
+           "recorded_spec", "setup_loss"]
 
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
@@ -162,6 +162,25 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int, task: Any = None
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ValueError(f"model: forward() returns shape {tuple(out.shape)} for {len(x)} examples; the data has "
                          f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
+
+
+def output_problem(task: Task, output: Tensor, target: Tensor, num_classes: int | None = None) -> str | None:
+    """What is wrong with the shape of a model's ``output`` for ``target`` under ``task``, in words; None if nothing."""
+    n, shape = len(target), tuple(output.shape)
+    if task.kind == CLASSIFICATION:
+        want = (n, num_classes) if num_classes else None
+        ok = output.ndim == 2 and output.shape[0] == n and (want is None or shape == want)
+        expected = f"({n}, {num_classes or 'K'}): one score per class"
+    elif task.kind == TOKENS:
+        ok = output.ndim == 3 and shape[:2] == tuple(target.shape) and (num_classes is None or shape[2] == num_classes)
+        expected = f"({n}, {target.shape[1]}, {num_classes or 'K'}): one score per token and class"
+    else:
+        ok = output.ndim >= 1 and output.shape[0] == n and output.numel() == target.numel()
+        what = {BINARY_TASK: "one logit per example", MULTILABEL: "one logit per label"}.get(task.kind,
+                                                                                            "one value per target")
+        expected = f"{tuple(target.shape)} (or {(n, 1)}) : {what}" if target.ndim == 1 else \
+            f"{tuple(target.shape)}: {what}"
+    return None if ok else f"the model returns shape {shape} for {n} examples; the {task.kind} task needs {expected}"
 
 
 def describe_model(model: nn.Module) -> dict[str, str]:

@@ -14,7 +14,7 @@ from deepscope.diagnosis.fixes import FIXES
 from deepscope.parallel import run_many
 from deepscope.workflows.run import diagnosis_run
 
-__all__ = ["Trial", "run_trial", "run_trials"]
+__all__ = ["Trial", "picklable", "run_trial", "run_trials"]
 
 
 @dataclass
@@ -67,6 +67,17 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics),
                 findings=r.findings, seconds=time.perf_counter() - start,
                 records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks, spec=r.spec)
+
+
+def picklable(value: Any) -> bool:
+    """Whether ``value`` can go to a worker process (a lambda cannot: its trials run in this process)."""
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any failure means: keep it in this process
+        return False
+    return True
 
 
 def run_trials(trials: list[Trial], run_args: dict, backend: str, jobs: int | None, progress) -> bool:
