@@ -194,3 +194,10 @@ def test_a_run_trains_when_it_is_clearly_past_the_baseline():
     assert not M.beats_baseline(BIN, {"valid/error": 0.41}, chance)  # 0.8 x 0.5 = 0.4
     assert not M.beats_baseline(BIN, {}, chance)
     assert M.beats_baseline(REG, {"valid/r2": 0.25}, {}) and not M.beats_baseline(REG, {"valid/r2": 0.1}, {})
+
+
+def test_error_rate_of_any_task():
+    assert M.error_rate_of({"valid/error": 0.25}) == 0.25
+    assert M.error_rate_of({"valid/r2": 0.75}) == pytest.approx(0.25)
+    assert M.error_rate_of({"valid/r2": -3.0}) == 1.0  # worse than the mean: no better than chance
+    assert math.isnan(M.error_rate_of({}))
