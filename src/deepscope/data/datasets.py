@@ -4,7 +4,8 @@
 (N, C, H, W); y int64 class labels (N,), or any targets: float values (N,) or (N, D), 0/1 labels (N, K), token
 labels (N, T) -- the loss and the targets make the task, see :mod:`deepscope.metrics`) and, for generated data,
 a :class:`Stream` whose batch ``index`` is a pure function of (seed, index, batch size) -- a trainer resumes by
-remembering the batch index. Splits follow Glorot & Bengio (2010): MNIST 50k/10k/10k, CIFAR-10 40k/10k/10k, Shapeset online with fixed validation and test sets.
+remembering the batch index. Splits follow Glorot & Bengio (2010): MNIST 50k/10k/10k, CIFAR-10 40k/10k/10k,
+Shapeset online with fixed validation and test sets.
 """
 
 from __future__ import annotations
