@@ -21,7 +21,7 @@ LAYERS = [
     ["plots"],
     ["training"],
     ["diagnosis"],
-    ["probe", "store", "store_safety", "records"],  # store_safety: until the store package lands
+    ["probe", "store", "records"],
     ["data", "optim", "losses", "metrics", "models", "init", "nn", "validate"],
     ["config"],
     ["registry"],

@@ -371,8 +371,8 @@ def apply(model: nn.Module, scheme: str, **kwargs) -> nn.Module:
     ``generator`` is the only keyword it accepts). Returns ``model``.
     """
     if scheme == "auto":
-        if unknown := [k for k in kwargs if k != "generator"]:
-            names = ", ".join(map(repr, unknown))
+        if bad := [k for k in kwargs if k != "generator"]:
+            names = ", ".join(map(repr, bad))
             raise ValueError(f"init 'auto' does not take {names}; its only parameter is: generator")
         chosen = _auto_schemes(model)
         for _, layer in _layers(model):
@@ -387,6 +387,7 @@ def apply(model: nn.Module, scheme: str, **kwargs) -> nn.Module:
     for _, layer in _layers(model):
         _init_layer(layer, fn, kwargs)
     return model
+
 
 register("init", SCHEMES)
 register("init_apply_only", dict.fromkeys(APPLY_ONLY))
