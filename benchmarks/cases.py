@@ -226,7 +226,8 @@ class EvalMode(nn.Module):
 
 def relu_mlp(bias: float | None = None, momentum_bn: float | None = None, **kwargs) -> nn.Module:
     """A 4 x 64 ReLU MLP, He init; optionally every bias set to ``bias`` or BN with running-stat ``momentum_bn``."""
-    model = mlp(SHAPE, CLASSES, kwargs.pop("depth", 4), kwargs.pop("width", 64), "relu", init="he_normal", **kwargs)
+    outputs = kwargs.pop("outputs", CLASSES)
+    model = mlp(SHAPE, outputs, kwargs.pop("depth", 4), kwargs.pop("width", 64), "relu", init="he_normal", **kwargs)
     for m in model.modules():
         if bias is not None and isinstance(m, nn.Linear):
             nn.init.constant_(m.bias, bias)
@@ -305,6 +306,7 @@ class Case:
     data: Callable[[], Dataset] = field(default=teacher_data)
     updates: int = UPDATES
     family: str = "mlp"  # mlp, conv, residual, transformer, lstm
+    task: str = "classification"  # classification, regression, binary, multilabel, tokens (benchmarks/task_cases.py)
 
     @property
     def healthy(self) -> bool:

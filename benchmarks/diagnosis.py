@@ -7,7 +7,10 @@ case, then recall per problem class, false alarms, and the time per case; then t
 on a 4 x 128 MLP with 600 updates: the whole run, the time from the end of training to the findings, and
 the time to write the report (figures included). ``--heldout`` runs benchmarks/heldout.py's set-ups instead.
 
-    python benchmarks/diagnosis.py [--only NAME ...] [--threads 1] [--no-speed] [--heldout]
+    python benchmarks/diagnosis.py [--only NAME ...] [--threads 1] [--no-speed] [--heldout] [--tasks all]
+
+``--tasks`` adds the set-ups of other tasks (benchmarks/task_cases.py: regression, binary, multi-label, token
+sequences); recall and false alarms are then printed per task as well.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 from cases import CASES, HEALTHY, Case  # noqa: E402
 from heldout import HELDOUT  # noqa: E402
+from task_cases import TASK_CASES  # noqa: E402
 
 from deepscope.workflows.doctor import doctor  # noqa: E402
 
@@ -45,6 +49,7 @@ def verdict(case: Case, found: set[str]) -> str:
 def benchmark(cases: list[Case]) -> bool:
     per_class: dict[str, list[bool]] = defaultdict(list)
     alarms, times = [], []
+    hit_list, alarm_list = [], []  # per case, in order: named (broken), false alarm (healthy)
     print(f"{'case':<26} {'family':<12} {'expected':<40} {'found':<48} {'s':>5}  verdict")
     for case in cases:
         found, seconds, status = run_case(case)
@@ -53,6 +58,8 @@ def benchmark(cases: list[Case]) -> bool:
         expected = HEALTHY if case.healthy else "|".join(case.expected)
         print(f"{case.name:<26} {case.family:<12} {expected:<40} {','.join(sorted(found)) or '-':<48} "
               f"{seconds:5.1f}  {v}{'' if status == 'finished' else f' ({status})'}", flush=True)
+        hit_list.append(v == "named")
+        alarm_list.append(case.healthy and bool(found))
         if case.healthy:
             alarms.append(bool(found))
         else:
@@ -67,6 +74,15 @@ def benchmark(cases: list[Case]) -> bool:
     print(f"{'false alarms (healthy)':<26} {sum(alarms):>3}/{len(alarms):<3}")
     print(f"time per case: median {statistics.median(times):.1f} s, max {max(times):.1f} s, "
           f"total {sum(times):.0f} s")
+    tasks = list(dict.fromkeys(case.task for case in cases))
+    if len(tasks) > 1 or tasks != ["classification"]:
+        print(f"\n{'task':<16} {'named':>7} {'recall':>7} {'false alarms':>13}")
+        for task in tasks:
+            of = [c for c in cases if c.task == task]
+            hits = [h for c, h in zip(cases, hit_list, strict=True) if c.task == task and not c.healthy]
+            false = [a for c, a in zip(cases, alarm_list, strict=True) if c.task == task and c.healthy]
+            print(f"{task:<16} {sum(hits):>3}/{len(hits):<3} {sum(hits) / max(len(hits), 1):>7.0%} "
+                  f"{sum(false):>7}/{len(false):<5} ({len(of)} cases)")
     return recall >= 0.95 and not any(alarms)
 
 
@@ -134,11 +150,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the cases (default 1: stable "
                         "on a shared box); the doctor command of the speed test uses torch's default")
     parser.add_argument("--no-speed", action="store_true", help="skip the doctor speed measurement")
+    parser.add_argument("--tasks", default="classification",
+                        help="comma-separated tasks to run: classification (benchmarks/cases.py), regression, binary, "
+                        "multilabel, tokens (benchmarks/task_cases.py), or 'all'")
     parser.add_argument("--heldout", action="store_true",
                         help="run the held-out set-ups (benchmarks/heldout.py) instead of benchmarks/cases.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [c for c in (HELDOUT if args.heldout else CASES) if not args.only or c.name in args.only]
+    tasks = args.tasks.split(",")
+    pool = HELDOUT if args.heldout else [c for c in [*CASES, *TASK_CASES] if "all" in tasks or c.task in tasks]
+    cases = [c for c in pool if not args.only or c.name in args.only]
     ok = benchmark(cases)
     if not args.no_speed:
         import tempfile

@@ -106,7 +106,8 @@ def test_unknown_registry_name_lists_the_allowed_ones(spec_file):
     ("optim.name=adamm", "optim.name='adamm' is not known; choose one of: sgd, momentum"),
     ("init.scheme=xavier", "init.scheme='xavier' is not known; choose one of: zeros"),
     ("schedule.name=linear", "schedule.name='linear' is not known; choose one of: constant"),
-    ("train.loss=hinge", "train.loss='hinge' is not known; choose one of: cross_entropy, quadratic"),
+    ("train.loss=hinge", "train.loss='hinge' is not known; choose one of: cross_entropy, nll, quadratic, "
+     "bce_with_logits"),
     ("data.name=imagenet", "data.name='imagenet' is not known; choose one of: "),
     ("data.options.colour=1", "unknown key data.options.colour for dataset 'shapeset'; valid keys of data.options: "),
     ("data.augment=blur", "data.augment=['blur']: augmentation='blur' is not known; choose one of: hflip"),

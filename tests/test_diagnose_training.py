@@ -156,8 +156,8 @@ def test_plateau_at_the_chance_level_with_moving_weights():
     assert "plateau" not in codes(diagnose(rows, scalars=learned))
     early = evals(flat, every=rt.PLATEAU_MIN_UPDATES // 10) + [dict(step=0, name="valid/chance_loss", value=chance)]
     assert "plateau" not in codes(diagnose(rows, scalars=early))  # too soon to tell
-    quadratic = {"train": {"loss": "quadratic"}}  # the chance level is that of the cross-entropy
-    assert "plateau" not in codes(diagnose(rows, scalars=scalars, spec=quadratic))
+    quadratic = {"train": {"loss": "quadratic"}}  # doctor writes the chance level of the loss in use
+    assert "plateau" in codes(diagnose(rows, scalars=scalars, spec=quadratic))
     # the loss at chance but the error well below the chance error (3 of 4 wrong): it learns, the loss lags
     errors = [dict(step=60 * (i + 1), name="valid/error", value=v)
               for i, v in enumerate([0.75, 0.7, 0.66, 0.6, 0.6, 0.6])]
@@ -176,18 +176,19 @@ def test_a_run_the_trainer_stopped_as_diverged_is_a_learning_rate_finding():
     assert f.first_step == 4 and f.severity == "error" and "Lower the learning rate" in f.advice
 
 
-def test_chance_error_is_one_minus_the_largest_class_frequency():
-    from deepscope.workflows.run import chance_error
-
-    assert chance_error(torch.tensor([2, 2, 2, 0])) == pytest.approx(0.25)
-    assert chance_error(torch.arange(9)) == pytest.approx(8 / 9)
-
-
-def test_chance_loss_is_the_entropy_of_the_class_frequencies():
-    from deepscope.workflows.run import chance_loss
-
-    assert chance_loss(torch.tensor([0, 1, 0, 1])) == pytest.approx(math.log(2))
-    assert chance_loss(torch.tensor([2, 2, 2, 0])) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+def test_plateau_of_a_regression_reads_the_rmse_against_the_targets_spread():
+    var = 0.8  # mse of predicting the mean: the targets' variance
+    flat = [var * 1.05, var * 1.01, var, var * 1.004, var * 0.995, var * 1.002]
+    rows = ratios({"hidden1": 1e-3, "output": 2e-3})
+    chance = [dict(step=0, name="valid/chance_loss", value=var), dict(step=0, name="valid/chance_rmse",
+                                                                      value=math.sqrt(var))]
+    stuck = [dict(step=60 * (i + 1), name="valid/rmse", value=math.sqrt(v)) for i, v in enumerate(flat)]
+    f = only(diagnose(rows, scalars=evals(flat, every=60) + chance + stuck, spec={"train": {"loss": "mse"}}),
+             "plateau")
+    assert f.evidence["chance_loss"] == var
+    # an RMSE clearly below the targets' spread (R^2 about 0.3): it learns, the loss lags
+    learning = [dict(step=r["step"], name="valid/rmse", value=0.83 * math.sqrt(var)) for r in stuck]
+    assert "plateau" not in codes(diagnose(rows, scalars=evals(flat, every=60) + chance + learning))
 
 
 # --- checks of the model as it trains ---------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from deepscope.data.shapeset import class_frequencies
 from deepscope.experiments import (
     EXPERIMENTS,
     Context,
@@ -19,7 +20,8 @@ from deepscope.experiments import (
     he_vs_glorot_depth,
     run_experiment,
 )
-from deepscope.experiments.training import TrainedRun, by_setting, chance_error, chance_loss, generalization
+from deepscope.experiments.training import TrainedRun, by_setting, generalization
+from deepscope.metrics import class_entropy, majority_error
 from deepscope.models import mlp
 from deepscope.optim import make_optimizer
 from deepscope.store import Store
@@ -85,9 +87,9 @@ def test_tiny_profile_gives_a_verdict_a_figure_and_stored_runs(tiny, name):
 def test_chance_loss_is_the_entropy_of_the_authors_class_frequencies():
     # 3 single shapes at 1/6, 3 mixed pairs at 1/9, 3 same-shape pairs at 1/18
     by_hand = -sum(3 * p * math.log(p) for p in (1 / 6, 1 / 9, 1 / 18))
-    assert chance_loss() == pytest.approx(by_hand) == pytest.approx(2.1100, abs=1e-4)
-    assert chance_loss(balanced=True) == pytest.approx(math.log(9))
-    assert chance_error() == pytest.approx(5 / 6)
+    assert class_entropy(class_frequencies()) == pytest.approx(by_hand) == pytest.approx(2.1100, abs=1e-4)
+    assert class_entropy(class_frequencies(True)) == pytest.approx(math.log(9))
+    assert majority_error(class_frequencies()) == pytest.approx(5 / 6)
 
 
 def _run(name, seed, steps, values, **kw):
@@ -101,7 +103,7 @@ def test_first_update_below_a_level_and_escape_from_the_plateau():
     assert centering.first_reaching([a], 1.95) == 30
     assert centering.first_reaching([a, b], 1.95) == (30 + 40) / 2
     assert centering.first_reaching([b], 1.5) == math.inf
-    chance = chance_loss()  # escape = first loss <= chance - 0.05 = 2.06
+    chance = class_entropy(class_frequencies())  # escape = first loss <= chance - 0.05 = 2.06
     assert he_vs_glorot_depth.escape_update(a, chance) == 20
     assert he_vs_glorot_depth.escape_update(b, chance) == 40
     assert list(by_setting([a, b])) == ["raw@0.1"] and by_setting([a, b])["raw@0.1"] == [a, b]

@@ -117,8 +117,8 @@ class _NaNAt(nn.Module):
 def test_deepscope_train_guard_records_events_in_the_store_run_folder_and_report(tmp_path):
     from deepscope import train
     from deepscope.plots.html import render
-    from deepscope.workflows.report import run_data
     from deepscope.store import Store
+    from deepscope.workflows.report import run_data
 
     spec = {"name": "guarded", "data": {"name": "digits"}, "optim": {"name": "sgd", "lr": 0.05},
             "train": {"updates": 120, "batch_size": 16, "device": "cpu", "eval_every": 40,

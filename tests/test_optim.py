@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from deepscope.optim import (
-    LOSSES,
     OPTIMIZERS,
     SCHEDULE_STEPS_ON,
     SCHEDULES,
     clip_gradients,
-    make_loss,
     make_optimizer,
     make_schedule,
     schedule_steps_on,
@@ -220,7 +218,6 @@ def test_lr_must_be_positive(lr):
     [
         (lambda: make_optimizer("adamm", [], 0.1), "optimizer", OPTIMIZERS),
         (lambda: make_schedule("cosin", None), "schedule", SCHEDULES),
-        (lambda: make_loss("mse"), "loss", LOSSES),
     ],
 )
 def test_unknown_names_list_valid_names(call, kind, names):
@@ -373,17 +370,3 @@ def test_no_clipping_reports_norm_and_leaves_grads():
         clip_gradients([p, q], max_norm=0)
 
 
-# --- losses -------------------------------------------------------------------------------------------
-
-
-LOGITS = torch.log(torch.tensor([[1.0, 1.0, 2.0], [3.0, 1.0, 1.0]]))  # softmax rows (.25, .25, .5), (.6, .2, .2)
-TARGETS = torch.tensor([2, 1])
-
-
-def test_quadratic_loss_by_hand():
-    # row 1: .25^2 + .25^2 + .5^2 = .375; row 2: .6^2 + .8^2 + .2^2 = 1.04; mean over the batch
-    assert make_loss("quadratic")(LOGITS, TARGETS).item() == pytest.approx((0.375 + 1.04) / 2)
-
-
-def test_cross_entropy_by_hand():
-    assert make_loss("cross_entropy")(LOGITS, TARGETS).item() == pytest.approx(-(math.log(0.5) + math.log(0.2)) / 2)

@@ -19,7 +19,7 @@ def test_lookup_names_the_key_the_value_and_every_valid_name():
 
 
 @pytest.mark.parametrize("lookup_call, message", [
-    (lambda: __import__("deepscope.optim", fromlist=["x"]).make_loss("hinge"), r"^loss='hinge' is not known"),
+    (lambda: __import__("deepscope.losses", fromlist=["x"]).make_loss("hinge"), r"^loss='hinge' is not known"),
     (lambda: __import__("deepscope.optim", fromlist=["x"]).get_optimizer("lbfgs"), r"^optimizer='lbfgs' is not known"),
     (lambda: __import__("deepscope.init", fromlist=["x"]).get_scheme("kaiming"), r"^init='kaiming' is not known"),
     (lambda: __import__("deepscope.nn", fromlist=["x"]).get_activation("swish"), r"^activation='swish' is not known"),

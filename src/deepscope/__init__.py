@@ -36,9 +36,10 @@ from deepscope.data import get_dataset
 from deepscope.data.preprocess import Preprocessor
 from deepscope.diagnosis import Finding, diagnose
 from deepscope.experiments import run_experiment
+from deepscope.losses import make_loss
 from deepscope.models import convnet, mlp
 from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
-from deepscope.optim import make_loss, make_optimizer, make_schedule
+from deepscope.optim import make_optimizer, make_schedule
 from deepscope.plots.html import RunData
 from deepscope.probe import Probe
 from deepscope.probe.sinks import MLflowSink, StoreSink, TensorBoardSink, WandbSink

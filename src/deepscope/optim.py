@@ -1,12 +1,12 @@
-"""Optimizers, learning-rate schedules, gradient clipping and losses, by name (``torch.optim`` underneath).
+"""Optimizers, learning-rate schedules and gradient clipping, by name (``torch.optim`` underneath).
 
 The update equations and defaults are those of Varma & Das, ch. 7, section 7.3 ("Improvements to the Parameter
 Update Equation"); each registry entry states its equation in the text's notation (``g(n)`` the
 gradient at step ``n``, ``eta`` the learning rate) and where ``torch.optim`` writes it differently.
 
-Registries: :data:`OPTIMIZERS`, :data:`SCHEDULES`, :data:`LOSSES`; an unknown name raises a ``ValueError``
-that lists the valid ones. :data:`SCHEDULE_STEPS_ON` says whether a schedule is stepped after every
-update or after every evaluation; :func:`step_schedule` does the right call.
+Registries: :data:`OPTIMIZERS`, :data:`SCHEDULES` (the losses are in :mod:`deepscope.losses`); an unknown name
+raises a ``ValueError`` that lists the valid ones. :data:`SCHEDULE_STEPS_ON` says whether a schedule is stepped
+after every update or after every evaluation; :func:`step_schedule` does the right call.
 """
 
 from __future__ import annotations
@@ -18,25 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
 from deepscope.registry import lookup, register
 
 __all__ = [
-    "LOSSES",
     "OPTIMIZERS",
     "SCHEDULES",
     "SCHEDULE_STEPS_ON",
     "OptimizerSpec",
     "clip_gradients",
-    "cross_entropy",
     "get_optimizer",
-    "make_loss",
     "make_optimizer",
     "make_schedule",
-    "quadratic",
     "schedule_steps_on",
     "step_schedule",
 ]
@@ -303,35 +298,5 @@ def clip_gradients(parameters: Iterable[Tensor] | Tensor, max_norm: float | None
     return total
 
 
-# --- losses -----------------------------------------------------------------------------------------
-
-
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of -log softmax(logits)[target]: the conditional log-likelihood cost."""
-    return F.cross_entropy(logits, targets)
-
-
-def quadratic(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of sum_k (softmax(logits)_k - onehot(target)_k)^2 (Glorot & Bengio 2010, section 4.1).
-
-    The quadratic cost on the softmax outputs that Glorot & Bengio compare with the log-likelihood cost
-    (their Figure 5: it has plateaus).
-    """
-    probs = logits.softmax(dim=-1)
-    onehot = F.one_hot(targets, probs.shape[-1]).to(probs.dtype)
-    return (probs - onehot).square().sum(dim=-1).mean()
-
-
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "cross_entropy": cross_entropy,
-    "quadratic": quadratic,
-}
-
-
-def make_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss ``name`` as a function ``(logits, integer targets) -> scalar tensor``."""
-    return lookup(LOSSES, "loss", name)
-
 register("optimizers", OPTIMIZERS)
 register("schedules", SCHEDULES)
-register("losses", LOSSES)

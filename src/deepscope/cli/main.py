@@ -62,7 +62,8 @@ def _registries() -> dict[str, list[str]]:
     from deepscope.data import AUGMENTATIONS, DATASETS
     from deepscope.data.preprocess import METHODS
     from deepscope.init import APPLY_ONLY, SCHEMES
-    from deepscope.optim import LOSSES, OPTIMIZERS, SCHEDULES
+    from deepscope.losses import LOSSES
+    from deepscope.optim import OPTIMIZERS, SCHEDULES
 
     return {
         "initializations": [*SCHEMES, *APPLY_ONLY],
@@ -166,6 +167,10 @@ def train_command(
     if "test/error" in m:
         valid = f" (valid {m['valid/error']:.2%})" if "valid/error" in m else ""
         typer.echo(f"test error {m['test/error']:.2%}{valid} after {result.eval_step} updates [{status}]")
+    elif "test/rmse" in m:  # a regression
+        valid = f" (valid R² {m['valid/r2']:.3f})" if "valid/r2" in m else ""
+        typer.echo(f"test RMSE {m['test/rmse']:.4g}, R² {m['test/r2']:.3f}{valid} after {result.eval_step} updates "
+                   f"[{status}]")
     else:
         typer.echo(f"{status}" if result.diverged_at is not None else f"{status} after {result.step} updates")
     if result.guard is not None:  # train.guard: what it did

@@ -18,8 +18,17 @@ def _when(t: float | None) -> str:
 
 
 def _pct(run: dict, name: str) -> str:
+    """An error rate in %; a regression run (no error rate) shows its RMSE and R^2 instead."""
     last = run["last"].get(name)
+    if last is None and name.endswith("/error") and (rmse := run["last"].get(name.replace("error", "rmse"))):
+        r2 = run["last"].get(name.replace("error", "r2"))
+        return f"RMSE {rmse['value']:.4g}" + (f", R² {r2['value']:.3f}" if r2 else "")
     return f"{last['value']:.2%}" if last else "-"
+
+
+# the final metrics runs compare shows, those of every task (deepscope.metrics), when a run has them
+_COMPARED = ("train/loss", "valid/error", "valid/exact_match", "valid/rmse", "valid/r2", "test/error",
+             "test/exact_match", "test/rmse", "test/r2")
 
 
 def _steps(run: dict) -> str:
@@ -109,8 +118,10 @@ def runs_compare(
     table = Table("", *(info["id"] for info in infos))
     table.add_row("status", *(info["status"] for info in infos))
     table.add_row("updates", *(_steps(info) for info in infos))
-    for name in ("train/loss", "valid/error", "test/error"):
-        cells = [_pct(info, name) if name.endswith("error") else
+    for name in [n for n in _COMPARED if n in ("train/loss", "valid/error", "test/error")
+                 or any(n in info["last"] for info in infos)]:
+        cells = [(f"{info['last'][name]['value']:.2%}" if name in info["last"] else "-")
+                 if name.endswith(("error", "exact_match")) else
                  (f"{info['last'][name]['value']:.4f}" if name in info["last"] else "-") for info in infos]
         table.add_row(name, *cells)
     for key in keys:

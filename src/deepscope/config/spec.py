@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepscope.registry import check_name, table, unknown
+from deepscope.registry import check_kwargs, check_name, table, unknown
 
 __all__ = [
     "DataSpec",
@@ -279,7 +279,9 @@ class TrainSpec(_Section):
     eval_every: Annotated[int | None, Nullable] = Field(None, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     patience: Annotated[int | None, Nullable] = Field(None, ge=1)
-    monitor: Literal["error", "loss"] = "error"  # what patience and the best evaluation watch (validation)
+    # what patience and the best evaluation watch (validation): "error" is the task's error measure (rmse for a
+    # regression); the others must be metrics of the task (deepscope.metrics)
+    monitor: Literal["error", "loss", "rmse", "r2", "exact_match"] = "error"
     restore_best: bool = False  # end the run with the weights of the best evaluation
     checkpoint_every: Annotated[int | None, Nullable] = Field(None, ge=1)
     seed: int = Field(0, ge=0)
@@ -288,6 +290,7 @@ class TrainSpec(_Section):
     clip_value: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
     loss: str = "cross_entropy"
     guard: bool | GuardSpec = False  # deepscope.Guard: true (its defaults), or a table of its options
+    loss_options: dict[str, Any] = Field(default_factory=dict)  # label_smoothing, ignore_index, delta (by loss)
 
     _known_loss = _known("loss", "train.loss", "losses")
 
@@ -309,6 +312,19 @@ class TrainSpec(_Section):
             raise ValueError(f"train.guard={value!r} is not allowed; give true, false or a table of its options "
                              f"({keys})")
         return value
+
+    @model_validator(mode="after")
+    def _check_loss_options(self) -> TrainSpec:
+        check_kwargs(f"train.loss={self.loss!r}", self.loss_options, table("losses")[self.loss], skip=2)
+        for key, value in self.loss_options.items():
+            ok = {"label_smoothing": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
+                  "ignore_index": lambda v: isinstance(v, int),
+                  "delta": lambda v: isinstance(v, int | float) and 0 < v < float("inf")}.get(key, lambda v: True)
+            if isinstance(value, bool) or not ok(value):
+                allowed = {"label_smoothing": "a number in [0, 1]", "ignore_index": "an integer (the padding label)",
+                           "delta": "a number > 0"}[key]
+                raise ValueError(f"train.loss_options.{key}={value!r} is not allowed; give {allowed}")
+        return self
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:

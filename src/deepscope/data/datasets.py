@@ -1,9 +1,11 @@
 """Datasets by name, seeded splits, online streams and batching by index.
 
 ``get_dataset(name, **options)`` returns a :class:`Dataset`: in-memory train/valid/test tensors (x float32
-(N, C, H, W), y int64) and, for generated data, a :class:`Stream` whose batch ``index`` is a pure function of
-(seed, index, batch size) -- a trainer resumes by remembering the batch index. Splits follow Glorot & Bengio
-(2010): MNIST 50k/10k/10k, CIFAR-10 40k/10k/10k, Shapeset online with fixed validation and test sets.
+(N, C, H, W); y int64 class labels (N,), or any targets: float values (N,) or (N, D), 0/1 labels (N, K), token
+labels (N, T) -- the loss and the targets make the task, see :mod:`deepscope.metrics`) and, for generated data,
+a :class:`Stream` whose batch ``index`` is a pure function of (seed, index, batch size) -- a trainer resumes by
+remembering the batch index. Splits follow Glorot & Bengio (2010): MNIST 50k/10k/10k, CIFAR-10 40k/10k/10k,
+Shapeset online with fixed validation and test sets.
 """
 
 from __future__ import annotations
@@ -299,7 +301,10 @@ def save_grid(x: Tensor, y: Tensor, class_names: list[str], path: str | Path, *,
             image = x[k].permute(1, 2, 0).numpy()
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")  # fmt: skip
-            ax.set_title(class_names[int(y[k])], fontsize=7)
+            label = y[k]  # a class (by its name), or a real target (a regression), or several (multi-label)
+            named = label.numel() == 1 and float(label) == int(label) and 0 <= int(label) < len(class_names)
+            ax.set_title(class_names[int(label)] if named else ", ".join(f"{float(v):.3g}" for v in label.reshape(-1)),
+                         fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -22,17 +22,17 @@ import math
 
 import numpy as np
 
+from deepscope.data.shapeset import class_frequencies
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
-    chance_error,
-    chance_loss,
     final_value,
     run_spec,
     shapeset_data,
     train_runs,
 )
+from deepscope.metrics import class_entropy, majority_error
 
 TRAINS, STUCK = 0.15, 0.03  # nats below the chance loss
 
@@ -70,12 +70,12 @@ def run(ctx: Context) -> list[TrainedRun]:
 
 def verdict(results: list[TrainedRun], ctx: Context) -> Verdict:
     cfg, groups = ctx.settings, by_setting(results)
-    chance = chance_loss()
+    chance = class_entropy(class_frequencies())
     loss = {s: float(np.mean([final_value(r, "train/loss", last=3) for r in runs])) for s, runs in groups.items()}
     error = {s: float(np.mean([r.metrics.get("test/error", math.nan) if r.status != "diverged" else math.nan
                                for r in runs])) for s, runs in groups.items()}
     diverged = {s: float(np.mean([r.status == "diverged" for r in runs])) for s, runs in groups.items()}
-    numbers = {"chance_loss": chance, "chance_error": chance_error()}
+    numbers = {"chance_loss": chance, "chance_error": majority_error(class_frequencies())}
     for s in groups:
         numbers.update({f"{s}/final_loss": loss[s], f"{s}/test_error": error[s], f"{s}/diverged_fraction": diverged[s]})
     base, high = cfg["relu_lr"], cfg["relu_lr"] * cfg["lr_factor"]
@@ -102,7 +102,7 @@ def verdict(results: list[TrainedRun], ctx: Context) -> Verdict:
 def figure(results: list[TrainedRun], ctx: Context) -> list:
     cfg, seed, groups = ctx.settings, ctx.seeds[0], by_setting(results)
     fig, axes = new_figure(1, 2, size=(10, 3.8))
-    chance = chance_loss()
+    chance = class_entropy(class_frequencies())
     panels = {0: ("sigmoid", "sigmoid+bn"), 1: ("relu@base", "relu+bn@base", "relu@high", "relu+bn@high")}
     for col, settings in panels.items():
         ax = axes[0, col]

@@ -25,17 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepscope.data.shapeset import class_frequencies
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.small_init_vanishing import layer_activations
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
-    chance_loss,
     final_value,
     run_spec,
     shapeset_data,
     train_runs,
 )
+from deepscope.metrics import class_entropy
 from deepscope.models import mlp
 
 INITS = ("he_normal", "glorot_normal")
@@ -89,7 +90,7 @@ def _update(step: float) -> str:
 
 def verdict(results: Results, ctx: Context) -> Verdict:
     cfg, groups = ctx.settings, by_setting(results.runs)
-    chance = chance_loss()
+    chance = class_entropy(class_frequencies())
     shallow, deep = min(cfg["depths"]), max(cfg["depths"])
     numbers: dict[str, float] = {"chance_loss": chance}
     loss, escape = {}, {}
@@ -125,7 +126,7 @@ def figure(results: Results, ctx: Context) -> list:
     cfg, seed, groups = ctx.settings, ctx.seeds[0], by_setting(results.runs)
     depths = sorted(cfg["depths"])
     fig, axes = new_figure(1, len(depths) + 1, size=(4.4 * (len(depths) + 1), 3.8))
-    chance = chance_loss()
+    chance = class_entropy(class_frequencies())
     for ax, depth in zip(axes[0], depths, strict=False):
         for init in INITS:
             for run in groups[f"{init}@d{depth}"]:

@@ -17,16 +17,17 @@ import math
 
 import numpy as np
 
+from deepscope.data.shapeset import class_frequencies
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.training import (
     TrainedRun,
     by_setting,
-    chance_loss,
     run_spec,
     shapeset_data,
     train_runs,
     train_set_error,
 )
+from deepscope.metrics import class_entropy
 
 CONSTANT = ("too_low", "good", "high", "too_high")  # settings trained at a constant rate cfg["lr"][setting]
 ANNEALED = ("high+step", "high+cosine")  # the "high" rate, annealed
@@ -73,7 +74,7 @@ def verdict(results: list[TrainedRun], ctx: Context) -> Verdict:
     numbers.update({f"{s}/lr": cfg["lr"][s] for s in CONSTANT})
     diverged = float(np.mean([r.status == "diverged" for r in groups["too_high"]]))
     numbers["too_high/diverged_fraction"] = diverged
-    numbers["chance_loss"] = chance = chance_loss()
+    numbers["chance_loss"] = chance = class_entropy(class_frequencies())
     lr = cfg["lr"]
     best_constant = min(CONSTANT, key=loss.get)
     checks = {

@@ -30,8 +30,6 @@ from deepscope.store import CHECKPOINT_FILE
 __all__ = [
     "TrainedRun",
     "by_setting",
-    "chance_error",
-    "chance_loss",
     "final_value",
     "generalization",
     "generalization_figure",
@@ -88,22 +86,6 @@ def shapeset_data(cfg: dict, seed: int, preprocess: Sequence[str] = ("standardiz
     return {"name": "shapeset", "options": {**options, "seed": seed}, "preprocess": list(preprocess), **extra}
 
 
-def chance_loss(balanced: bool = False) -> float:
-    """Cross-entropy of always predicting Shapeset's class frequencies: the loss of a net that learned nothing
-    from the images (its entropy, about 2.11 nats for the authors' unbalanced classes)."""
-    from deepscope.data.shapeset import class_frequencies
-
-    p = class_frequencies(balanced)
-    return float(-(p * p.log()).sum())
-
-
-def chance_error(balanced: bool = False) -> float:
-    """Error of always predicting Shapeset's most frequent class (5/6 for the authors' unbalanced classes)."""
-    from deepscope.data.shapeset import class_frequencies
-
-    return float(1.0 - class_frequencies(balanced).max())
-
-
 def train_runs(
     ctx: Context,
     specs: Sequence[dict],
@@ -143,13 +125,13 @@ def train_set_error(run_id: str, store: Any) -> dict[str, float]:
     """Loss and error of a stored run's final model on its whole (clean, non-augmented) training set, in eval
     mode (dropout off): the trainer's ``train/error`` is measured on the fly, with dropout and augmentation on."""
     from deepscope.data import get_dataset
-    from deepscope.optim import make_loss
+    from deepscope.losses import make_loss
     from deepscope.training.checkpoint import load_model
     from deepscope.training.evaluation import evaluate
 
     model, pre, spec = load_model(run_id, store)
     x, y = get_dataset(spec.data.name, **spec.data.options).train
-    loss, error = evaluate(model, pre(x), y, make_loss(spec.train.loss))
+    loss, error = evaluate(model, pre(x), y, make_loss(spec.train.loss, **spec.train.loss_options))
     return {"train_set/loss": float(loss), "train_set/error": float(error)}
 
 

@@ -16,6 +16,8 @@ __all__ = ["error_curves", "loss_curves"]
 
 _ERROR_STYLES = {"test/error": "-", "valid/error": ":", "train/error": "--"}
 _GUARD_STYLES = {"guard/skip": ":", "guard/rollback": "--", "guard/stop": "-", "guard/warn": "-."}
+# a regression has no error rate: its curves are the RMSE (deepscope.metrics), same styles
+_RMSE_STYLES = {"test/rmse": "-", "valid/rmse": ":", "train/rmse": "--"}
 
 
 def _curve(scalars: Sequence[Mapping[str, Any]], name: str) -> tuple[list[int], list[float]]:
@@ -24,23 +26,26 @@ def _curve(scalars: Sequence[Mapping[str, Any]], name: str) -> tuple[list[int], 
 
 
 def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
-    """Test (solid), validation (dotted) and training (dashed) error in % against updates, one colour per run.
+    """Test (solid), validation (dotted) and training (dashed) error in % against updates, one colour per run; for
+    regression runs (no error rate) the RMSE.
 
     ``runs`` maps a run's label to its scalar rows ``dict(step, name, value)``.
     """
     fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn = False
+    rates = any(r["name"] in _ERROR_STYLES for scalars in runs.values() for r in scalars)
+    styles, scale = (_ERROR_STYLES, 100) if rates else (_RMSE_STYLES, 1)
     for i, (label, scalars) in enumerate(runs.items()):
-        for name, style in _ERROR_STYLES.items():
+        for name, style in styles.items():
             steps, values = _curve(scalars, name)
             if steps:
-                ax.plot(steps, [100 * v for v in values], style, color=layer_color(i), linewidth=1.4,
+                ax.plot(steps, [scale * v for v in values], style, color=layer_color(i), linewidth=1.4,
                         label=f"{label} {name.split('/')[0]}")
                 drawn = True
     if not drawn:
         return None
     ax.set_xlabel("updates", fontsize=9)
-    ax.set_ylabel("error (%)", fontsize=9)
+    ax.set_ylabel("error (%)" if rates else "RMSE", fontsize=9)
     ax.set_title("Error during training (figs. 11-12)", fontsize=10)
     ax.legend(fontsize=7, frameon=False, ncols=2)
     return fig

@@ -84,7 +84,8 @@ _SUMMARY = {
     "batch size": ("train.batch_size", "batch_size"), "updates": ("train.updates", "updates"),
     "seed": ("train.seed", "seed"),
 }
-_FINAL_SCALARS = ("test/error", "valid/error", "train/error", "train/loss")
+_FINAL_SCALARS = ("test/error", "valid/error", "train/error", "valid/exact_match", "test/rmse", "test/r2", "valid/rmse",
+                  "valid/r2", "train/loss")
 
 
 def _summary(spec: Any) -> list[tuple[str, str]]:
@@ -124,7 +125,7 @@ def _run_context(run: RunData) -> dict[str, Any]:
     for name in _FINAL_SCALARS:
         value = last.get(name)
         if value is not None:
-            finals.append((name, f"{100 * value:.2f} %" if name.endswith("error") else _number(value)))
+            finals.append((name, f"{100 * value:.2f} %" if name.endswith(("error", "exact_match")) else _number(value)))
     spec = run.spec.model_dump() if hasattr(run.spec, "model_dump") else run.spec
     return {
         "name": run.name, "run_id": run.run_id or "", "status": run.status or "",

@@ -102,6 +102,8 @@ def default_loss(output: Any, y: Tensor) -> Tensor:
     """Cross-entropy of the model's logits against ``y``: the output itself, the first of a tuple, or the
     ``logits`` of a dict / dataclass output (a ``loss`` field alone is taken as it is). Logits with extra
     dimensions (``(batch, tokens, classes)``) are scored per position against ``y`` of ``(batch, tokens)``.
+    Float targets take the loss they fit: BCE on logits for 0/1 targets (a one-output binary classifier, or one
+    output per label), the mean squared error for other real values.
     Raises ``TypeError`` with the ``loss_fn=`` to pass when the output cannot be scored."""
     fields = _fields(output)
     if fields is not None:
@@ -119,6 +121,11 @@ def default_loss(output: Any, y: Tensor) -> Tensor:
     if logits is None or not logits.is_floating_point():
         raise TypeError(f"the probe cannot score the model's output, a {type(output).__name__}: {_LOSS_HINT}")
     try:
+        if y.is_floating_point():  # 0/1 targets: BCE on logits (one per label); other real targets: mean squared error
+            from deepscope.losses import bce_with_logits, mse
+            from deepscope.metrics import REGRESSION_TASK, task_of
+
+            return (mse if task_of(None, y).kind == REGRESSION_TASK else bce_with_logits)(logits, y)
         if logits.dim() > 2 and y.dim() == logits.dim() - 1:
             return F.cross_entropy(logits.flatten(0, -2), y.flatten())
         return F.cross_entropy(logits, y)

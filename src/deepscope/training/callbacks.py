@@ -40,6 +40,8 @@ class TrainContext:
     store: Any = None  # the deepscope.store.Store the run is recorded in, if any
     spec: Any = None  # the run's RunSpec
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # preprocessed, on device
+    loss_fn: Any = None  # the run's loss, (output, target) -> scalar (train.loss, or loss_fn= of your own)
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
 
 
 class Callback:

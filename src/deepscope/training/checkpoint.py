@@ -173,13 +173,14 @@ def run_state(run: Any) -> dict[str, Any]:
         "input_shape": list(parts.data.input_shape),
         "num_classes": parts.data.num_classes,
         "user_model": parts.user_model,
+        "user_loss": parts.user_loss,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict() if run.schedule is not None else None,
         "preprocessor": parts.pre.state_dict(),
         "rng": rng_state(run.device),
-        "accumulators": {"losses": run.losses[: run.n].cpu().clone(), "wrong": run.wrong.cpu().clone(),
-                         "seen": run.seen},
+        "accumulators": {"losses": run.losses[: run.n].cpu().clone(), "sums": {  # deepscope.metrics.batch_sums
+            k: v.cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in run.sums.items()}},
         "metrics": dict(run.metrics),
         "early_stopping": run.stopping.state(),
         "start_loss": run.start_loss,
@@ -196,9 +197,10 @@ def restore_run(run: Any, ckpt: dict[str, Any]) -> None:
         run.schedule.load_state_dict(ckpt["schedule"])
     run.step = ckpt["step"]
     acc = ckpt["accumulators"]
-    run.n, run.seen = len(acc["losses"]), acc["seen"]
+    run.n = len(acc["losses"])
     run.losses[: run.n] = acc["losses"].to(run.device)
-    run.wrong.copy_(acc["wrong"])
+    sums = acc["sums"] if "sums" in acc else {"wrong": acc["wrong"], "count": acc["seen"]} if acc["seen"] else {}
+    run.sums = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in sums.items()}
     run.metrics.update(ckpt["metrics"])
     run.stopping.load(stopping)
     run.start_loss = ckpt.get("start_loss")

@@ -11,7 +11,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["EarlyStopping"]
+from deepscope.records import RESTORED_STEP
+
+__all__ = ["EarlyStopping", "end_with_best"]
 
 
 def _cpu_copy(model: nn.Module) -> dict[str, Tensor]:
@@ -32,7 +34,9 @@ class EarlyStopping:
     def observe(self, step: int, metrics: dict[str, float], model: nn.Module) -> None:
         """One evaluation with a validation split."""
         watched = f"valid/{self.monitor}"
-        if not self.best or not math.isfinite(self.best[watched]) or metrics[watched] < self.best[watched]:
+        sign = -1.0 if self.monitor in ("r2", "exact_match") else 1.0  # R^2 and exact match: higher is better
+        best = self.best.get(watched, math.nan)
+        if not self.best or not math.isfinite(best) or sign * metrics[watched] < sign * best:
             self.best = {"step": step, **{k: v for k, v in metrics.items() if "/" in k}}
             self.bad_evals = 0
             if self.restore:
@@ -45,7 +49,7 @@ class EarlyStopping:
         if self.patience is None or self.bad_evals < self.patience:
             return None
         best = self.best[f"valid/{self.monitor}"]
-        shown = f"{best:.2%}" if self.monitor == "error" else f"{best:.4g}"
+        shown = f"{best:.2%}" if self.monitor in ("error", "exact_match") else f"{best:.4g}"
         return (f"Stopped early at update {step}: the validation {self.monitor} has not improved for "
                 f"{self.patience} evaluations (best {shown} at update {self.best['step']}).")
 
@@ -76,3 +80,18 @@ class EarlyStopping:
         self.restored = int(self.best["step"])
         return (f"Restored the weights of update {self.restored}, the best validation {self.monitor} "
                 "(train.restore_best)."), {k: v for k, v in self.best.items() if k != "step"}
+
+
+def end_with_best(run: Any) -> str:
+    """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
+    run's metrics (the last weights stay in the checkpoint for a resume); what happened, in words."""
+    message, best = run.stopping.restore_best(run.model, run.eval_step)
+    if best is not None:
+        lr = run.metrics.get("lr")
+        run.metrics.clear()
+        run.metrics.update(best | ({"lr": lr} if lr is not None else {}))
+        run.eval_step = run.stopping.restored
+        if run.store is not None:
+            run.store.log_scalars(run.run_id, run.step, {RESTORED_STEP: float(run.eval_step)})
+            run.store.flush()
+    return message

@@ -7,6 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from deepscope.metrics import Task, reduce_sums
+from deepscope.metrics import evaluate as evaluate_task
+
 __all__ = ["evaluate", "run_metrics"]
 
 
@@ -28,15 +31,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable,
 
 
 def run_metrics(model: nn.Module, eval_sets: dict[str, tuple[Tensor, Tensor]], loss_fn: Callable, batch_size: int,
-                losses: Tensor, wrong: Tensor, seen: int) -> dict[str, float]:
-    """An evaluation of a run: the training loss and error since the last one (``losses`` of each update, ``wrong``
-    of ``seen`` examples; left out when there was no update) and the loss and error of each split of
-    ``eval_sets``, read from the device at once."""
-    values = {"train/loss": losses.mean(), "train/error": wrong / max(seen, 1)}
+                losses: Tensor, sums: dict, task: Task) -> dict[str, float]:
+    """An evaluation of a run: the training loss and the task's metrics since the last one (``losses`` of each update,
+    ``sums`` of :func:`deepscope.metrics.batch_sums`; left out when there was no update) and the loss and metrics of
+    each split of ``eval_sets`` (``valid/error``, or ``valid/rmse`` and ``valid/r2`` for a regression ...), read from
+    the device at once."""
+    values = {"train/loss": losses.mean()} if len(losses) else {}
+    values |= {f"train/{k}": v for k, v in (reduce_sums(task, sums) if sums and len(losses) else {}).items()}
     for split, (x, y) in eval_sets.items():
-        values[f"{split}/loss"], values[f"{split}/error"] = evaluate(model, x, y, loss_fn, batch_size)
+        values |= {f"{split}/{k}": v for k, v in evaluate_task(model, x, y, loss_fn, task, batch_size).items()}
     names = list(values)
-    metrics = dict(zip(names, torch.stack([values[k].float() for k in names]).tolist(), strict=True))
-    if len(losses) == 0:
-        metrics.pop("train/loss"), metrics.pop("train/error")
-    return metrics
+    return dict(zip(names, torch.stack([values[k].float() for k in names]).tolist(), strict=True)) if names else {}

@@ -33,15 +33,15 @@ from torch import nn
 
 from deepscope.config import RunSpec, validate_spec
 from deepscope.data import Dataset
+from deepscope.metrics import add_sums, batch_sums
 from deepscope.optim import clip_gradients, schedule_steps_on, step_schedule
-from deepscope.records import RESTORED_STEP
 from deepscope.store import CHECKPOINT_FILE, RunTakenOver, Store, TakenMessage
 from deepscope.training import checkpoint as _checkpoint
 from deepscope.training.callbacks import TrainContext, as_callback
 from deepscope.training.console import eval_line, new_progress, refresh
 from deepscope.training.device import resolve_device, stop_on_signals
 from deepscope.training.divergence import EXPLOSION, divergence_message, exploded, first_bad
-from deepscope.training.early_stopping import EarlyStopping
+from deepscope.training.early_stopping import EarlyStopping, end_with_best
 from deepscope.training.evaluation import run_metrics
 from deepscope.training.guard import GuardStop
 from deepscope.training.guard_adapters import for_trainer
@@ -71,6 +71,7 @@ class Result:
     restored: int | None = None  # train.restore_best: the update whose weights the run ended with
     spec: dict[str, Any] = field(default_factory=dict, repr=False)  # the spec as recorded
     guard: Any = field(default=None, repr=False)  # train.guard: the Guard (its events, summary())
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
 
 
 def train(
@@ -83,6 +84,7 @@ def train(
     dataset: Dataset | None = None,
     model: nn.Module | None = None,
     force: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Result:
     """Train the run ``spec`` (a :class:`RunSpec` or its dict); record it in ``store`` if given.
 
@@ -97,6 +99,9 @@ def train(
     the dataset named by ``spec.data`` (your own tensors). Without a store nothing is written to disk.
     A run has one writer: resuming claims the run in the store, refused while another live process trains
     it, unless ``force`` (see :meth:`~deepscope.store.Store.claim`).
+    ``loss_fn`` trains with a loss of your own, any callable ``(output, target) -> scalar`` (``nn.HuberLoss()``,
+    ``F.binary_cross_entropy_with_logits``, a function), instead of ``train.loss``; its name is recorded as
+    ``train.loss`` and the task (metrics, baseline) is read from it and the targets (:func:`deepscope.metrics.task_of`).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
@@ -116,6 +121,9 @@ def train(
                 raise ValueError(f"run {run_id} trained a model of your own ({checkpoint['user_model']['class']}); "
                                  "resume it with the same module: train(resume=..., model=...), or --model "
                                  "pkg.mod:factory on the command line")
+            if checkpoint.get("user_loss") and loss_fn is None:
+                raise ValueError(f"run {run_id} trained with a loss of your own ({checkpoint['user_loss']}); resume it "
+                                 "with the same one: train(resume=..., loss_fn=...)")
             spec = spec if spec is not None else checkpoint["spec"]
         if spec is None:
             raise ValueError("train() needs a spec (or resume=RUN with a store)")
@@ -124,7 +132,7 @@ def train(
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was
             torch.manual_seed(spec.train.seed)
-            parts = build(spec, device, checkpoint, dataset, model, run_id)
+            parts = build(spec, device, checkpoint, dataset, model, run_id, loss_fn)
             run = _Run(spec, device, parts, store, run_id, checkpoint, callbacks, quiet)
             claimed = None  # the run owns its store entry now and records how it ends
             return run.loop()
@@ -146,12 +154,13 @@ class _Run:
         saved = len(checkpoint["accumulators"]["losses"]) if checkpoint is not None else 0
         self.losses = torch.zeros(parts.eval_every + saved, device=device)  # room until the next evaluation
         self.slots = self.losses.unbind(0)  # views: slots[i].copy_(loss) writes the buffer in one op
-        self.wrong = torch.zeros((), device=device, dtype=torch.long)
-        self.n = self.seen = 0
+        self.sums: dict[str, Any] = {}  # the task's metric sums since the last evaluation (deepscope.metrics)
+        self.n = 0
         self.metrics: dict[str, float] = {}
         self.eval_step: int | None = None  # the update of the last evaluation, which ``metrics`` are from
         self.diverged_at: int | None = None  # the first update whose loss was NaN/Inf
-        self.stopping = EarlyStopping(spec.train.monitor, spec.train.patience, spec.train.restore_best)
+        monitored = parts.task.primary if spec.train.monitor == "error" else spec.train.monitor  # rmse: regression
+        self.stopping = EarlyStopping(monitored, spec.train.patience, spec.train.restore_best)
         self.saved_step = -1
         self.start_loss: float | None = None  # the first update's loss: the reference of the explosion rule
         if checkpoint is not None:
@@ -167,10 +176,11 @@ class _Run:
             if not isinstance(store, Store):
                 store = self.store = Store(store)
             if run_id is None:
-                self.run_id = store.create_run(spec.name, recorded_spec(spec, parts.user_model), spec.train.seed)
+                self.run_id = store.create_run(spec.name, recorded_spec(spec, parts.user_model, parts.user_loss),
+                                               spec.train.seed)
             else:
                 store.delete_after(run_id, self.step)
-                store.update_spec(run_id, recorded_spec(spec, parts.user_model))
+                store.update_spec(run_id, recorded_spec(spec, parts.user_model, parts.user_loss))
                 store.set_status(run_id, "running")
             self.path = store.run_dir(self.run_id) / CHECKPOINT_FILE
             if checkpoint is not None:
@@ -178,7 +188,7 @@ class _Run:
         self.guard = for_trainer(self)  # train.guard (deepscope.training.guard): it steps the optimizer and schedule
         self.ctx = TrainContext(event="start", step=self.step, model=self.model, optimizer=self.optimizer,
                                 metrics=self.metrics, run_id=self.run_id, store=store, spec=spec,
-                                eval_sets=parts.eval_sets)
+                                eval_sets=parts.eval_sets, loss_fn=parts.loss_fn, task=parts.task)
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -195,6 +205,7 @@ class _Run:
             else None
         total, eval_every, checkpoint_every = self.parts.total, self.parts.eval_every, self.parts.checkpoint_every
         guard = self.guard
+        task = self.parts.task
         model.train()
         self._emit("start")
         progress = new_progress(console, total, self.step, self.spec.name, self.quiet)
@@ -221,8 +232,8 @@ class _Run:
                     if loss is not None:
                         loss = loss.detach()
                         self.slots[self.n].copy_(loss)
-                        self.wrong += (logits.argmax(1) != y).sum()
-                        self.n, self.seen = self.n + 1, self.seen + len(y)
+                        self.sums = add_sums(self.sums, batch_sums(task, logits, y))
+                        self.n = self.n + 1
                     self.step += 1
                     consistent = True
                     if self.callbacks and loss is not None:
@@ -240,7 +251,7 @@ class _Run:
                         if bad := self._first_bad():
                             status, message = "diverged", self._diverged(*bad)
                             break
-                        refresh(progress, self.step, self.losses, self.n, self.wrong, self.seen,
+                        refresh(progress, self.step, self.losses, self.n, self.sums,
                                 optimizer.param_groups[0]["lr"], (self.step - last_step) / (now - last_time))
                         next_refresh, last_step, last_time = now + REFRESH_SECONDS, self.step, now
                 if status == "finished":
@@ -265,6 +276,7 @@ class _Run:
             checkpoint=self.path if self.saved_step >= 0 else None, message=message, model=self.model,
             eval_step=self.eval_step, diverged_at=self.diverged_at, store=self.store,
             restored=self.stopping.restored, spec=recorded_spec(self.spec, self.parts.user_model), guard=self.guard,
+            task=self.parts.task,
         )
 
     def _evaluation_point(self, console) -> tuple[str, str]:
@@ -284,7 +296,7 @@ class _Run:
             self.evaluate()
             self._emit("eval")
         if self.spec.train.restore_best:
-            message = " ".join(filter(None, [message, _restore_best(self)]))
+            message = " ".join(filter(None, [message, end_with_best(self)]))
         if not self.save():
             return "diverged", self._diverged(self.step, math.nan)
         return "finished", message
@@ -319,7 +331,7 @@ class _Run:
 
     def evaluate(self) -> None:
         metrics = run_metrics(self.model, self.parts.eval_sets, self.parts.loss_fn, self.spec.train.eval_batch_size,
-                              self.losses[: self.n], self.wrong, self.seen)
+                              self.losses[: self.n], self.sums, self.parts.task)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.metrics.clear()
         self.metrics.update(metrics)
@@ -327,16 +339,17 @@ class _Run:
         if self.store is not None:
             self.store.log_scalars(self.run_id, self.step, metrics)
             self.store.flush()
-        valid_error = metrics.get("valid/error")
-        if valid_error is None:  # no validation split: no best model, no patience; a plateau schedule reads training
-            valid_error = metrics.get("train/error", math.nan)
+        score = "r2" if self.parts.task.kind == "regression" else "error"  # a plateau schedule maximizes R^2, 1 - error
+        valid_score = metrics.get(f"valid/{score}")
+        if valid_score is None:  # no validation split: no best model, no patience; a plateau schedule reads training
+            valid_score = metrics.get(f"train/{score}", math.nan)
         else:
             self.stopping.observe(self.step, metrics, self.model)
         if self.schedule is not None and schedule_steps_on(self.schedule) == "eval":
-            step_schedule(self.schedule, metric=1.0 - valid_error)
+            step_schedule(self.schedule, metric=valid_score if score == "r2" else 1.0 - valid_score)
         self.losses.zero_()
-        self.wrong.zero_()
-        self.n = self.seen = 0
+        self.sums = {}
+        self.n = 0
 
     def _first_bad(self) -> tuple[int, float] | None:
         return first_bad(self.losses[: self.n], self.step)
@@ -376,18 +389,3 @@ class _Run:
         _checkpoint.save(self.path, _checkpoint.run_state(self))
         self.saved_step = self.step
         return True
-
-
-def _restore_best(run: _Run) -> str:
-    """train.restore_best at the end of a finished run: the best evaluation's weights, and its values as the
-    run's metrics (the last weights stay in the checkpoint for a resume); what happened, in words."""
-    message, best = run.stopping.restore_best(run.model, run.eval_step)
-    if best is not None:
-        lr = run.metrics.get("lr")
-        run.metrics.clear()
-        run.metrics.update(best | ({"lr": lr} if lr is not None else {}))
-        run.eval_step = run.stopping.restored
-        if run.store is not None:
-            run.store.log_scalars(run.run_id, run.step, {RESTORED_STEP: float(run.eval_step)})
-            run.store.flush()
-    return message

@@ -57,7 +57,7 @@ class TrainerProbe(Callback):
         if not self._owned:
             self._open = True
             return
-        from deepscope.optim import make_loss
+        from deepscope.losses import make_loss
         from deepscope.probe import Probe, StoreSink
 
         monitor = self.monitor if isinstance(self.monitor, tuple) else None
@@ -69,7 +69,8 @@ class TrainerProbe(Callback):
             if ctx.step > 0:  # resumed: the probe records this step again, so what was kept of it goes
                 ctx.store.delete_probe_records(ctx.run_id, ctx.step)
             sinks = [StoreSink(ctx.store, ctx.run_id)]
-        self.probe = Probe(ctx.model, every=self.every, monitor=monitor, loss_fn=make_loss(ctx.spec.train.loss),
+        self.probe = Probe(ctx.model, every=self.every, monitor=monitor, loss_fn=ctx.loss_fn or make_loss(
+                           ctx.spec.train.loss, **ctx.spec.train.loss_options),
                            sinks=sinks, start_step=ctx.step, **self.kwargs).__enter__()
         self._open = True
 

@@ -1,5 +1,6 @@
 """Everything a run is built from, before its first update: data, preprocessing, batches, evaluation sets, the
-network (yours or the spec's), optimizer, schedule and loss -- checked as bad input before a run is stored."""
+network (yours or the spec's), optimizer, schedule, the loss and the task it makes with the targets -- checked as
+bad input before a run is stored."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from deepscope.config import RunSpec, SpecError
 from deepscope.data import Dataset, get_dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
+from deepscope.losses import CLASS, resolve
+from deepscope.metrics import BINARY_TASK, CLASSIFICATION, MULTILABEL, TOKENS, Task, task_of
 from deepscope.models import build_model
 from deepscope.nn.activations import spec_for_module
-from deepscope.optim import make_loss, make_optimizer, make_schedule
+from deepscope.optim import make_optimizer, make_schedule
 from deepscope.training.checkpoint import CheckpointError, check_resume
 from deepscope.validate import check_batch_size
 
-__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "recorded_spec"]
+__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
+           "recorded_spec", "setup_loss"]
 
 FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
 LSUV_SAMPLE = 500  # training examples LSUV calibrates on
+TASK_SAMPLE = 10_000  # targets of a stream the task is read from
 
 
 @dataclass
@@ -41,10 +46,12 @@ class Setup:
     schedule: Any
     loss_fn: Any
     user_model: dict[str, str] | None  # your own module, described (None: the spec's network)
+    task: Any = None  # the deepscope.metrics.Task the loss and the targets make
+    user_loss: str | None = None  # the name of your own loss_fn (None: train.loss)
 
 
 def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset: Dataset | None,
-          user_model: nn.Module | None, run_id: str | None) -> Setup:
+          user_model: nn.Module | None, run_id: str | None, loss_fn: Any = None) -> Setup:
     """The parts of the run ``spec`` on ``device``; with a ``checkpoint`` (a resume) the preprocessing is
     restored and the network built without initialization (the checkpoint's weights are loaded next)."""
     t = spec.train
@@ -55,6 +62,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
                         "learned online: give train.updates instead")
     check_batch_size(spec, data)
+    # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
+    loss, loss_info, task = setup_loss(spec, data, loss_fn)
 
     # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
     pre = Preprocessor(spec.data.preprocess or "none")
@@ -85,10 +94,10 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
 
     if user_model is not None:
         model = user_model.to(device)
-        sample = next(iter(eval_sets.values()))[0][:2] if eval_sets else \
-            pre(x_fit[:2].to(device)) if x_fit is not None else None
+        sample = next(iter(eval_sets.values())) if eval_sets else \
+            (pre(x_fit[:2].to(device)), None) if x_fit is not None else None
         if sample is not None:  # before the store holds a run: a model that does not fit is bad input
-            check_output(model, sample, data.num_classes)
+            check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
     else:
         lsuv = spec.init.scheme == "lsuv" and checkpoint is None
         x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
@@ -99,12 +108,37 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     if spec.schedule.name != "constant" or spec.schedule.params:
         schedule = make_schedule(spec.schedule.name, optimizer, total_updates=total, **spec.schedule.params)
     return Setup(data, pre, next_batch, eval_sets, total, eval_every, t.checkpoint_every or eval_every, model,
-                 optimizer, schedule, make_loss(t.loss), describe_model(user_model) if user_model is not None else None)
+                 optimizer, schedule, loss, describe_model(user_model) if user_model is not None else None, task,
+                 loss_info.name if loss_fn is not None else None)
 
 
-def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
+def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
+    """``(loss function, LossInfo, Task)`` of a run: ``loss_fn`` (a callable of your own) or ``train.loss`` with
+    ``train.loss_options``, and the task it makes with the data's targets (the training set's, else the validation
+    set's, else a sample of the stream). A :class:`SpecError` names a loss that does not fit the targets, or a
+    ``train.monitor`` that is not a metric of the task -- before any run is created."""
+    t = spec.train
+    try:
+        fn, info = resolve(loss_fn if loss_fn is not None else t.loss, None if loss_fn is not None else t.loss_options)
+        split = data.train if data.train is not None else data.valid
+        targets = split[1] if split is not None else data.stream.batch(0, TASK_SAMPLE)[1]
+        task = task_of(loss_fn if loss_fn is not None else t.loss, targets,
+                       options=None if loss_fn is not None else t.loss_options,
+                       num_classes=data.num_classes if info.family == CLASS else None,
+                       key="loss_fn" if loss_fn is not None else "train.loss")
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
+    if t.monitor not in ("error", "loss", *task.metrics):
+        others = [m for m in task.metrics if m != "error"]
+        raise SpecError(f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task; choose one of: "
+                        f"{', '.join(['error', 'loss', *others])}")
+    return fn, info, task
+
+
+def check_output(model: nn.Module, x: Tensor, num_classes: int, task: Any = None, y: Tensor | None = None) -> None:
     """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
-    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)``."""
+    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)`` -- or, for another
+    ``task`` (:class:`deepscope.metrics.Task`) with targets ``y``, the output that task needs."""
     training = model.training
     cpu_rng = torch.get_rng_state()
     try:
@@ -121,9 +155,32 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
     if not isinstance(out, Tensor):
         raise ValueError(f"model: forward() returns a {type(out).__name__}; deepscope needs a tensor of logits of "
                          f"shape (N, {num_classes}) (return the logits alone)")
+    if task is not None and task.kind != CLASSIFICATION and y is not None:
+        if problem := output_problem(task, out, y, num_classes):
+            raise ValueError(f"model: {problem}")
+        return
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ValueError(f"model: forward() returns shape {tuple(out.shape)} for {len(x)} examples; the data has "
                          f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
+
+
+def output_problem(task: Task, output: Tensor, target: Tensor, num_classes: int | None = None) -> str | None:
+    """What is wrong with the shape of a model's ``output`` for ``target`` under ``task``, in words; None if nothing."""
+    n, shape = len(target), tuple(output.shape)
+    if task.kind == CLASSIFICATION:
+        want = (n, num_classes) if num_classes else None
+        ok = output.ndim == 2 and output.shape[0] == n and (want is None or shape == want)
+        expected = f"({n}, {num_classes or 'K'}): one score per class"
+    elif task.kind == TOKENS:
+        ok = output.ndim == 3 and shape[:2] == tuple(target.shape) and (num_classes is None or shape[2] == num_classes)
+        expected = f"({n}, {target.shape[1]}, {num_classes or 'K'}): one score per token and class"
+    else:
+        ok = output.ndim >= 1 and output.shape[0] == n and output.numel() == target.numel()
+        what = {BINARY_TASK: "one logit per example", MULTILABEL: "one logit per label"}.get(task.kind,
+                                                                                            "one value per target")
+        expected = f"{tuple(target.shape)} (or {(n, 1)}) : {what}" if target.ndim == 1 else \
+            f"{tuple(target.shape)}: {what}"
+    return None if ok else f"the model returns shape {shape} for {n} examples; the {task.kind} task needs {expected}"
 
 
 def describe_model(model: nn.Module) -> dict[str, str]:
@@ -132,9 +189,12 @@ def describe_model(model: nn.Module) -> dict[str, str]:
     return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}
 
 
-def recorded_spec(spec: RunSpec, user_model: dict[str, str] | None) -> dict[str, Any]:
-    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead."""
+def recorded_spec(spec: RunSpec, user_model: dict[str, str] | None, user_loss: str | None = None) -> dict[str, Any]:
+    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead; with your own
+    loss, ``train.loss`` is its name."""
     data = spec.to_dict()
     if user_model is not None:
         data["model"] = dict(user_model)
+    if user_loss is not None:
+        data["train"]["loss"], data["train"]["loss_options"] = user_loss, {}
     return data

@@ -31,6 +31,7 @@ def doctor(
     budget: int | None = None,
     jobs: int | None = None,
     backend: str = "local",
+    loss_fn: Any = None,
 ) -> DoctorResult:
     """Train ``spec`` (a RunSpec or its dict; or your own ``model`` with the spec's data and training) for
     ``updates`` updates with the probe, diagnose it and write the report: a :class:`DoctorResult`
@@ -39,14 +40,15 @@ def doctor(
     ``fix=True`` goes on to try the candidate fixes (``budget`` trial runs, each as long as the diagnosis run,
     from the same seed and initial weights, ``jobs`` at once on ``backend``): the result's ``repair`` is the
     :class:`~deepscope.workflows.repair.RepairResult` of :func:`~deepscope.workflows.repair.repair`.
+    ``loss_fn``: a loss of your own, ``(output, target) -> scalar``, instead of ``train.loss``.
     """
     if fix:
         result = repair(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
                         budget=budget, jobs=jobs, backend=backend, report=report, report_path=report_path,
-                        quiet=quiet)
+                        quiet=quiet, loss_fn=loss_fn)
         result.baseline.repair = result
         if result.report is not None:
             result.baseline.report = result.report
         return result.baseline
     return diagnosis_run(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
-                         report_path=report_path, report=report, quiet=quiet)
+                         report_path=report_path, report=report, quiet=quiet, loss_fn=loss_fn)

@@ -33,7 +33,7 @@ from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fix
 from deepscope.parallel import check_backend
 from deepscope.training.probe import MONITOR
 from deepscope.workflows.run import DOCTOR_UPDATES, diagnosis_run
-from deepscope.workflows.trials import Trial, run_trials
+from deepscope.workflows.trials import Trial, picklable, run_trials
 
 __all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "judge", "repair", "repair_table", "summary"]
 
@@ -83,8 +83,8 @@ class RepairResult:
 
 
 def _score(metrics: dict[str, float], status: str) -> tuple[float, float]:
-    """(validation error, validation loss); a diverged run, or one without them, scores worst."""
-    err, loss = metrics.get("valid/error", math.nan), metrics.get("valid/loss", math.nan)
+    """(validation error, or 1 - R^2 for a regression; validation loss); diverged, or without them: the worst."""
+    err, loss = metrics.get("valid/error", min(1, 1 - metrics.get("valid/r2", -1))), metrics.get("valid/loss", math.nan)
     if status == "diverged" or not math.isfinite(err):
         return 1.0, math.inf
     return err, loss if math.isfinite(loss) else math.inf
@@ -161,6 +161,7 @@ def repair(
     report_path: Any = None,
     fixed_path: Any = None,
     quiet: bool = True,
+    loss_fn: Any = None,
 ) -> RepairResult:
     """Diagnose ``spec`` (or your ``model`` trained with it), try the candidate fixes, keep the best verified one.
 
@@ -169,7 +170,7 @@ def repair(
     processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
     like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
     ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
-    are drawn side by side (``report_path``, default the baseline run's ``report.html``).
+    are drawn side by side (``report_path``, default the baseline run's ``report.html``). ``loss_fn``: your loss.
     """
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
@@ -184,7 +185,7 @@ def repair(
     initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
     baseline = diagnosis_run(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
-                      monitor=monitor, report=False, quiet=quiet)
+                      monitor=monitor, report=False, quiet=quiet, loss_fn=loss_fn)
     store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
@@ -192,10 +193,10 @@ def repair(
     if codes and not result.interrupted:
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
-        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:
+        if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS or not picklable(loss_fn):
             jobs = 1
         run_args = dict(dataset=dataset, store_root=str(store.root) if store is not None else None,
-                        updates=updates, monitor=monitor)
+                        updates=updates, monitor=monitor, loss_fn=loss_fn)
         with _Progress(quiet) as progress:
             singles = candidates[:budget]
             result.interrupted = run_trials(singles, run_args, backend, jobs, progress.add(len(singles)))
@@ -318,7 +319,7 @@ def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, 
     spec = {**best.spec, "name": f"{original['name']}-fixed"}
     header = [f"Repaired by deepscope doctor --fix: {best.name}.",
               f"Verified in a {best.data.get('spec', {}).get('train', {}).get('updates', '?')}-update trial: "
-              f"valid error {best.metrics.get('valid/error', math.nan):.2%}"
+              f"valid {'1 - R²' if 'valid/r2' in best.metrics else 'error'} {_score(best.metrics, best.status)[0]:.2%}"
               f"{f' (run {best.run_id})' if best.run_id else ''}."]
     if own_module:
         module_fixes = [f for f in best.fixes if not FIXES[f].run_level]
@@ -363,7 +364,8 @@ def repair_table(result: RepairResult):
     from rich.table import Table
 
     b_err, b_loss = _score(result.baseline.metrics, result.baseline.status)
-    table = Table("#", "fix", "for finding", "cleared", "valid error", "valid loss", "time", "verdict",
+    measure = "valid 1 - R²" if "valid/r2" in result.baseline.metrics else "valid error"
+    table = Table("#", "fix", "for finding", "cleared", measure, "valid loss", "time", "verdict",
                   title=f"deepscope doctor --fix: {len(result.trials)} trials (diagnosis run "
                   f"{result.diagnosis_seconds:.0f} s)", show_lines=False)
     for i, t in enumerate(result.trials, 1):

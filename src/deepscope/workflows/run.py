@@ -28,12 +28,13 @@ from deepscope.diagnosis.checks import (
 )
 from deepscope.diagnosis.findings import Finding, has_problem, merge_checks, save_checks
 from deepscope.diagnosis.rules import diagnose
+from deepscope.metrics import baseline
 from deepscope.records import RESTORED_STEP
 from deepscope.store import CHECKS_FILE, REPORT_FILE
 from deepscope.training.callbacks import Callback
 from deepscope.training.probe import MONITOR, TrainerProbe
 
-__all__ = ["DOCTOR_UPDATES", "DoctorResult", "chance_error", "chance_loss", "diagnosis_run", "write_report"]
+__all__ = ["DOCTOR_UPDATES", "DoctorResult", "diagnosis_run", "write_report"]
 
 DOCTOR_UPDATES = 500  # long enough for the loss curve and saturation to show, short enough to wait for
 DOCTOR_RECORDS = 10  # probe records over the run (plus the one at initialization)
@@ -51,20 +52,6 @@ _EXPLAINED_BY_CHECKS = {
 
 # Findings read from the loss and gradient norm of every update and the chance level, which the store does not keep
 _FROM_UPDATE_CURVES = {"loss_spikes", "gradient_spikes", "plateau"}
-
-
-def chance_error(labels) -> float:
-    """The error of always predicting the most frequent class of ``labels``."""
-    counts = torch.bincount(torch.as_tensor(labels).reshape(-1).long().clamp(min=0)).double()
-    return float(1.0 - counts.max() / counts.sum()) if counts.numel() else 0.0
-
-
-def chance_loss(labels) -> float:
-    """The cross-entropy of predicting the class frequencies of ``labels``: the loss of a model that learned nothing
-    from the inputs."""
-    counts = torch.bincount(torch.as_tensor(labels).reshape(-1).long().clamp(min=0)).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
 
 
 @dataclass
@@ -119,13 +106,18 @@ class _Checks(Callback):
         self.first_step = 0
         self.check_modes = True
         self.x = None
+        self.loss_fn = None  # the run's loss: the chance level is that loss's on a constant prediction
 
     def on_start(self, ctx) -> None:
+        from deepscope.losses import describe
+
         valid = ctx.eval_sets.get("valid")
         self.x = valid[0][: self.monitor] if valid is not None else None
+        self.loss_fn = ctx.loss_fn
         self.at_start = check_model(ctx.model, self.x)
         self.inputs = diagnose_input(self.x) if self.x is not None and len(self.x) >= 2 else []
-        self.training = check_training(ctx.model, ctx.optimizer, self.x)
+        self.training = check_training(ctx.model, ctx.optimizer, self.x, loss=describe(ctx.loss_fn) if ctx.loss_fn
+                                       is not None else None, targets=valid[1] if valid is not None else None)
         self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step
 
     def on_step(self, ctx) -> None:
@@ -173,14 +165,16 @@ def diagnosis_run(
     report_path: Any = None,
     report: bool = True,
     quiet: bool = True,
+    loss_fn: Any = None,
 ) -> DoctorResult:
     """Train ``spec`` (a RunSpec or its dict) for ``updates`` updates with the probe, diagnose, write the report.
 
     The probe records ``DOCTOR_RECORDS`` times on a fixed monitor set of ``monitor`` validation examples
     (preprocessed as the trainer does). ``model`` trains your own ``nn.Module`` with the spec's data,
-    optimizer, schedule and training sections (``train(spec, model=model)``). Findings come from
+    optimizer, schedule and training sections (``train(spec, model=model)``); ``loss_fn`` a loss of your own
+    (``train(spec, loss_fn=loss_fn)``). Findings come from
     :func:`~deepscope.diagnosis.rules.diagnose` on the records, the loss and gradient norm of every update, the
-    evaluations and the chance level of the validation labels; from
+    evaluations and the task's baseline on the validation targets (:func:`deepscope.metrics.baseline`); from
     :func:`~deepscope.diagnosis.checks.check_model` (symmetry) at the start and at the end,
     :func:`~deepscope.diagnosis.checks.check_training` (frozen, missing or unregistered parameters, the output
     fed to the loss) at the start, :func:`~deepscope.diagnosis.checks.check_modes` at the first update and after
@@ -206,7 +200,8 @@ def diagnosis_run(
     checks = _Checks(monitor)
     probe = TrainerProbe(every=max(1, updates // DOCTOR_RECORDS), monitor=monitor)
     try:
-        result = train(spec, model=model, store=store, callbacks=[checks, probe], quiet=quiet, dataset=data)
+        result = train(spec, model=model, store=store, callbacks=[checks, probe], quiet=quiet, dataset=data,
+                       loss_fn=loss_fn)
     finally:
         probe.close()  # training raised: the probe's hooks go all the same
     store = result.store  # opened by train once the spec, the data and the model passed their checks
@@ -218,9 +213,9 @@ def diagnosis_run(
     loss_rows += [dict(step=start + i + 1, name="train/grad_norm", value=v) for i, v in enumerate(norms)]
     # the evaluations, but the per-update losses stand for the training loss
     loss_rows += [r for r in checks.evals if not r["name"].startswith("train/")]
-    if data.valid is not None and len(data.valid[1]):
-        loss_rows.append(dict(step=0, name="valid/chance_loss", value=chance_loss(data.valid[1])))
-        loss_rows.append(dict(step=0, name="valid/chance_error", value=chance_error(data.valid[1])))
+    if data.valid is not None and len(data.valid[1]):  # the chance level: valid/chance_loss, _error, _rmse, _r2 ...
+        chance = baseline(result.task, data.valid[1], checks.loss_fn, data.num_classes)
+        loss_rows += [dict(step=0, name=f"valid/chance_{k}", value=v) for k, v in chance.items()]
     if result.restored is not None:  # train.restore_best: the rules judge the network the run ended with
         loss_rows.append(dict(step=result.step, name=RESTORED_STEP, value=float(result.restored)))
     if result.status == "diverged":  # the trainer stopped it (a NaN/Inf loss, or a finite one that exploded)
@@ -230,6 +225,10 @@ def diagnosis_run(
         from deepscope.training.setup import describe_model
 
         recorded["model"] = describe_model(model)
+    if loss_fn is not None:
+        from deepscope.losses import describe
+
+        recorded["train"]["loss"], recorded["train"]["loss_options"] = describe(loss_fn).name, {}
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
     found_checks = checks.findings() + _unobservable(probe)
     found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)

@@ -14,7 +14,7 @@ from deepscope.diagnosis.fixes import FIXES
 from deepscope.parallel import run_many
 from deepscope.workflows.run import diagnosis_run
 
-__all__ = ["Trial", "run_trial", "run_trials"]
+__all__ = ["Trial", "picklable", "run_trial", "run_trials"]
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Trial:
 
 
 def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: str | None = None,
-              updates: int = 500, monitor: int = 300) -> dict:
+              updates: int = 500, monitor: int = 300, loss_fn: Any = None) -> dict:
     """One diagnosis run of ``spec`` (and your ``model``), without a report; a picklable summary of it."""
     from deepscope.store import Store
 
@@ -55,7 +55,7 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     store = Store(store_root) if store_root is not None else None
     try:
         r = diagnosis_run(spec, model=model, dataset=dataset, store=store, updates=updates, monitor=monitor,
-                          report=False, quiet=True)
+                          report=False, quiet=True, loss_fn=loss_fn)
     except Exception as e:  # a fix the module does not take (a shape it breaks, say): this trial fails, not the repair
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return dict(run_id=None, status="failed", metrics={}, findings=[], seconds=time.perf_counter() - start,
@@ -67,6 +67,17 @@ def run_trial(spec: dict, model: Any = None, dataset: Any = None, store_root: st
     return dict(run_id=r.run_id, status=r.status, metrics=dict(r.metrics),
                 findings=r.findings, seconds=time.perf_counter() - start,
                 records=r.records, histograms=r.histograms, scalars=r.scalars, checks=r.checks, spec=r.spec)
+
+
+def picklable(value: Any) -> bool:
+    """Whether ``value`` can go to a worker process (a lambda cannot: its trials run in this process)."""
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any failure means: keep it in this process
+        return False
+    return True
 
 
 def run_trials(trials: list[Trial], run_args: dict, backend: str, jobs: int | None, progress) -> bool:

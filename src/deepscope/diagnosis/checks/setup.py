@@ -3,6 +3,7 @@ and batch-norm statistics."""
 
 from __future__ import annotations
 
+from deepscope.diagnosis.checks.output import output_fit
 from deepscope.diagnosis.findings import Finding
 
 __all__ = ["OUTPUT_CHECK_EXAMPLES", "OUTPUT_LOGIT_GAP", "OUTPUT_SATURATED_FRACTION", "PROBABILITY_TOL",
@@ -32,7 +33,7 @@ _NORM_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Dr
                "Dropout3d", "AlphaDropout")
 
 
-def check_training(model, optimizer=None, x=None) -> list[Finding]:
+def check_training(model, optimizer=None, x=None, loss=None, targets=None) -> list[Finding]:
     """What makes layers not learn or the loss see the wrong thing, from the model and its optimizer.
 
     - ``not_learning``: parameters with ``requires_grad=False`` (frozen), parameters the optimizer does not
@@ -40,8 +41,10 @@ def check_training(model, optimizer=None, x=None) -> list[Finding]:
       gradient and are used in ``forward`` but are not parameters of the module (layers kept in a plain
       Python list or dict instead of ``nn.ModuleList`` / ``nn.ModuleDict``: no optimizer ever sees them);
     - ``output_loss_mismatch`` (with ``x``): the model's output is made by softmax, sigmoid or tanh (the last
-      operation of the graph), or its rows are probabilities (>= 0, summing to 1), while deepscope's losses
-      expect logits.
+      operation of the graph), or its rows are probabilities (>= 0, summing to 1), while the loss expects logits;
+      for the other losses (``loss``, a :class:`deepscope.losses.LossInfo`; None: cross-entropy) see
+      :func:`deepscope.diagnosis.checks.output.output_fit` (log-probabilities for ``nll``, unbounded values for a
+      regression, whose ``targets`` may be in a squashing output's reach).
 
     The forward pass runs on at most ``OUTPUT_CHECK_EXAMPLES`` examples of ``x`` with every module in eval mode
     (so no running statistic moves) and the modes restored afterwards.
@@ -90,7 +93,9 @@ def check_training(model, optimizer=None, x=None) -> list[Finding]:
             "should learn (freeze layers only on purpose, e.g. a pretrained backbone).",
         ))
     if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.is_floating_point():
-        findings += _output_check(out.detach(), type(out.grad_fn).__name__ if out.grad_fn is not None else "")
+        last_op = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
+        fit = output_fit(out.detach(), last_op, loss, targets)
+        findings += _output_check(out.detach(), last_op) if fit is None else fit
     return findings
 
 

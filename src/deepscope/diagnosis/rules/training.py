@@ -54,9 +54,11 @@ SPIKE_COUNT = 2
 OVERFIT_MIN_EVALS = 4
 OVERFIT_RISE = 0.2
 
-# Plateau: the validation cross-entropy stays, over the second half of the evaluations, within PLATEAU_MARGIN
-# of the chance level (and falls by less than PLATEAU_MARGIN of it there) -- the chance level is the
-# cross-entropy of predicting the validation class frequencies ("valid/chance_loss", written by doctor) -- while
+# Plateau: the validation loss stays, over the second half of the evaluations, within PLATEAU_MARGIN
+# of the chance level (and falls by less than PLATEAU_MARGIN of it there) -- the chance level is the task's
+# baseline, the loss of the best constant prediction ("valid/chance_loss", written by doctor from
+# deepscope.metrics.baseline: the entropy of the class frequencies for cross-entropy, the targets' variance for
+# mse, the majority label per output for binary and multi-label) -- while
 # the weights move at a normal rate (fastest update/weight ratio at least LR_UPDATE_RATIO_LOW, so not the slow
 # steps of a low learning rate) and no other finding explains it.
 # The model has learned nothing beyond the class frequencies although gradients flow.
@@ -65,8 +67,9 @@ PLATEAU_MARGIN = 0.02
 # must come at least PLATEAU_MIN_UPDATES updates after the first (doctor runs 500 by default).
 PLATEAU_MIN_UPDATES = 200
 # ... and the validation error stays within PLATEAU_ERROR_MARGIN (relative) of the chance error, 1 - the largest
-# class frequency ("valid/chance_error"): a net whose error is already well below chance learns, however slowly
-# its loss moves (a hard task such as Shapeset early in training), while shuffled labels keep both at chance.
+# class frequency ("valid/chance_error"; for a regression the RMSE against "valid/chance_rmse", the targets'
+# standard deviation, i.e. R^2 below about 0.1): a net whose error is already well below chance learns, however
+# slowly its loss moves (a hard task such as Shapeset early in training), while shuffled labels keep both at chance.
 PLATEAU_ERROR_MARGIN = 0.05
 
 # Layers that do not learn: a layer whose median update/weight ratio is below NOT_LEARNING_RELATIVE times the
@@ -273,8 +276,6 @@ def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Rec
                   ) -> list[Finding]:
     if explained or chance is None or not math.isfinite(chance) or chance <= 0:
         return []
-    if spec_value(spec, "loss") not in (None, "cross_entropy"):
-        return []  # the chance level below is that of the cross-entropy
     values = [v for _, v in valid if math.isfinite(v)]
     if len(values) < OVERFIT_MIN_EVALS or valid[-1][0] - valid[0][0] < PLATEAU_MIN_UPDATES:
         return []
@@ -350,7 +351,8 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
         findings += _rule_overfitting(loss, valid, curve(scalars, RESTORED_STEP))
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
     explained = explained or bool(findings)
-    chance_error = curve(scalars, "valid/chance_error")
+    measure = "error" if curve(scalars, "valid/chance_error") else "rmse"  # a regression's error is its RMSE
+    chance_error = curve(scalars, f"valid/chance_{measure}")
     findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained,
-                              curve(scalars, "valid/error"), chance_error[-1][1] if chance_error else None)
+                              curve(scalars, f"valid/{measure}"), chance_error[-1][1] if chance_error else None)
     return findings
