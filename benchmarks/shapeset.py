@@ -41,18 +41,33 @@ def measure(stream, batch: int, repeats: int, clock=time.perf_counter) -> list[f
 
 
 def pieces(mask: torch.Tensor) -> torch.Tensor:
-    """Number of 4-connected pieces of each mask (n, h, w): spread the smallest pixel index until nothing moves."""
+    """Number of 4-connected pieces of each mask (n, h, w), by union-find over horizontal runs.
+
+    Each row's runs of foreground pixels are the nodes (Rosenfeld & Pfaltz, "Sequential operations in digital picture
+    processing", J. ACM 13(4), 1966); runs that touch in adjacent rows are joined by hooking each tree's root onto the
+    smaller label seen across an edge and pointer jumping (parent = parent[parent]), Shiloach & Vishkin, "An O(log n)
+    parallel connectivity algorithm", J. Algorithms 3(1), 1982: a few rounds, however long the path through a piece.
+    A piece is a tree whose root is its own parent.
+    """
     n, h, w = mask.shape
-    big = h * w
-    label = torch.where(mask, torch.arange(big).view(1, h, w).expand(n, h, w), big)
+    start = mask.contiguous().clone()
+    start[..., 1:] &= ~mask[..., :-1]  # first pixel of each run
+    run = start.view(-1).cumsum(0).view(n, h, w) - 1  # run number of every foreground pixel
+    link = mask[:, :-1] & mask[:, 1:]  # pixel above pixel, both foreground
+    first = link.clone()
+    first[..., 1:] &= ~link[..., :-1]  # one edge per stretch of overlap between two runs
+    upper, lower = run[:, :-1][first], run[:, 1:][first]
+    parent = torch.arange(int(start.sum()))
     while True:
-        padded = torch.nn.functional.pad(label, (1, 1, 1, 1), value=big)
-        near = torch.stack([padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]])
-        new = torch.where(mask, torch.minimum(label, near.amin(0)), big)
-        if torch.equal(new, label):
+        a, b = parent[upper], parent[lower]
+        least = torch.minimum(a, b)
+        new = parent.scatter_reduce(0, a, least, "amin").scatter_reduce_(0, b, least, "amin")
+        new = new[new][new]  # parent <= own index throughout, so labels only fall and the loop ends
+        if torch.equal(new, parent):
             break
-        label = new
-    return (mask & (label == torch.arange(big).view(1, h, w))).sum((-1, -2))
+        parent = new
+    image = start.view(n, h * w).nonzero()[:, 0]  # the image of each run, in run order
+    return torch.bincount(image[parent == torch.arange(len(parent))], minlength=n)
 
 
 def faithfulness(raster: str, n: int, chunk: int = 20_000) -> None:
