@@ -27,6 +27,7 @@ from deepscope.integrations._common import (
     set_options,
     take_examples,
 )
+from deepscope.training.probe import ProbeRecords
 
 try:
     from lightning.pytorch import Callback, LightningModule
@@ -75,7 +76,7 @@ def _replace_weight_grads(stats: list[dict], histograms: list[dict], grads: dict
             h.update(lo=lo, hi=hi, counts=counts)
 
 
-class DeepscopeCallback(Callback):
+class DeepscopeCallback(ProbeRecords, Callback):
     """Records Glorot & Bengio's instruments every ``every`` optimizer steps of a Lightning run.
 
     Args:
@@ -112,14 +113,6 @@ class DeepscopeCallback(Callback):
         self._last_step = -1
         self._loss_sum: Tensor | None = None
         self._loss_n = 0
-
-    @property
-    def records(self) -> list[dict]:
-        return self.probe.records if self.probe is not None else []
-
-    @property
-    def histograms(self) -> list[dict]:
-        return self.probe.histograms if self.probe is not None else []
 
     @property
     def scalars(self) -> list[dict]:

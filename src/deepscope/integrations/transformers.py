@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepscope.integrations._common import MONITOR, finish, guard_options, metrics_by_step, set_options, take_examples
+from deepscope.training.probe import ProbeRecords
 
 try:
     from transformers import TrainerCallback
@@ -96,7 +97,7 @@ class _TrainerLogSink:
             TensorBoardSink(writer=writer).write([], histograms)
 
 
-class DeepscopeCallback(TrainerCallback):
+class DeepscopeCallback(ProbeRecords, TrainerCallback):
     """Records Glorot & Bengio's instruments every ``every`` optimizer steps of a Hugging Face ``Trainer`` run.
 
     Args:
@@ -135,14 +136,6 @@ class DeepscopeCallback(TrainerCallback):
         self.trainer = trainer
         trainer.add_callback(self)
         return self
-
-    @property
-    def records(self) -> list[dict]:
-        return self.probe.records if self.probe is not None else []
-
-    @property
-    def histograms(self) -> list[dict]:
-        return self.probe.histograms if self.probe is not None else []
 
     # ------------------------------------------------------------------ Trainer events
 

@@ -13,12 +13,26 @@ from typing import Any
 from deepscope.registry import unknown
 from deepscope.training.callbacks import Callback
 
-__all__ = ["MONITOR", "TrainerProbe"]
+__all__ = ["MONITOR", "ProbeRecords", "TrainerProbe"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
 
 
-class TrainerProbe(Callback):
+class ProbeRecords:
+    """What a callback's probe recorded: its stats and histogram rows (none before it opens)."""
+
+    probe = None
+
+    @property
+    def records(self) -> list[dict]:
+        return self.probe.records if self.probe is not None else []
+
+    @property
+    def histograms(self) -> list[dict]:
+        return self.probe.histograms if self.probe is not None else []
+
+
+class TrainerProbe(ProbeRecords, Callback):
     """A trainer callback that records with a :class:`Probe` every ``every`` updates.
 
     ``monitor`` is the number of examples of the run's ``monitor_split`` (``"valid"`` or ``"test"``, as
@@ -44,14 +58,6 @@ class TrainerProbe(Callback):
         self.every, self.monitor, self.monitor_split, self.kwargs = every, monitor, monitor_split, probe_kwargs
         self.probe, self._owned = probe, probe is None
         self._open = False
-
-    @property
-    def records(self) -> list[dict]:
-        return self.probe.records if self.probe is not None else []
-
-    @property
-    def histograms(self) -> list[dict]:
-        return self.probe.histograms if self.probe is not None else []
 
     def on_start(self, ctx: Any) -> None:
         if not self._owned:
