@@ -8,11 +8,11 @@ import textwrap
 import time
 
 import pytest
+from tiny_spec import tiny_spec
 from typer.testing import CliRunner
 
 from deepscope.cli import app
 from deepscope.store import RunBusyError, Store
-from tiny_spec import tiny_spec
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import torch
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 EVIL = "<script>alert(1)</script>"
 
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_integrations_lightning.py: one Lightning step under strategy="ddp" (2 CPU processes,
+"""Run by tests/integrations/test_integrations_lightning.py: one Lightning step under strategy="ddp" (2 CPU processes,
 gloo) with the deepscope callback; each rank writes what it recorded to OUT/rank{N}.json.
 
 Lightning's launcher starts rank 1 by running this same command again.

@@ -314,7 +314,7 @@ def test_doctor_fix_on_a_user_model_from_the_command_line(tmp_path, monkeypatch)
 def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "runs"
-    example = Path(__file__).resolve().parents[1] / "examples" / "glorot-tanh-n.toml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "glorot-tanh-n.toml"
     out = run_cli(["doctor", example, "--set", "model.activation=sigmoid", "--set", "init.scheme=normal",
                    "--set", "init.std=1", "--fix", "--budget", 2, "--store", store, "-q"])
     assert out.exit_code == 0, out.output

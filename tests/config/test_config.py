@@ -6,7 +6,7 @@ import pytest
 from deepscope.config import RunSpec, SpecError, apply_overrides, load_spec, parse_value, validate_spec
 from deepscope.nn.activations import ACTIVATIONS
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 SPEC = """\
 [data]

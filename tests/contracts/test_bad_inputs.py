@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_spec import tiny_spec
 from typer.testing import CliRunner
 
 from deepscope.cli import app
 from deepscope.store import Store
-from tiny_spec import tiny_spec
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "shapeset.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "shapeset.py"
 _SPEC = importlib.util.spec_from_file_location("shapeset_benchmark", _PATH)
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)
