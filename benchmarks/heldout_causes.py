@@ -53,13 +53,20 @@ def _decayed(case: Case, weight_decay: float) -> Case:
     return case
 
 
+def _twin(case: Case, twin: str) -> Case:
+    case.twin = twin
+    return case
+
+
 CAUSE_CASES: list[Case] = [
-    _case("exp-activations-overflow", ("forward_overflow",), model=exp_stack, optim="adam", lr=1e-3),
+    _twin(_case("exp-activations-overflow", ("forward_overflow",), model=exp_stack, optim="adam", lr=1e-3),
+          "relu-he-adam"),
     _decayed(_case("adamw-weight-decay-50", ("weight_decay_strong",), depth=3, width=64, activation="relu",
                    init="he_normal", optim="adamw", lr=1e-3), 50.0),
     _case("all-zero-inputs", ("input_constant",), activation="tanh", init="glorot_uniform",
           data=partial(teacher_data, scale=0.0)),
-    _case("relu-after-last-layer", ("output_activation",), model=relu_after_last, optim="adam", lr=1e-3),
+    _twin(_case("relu-after-last-layer", ("output_activation",), model=relu_after_last, optim="adam", lr=1e-3),
+          "relu-he-adam"),
     _case("relu30-he", ("depth_unnormalized",), depth=30, width=32, activation="relu", init="he_normal",
           optim="momentum", lr=0.01),
     _case("zero-output-layer", HEALTHY, model=zero_output_layer, lr=0.05),

@@ -12,7 +12,7 @@ from torch import nn
 from deepscope.config import load_spec, validate_spec
 from deepscope.data.registry import Dataset
 from deepscope.diagnosis import Finding
-from deepscope.diagnosis.trials import ERROR_MARGIN, LOSS_MARGIN, judge, repair
+from deepscope.diagnosis.trials import ERROR_MARGIN, LOSS_MARGIN, judge, repair, trains
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,21 @@ def m(err, loss):
 ])
 def test_judge_improvement_margins(after, improved):
     got = judge(m(0.40, 1.0), after, ["saturation"], [SAT], [])
-    assert got[0] is improved and got[2] is improved and got[1] is True
+    # verified needs more than a gain: an error 10 points below chance (0.5 when unknown) and below the baseline's
+    assert got[0] is improved and got[1] is True
+    assert got[2] is (improved and after["valid/error"] <= 0.40 - ERROR_MARGIN + 1e-12)
+
+
+def test_judge_verifies_only_a_network_that_trains():
+    # the example: 86 % error on 10 classes (chance 90 %) is better than the baseline, but does not train
+    base = m(0.90, 2.30)
+    improved, cleared, verified, verdict = judge(base, m(0.86, 2.0), ["saturation"], [SAT], [], chance=0.9)
+    assert (improved, cleared, verified) == (True, True, False) and "does not train" in verdict
+    assert judge(base, m(0.80, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is True  # 10 points below chance
+    assert judge(base, m(0.81, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is False
+    # below chance but no better than the baseline: not a repair
+    assert judge(m(0.30, 1.0), m(0.30, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is False
+    assert trains(0.80, 0.9, 0.95) and not trains(0.80, 0.9, 0.80) and trains(0.80, 0.9, 0.80, baseline_diverged=True)
 
 
 def test_judge_needs_the_targeted_finding_gone_unless_it_recovers():
@@ -77,7 +91,10 @@ def test_judge_needs_the_targeted_finding_gone_unless_it_recovers():
 
 def test_judge_a_diverged_trial_is_never_verified_and_any_finished_trial_beats_a_diverged_baseline():
     assert judge(m(0.4, 1.0), m(0.1, 0.1), ["lr_too_high"], [], [], status="diverged")[2:] == (False, "diverged")
-    assert judge({}, m(0.8, 2.0), ["lr_too_high"], [], [], before_status="diverged")[2] is True
+    assert judge({}, m(0.3, 2.0), ["lr_too_high"], [], [], before_status="diverged")[2] is True
+    # ... when it trains: 10 points below the chance error
+    assert judge({}, m(0.8, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is False
+    assert judge({}, m(0.75, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is True
 
 
 # --- trials -------------------------------------------------------------------------------------------------

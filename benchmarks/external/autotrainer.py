@@ -61,12 +61,12 @@ def trains(error: float, baseline: float, diverged: bool) -> bool:
     return math.isfinite(error) and error <= CHANCE - TRAINS_MARGIN and (diverged or error < baseline)
 
 
-def run(m: Model, data, updates: int):
+def run(m: Model, data, updates: int, monitor: int):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = m.build()
-    return deepscope.doctor(spec_for(m, updates), model=model, dataset=data, updates=updates, fix=True,
-                            report=False)
+    return deepscope.doctor(spec_for(m, updates), model=model, dataset=data, updates=updates, monitor=monitor,
+                            fix=True, report=False)
 
 
 def cause_of(result) -> str:
@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also run the mutants whose configuration is unpublished")
     parser.add_argument("--updates", type=int, default=500, help="updates per run (diagnosis and each trial)")
     parser.add_argument("--quick", action="store_true", help="CI-size smoke run: two models, 60 updates")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--monitor", type=int, default=100, help="monitor examples of the probe (default 100)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.only or (list(ARCHS) if args.all else list(DEFAULT))
@@ -105,7 +106,7 @@ def main() -> None:
         try:
             for name in names:
                 m = ARCHS[name]
-                r = run(m, data, updates)
+                r = run(m, data, updates, args.monitor)
                 base = r.baseline
                 diverged = base.status != "finished"
                 before = base.metrics.get("valid/error", math.nan)
