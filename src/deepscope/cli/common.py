@@ -33,6 +33,14 @@ def read_store(root: Path | None, read_only: bool = True):
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def _cause(f) -> str:
+    """The cause that explains a symptom (deepscope.diagnosis.causes), shown beside its code."""
+    from rich.markup import escape
+
+    cause = getattr(f, "cause", "")
+    return f" [dim]-> cause: {escape(cause)}[/]" if cause and cause != f.code else ""
+
+
 def print_findings(findings, title: str) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -49,7 +57,7 @@ def print_findings(findings, title: str) -> None:
         where += [f"since update {f.first_step}"] if f.first_step is not None else []
         where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
         table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{escape(f.severity)}[/]",
-                      f"[bold]{escape(f.code)}[/]\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
+                      f"[bold]{escape(f.code)}[/]{_cause(f)}\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
                       escape("\n".join(where)), escape(f.advice))
     console.print(table)
 
