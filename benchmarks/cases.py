@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from deepscope.data import Dataset
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 SHAPE = (1, 8, 8)
 CLASSES = 4
@@ -273,7 +273,7 @@ class EvalResidual(Residual):
 
 def dead_conv() -> nn.Module:
     """A ReLU conv net (He init) whose biases all start at -3."""
-    from deepscope.nn.models import convnet
+    from deepscope.models import convnet
 
     model = convnet(1, CLASSES, (8, 8), (8, 16), 3, "relu", init="he_normal")
     for m in model.modules():

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from cases import CASES, HEALTHY, Case  # noqa: E402
 from heldout import HELDOUT  # noqa: E402
 
-from deepscope.diagnosis import doctor  # noqa: E402
+from deepscope.workflows.doctor import doctor  # noqa: E402
 
 
 def run_case(case: Case) -> tuple[set[str], float, str]:

@@ -17,7 +17,7 @@ import torch
 from cases import CLASSES, HEALTHY, SHAPE, Case, Recurrent, _case, relu_mlp, teacher_data
 from torch import nn
 
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 
 class SmallCNN(nn.Module):

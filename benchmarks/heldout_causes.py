@@ -16,7 +16,7 @@ import torch
 from cases import CLASSES, HEALTHY, SHAPE, Case, _case, teacher_data
 from torch import nn
 
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 
 class Exp(nn.Module):

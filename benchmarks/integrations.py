@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 try:
     import lightning as L

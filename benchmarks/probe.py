@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.probe import Probe
 
 DEPTH, WIDTH, INPUTS, CLASSES, LR, MONITOR, EVERY = 5, 1000, 1024, 9, 0.01, 300, 100

@@ -1,6 +1,6 @@
 """The repair benchmark: ``deepscope doctor --fix`` on the labelled set-ups of benchmarks/cases.py.
 
-For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.diagnosis.trials).
+For each case: the diagnosis run, then the trials of the candidate fixes (see deepscope.workflows.repair).
 Prints one line per case -- what doctor found, the cause it names (the change the user must make), the best verified
 fix, the validation error before -> after (and the healthy twin's, where the case has one), whether the repaired
 network *trains* (validation error at least 10 points below the chance error and better than the baseline, or the
@@ -32,7 +32,7 @@ from cases import CASES, Case  # noqa: E402
 from heldout import HELDOUT  # noqa: E402
 
 from deepscope.diagnosis.causes import DATA_CAUSES  # noqa: E402
-from deepscope.diagnosis.trials import repair, trains  # noqa: E402
+from deepscope.workflows.repair import repair, trains  # noqa: E402
 
 PROBLEM = ("error", "warning")
 
@@ -149,7 +149,7 @@ _TWIN_ERRORS: dict[str, float] = {}
 def twin_err_of(case: Case) -> float:
     """The validation error of a healthy twin's diagnosis run (run once, remembered)."""
     if case.name not in _TWIN_ERRORS:
-        from deepscope.diagnosis.session import diagnosis_run
+        from deepscope.workflows.run import diagnosis_run
 
         r = diagnosis_run(case.spec, model=case.build_model(), dataset=case.data(), updates=case.updates,
                           report=False)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from deepscope.config import validate_spec
 from deepscope.data import Dataset
-from deepscope.nn.models import mlp
-from deepscope.trainer import train
+from deepscope.models import mlp
+from deepscope.training.loop import train
 
 DEPTH, WIDTH, SHAPE, CLASSES, N_TRAIN, LR = 5, 1000, (1, 32, 32), 9, 5000, 0.01
 

@@ -1,8 +1,9 @@
 """The package's import graph: no cycle, and no import that goes up the layer order of the README.
 
 Every ``import deepscope...`` / ``from deepscope... import`` is read with ``ast`` -- at module level and
-inside functions -- so a lazy import cannot hide a cycle. Importing ``a.b.c`` also runs the package
-``a.b``'s ``__init__``, so that edge is counted too.
+inside functions -- and so is every string literal given to ``import_module(...)`` or ``__import__(...)``,
+so neither a lazy import nor a module loaded by name can hide a cycle. Importing ``a.b.c`` also runs the
+package ``a.b``'s ``__init__``, so that edge is counted too.
 """
 
 import ast
@@ -15,12 +16,15 @@ ROOT = Path(deepscope.__file__).parent
 # top to bottom, as in the README's "Development" section; a module may import its own layer and below
 LAYERS = [
     ["cli"],
-    ["experiments", "integrations", "diagnosis.workflow", "diagnosis.trials", "diagnosis.trial_runs",
-     "diagnosis.session"],
-    ["trainer", "checkpoint", "progress", "runtime", "early_stopping", "plots"],
+    ["integrations", "experiments"],
+    ["workflows", "parallel"],
+    ["plots"],
+    ["training"],
     ["diagnosis"],
-    ["probe", "records", "store", "store_safety", "callbacks"],
-    ["nn", "init", "data", "optim", "config", "registry", "validate"],
+    ["probe", "store", "store_safety", "records"],  # store_safety: until the store package lands
+    ["data", "optim", "losses", "metrics", "models", "init", "nn", "validate"],
+    ["config"],
+    ["registry"],
 ]
 
 
@@ -47,7 +51,11 @@ def imports(path: Path, module: str) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) in ("import_module", "__import__")):
+            names = [node.args[0].value]
+        elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import
@@ -108,17 +116,26 @@ def test_no_import_cycle():
 
 def test_the_checker_sees_a_cycle_and_an_upward_import():
     """The checks above could not fail if the graph were empty: it has the edges we know of."""
-    assert "records" in GRAPH["diagnosis.rules"] and "trainer" in GRAPH["diagnosis.session"]
-    assert "nn" in GRAPH["diagnosis.checks"]  # importing nn.activations runs the package nn's __init__ first
+    assert "records" in GRAPH["diagnosis.rules.layers"] and "training.loop" in GRAPH["workflows.run"]
+    assert "nn" in GRAPH["init"]  # importing nn.activations runs the package nn's __init__ first
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a -> b -> c -> a"]
-    assert layer("cli") < layer("trainer") < layer("diagnosis") < layer("records") < layer("nn.models")
+    assert layer("cli") < layer("training.loop") < layer("diagnosis") < layer("records") < layer("models")
+    assert layer("config") > layer("init") and layer("registry") > layer("config")
+
+
+def test_a_module_loaded_by_name_is_an_edge(tmp_path):
+    """``import_module("deepscope.x")`` and ``__import__("deepscope.x")`` are read like ``import deepscope.x``."""
+    source = tmp_path / "m.py"
+    source.write_text("import importlib\nimportlib.import_module('deepscope.records')\n"
+                      "def f():\n    return __import__('deepscope.store')\n")
+    assert imports(source, "probe.x") == {"records", "store"}
 
 
 def test_verbs_are_functions_in_a_fresh_interpreter():
     import subprocess
     import sys
 
-    code = ("import deepscope.diagnosis.rules, deepscope.trainer, deepscope.plots.html, deepscope\n"
+    code = ("import deepscope.diagnosis.rules, deepscope.training.loop, deepscope.plots.html, deepscope\n"
             "import inspect\n"
             "print(all(inspect.isfunction(getattr(deepscope, n)) for n in ('diagnose', 'train', 'doctor', 'report')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -143,3 +160,17 @@ def test_no_package_exports_a_name_that_is_also_one_of_its_modules():
             if submodule in MODULES:
                 clashes.append(f"deepscope.{submodule}")
     assert clashes == []
+
+
+def test_importing_the_package_loads_no_cli_and_no_heavy_library():
+    """``import deepscope`` costs about what ``import torch`` costs: no command-line module, and none of the
+    libraries that only drawing, reports, augmentation or the command line need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deepscope\n"
+            "heavy = ('matplotlib', 'jinja2', 'kornia', 'typer', 'deepscope.cli')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith('deepscope.cli')))\n"
+            "print(sys.excepthook is sys.__excepthook__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from deepscope.diagnosis import Finding
-from deepscope.diagnosis.cause_surgery import lower_dropout_module, remove_output_activation, swap_any_activation
 from deepscope.diagnosis.causes import DATA_CAUSES, explain, model_facts
-from deepscope.diagnosis.checks import check_training
+from deepscope.diagnosis.checks.setup import check_training
 from deepscope.diagnosis.fixes import apply_fix
-from deepscope.diagnosis.surgery import NotApplicable
+from deepscope.diagnosis.fixes.causes import lower_dropout_module, remove_output_activation, swap_any_activation
+from deepscope.diagnosis.fixes.module import NotApplicable
 
 
 class Exp(nn.Module):

@@ -44,10 +44,10 @@ def test_list_shows_every_registry():
 
 
 def test_top_level_api_resolves_lazily():
-    import deepscope.nn.models
+    import deepscope.models
     import deepscope.store
 
-    assert deepscope.mlp is deepscope.nn.models.mlp
+    assert deepscope.mlp is deepscope.models.mlp
     assert deepscope.Store is deepscope.store.Store
     try:
         deepscope.no_such_thing  # noqa: B018

@@ -4,7 +4,7 @@ from typer.testing import CliRunner
 
 from deepscope.cli import app
 from deepscope.data import DATASETS, Dataset, Stream, batches, examples, get_dataset, save_grid
-from deepscope.data.registry import derive_seed
+from deepscope.data.datasets import derive_seed
 from deepscope.data.shapeset import CLASS_NAMES, generate
 
 

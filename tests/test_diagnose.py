@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepscope.diagnosis import Finding, check_model, checks, diagnose, diagnose_input, has_problem, sort_findings
-from deepscope.diagnosis import rules as dg
+from deepscope.diagnosis.rules import layers as dg
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 
@@ -222,7 +222,7 @@ def test_diagnose_input_centering_and_scaling():
 
 @pytest.mark.parametrize("init, kwargs", [("zeros", {}), ("constant", {"value": 0.05})])
 def test_check_model_finds_clones_of_zero_and_constant_init(init, kwargs):
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
 
     model = mlp(16, 3, depth=3, width=8, activation="tanh", init=init, init_kwargs=kwargs)
     x = torch.randn(20, 16)
@@ -235,7 +235,7 @@ def test_check_model_finds_clones_of_zero_and_constant_init(init, kwargs):
 
 
 def test_check_model_silent_on_random_init_and_convnets():
-    from deepscope.nn.models import convnet, mlp
+    from deepscope.models import convnet, mlp
 
     assert check_model(mlp(16, 3, depth=3, width=8, activation="tanh"), torch.randn(20, 16)) == []
     assert check_model(mlp(16, 3, depth=2, width=8, activation="maxout")) == []
@@ -278,7 +278,7 @@ def probe_run(model, lr=0.1, updates=40, every=10, activation=None):
 
 
 def net(activation="tanh", depth=3, width=32, init="glorot_uniform", **init_kwargs):
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
 
     torch.manual_seed(0)
     return mlp(D_IN, CLASSES, depth, width, activation, init=init, init_kwargs=init_kwargs)
@@ -388,7 +388,7 @@ def spec_file(tmp_path, name="tiny", activation="tanh", init="glorot_uniform", i
 
 def test_doctor_api_on_zero_init_reports_symmetry_once(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnosis import doctor
+    from deepscope.workflows.doctor import doctor
 
     result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100,
                     report_path=tmp_path / "r.html")
@@ -444,14 +444,14 @@ def test_report_says_when_a_run_has_no_probe_records(tmp_path):
 
 def test_report_of_a_stored_doctor_run_keeps_the_model_and_input_checks(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.diagnosis import doctor
-    from deepscope.plots import RunData
     from deepscope.store import Store
+    from deepscope.workflows.doctor import doctor
+    from deepscope.workflows.report import diagnosed, run_data
 
     store = Store(tmp_path / "runs")
     result = doctor(load_spec(spec_file(tmp_path, init="zeros")), updates=40, monitor=100, store=store)
     # the symmetry finding comes from the weights, which the store does not keep: the report reads it back
-    again = RunData.from_store(store, result.run_id).diagnosis()
+    again = diagnosed(run_data(store, result.run_id))
     assert [f.to_dict() for f in again] == [f.to_dict() for f in result.findings]
     assert only(again, "symmetry").layers == ["hidden1.linear", "hidden2.linear"]
     out = run_cli(["report", result.run_id, "--store", store.root, "-o", tmp_path / "again.html"])
@@ -509,10 +509,11 @@ def test_doctor_command_on_a_user_model(tmp_path, monkeypatch):
 
 def test_a_stored_diverged_run_is_diagnosed_as_doctor_diagnoses_it():
     """The store keeps the status, not doctor's train/diverged row: the report puts it back."""
-    from deepscope.plots import RunData
+    from deepscope.plots.html import RunData
+    from deepscope.workflows.report import diagnosed
 
     losses = loss_rows([2.2, 2.1, 40.0])  # per-evaluation means; the last one exploded while finite
     diverged = RunData("div", status="diverged", scalars=losses, spec={"optim": {"lr": 50.0}})
-    assert "lr_too_high" in codes(diverged.diagnosis())
+    assert "lr_too_high" in codes(diagnosed(diverged))
     finished = RunData("ok", status="finished", scalars=losses, spec={"optim": {"lr": 50.0}})
-    assert "lr_too_high" not in codes(finished.diagnosis())
+    assert "lr_too_high" not in codes(diagnosed(finished))

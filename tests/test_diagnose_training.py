@@ -9,9 +9,9 @@ from torch import nn
 
 from deepscope.data import Dataset
 from deepscope.diagnosis import checks, diagnose
-from deepscope.diagnosis import rules_training as rt
 from deepscope.diagnosis.checks import batchnorm_state, check_batchnorm, check_modes, check_training
-from deepscope.nn.models import mlp
+from deepscope.diagnosis.rules import training as rt
+from deepscope.models import mlp
 
 
 def codes(findings):
@@ -177,14 +177,14 @@ def test_a_run_the_trainer_stopped_as_diverged_is_a_learning_rate_finding():
 
 
 def test_chance_error_is_one_minus_the_largest_class_frequency():
-    from deepscope.diagnosis.session import chance_error
+    from deepscope.workflows.run import chance_error
 
     assert chance_error(torch.tensor([2, 2, 2, 0])) == pytest.approx(0.25)
     assert chance_error(torch.arange(9)) == pytest.approx(8 / 9)
 
 
 def test_chance_loss_is_the_entropy_of_the_class_frequencies():
-    from deepscope.diagnosis.session import chance_loss
+    from deepscope.workflows.run import chance_loss
 
     assert chance_loss(torch.tensor([0, 1, 0, 1])) == pytest.approx(math.log(2))
     assert chance_loss(torch.tensor([2, 2, 2, 0])) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
@@ -318,7 +318,7 @@ SPEC = {"name": "t", "optim": {"name": "sgd", "lr": 0.1}, "train": {"updates": 6
 
 
 def test_doctor_names_frozen_layers_and_dead_units():
-    from deepscope.diagnosis import doctor
+    from deepscope.workflows.doctor import doctor
 
     torch.manual_seed(0)
     model = mlp((1, 4, 4), 3, 3, 16, "relu", init="he_normal")
@@ -342,7 +342,7 @@ def test_doctor_names_frozen_layers_and_dead_units():
 
 
 def test_doctor_names_softmax_into_cross_entropy():
-    from deepscope.diagnosis import doctor
+    from deepscope.workflows.doctor import doctor
 
     model = Head(lambda z: torch.softmax(z, 1))
     model.net = mlp((1, 4, 4), 3, 2, 16, "tanh")
@@ -370,15 +370,15 @@ def test_doctor_command_prints_findings_before_the_report_and_can_skip_it(tmp_pa
 
 
 def test_doctor_sees_a_model_left_in_eval_mode_after_an_evaluation():
-    from deepscope.callbacks import Callback
-    from deepscope.diagnosis.session import _Checks
+    from deepscope.training.callbacks import Callback
+    from deepscope.workflows.run import _Checks
 
     class Forgets(Callback):  # a user's evaluation callback that never calls model.train() again
         def on_eval(self, ctx):
             ctx.model.eval()
 
     torch.manual_seed(0)
-    from deepscope.trainer import train
+    from deepscope.training.loop import train
 
     checks_ = _Checks(monitor=50)
     spec = {**SPEC, "train": {**SPEC["train"], "updates": 30, "eval_every": 10}}

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepscope.callbacks import Callback
 from deepscope.data import Dataset
-from deepscope.diagnosis import doctor
-from deepscope.trainer import train
+from deepscope.training.callbacks import Callback
+from deepscope.training.loop import train
+from deepscope.workflows.doctor import doctor
 
 SPEC = {
     "name": "same",

@@ -21,7 +21,7 @@ from deepscope.experiments import (
     run_grid,
     zero_init_symmetry,
 )
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.store import Store
 
 runner = CliRunner()

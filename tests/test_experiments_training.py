@@ -20,7 +20,7 @@ from deepscope.experiments import (
     run_experiment,
 )
 from deepscope.experiments.training import TrainedRun, by_setting, chance_error, chance_loss, generalization
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.optim import make_optimizer
 from deepscope.store import Store
 

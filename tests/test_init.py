@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from deepscope import init
+from deepscope.models import convnet, mlp
 from deepscope.nn.activations import Maxout, PReLU
-from deepscope.nn.models import convnet, mlp
 
 # Weights large enough that a 5% tolerance on the empirical variance is many standard errors wide
 # (the sample variance of N draws has a relative standard error of about sqrt(2 / N) < 0.7% here).

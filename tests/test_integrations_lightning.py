@@ -19,7 +19,7 @@ L = pytest.importorskip("lightning")
 pytest.importorskip("tensorboard")
 
 from deepscope.integrations.lightning import DeepscopeCallback  # noqa: E402
-from deepscope.integrations.tensorboard import read_tensorboard  # noqa: E402
+from deepscope.integrations.trackers import read_tensorboard  # noqa: E402
 
 EVERY, STEPS, ACCUMULATE, BATCH = 5, 23, 2, 16
 HERE = Path(__file__).parent

@@ -79,7 +79,7 @@ def test_mlflow_metric_names_are_sanitized():
 def test_tensorboard_sink_round_trip(tmp_path):
     """What TensorBoardSink writes, read_tensorboard reads back as the same rows (float32 scalars)."""
     pytest.importorskip("tensorboard")
-    from deepscope.integrations.tensorboard import read_tensorboard
+    from deepscope.integrations.trackers import read_tensorboard
 
     sink = TensorBoardSink(tmp_path)
     probe = probed_rows([sink])
@@ -105,7 +105,7 @@ def test_tensorboard_sink_round_trip(tmp_path):
      "deepscope.integrations.lightning needs the lightning package: pip install 'deepscope[lightning]'"),
     ("transformers", lambda: importlib.import_module("deepscope.integrations.transformers"),
      "deepscope.integrations.transformers needs the transformers package: pip install 'deepscope[transformers]'"),
-    ("tensorboard", lambda: importlib.import_module("deepscope.integrations.tensorboard").read_tensorboard("."),
+    ("tensorboard", lambda: importlib.import_module("deepscope.integrations.trackers").read_tensorboard("."),
      "reading a TensorBoard log directory needs the tensorboard package: pip install 'deepscope[tensorboard]'"),
 ])
 def test_missing_extra_is_one_clear_line(monkeypatch, blocked, make, message):
@@ -133,7 +133,7 @@ def test_report_on_a_log_dir_without_tensorboard_exits_2(tmp_path, monkeypatch):
 
 def test_findings_table_printed(capsys):
     from deepscope.diagnosis import Finding
-    from deepscope.integrations._common import print_findings
+    from deepscope.diagnosis.findings import print_findings
 
     print_findings([Finding("saturation", "error", "top layer saturated", ["hidden5"], first_step=100,
                             recovers=False, evidence={"saturated": 0.97}, advice="Replace sigmoid by tanh")], "run")

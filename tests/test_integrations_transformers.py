@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("tensorboard")
 
-from deepscope.integrations.tensorboard import read_tensorboard  # noqa: E402
+from deepscope.integrations.trackers import read_tensorboard  # noqa: E402
 from deepscope.integrations.transformers import DeepscopeCallback  # noqa: E402
 
 EVERY, STEPS, LENGTH = 10, 25, 12

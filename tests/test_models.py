@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from deepscope.nn import Maxout, PReLU, convnet, mlp
+from deepscope.models import convnet, mlp
+from deepscope.nn import Maxout, PReLU
 
 
 def _names(module):

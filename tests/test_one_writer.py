@@ -87,18 +87,18 @@ def test_resume_of_a_run_whose_owner_died_on_another_host(tmp_path):
 _RACER = """
 import os, sys, time
 from pathlib import Path
-import deepscope.trainer as t
+import deepscope.training.loop as t
 from deepscope.cli import app
 
 barrier, me = Path(sys.argv[1]), sys.argv[2]
 (barrier / me).touch()
 while len(list(barrier.iterdir())) < 2:  # both processes are ready: claim at the same moment
     time.sleep(0.01)
-run = t._Trainer.run
+run = t._Run.loop
 def slow_run(self):  # the winner holds the run while the other one tries
     time.sleep(2.0)
     return run(self)
-t._Trainer.run = slow_run
+t._Run.loop = slow_run
 app(sys.argv[3:])
 """
 
@@ -127,7 +127,8 @@ def test_two_concurrent_resumes_exactly_one_trains(tmp_path):
 
 def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tmp_path):
     """tanh hidden units are bounded, so a huge learning rate makes the logits (and the loss) huge but finite."""
-    from deepscope.trainer import EXPLOSION, train
+    from deepscope.training.divergence import EXPLOSION
+    from deepscope.training.loop import train
 
     spec = {"name": "boom", "data": {"name": "shapeset", "options": {"n_valid": 40, "n_test": 40, "size": 16}},
             "model": {"depth": 2, "width": 16, "activation": "tanh"}, "optim": {"lr": 1000.0},
@@ -148,7 +149,8 @@ def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tmp_path):
 
 def test_a_run_taken_over_with_force_stops_its_old_writer_without_writing(tmp_path):
     from deepscope.config import load_spec
-    from deepscope.trainer import load_checkpoint, train
+    from deepscope.training.checkpoint import load_checkpoint
+    from deepscope.training.loop import train
 
     (tmp_path / "tiny.toml").write_text(SPEC)
     spec = load_spec(tmp_path / "tiny.toml", ["train.checkpoint_every=5", "train.updates=40"])

@@ -9,8 +9,9 @@ from matplotlib.figure import Figure
 
 from deepscope.diagnosis import Finding
 from deepscope.plots import activations, curves, gradients, jacobian
-from deepscope.plots.common import series
-from deepscope.plots.html import FIGURES, RunData, render, report
+from deepscope.plots.figure import series
+from deepscope.plots.html import FIGURES, RunData, render
+from deepscope.workflows.report import report
 
 LAYERS = ["hidden1", "hidden2", "hidden3"]
 STEPS = [0, 50, 100, 150, 200]
@@ -164,11 +165,12 @@ def test_report_notes_missing_figures_and_shows_findings_first(tmp_path):
     assert "hidden3 saturated" in html and "saturated_fraction = 0.8" in html and "use softsign" in html
 
 
-def test_report_diagnoses_runs_without_findings(tmp_path):
+def test_report_diagnoses_runs_without_findings_and_the_plots_draw_only_what_they_are_given(tmp_path):
     dead = [dict(step=s, source="monitor", layer="hidden2", quantity="activation", stat="dead", value=1.0)
             for s in STEPS]
-    html = render([RunData("dead", stats=dead)])
+    html = report([RunData("dead", stats=dead)], out_path=tmp_path / "r.html").read_text()
     assert "dead_units" in html and "1 error" in html
+    assert "dead_units" not in render([RunData("dead", stats=dead)])  # plots never diagnose
 
 
 def test_report_reads_runs_from_a_store(tmp_path):

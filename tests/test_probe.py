@@ -12,7 +12,7 @@ from torch import nn
 from deepscope.nn.activations import ACTIVATIONS
 from deepscope.probe import Probe
 from deepscope.probe.stats import _topk_percentiles, activation_stat_names, activation_stats, percentiles
-from deepscope.probe.trainer import TrainerProbe
+from deepscope.training.probe import TrainerProbe
 
 
 def rows_of(probe, **filters):

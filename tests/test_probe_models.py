@@ -99,7 +99,7 @@ def test_jacobian_every():
 
 
 def test_deepscope_mlp_and_convnet_builders():
-    models = pytest.importorskip("deepscope.nn.models")
+    models = pytest.importorskip("deepscope.models")
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
     mlp = models.mlp(64, 3, depth=3, width=10, activation="relu")
     probe = run(mlp, x, y, steps=1, jacobian_examples=2)

@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 from deepscope.cli import app
 from deepscope.config import validate_spec
 from deepscope.data import get_dataset
-from deepscope.probe.trainer import TrainerProbe
 from deepscope.store import Store
-from deepscope.trainer import load_model, train
+from deepscope.training.checkpoint import load_model
+from deepscope.training.loop import train
+from deepscope.training.probe import TrainerProbe
 
 OPTIONS = {"n_valid": 50, "n_test": 50, "size": 16, "seed": 3}
 

@@ -1,4 +1,4 @@
-"""deepscope.diagnosis.trials: the verification rule, trial seeding, the repaired spec, exit codes, a user module."""
+"""deepscope.workflows.repair: the verification rule, trial seeding, the repaired spec, exit codes, a user module."""
 
 import math
 import sys
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from deepscope.config import load_spec, validate_spec
-from deepscope.data.registry import Dataset
+from deepscope.data.datasets import Dataset
 from deepscope.diagnosis import Finding
-from deepscope.diagnosis.trials import ERROR_MARGIN, LOSS_MARGIN, judge, repair, trains
+from deepscope.workflows.repair import ERROR_MARGIN, LOSS_MARGIN, judge, repair, trains
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +136,7 @@ def test_a_combination_is_tried_from_verified_fixes_of_different_groups():
 def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_gained(monkeypatch):
     """Trials faked by their fixes: reinit clears the saturation without a gain, batch_norm gains without
     clearing it; nothing is verified alone, so the pair is tried once and judged by the same rule."""
-    import deepscope.diagnosis.trial_runs as trial_runs
+    import deepscope.workflows.trials as trial_runs
 
     base = None
 
@@ -176,8 +176,8 @@ def test_budget_caps_the_trials_and_nothing_verified_leaves_the_run_alone(tmp_pa
 
 
 def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
-    import deepscope.diagnosis.trial_runs as repair_module
-    from deepscope.diagnosis.trials import summary
+    import deepscope.workflows.trials as repair_module
+    from deepscope.workflows.repair import summary
 
     real, calls = repair_module.run_trial, []
 
@@ -195,7 +195,7 @@ def test_ctrl_c_during_the_trials_keeps_the_finished_ones(monkeypatch):
 
 
 def test_a_healthy_run_gets_nothing_to_fix_and_no_trials(tmp_path):
-    from deepscope.diagnosis.trials import summary
+    from deepscope.workflows.repair import summary
 
     healthy = validate_spec({**spec().to_dict(), "data": {"preprocess": "standardize"}})
     result = repair(healthy, dataset=blobs(), updates=150, monitor=100, jobs=1, report_path=tmp_path / "r.html",
@@ -346,7 +346,7 @@ def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_
 
 
 def test_a_trial_that_raises_fails_alone(monkeypatch):
-    import deepscope.diagnosis.session as session
+    import deepscope.workflows.trials as session
 
     real = session.diagnosis_run
 

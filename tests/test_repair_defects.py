@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import deepscope
-from deepscope.data.registry import Dataset
+from deepscope.data.datasets import Dataset
 
 
 def blobs(seed=0, scale=1.0) -> Dataset:
@@ -27,7 +27,7 @@ def test_fix_accepts_a_spec_without_updates_and_writes_the_fixed_spec_beside_the
     monkeypatch.chdir(tmp_path)
     plain = deepscope.doctor(SPEC, dataset=blobs(), updates=60, monitor=50, report=False)
     result = deepscope.doctor(SPEC, dataset=blobs(), updates=60, monitor=50, report=False, fix=True,
-                              store=tmp_path / "store")
+                              store=tmp_path / "store").repair
     assert plain.status == result.baseline.status
     assert result.baseline.spec["train"]["updates"] == 60
     assert result.best is not None  # lr 2.0 is repaired
@@ -39,10 +39,10 @@ def test_fix_accepts_a_spec_without_updates_and_writes_the_fixed_spec_beside_the
 
 def test_a_cause_in_the_data_gets_no_trials(tmp_path):
     result = deepscope.doctor({**SPEC, "optim": {"lr": 0.05}}, dataset=blobs(scale=0.0), updates=60, monitor=50,
-                              report=False, fix=True)
+                              report=False, fix=True).repair
     assert result.data_cause == "input_constant"
     assert result.trials == [] and result.best is None
-    from deepscope.diagnosis.repair_output import summary
+    from deepscope.workflows.repair_output import summary
 
     assert "no training change can help" in summary(result)[0]
 
@@ -60,7 +60,7 @@ def test_an_overflowing_custom_activation_is_named_and_swapped(tmp_path):
     model = nn.Sequential(*layers, nn.Linear(32, 4))
     spec = {"name": "exp", "optim": {"name": "adam", "lr": 1e-3}, "train": {"batch_size": 20, "seed": 0}}
     result = deepscope.doctor(spec, model=model, dataset=blobs(), updates=150, monitor=50, report=False, fix=True,
-                              store=tmp_path)
+                              store=tmp_path).repair
     first = next(f for f in result.baseline.findings if f.severity == "error")
     assert first.code == "forward_overflow" and first.cause == "forward_overflow"
     lr = [f for f in result.baseline.findings if f.code == "lr_too_high"]

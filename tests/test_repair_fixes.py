@@ -94,7 +94,7 @@ def test_activation_swaps_take_the_init_that_fits_the_new_activation():
 
 
 def test_batch_norm_fix_builds_a_network_with_batch_norm_after_each_hidden_layer():
-    from deepscope.nn.models import build_model
+    from deepscope.models import build_model
 
     after, _ = apply_fix("batch_norm", spec(model={"depth": 3, "width": 8}))
     net = build_model(validate_spec(after), (1, 4, 4), 3)

@@ -40,7 +40,7 @@ def driver(tmp_path_factory):
 
 def probed_run(name, activation, init, **init_kwargs):
     """A small network trained 40 updates with the real Probe; its records as a RunData."""
-    from deepscope.nn.models import mlp
+    from deepscope.models import mlp
     from deepscope.plots.html import RunData
     from deepscope.probe import Probe
 
@@ -76,7 +76,8 @@ def probed_run(name, activation, init, **init_kwargs):
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory):
-    from deepscope.plots.html import RunData, report
+    from deepscope.plots.html import RunData
+    from deepscope.workflows.report import report
 
     runs = [probed_run("tanh, normalized init", "tanh", "glorot_uniform"),
             probed_run(EVIL, "sigmoid", "normal", std=2.0),

@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepscope.callbacks import Callback
 from deepscope.config import SpecError, validate_spec
 from deepscope.data import Dataset
 from deepscope.store import Store
-from deepscope.trainer import load_checkpoint, train
+from deepscope.training.callbacks import Callback
+from deepscope.training.checkpoint import load_checkpoint
+from deepscope.training.loop import train
 
 
 def noisy_blobs(seed=0) -> Dataset:
@@ -198,7 +199,7 @@ def test_a_nan_validation_loss_is_never_the_best():
 
 
 def test_doctor_judges_the_network_a_run_restored():
-    from deepscope.diagnosis.session import diagnosis_run
+    from deepscope.workflows.run import diagnosis_run
 
     data = noisy_blobs()
     plain = diagnosis_run(make_spec(), dataset=data, updates=300, report=False, quiet=True)

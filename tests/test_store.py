@@ -154,7 +154,7 @@ def test_histograms_of_a_diverged_network_do_not_break_the_store(store):
 
 def test_a_probed_run_that_diverges_is_stored_as_diverged(tmp_path):
     """A ReLU net at N(0, 1) blows up: the probe's histograms get NaN ranges; the run still ends as diverged."""
-    from deepscope.diagnosis.session import diagnosis_run
+    from deepscope.workflows.run import diagnosis_run
 
     spec = {"name": "blowup", "data": {"name": "shapeset", "preprocess": "standardize",
                                        "options": {"n_valid": 60, "n_test": 60, "size": 16}},

@@ -10,14 +10,17 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from deepscope import trainer as train_module
 from deepscope.cli import app
 from deepscope.config import validate_spec
 from deepscope.data import Dataset, get_dataset, loader
 from deepscope.data.preprocess import Preprocessor
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.store import Store
-from deepscope.trainer import TrainContext, load_checkpoint, load_model, train
+from deepscope.training import loop as train_module
+from deepscope.training import setup as run_setup
+from deepscope.training.callbacks import TrainContext
+from deepscope.training.checkpoint import load_checkpoint, load_model
+from deepscope.training.loop import train
 
 SHAPESET = {"n_valid": 60, "n_test": 60, "size": 16}
 
@@ -27,7 +30,7 @@ def small(monkeypatch):
     """Small stream chunks (so that a resume also lands inside a chunk) and a small preprocessing sample
     keep data generation short."""
     monkeypatch.setattr(loader, "STREAM_CHUNK", 100)
-    monkeypatch.setattr(train_module, "FIT_SAMPLE", 500)
+    monkeypatch.setattr(run_setup, "FIT_SAMPLE", 500)
 
 
 def blobs(n_train=120, seed=0) -> Dataset:
@@ -133,7 +136,7 @@ def test_sigkill_keeps_what_was_flushed_and_the_run_resumes(tmp_path):
         import torch
         from deepscope.config import validate_spec
         from deepscope.data import loader
-        from deepscope.trainer import train
+        from deepscope.training.loop import train
         loader.STREAM_CHUNK = 100
         spec = validate_spec({"name": "killed", "data": {"options": {"n_valid": 60, "n_test": 60, "size": 16}},
                               "model": {"depth": 2, "width": 16}, "optim": {"lr": 0.05},
@@ -160,7 +163,7 @@ def test_two_runs_write_one_store_at_once(tmp_path):
         import sys
         from deepscope.config import validate_spec
         from deepscope.data import loader
-        from deepscope.trainer import train
+        from deepscope.training.loop import train
         loader.STREAM_CHUNK = 100
         spec = validate_spec({"name": "sweep", "data": {"options": {"n_valid": 60, "n_test": 60, "size": 16}},
                               "model": {"depth": 2, "width": 8}, "train": {"updates": 40, "eval_every": 5,
@@ -209,7 +212,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_divergence_advice_leaves_out_what_the_spec_already_does():
-    from deepscope.progress import divergence_message as _divergence_message
+    from deepscope.training.divergence import divergence_message as _divergence_message
 
     plain = make_spec(init={"scheme": "standard"})
     text = _divergence_message(plain, 7, math.nan, None, -1)

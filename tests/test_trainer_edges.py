@@ -9,9 +9,9 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_pre_hooks
 
 from deepscope.data import Dataset
-from deepscope.probe.trainer import TrainerProbe
 from deepscope.store import Store
-from deepscope.trainer import train
+from deepscope.training.loop import train
+from deepscope.training.probe import TrainerProbe
 
 
 def blobs(valid=True) -> Dataset:
@@ -84,7 +84,7 @@ def test_a_resumed_probe_records_each_step_once(tmp_path):
 
 
 def test_loading_a_model_never_creates_a_store(tmp_path):
-    from deepscope.checkpoint import load_model
+    from deepscope.training.checkpoint import load_model
 
     with pytest.raises(ValueError):
         load_model("nothing", tmp_path / "nostore")
@@ -110,8 +110,8 @@ def test_the_output_check_leaves_the_rng_alone():
 
 
 def test_findings_with_brackets_print_as_text(capsys):
-    from deepscope.cli.common import print_findings
     from deepscope.diagnosis import Finding
+    from deepscope.diagnosis.findings import print_findings
 
     print_findings([Finding("dead_units", "warning", "layer blocks[b] is [/] dead", layers=["blocks[b]"],
                             advice="set [model] norm")], "run [x]")
@@ -120,7 +120,7 @@ def test_findings_with_brackets_print_as_text(capsys):
 
 
 def test_evaluation_builds_no_graph_and_matches_a_hand_computation():
-    from deepscope.runtime import evaluate
+    from deepscope.training.evaluation import evaluate
 
     model, (x, y) = net(), blobs().valid
     loss, error = evaluate(model, x, y, F.cross_entropy, batch_size=7)  # batches of 7 over 40 examples

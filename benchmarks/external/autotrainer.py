@@ -66,7 +66,7 @@ def run(m: Model, data, updates: int, monitor: int):
         torch.manual_seed(0)
         model = m.build()
     return deepscope.doctor(spec_for(m, updates), model=model, dataset=data, updates=updates, monitor=monitor,
-                            fix=True, report=False)
+                            fix=True, report=False).repair
 
 
 def cause_of(result) -> str:

@@ -1,16 +1,14 @@
 """deepscope: make deep networks train, and see why they do or don't.
 
-The public API is re-exported here; everything but the probe loads on first use. The verbs are functions::
+The public verbs are functions and the nouns classes, imported here from the module that defines them::
 
-    from deepscope import Probe, train, diagnose, doctor, report
+    from deepscope import Probe, train, diagnose, doctor, repair, report
 
-(``deepscope.train`` is :func:`deepscope.trainer.train`, ``deepscope.diagnose`` is
-:func:`deepscope.diagnosis.diagnose`, ``deepscope.report`` is :func:`deepscope.plots.report`: no module of
-the package has the name of a function it exports.)
+Heavy libraries (matplotlib, jinja2, kornia, typer) load inside the functions that use them, so
+``import deepscope`` costs about what ``import torch`` costs.
 """
 
 import sys as _sys
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -22,7 +20,8 @@ def _interrupted_quietly(kind, value, tb, _default=_sys.excepthook):
         _default(kind, value, tb)
 
 
-# only for the command line (`deepscope ...`, or `python -m deepscope.cli` while it is located), not for importers
+# The command line's own process only (`deepscope ...`, `python -m deepscope.cli`): it must be set before torch is
+# imported below, so it cannot wait for deepscope.cli. A program that imports deepscope keeps its own hook.
 if _sys.argv and (_sys.argv[0] == "-m" or _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("deepscope",
                                                                                                   "deepscope.exe")):
     _sys.excepthook = _interrupted_quietly
@@ -32,45 +31,28 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation  # noqa: E402
-from deepscope.probe import Probe  # noqa: E402
+from deepscope.config import RunSpec, load_spec
+from deepscope.data import get_dataset
+from deepscope.data.preprocess import Preprocessor
+from deepscope.diagnosis import Finding, diagnose
+from deepscope.experiments import run_experiment
+from deepscope.models import convnet, mlp
+from deepscope.nn.activations import ACTIVATIONS, Maxout, PReLU, get_activation, make_activation
+from deepscope.optim import make_loss, make_optimizer, make_schedule
+from deepscope.plots.html import RunData
+from deepscope.probe import Probe
+from deepscope.probe.sinks import MLflowSink, StoreSink, TensorBoardSink, WandbSink
+from deepscope.records import Records
+from deepscope.store import Store
+from deepscope.training.callbacks import Callback, TrainContext
+from deepscope.training.loop import train
+from deepscope.training.probe import TrainerProbe
+from deepscope.workflows.doctor import doctor
+from deepscope.workflows.repair import repair
+from deepscope.workflows.report import report
 
-_LAZY = {
-    "train": "deepscope.trainer",
-    "diagnose": "deepscope.diagnosis",
-    "doctor": "deepscope.diagnosis",
-    "repair": "deepscope.diagnosis",
-    "report": "deepscope.plots",
-    "run_experiment": "deepscope.experiments",
-    "mlp": "deepscope.nn.models",
-    "convnet": "deepscope.nn.models",
-    "make_optimizer": "deepscope.optim",
-    "make_schedule": "deepscope.optim",
-    "make_loss": "deepscope.optim",
-    "get_dataset": "deepscope.data",
-    "Preprocessor": "deepscope.data.preprocess",
-    "RunSpec": "deepscope.config",
-    "load_spec": "deepscope.config",
-    "Store": "deepscope.store",
-    "Records": "deepscope.records",
-    "Callback": "deepscope.callbacks",
-    "TrainContext": "deepscope.callbacks",
-    "Finding": "deepscope.diagnosis",
-    "RunData": "deepscope.plots",
-    "TrainerProbe": "deepscope.probe.trainer",
-    "StoreSink": "deepscope.probe.sinks",
-    "TensorBoardSink": "deepscope.probe.sinks",
-    "WandbSink": "deepscope.probe.sinks",
-    "MLflowSink": "deepscope.probe.sinks",
-}
-
-
-def __getattr__(name: str):
-    if name == "init":
-        return import_module("deepscope.init")
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'deepscope' has no attribute {name!r}")
-
-
-__all__ = ["ACTIVATIONS", "Maxout", "PReLU", "Probe", "__version__", "get_activation", "make_activation", *_LAZY]
+__all__ = ["ACTIVATIONS", "Callback", "Finding", "MLflowSink", "Maxout", "PReLU", "Preprocessor", "Probe", "Records",
+           "RunData", "RunSpec", "Store", "StoreSink", "TensorBoardSink", "TrainContext", "TrainerProbe", "WandbSink",
+           "__version__", "convnet", "diagnose", "doctor", "get_activation", "get_dataset", "load_spec",
+           "make_activation", "make_loss", "make_optimizer", "make_schedule", "mlp", "repair", "report",
+           "run_experiment", "train"]

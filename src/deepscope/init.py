@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.nn.activations import ACTIVATIONS, Maxout, spec_for_module
-from deepscope.registry import lookup
+from deepscope.registry import lookup, register, unknown
 
 __all__ = [
     "LAYER_TYPES",
@@ -91,7 +91,7 @@ def layer_fans(module: nn.Module) -> Fans:
 
 def _fan(tensor: Tensor, fans_: Fans | None, mode: str) -> float:
     if mode not in FAN_MODES:
-        raise ValueError(f"mode={mode!r} is not known; choose one of: {', '.join(FAN_MODES)}")
+        raise unknown("mode", mode, FAN_MODES)
     fan_in, fan_out = fans(tensor) if fans_ is None else fans_
     return {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
 
@@ -244,7 +244,7 @@ def lsuv(
     """Layer-sequential unit-variance initialization (Mishkin & Matas 2016, Algorithm 1).
 
     Orthonormal weights and zero biases first; then, for each Linear / Conv / Maxout layer in
-    registration order (the forward order of an ``nn.Sequential`` such as :func:`~deepscope.nn.mlp`),
+    registration order (the forward order of an ``nn.Sequential`` such as :func:`~deepscope.models.mlp`),
     W <- W / sqrt(Var(B)) with B the layer's output on the batch ``x``, until |Var(B) - 1| < ``tol``
     or ``t_max`` rescalings were made. The forward passes run without autograd and in eval mode
     (dropout off; batch norm uses, and does not update, its running statistics); the modules'
@@ -379,7 +379,7 @@ def apply(model: nn.Module, scheme: str, **kwargs) -> nn.Module:
             _init_layer(layer, SCHEMES[chosen[id(layer)]], kwargs)
         return model
     if scheme not in SCHEMES:
-        raise ValueError(f"init={scheme!r} is not known; choose one of: {', '.join([*SCHEMES, *APPLY_ONLY])}")
+        raise unknown("init", scheme, [*SCHEMES, *APPLY_ONLY])
     fn = SCHEMES[scheme]
     _check_kwargs(scheme, fn, kwargs)
     if scheme == "lsuv":
@@ -387,3 +387,6 @@ def apply(model: nn.Module, scheme: str, **kwargs) -> nn.Module:
     for _, layer in _layers(model):
         _init_layer(layer, fn, kwargs)
     return model
+
+register("init", SCHEMES)
+register("init_apply_only", dict.fromkeys(APPLY_ONLY))

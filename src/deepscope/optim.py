@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
-from deepscope.registry import lookup
+from deepscope.registry import lookup, register
 
 __all__ = [
     "LOSSES",
@@ -331,3 +331,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 def make_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss ``name`` as a function ``(logits, integer targets) -> scalar tensor``."""
     return lookup(LOSSES, "loss", name)
+
+register("optimizers", OPTIMIZERS)
+register("schedules", SCHEDULES)
+register("losses", LOSSES)

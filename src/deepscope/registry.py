@@ -16,16 +16,37 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["MAX_NAME", "check_kwargs", "check_name", "discover", "integer", "lookup", "unknown"]
+__all__ = ["MAX_NAME", "check_kwargs", "check_name", "discover", "integer", "lookup", "register", "table", "unknown"]
 
 MAX_NAME = 100  # characters of a run name (its id is a directory name)
 
 T = TypeVar("T")
 
+# The registries by kind, for the modules below which they live (the run spec checks names against them without
+# importing the modules that define them). Each defining module registers its dict when it is imported; importing
+# ``deepscope`` imports them all.
+_TABLES: dict[str, Mapping[str, Any]] = {}
 
-def unknown(key: str, value: Any, valid: Iterable[Any]) -> ValueError:
-    """The error for a name that is not in a registry: the key, the value and every valid name."""
-    return ValueError(f"{key}={value!r} is not known; choose one of: {', '.join(map(str, valid))}")
+
+def register(kind: str, registry: Mapping[str, T]) -> Mapping[str, T]:
+    """Make ``registry`` (a dict from name to factory) known as ``kind`` to :func:`table`; returns it."""
+    _TABLES[kind] = registry
+    return registry
+
+
+def table(kind: str) -> Mapping[str, Any]:
+    """The registry of ``kind`` (``"activations"``, ``"init"``, ``"optimizers"``, ...)."""
+    try:
+        return _TABLES[kind]
+    except KeyError:
+        raise unknown("registry", kind, sorted(_TABLES)) from None
+
+
+def unknown(key: str, value: Any, valid: Iterable[Any], *, what: str | None = None) -> ValueError:
+    """The error for a name that is not in a registry: the key, the value and every valid name (``what`` replaces
+    the ``key=value is not known`` part where the message must say more)."""
+    what = f"{key}={value!r} is not known" if what is None else what
+    return ValueError(f"{what}; choose one of: {', '.join(map(str, valid))}")
 
 
 def lookup(registry: Mapping[str, T], key: str, name: Any) -> T:

@@ -38,7 +38,9 @@ from typing import Any
 from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS, restored_at
 from deepscope.store_safety import (
     RunBusyError,
+    RunTakenOver,
     StoreError,
+    TakenMessage,
     _explain,
     _guarded,
     _Heartbeat,
@@ -47,8 +49,8 @@ from deepscope.store_safety import (
     heartbeat_timeout,
 )
 
-__all__ = ["CHECKPOINT_FILE", "CHECKS_FILE", "DB_NAME", "REPORT_FILE", "STATUSES", "RunBusyError", "Store",
-           "StoreError", "default_root", "heartbeat_timeout"]
+__all__ = ["CHECKPOINT_FILE", "CHECKS_FILE", "DB_NAME", "REPORT_FILE", "STATUSES", "RunBusyError", "RunTakenOver",
+           "Store", "StoreError", "TakenMessage", "default_root", "heartbeat_timeout"]
 
 STATUSES = ("running", "finished", "diverged", "interrupted")
 DB_NAME = "deepscope.db"

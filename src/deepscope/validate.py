@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from deepscope.registry import register
+
 __all__ = ["check_augment", "check_batch_size", "dry_run"]
 
 MEMORY_SHARE = 0.5  # a training batch may use at most this share of the machine's memory (estimated)
@@ -116,7 +118,7 @@ def dry_run(spec) -> None:
 def _dry_run(spec) -> None:
     import torch
 
-    from deepscope.nn.models import _activation
+    from deepscope.models import _activation
 
     _try("init", f"init scheme {spec.init.scheme!r}", lambda p: _init(spec.init.scheme, p), spec.init.params)
     _try("optim", f"optimizer {spec.optim.name!r}", lambda p: _optimizer(spec.optim.name, spec.optim.lr, p),
@@ -139,12 +141,15 @@ def check_augment(names: tuple[str, ...], options: dict) -> None:
 
     import torch
 
+    from deepscope.data import make_augment
+
+    try:
+        make_augment(list(names))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"data.augment={list(names)!r}: {e}") from None
     key = json.dumps([names, options], sort_keys=True, default=repr)
     if key in _PASSED:
         return
-
-    from deepscope.data import make_augment
-
     _try("data.augment_options", f"augmentation {', '.join(names)}",
          lambda p: make_augment(list(names), **p)(torch.rand(2, 3, 8, 8)), options)
     _PASSED.add(key)
@@ -183,3 +188,6 @@ def check_batch_size(spec, data) -> None:
         raise ValueError(f"train.batch_size={b} needs about {need:.3g} GiB for one batch (inputs and "
                          f"layer outputs, float32), more than half of this machine's {memory / 2**30:.3g} GiB; "
                          f"give at most {most}")
+
+
+register("spec_checks", {"dry_run": dry_run, "augment": check_augment})

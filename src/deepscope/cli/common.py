@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["STORE_HELP", "fail", "model_from_factory", "print_findings", "read_store"]
+__all__ = ["STORE_HELP", "fail", "model_from_factory", "read_store"]
 
 STORE_HELP = "Run store directory (default: $DEEPSCOPE_STORE, else ./runs)."
 
@@ -28,38 +28,6 @@ def read_store(root: Path | None, read_only: bool = True):
         return Store(root, read_only=read_only)
     except StoreError as e:
         raise fail(str(e)) from None
-
-
-_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-
-
-def _cause(f) -> str:
-    """The cause that explains a symptom (deepscope.diagnosis.causes), shown beside its code."""
-    from rich.markup import escape
-
-    cause = getattr(f, "cause", "")
-    return f" [dim]-> cause: {escape(cause)}[/]" if cause and cause != f.code else ""
-
-
-def print_findings(findings, title: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    if not findings:
-        console.print(f"[bold green]healthy[/]: no rule fired ({escape(title)})")
-        return
-    table = Table("severity", "finding", "where", "advice", title=escape(title), show_lines=True, expand=True)
-    for f in findings:
-        evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
-        where = [", ".join(f.layers)] if f.layers else []
-        where += [f"since update {f.first_step}"] if f.first_step is not None else []
-        where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
-        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{escape(f.severity)}[/]",
-                      f"[bold]{escape(f.code)}[/]{_cause(f)}\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
-                      escape("\n".join(where)), escape(f.advice))
-    console.print(table)
 
 
 def model_from_factory(path: str):

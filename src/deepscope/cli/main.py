@@ -12,12 +12,13 @@ from pathlib import Path
 import typer
 
 import deepscope
-from deepscope.cli.common import STORE_HELP, fail, model_from_factory, print_findings, read_store
+from deepscope.cli.common import STORE_HELP, fail, model_from_factory, read_store
 from deepscope.cli.data import data_app
 from deepscope.cli.experiments import experiments_app
 from deepscope.cli.runs import runs_app
-from deepscope.diagnosis.session import DOCTOR_UPDATES
-from deepscope.probe.trainer import MONITOR
+from deepscope.diagnosis.findings import print_findings
+from deepscope.training.probe import MONITOR
+from deepscope.workflows.run import DOCTOR_UPDATES
 
 app = typer.Typer(
     name="deepscope",
@@ -105,7 +106,7 @@ def train_command(
     """Train a run described by a TOML spec; print the final test error and where the run is stored."""
     from deepscope.config import apply_overrides, load_spec, validate_spec
     from deepscope.store import default_root
-    from deepscope.trainer import train
+    from deepscope.training.loop import train
 
     if updates is not None and updates < 1:
         raise fail(f"--updates={updates}: give a number of updates >= 1")
@@ -122,7 +123,7 @@ def train_command(
             raise ValueError("--probe-monitor, --probe-jacobian-every and --probe-jacobian-method need "
                              "--probe-every N")
         if probe_every is not None:
-            from deepscope.probe.trainer import TrainerProbe
+            from deepscope.training.probe import TrainerProbe
 
             try:
                 callbacks.append(TrainerProbe(probe_every, probe_monitor, jacobian_every=probe_jacobian_every,
@@ -137,7 +138,7 @@ def train_command(
         if spec is None and overrides:
             stored = st.get_run(resume)["spec"]
             if "class" in stored.get("model", {}):  # a module of your own is described there: the spec is the
-                from deepscope.checkpoint import run_checkpoint  # checkpoint's
+                from deepscope.training.checkpoint import run_checkpoint  # checkpoint's
 
                 stored = run_checkpoint(st, st.resolve(resume))["spec"]
             run_spec = validate_spec(apply_overrides(stored, overrides), source=f"run {resume}")
@@ -195,9 +196,9 @@ def doctor_command(
     warning; with --fix: and no fix was verified), 2 bad input.
     """
     from deepscope.config import apply_overrides, load_spec, validate_spec
-    from deepscope.diagnosis import doctor, has_problem
-    from deepscope.diagnosis.workflow import write_report
     from deepscope.store import default_root
+    from deepscope.workflows.doctor import doctor
+    from deepscope.workflows.run import write_report
 
     for flag, value in (("--updates", updates), ("--monitor", monitor)):
         if value < 1:
@@ -221,15 +222,9 @@ def doctor_command(
             sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = store or default_root()  # opened (and created) by the run once the spec, data and model are checked
-        if fix:
-            from deepscope.diagnosis.trials import repair
-
-            fixed = repair(run_spec, model=net, store=st, updates=updates, monitor=monitor, budget=budget,
-                           jobs=jobs, backend=backend, report=not no_report, report_path=output, quiet=quiet)
-            result = fixed.baseline
-        else:
-            result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, report=False,
-                            quiet=quiet)
+        # with --fix the report draws the baseline and the repaired run; without, it is written after the findings
+        result = doctor(run_spec, model=net, store=st, updates=updates, monitor=monitor, fix=fix, budget=budget,
+                        jobs=jobs, backend=backend, report=fix and not no_report, report_path=output, quiet=quiet)
     except (ValueError, OSError, ImportError) as e:
         raise fail(str(e)) from None
     print_findings(result.findings, f"deepscope doctor: run {result.run_id} ({result.status})")
@@ -237,19 +232,20 @@ def doctor_command(
     if fix:
         from rich.console import Console
 
-        from deepscope.diagnosis.trials import repair_table, summary
+        from deepscope.workflows.repair import repair_table, summary
 
+        fixed = result.repair
         if fixed.trials:
             Console().print(repair_table(fixed))
         typer.echo("\n".join(summary(fixed)) + (f"\nreport: {fixed.report}" if fixed.report else ""))
-        raise typer.Exit(fixed.exit_code)
+        raise typer.Exit(result.exit_code)
     if not no_report:
         sys.stdout.flush()  # the findings are out before the figures are drawn
         try:
             typer.echo(f"report: {write_report(result, output)}")
         except OSError as e:
             raise fail(str(e)) from None
-    raise typer.Exit(1 if has_problem(result.findings) else 0)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("report")
@@ -261,8 +257,8 @@ def report_command(
     title: str = typer.Option("deepscope report", "--title", help="Page title."),
 ) -> None:
     """Write one self-contained HTML report (findings and Glorot & Bengio's figures) for stored runs."""
-    from deepscope.integrations.tensorboard import is_tensorboard_dir, run_from_tensorboard
-    from deepscope.plots import RunData, report
+    from deepscope.integrations.trackers import is_tensorboard_dir, run_from_tensorboard
+    from deepscope.workflows.report import diagnosed, report, run_data
 
     if not output.parent.is_dir():
         raise fail(f"-o {output}: the directory {output.parent} does not exist; create it or give another path")
@@ -275,7 +271,7 @@ def report_command(
                        "or a log directory written by deepscope's TensorBoardSink or callbacks)")
     st = read_store(store) if any(run not in logged for run in runs) else None
     try:
-        bundles = [run_from_tensorboard(run) if run in logged else RunData.from_store(st, run) for run in runs]
+        bundles = [run_from_tensorboard(run) if run in logged else run_data(st, run) for run in runs]
         path = report(bundles, out_path=output, title=title)
     except (ValueError, OSError, ImportError) as e:
         raise fail(str(e)) from None
@@ -285,5 +281,5 @@ def report_command(
                     "train it with --probe-every N (or run deepscope doctor on its spec)")
             typer.echo(f"run {run.run_id}: no probe records to diagnose; {hint}")
         else:
-            print_findings(run.diagnosis(), f"run {run.run_id}")
+            print_findings(diagnosed(run), f"run {run.run_id}")
     typer.echo(f"report: {path}")

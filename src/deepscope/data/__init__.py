@@ -3,8 +3,8 @@ sets, batching by index and kornia augmentation. ``get_dataset(name, **options)`
 """
 
 from deepscope.data.augment import AUGMENTATIONS, make_augment
+from deepscope.data.datasets import DATASETS, Dataset, Stream, batches, examples, get_dataset, save_grid
 from deepscope.data.files import DataFileError, read_cifar_batch, read_idx
-from deepscope.data.registry import DATASETS, Dataset, Stream, batches, examples, get_dataset, save_grid
 from deepscope.data.shapeset import CLASS_NAMES as SHAPESET_CLASSES
 from deepscope.data.shapeset import generate as generate_shapeset
 

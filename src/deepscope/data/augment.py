@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from deepscope.registry import unknown
+from deepscope.registry import register, unknown
 
 __all__ = ["AUGMENTATIONS", "make_augment"]
 
@@ -98,3 +98,5 @@ def make_augment(names: list[str] | str | None, **options) -> Callable[[Tensor],
             raise ValueError(f"augmentation option {key!r} is not used by {', '.join(names)}; choose from: {choices}")
     modules = [AUGMENTATIONS[n](**{k: v for k, v in options.items() if k in accepted[n]}) for n in names]
     return nn.Sequential(*modules)
+
+register("augmentations", AUGMENTATIONS)

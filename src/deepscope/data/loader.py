@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from deepscope.data.registry import Dataset, batches, derive_seed
+from deepscope.data.datasets import Dataset, batches, derive_seed
 
 __all__ = ["STREAM_CHUNK", "TrainBatches", "compose"]
 

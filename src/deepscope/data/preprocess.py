@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from deepscope.registry import register, unknown
+
 __all__ = ["METHODS", "Preprocessor"]
 
 Stats = tuple[Tensor | None, Tensor | None]  # (shift, scale), each broadcast against one sample
@@ -95,7 +97,7 @@ class Preprocessor:
         names = [methods] if isinstance(methods, str) else list(methods or [])
         for name in names:
             if name not in METHODS:
-                raise ValueError(f"preprocessing={name!r} is not known; choose one of: {', '.join(sorted(METHODS))}")
+                raise unknown("preprocessing", name, sorted(METHODS))
         self.methods: list[str] = names
         self.input_shape: tuple[int, ...] | None = None  # per-sample shape the statistics were fitted on
         self._stats: list[Stats] = []
@@ -177,3 +179,5 @@ class Preprocessor:
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.methods!r}, fitted={self.fitted})"
+
+register("preprocess", METHODS)

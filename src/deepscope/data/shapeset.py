@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from deepscope.data.raster import polygon_masks, polygon_spans, scanline_masks, span_areas, span_masks
+from deepscope.registry import unknown
 
 __all__ = [
     "CLASS_NAMES",
@@ -238,7 +239,7 @@ def _rasterize(vertices: Tensor, shapes: Tensor, size: int, raster: str) -> Tens
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not known; choose one of: {', '.join(allowed)}")
+        raise unknown(name, value, allowed)
     return value
 
 
@@ -251,7 +252,7 @@ def _check(size: int, value_range, raster="pygame", overlap="projection", layout
     except (TypeError, ValueError):
         lo = hi = math.nan
     if (lo, hi) not in VALUE_RANGES:
-        raise ValueError(f"value_range={value_range!r} is not known; choose one of: (0, 1), (-1, 1)")
+        raise unknown("value_range", value_range, ["(0, 1)", "(-1, 1)"])
     _choice("raster", raster, RASTERS)
     _choice("overlap", overlap, OVERLAPS)
     _choice("layout", layout, LAYOUTS)

@@ -1,6 +1,6 @@
 """What a run's spec says, so that diagnosis advice can be specific: the activation, its fitting init, the lr.
 
-Shared by the rule modules (:mod:`~deepscope.diagnosis.rules`, :mod:`~deepscope.diagnosis.rules_training`).
+Shared by the rule modules (:mod:`~deepscope.diagnosis.rules`, :mod:`~deepscope.diagnosis.rules.training`).
 """
 
 from __future__ import annotations

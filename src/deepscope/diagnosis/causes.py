@@ -76,7 +76,7 @@ def weight_norm(model: nn.Module) -> float:
 
 
 def _is_activation_module(m: nn.Module) -> bool:
-    from deepscope.diagnosis.cause_surgery import user_leaf
+    from deepscope.diagnosis.fixes.causes import user_leaf
     from deepscope.probe.hooks import custom_activation, is_activation
 
     return bool(is_activation(m)[0] or custom_activation(m) or user_leaf(m) or isinstance(m, nn.Softmax | nn.Softmax2d))
@@ -138,7 +138,7 @@ def model_facts(model: nn.Module, x: Any) -> dict[str, Any]:
 
 
 def _user_leaf(m: nn.Module) -> bool:
-    from deepscope.diagnosis.cause_surgery import user_leaf
+    from deepscope.diagnosis.fixes.causes import user_leaf
 
     return user_leaf(m)
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CODES", "SEVERITIES", "Finding", "has_problem", "load_checks", "merge_checks", "save_checks",
-           "sort_findings"]
+__all__ = ["CODES", "SEVERITIES", "Finding", "has_problem", "load_checks", "merge_checks", "print_findings",
+           "save_checks", "sort_findings"]
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -109,3 +109,32 @@ def load_checks(path) -> list[Finding]:
         return [Finding(**{k: v for k, v in row.items() if k in Finding.__dataclass_fields__}) for row in rows]
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a list of findings written by deepscope doctor ({e})") from None
+
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def print_findings(findings: list[Finding], title: str) -> None:
+    """The findings as a rich table (severity, finding and numbers, where and since when, advice); every user
+    string escaped, so a layer named ``[red]`` prints as it is."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    def cause(f: Finding) -> str:  # the cause that explains a symptom (deepscope.diagnosis.causes), beside it
+        return f" [dim]-> cause: {escape(f.cause)}[/]" if f.cause and f.cause != f.code else ""
+
+    console = Console()
+    if not findings:
+        console.print(f"[bold green]healthy[/]: no rule fired ({escape(title)})")
+        return
+    table = Table("severity", "finding", "where", "advice", title=escape(title), show_lines=True, expand=True)
+    for f in findings:
+        evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
+        where = [", ".join(f.layers)] if f.layers else []
+        where += [f"since update {f.first_step}"] if f.first_step is not None else []
+        where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
+        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{escape(f.severity)}[/]",
+                      f"[bold]{escape(f.code)}[/]{cause(f)}\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
+                      escape("\n".join(where)), escape(f.advice))
+    console.print(table)

@@ -68,6 +68,7 @@ from typing import Any
 
 from deepscope.experiments.base import PROFILES, Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.sweep import BACKENDS, RunOutcome, run_grid
+from deepscope.parallel import check_backend
 from deepscope.registry import discover, lookup
 
 __all__ = [
@@ -124,8 +125,7 @@ def run_experiment(
     n_seeds = settings.get("seeds", 1) if seeds is None else seeds
     if not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"seeds={n_seeds!r}: the number of seeds must be an integer >= 1")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
+    check_backend(backend, None)
     ctx = Context(
         name=name,
         profile=profile,

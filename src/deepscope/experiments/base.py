@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepscope.plots.figure import new_figure
+from deepscope.registry import unknown
+
 __all__ = ["PROFILES", "Context", "Experiment", "Verdict", "new_figure", "save_figure"]
 
 PROFILES = ("tiny", "quick", "paper")
@@ -139,7 +142,7 @@ class Experiment:
         (an integer where the profile has one, a number for a float, a list for a list, ...).
         """
         if profile not in self.profiles:
-            raise ValueError(f"profile={profile!r} is not known; choose one of: {', '.join(self.profiles)}")
+            raise unknown("profile", profile, self.profiles)
         settings = copy.deepcopy(dict(self.profiles[profile]))
         for item in overrides:
             _override(settings, item, f"{self.name} --profile {profile}")
@@ -172,8 +175,7 @@ def _override(settings: dict, item: str, where: str) -> None:
             break
         node, prefix = node[part], f"{prefix}{part}."
     if not key.startswith(prefix) or key[len(prefix) :] not in node:
-        valid = ", ".join(prefix + k for k in sorted(node))
-        raise ValueError(f"--set {key}: not a setting of {where}; choose one of: {valid}")
+        raise unknown("--set", key, [prefix + k for k in sorted(node)], what=f"--set {key}: not a setting of {where}")
     old = node[last]
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -202,16 +204,6 @@ def _check_range(key: str, raw: str, old: Any, value: Any) -> None:
                          f"as the profile's {old!r}")
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
         raise ValueError(f"--set {key}={raw}: give a finite number, as the profile's {old!r}")
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, **kwargs):
-    """A matplotlib ``Figure`` and its axes array, without pyplot (no global state, Agg when saved)."""
-    from matplotlib.figure import Figure
-
-    size = size or (4.2 * ncols, 3.4 * nrows)
-    fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
-    return fig, axes
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -30,7 +30,7 @@ from deepscope.data import get_dataset
 from deepscope.data.preprocess import Preprocessor
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.training import minibatch_step
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.optim import make_optimizer
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu")
@@ -39,7 +39,7 @@ SETTINGS = [("relu", "healthy")] + [(act, cond) for cond in CONDITIONS for act i
 
 
 def inactive_units(model: nn.Sequential, x: Tensor) -> list[Tensor]:
-    """For each hidden block of an :func:`~deepscope.nn.models.mlp`, a boolean per unit: pre-activation <= 0 on
+    """For each hidden block of an :func:`~deepscope.models.mlp`, a boolean per unit: pre-activation <= 0 on
     every example of ``x`` (for ReLU: a dead unit)."""
     masks = []
     with torch.no_grad():

@@ -19,18 +19,16 @@ figures are drawn with :mod:`deepscope.plots` and gathered, with the diagnosis o
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.experiments.sweep import default_jobs, init_worker
 from deepscope.experiments.training import run_spec
-from deepscope.plots.common import layer_color
+from deepscope.parallel import run_many
+from deepscope.plots.figure import layer_color
 from deepscope.records import Records
 
 # label -> (activation, init scheme, depth)
@@ -99,9 +97,9 @@ def probed_run(label: str, spec: dict, every: int, n_monitor: int, store_root: s
     """
     from deepscope.config import validate_spec
     from deepscope.data import get_dataset
-    from deepscope.probe.trainer import TrainerProbe
     from deepscope.store import Store
-    from deepscope.trainer import train
+    from deepscope.training.loop import train
+    from deepscope.training.probe import TrainerProbe
 
     spec = validate_spec(spec)
     if spec.data.preprocess:
@@ -126,21 +124,13 @@ def probed_run(label: str, spec: dict, every: int, n_monitor: int, store_root: s
                      probe.records, probe.histograms, scalars)
 
 
-def _probed_run(job: tuple) -> ProbedRun:
-    return probed_run(*job)
-
-
 def probed_runs(ctx: Context, specs: dict[str, dict], every: int, n_monitor: int) -> dict[str, ProbedRun]:
     """Run ``probed_run`` for every ``label -> spec`` on local processes (``ctx.jobs``; Ray is not used here)."""
     root = None if ctx.store_root is None else str(ctx.store_root)
     jobs = [(label, spec, every, n_monitor, root) for label, spec in specs.items()]
-    workers = min(ctx.jobs or default_jobs(), len(jobs))
-    if workers <= 1:
-        runs = [_probed_run(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
-                                 initargs=(workers,)) as pool:
-            runs = list(pool.map(_probed_run, jobs))
+    runs, interrupted = run_many(probed_run, jobs, workers=ctx.jobs)
+    if interrupted:
+        raise KeyboardInterrupt
     ctx.run_ids.extend(r.run_id for r in runs if r.run_id)
     return {r.label: r for r in runs}
 
@@ -224,7 +214,8 @@ def _plot(name: str):
 
 def write_report(runs: dict[str, ProbedRun], path, title: str):
     """The HTML report (findings, curves and every figure family, runs side by side) of ``runs``."""
-    from deepscope.plots import RunData, report
+    from deepscope.plots.html import RunData
+    from deepscope.workflows.report import report
 
     data = [RunData(f"{label}: {_TITLES.get(label, label)}", run_id=r.run_id, spec=r.spec, status=r.status,
                     stats=r.stats, histograms=r.histograms, scalars=r.scalars) for label, r in runs.items()]

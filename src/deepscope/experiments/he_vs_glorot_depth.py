@@ -36,7 +36,7 @@ from deepscope.experiments.training import (
     shapeset_data,
     train_runs,
 )
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 INITS = ("he_normal", "glorot_normal")
 ESCAPE_MARGIN = 0.05  # nats below the chance loss that count as having left the plateau

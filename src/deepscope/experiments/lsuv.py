@@ -22,7 +22,7 @@ from deepscope import init
 from deepscope.data.shapeset import generate
 from deepscope.diagnosis.checks import layer_outputs
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 
 def linear_output_vars(model: nn.Module, x: Tensor) -> np.ndarray:

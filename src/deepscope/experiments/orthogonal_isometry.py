@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 # name -> (activation, init scheme, scheme kwargs)
 SETTINGS = {

@@ -19,7 +19,7 @@ import torch
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.small_init_vanishing import layer_activations
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 
 # name -> (activation, init scheme)
 SETTINGS = {

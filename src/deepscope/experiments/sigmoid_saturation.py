@@ -29,7 +29,7 @@ import numpy as np
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.glorot2010_figures import ProbedRun, probed_runs, shapeset_spec, write_report
-from deepscope.plots.common import layer_color
+from deepscope.plots.figure import layer_color
 
 # label -> (activation, init scheme, depth, init kwargs)
 RUNS = {

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
+from deepscope.models import mlp
 from deepscope.nn.activations import get_activation
-from deepscope.nn.models import mlp
 
 # name -> (activation, init scheme, scheme kwargs)
 SETTINGS = {
@@ -33,7 +33,7 @@ SETTINGS = {
 
 
 def layer_activations(model: nn.Sequential, x: Tensor) -> list[Tensor]:
-    """The output of every hidden block of an :func:`~deepscope.nn.models.mlp`, in order."""
+    """The output of every hidden block of an :func:`~deepscope.models.mlp`, in order."""
     outs = []
     with torch.no_grad():
         h = model.flatten(x)

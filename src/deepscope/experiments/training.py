@@ -145,7 +145,8 @@ def train_set_error(run_id: str, store: Any) -> dict[str, float]:
     mode (dropout off): the trainer's ``train/error`` is measured on the fly, with dropout and augmentation on."""
     from deepscope.data import get_dataset
     from deepscope.optim import make_loss
-    from deepscope.trainer import evaluate, load_model
+    from deepscope.training.checkpoint import load_model
+    from deepscope.training.evaluation import evaluate
 
     model, pre, spec = load_model(run_id, store)
     x, y = get_dataset(spec.data.name, **spec.data.options).train

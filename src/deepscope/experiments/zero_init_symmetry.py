@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from deepscope.data.shapeset import generate
 from deepscope.experiments.base import Context, Experiment, Verdict, new_figure, save_figure
 from deepscope.experiments.training import minibatch_step
-from deepscope.nn.models import mlp
+from deepscope.models import mlp
 from deepscope.optim import make_optimizer
 
 SYMMETRIC = ("zeros", "constant")

@@ -6,7 +6,7 @@ Each framework lives in its own module and is imported only when used (``deepsco
 
 - :mod:`deepscope.integrations.lightning`: ``DeepscopeCallback`` for ``lightning.pytorch.Trainer``;
 - :mod:`deepscope.integrations.transformers`: ``DeepscopeCallback`` for ``transformers.Trainer``;
-- :mod:`deepscope.integrations.tensorboard`: ``read_tensorboard(log_dir)``, the probe's rows from event files;
+- :mod:`deepscope.integrations.trackers`: ``read_tensorboard(log_dir)``, the probe's rows from event files;
 - sinks ``TensorBoardSink``, ``WandbSink``, ``MLflowSink`` (from :mod:`deepscope.probe.sinks`).
 """
 

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deepscope.diagnosis.findings import print_findings
 from deepscope.probe.sinks import PREFIX, histogram_tag, require, stat_tag
 
-__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "histogram_tag", "metrics_by_step", "print_findings", "require",
+__all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "histogram_tag", "metrics_by_step", "require",
            "set_options", "stat_tag", "take_examples"]
 
 MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
 LOSS = f"{PREFIX}/loss"  # mean training loss since the previous record; read back as "train/loss"
 REPORT_FILE = "deepscope-report.html"
 
-_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def set_options(callback: Any, every: int, monitor: Any, sinks: Iterable[Any], diagnose: bool, monitor_size: int,
@@ -72,26 +72,6 @@ def take_examples(loader: Any, n: int = MONITOR) -> Any:
         return _take(loader, n)
 
 
-def print_findings(findings: list, title: str) -> None:
-    """The findings as a rich table (severity, finding and numbers, where and since when, advice)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not findings:
-        console.print(f"[bold green]healthy[/]: no rule fired ({title})")
-        return
-    table = Table("severity", "finding", "where", "advice", title=title, show_lines=True, expand=True)
-    for f in findings:
-        evidence = ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())
-        where = [", ".join(f.layers)] if f.layers else []
-        where += [f"since update {f.first_step}"] if f.first_step is not None else []
-        where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
-        table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]",
-                      f"[bold]{f.code}[/]\n{f.message}\n[dim]{evidence}[/]", "\n".join(where), f.advice)
-    console.print(table)
-
-
 class LossWindow:
     """Training losses per optimizer step, kept as tensors (no device sync in the loop) until read."""
 
@@ -119,7 +99,7 @@ def finish(name: str, records: list[dict], histograms: list[dict], scalars: list
            *, show: bool = True, write_report: bool = True) -> tuple[list, Path | None]:
     """Diagnose the records, print the findings, write the HTML report into ``log_dir``."""
     from deepscope.diagnosis import diagnose
-    from deepscope.plots import RunData, report
+    from deepscope.plots.html import RunData, write_html
 
     findings = diagnose(records, scalars=scalars, histograms=histograms)
     if show:
@@ -127,7 +107,7 @@ def finish(name: str, records: list[dict], histograms: list[dict], scalars: list
     path = None
     if write_report and log_dir is not None:
         run = RunData(name, stats=records, histograms=histograms, scalars=scalars, findings=findings)
-        path = report([run], out_path=Path(log_dir) / REPORT_FILE, title=f"deepscope report: {name}")
+        path = write_html([run], Path(log_dir) / REPORT_FILE, title=f"deepscope report: {name}")
         if show:
             print(f"deepscope report: {path}")
     return findings, path

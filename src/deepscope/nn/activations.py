@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from deepscope.registry import lookup
+from deepscope.registry import lookup, register
 
 __all__ = [
     "ACTIVATIONS",
@@ -199,3 +199,5 @@ def spec_for_module(module: nn.Module) -> ActivationSpec | None:
         if spec.module_types and isinstance(module, spec.module_types):
             return spec
     return None
+
+register("activations", ACTIVATIONS)

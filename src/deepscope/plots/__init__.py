@@ -5,6 +5,6 @@ One module per figure family -- ``curves`` (error and loss curves, figs. 11-12),
 Figure or ``None``; ``html`` renders them with the findings into one self-contained HTML file.
 """
 
-from deepscope.plots.html import FIGURES, RunData, render, report
+from deepscope.plots.html import FIGURES, RunData, render, write_html
 
-__all__ = ["FIGURES", "RunData", "render", "report"]
+__all__ = ["FIGURES", "RunData", "render", "write_html"]

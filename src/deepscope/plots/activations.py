@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import histogram_figure, layer_color, new_figure, series
+from deepscope.plots.figure import histogram_figure, layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["activation_histograms", "activation_mean_std", "activation_percentiles"]
 
@@ -30,7 +31,7 @@ def activation_mean_std(stats: Rows) -> Figure | None:
     if not means:
         return None
     order = layer_order(stats)
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     for layer, (steps, mean) in means.items():
         std = dict(zip(*stds.get(layer, ([], [])), strict=True))
         err = [std.get(s, math.nan) for s in steps]
@@ -50,7 +51,7 @@ def activation_percentiles(stats: Rows) -> Figure | None:
     if not p98 and not stds:
         return None
     order = layer_order(stats)
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     for layer in sorted({*p98, *stds}, key=order.__getitem__):
         color = layer_color(order[layer])
         if layer in stds:

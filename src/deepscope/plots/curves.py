@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+from deepscope.plots.figure import layer_color, new_figure
 
-from deepscope.plots.common import layer_color, new_figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["error_curves", "loss_curves"]
 
@@ -26,7 +27,7 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
     ``runs`` maps a run's label to its scalar rows ``dict(step, name, value)``.
     """
-    fig, ax = new_figure(6.4, 3.6)
+    fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn = False
     for i, (label, scalars) in enumerate(runs.items()):
         for name, style in _ERROR_STYLES.items():
@@ -46,7 +47,7 @@ def error_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | No
 
 def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
     """Training loss against updates (log scale when it spans 10x), one colour per run: Varma & Das, ch. 7, fig. 7.6."""
-    fig, ax = new_figure(6.4, 3.6)
+    fig, ax = new_figure(size=(6.4, 3.6), squeeze=True, fixed_margins=True)
     drawn: list[float] = []
     for i, (label, scalars) in enumerate(runs.items()):
         for name, style in (("train/loss", "-"), ("valid/loss", ":")):

@@ -4,12 +4,13 @@ histograms (fig. 8) and the standard-deviation intervals of weight gradients ove
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import histogram_figure, layer_color, new_figure, series
+from deepscope.plots.figure import histogram_figure, layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["backprop_histograms", "weight_gradient_histograms", "weight_gradient_intervals"]
 
@@ -36,7 +37,7 @@ def weight_gradient_intervals(stats: Rows) -> Figure | None:
     layers = [layer for layer in stds if layer in means]
     if not layers:
         return None
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     all_steps = sorted({s for layer in layers for s in stds[layer][0]})
     gap = (all_steps[-1] - all_steps[0]) / max(1, len(all_steps) - 1) if len(all_steps) > 1 else 1.0
     order = layer_order(stats)

@@ -2,8 +2,10 @@
 side by side, in a single self-contained file (PNG figures embedded as data URIs; no scripts, no fonts,
 no network)::
 
-    report(["tanh-1", "sigmoid-1"], Store("runs"), "report.html")                 # runs from a store
-    report([RunData("mine", stats=probe.records, histograms=probe.histograms)], out_path="r.html")
+    write_html([RunData("mine", stats=probe.records, histograms=probe.histograms, findings=found)], "r.html")
+
+The plots draw records and the findings they are given; they never diagnose. ``deepscope.report``
+(:func:`deepscope.workflows.report.report`) reads runs from a store, diagnoses them and calls :func:`write_html`.
 """
 
 from __future__ import annotations
@@ -14,23 +16,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from deepscope.config import flatten
-from deepscope.diagnosis.findings import Finding, has_problem, load_checks, merge_checks, sort_findings
-from deepscope.diagnosis.rules import diagnose
+from deepscope.diagnosis.findings import Finding, has_problem, sort_findings
 from deepscope.plots.activations import activation_histograms, activation_mean_std, activation_percentiles
-from deepscope.plots.common import to_data_uri
 from deepscope.plots.curves import error_curves, loss_curves
+from deepscope.plots.figure import to_data_uri
 from deepscope.plots.gradients import backprop_histograms, weight_gradient_histograms, weight_gradient_intervals
 from deepscope.plots.jacobian import jacobian_singular_values
 from deepscope.records import final_scalars
-from deepscope.store import CHECKS_FILE
 
-__all__ = ["FIGURES", "RunData", "render", "report"]
+if TYPE_CHECKING:
+    import jinja2
+    from matplotlib.figure import Figure
+
+__all__ = ["FIGURES", "RunData", "render", "write_html"]
 
 Rows = list[dict[str, Any]]
 
@@ -46,26 +47,8 @@ class RunData:
     stats: Rows = field(default_factory=list)
     histograms: Rows = field(default_factory=list)
     scalars: Rows = field(default_factory=list)
-    findings: list[Finding] | None = None  # None: computed by diagnose() from the rows, with the checks
+    findings: list[Finding] | None = None  # the run's diagnosis, given (None: not diagnosed; drawn as none)
     checks: list[Finding] = field(default_factory=list)  # doctor's model and input checks
-
-    @classmethod
-    def from_store(cls, store, run_id: str) -> RunData:
-        """One run (id or unique prefix) of a :class:`~deepscope.store.Store`: its records and doctor's checks."""
-        run = store.get_run(run_id)
-        return cls(name=run["name"], run_id=run["id"], spec=run["spec"], status=run["status"],
-                   stats=store.stats(run["id"]), histograms=store.histograms(run["id"]),
-                   scalars=store.scalars(run["id"]), checks=load_checks(store.run_dir(run["id"]) / CHECKS_FILE))
-
-    def diagnosis(self) -> list[Finding]:
-        if self.findings is None:
-            scalars = list(self.scalars)
-            if self.status == "diverged":  # as doctor does: the trainer stopped it at its last training loss
-                last = max((int(r["step"]) for r in scalars if r["name"] == "train/loss"), default=0)
-                scalars.append(dict(step=last, name="train/diverged", value=1.0))
-            found = diagnose(self.stats, scalars=scalars, histograms=self.histograms, spec=self.spec)
-            self.findings = merge_checks(found, self.checks)
-        return self.findings
 
 
 @dataclass(frozen=True)
@@ -136,7 +119,7 @@ def _finding_row(f: Finding) -> dict[str, Any]:
 
 
 def _run_context(run: RunData) -> dict[str, Any]:
-    findings = sort_findings(run.diagnosis())
+    findings = sort_findings(run.findings or [])
     finals, last = [], final_scalars(run.scalars)  # after train.restore_best: the restored network's values
     for name in _FINAL_SCALARS:
         value = last.get(name)
@@ -164,6 +147,8 @@ def _image(fig: Figure | None, missing: str) -> dict[str, Any]:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True,  # run names, spec strings and layer names are user input
@@ -199,23 +184,12 @@ def render(runs: Sequence[RunData], *, title: str = "deepscope report") -> str:
     )
 
 
-def report(runs: Sequence[str | RunData], store=None, out_path: str | Path = "report.html", *,
-           title: str = "deepscope report") -> Path:
-    """Write one self-contained HTML report for ``runs`` (run ids read from ``store``, or :class:`RunData`).
-
-    Findings come first (from :func:`~deepscope.diagnosis.diagnose` unless a RunData carries its own), then
-    the comparison of learning curves, then each figure family with the runs side by side. A figure a run
-    has no data for is replaced by a note. Returns the path written.
-    """
-    bundles = []
-    for run in runs:
-        if isinstance(run, RunData):
-            bundles.append(run)
-        elif store is None:
-            raise ValueError(f"run {run!r} is an id: pass the store to read it from")
-        else:
-            bundles.append(RunData.from_store(store, run))
+def write_html(runs: Sequence[RunData], out_path: str | Path = "report.html", *,
+               title: str = "deepscope report") -> Path:
+    """Write one self-contained HTML report for ``runs``: their findings first, then the comparison of learning
+    curves, then each figure family with the runs side by side. A figure a run has no data for is replaced by a
+    note. Returns the path written."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(bundles, title=title), encoding="utf-8")
+    out.write_text(render(runs, title=title), encoding="utf-8")
     return out

@@ -4,12 +4,13 @@ average with normalized initialization, 0.5 with standard initialization)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-
-from deepscope.plots.common import layer_color, new_figure, series
+from deepscope.plots.figure import layer_color, new_figure, series
 from deepscope.records import layer_order
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["jacobian_singular_values"]
 
@@ -27,7 +28,7 @@ def jacobian_singular_values(stats: Sequence[Mapping[str, Any]]) -> Figure | Non
     order = layer_order(stats)
     layers = sorted(sv_mean, key=order.__getitem__)
     steps = sorted({s for steps, _ in sv_mean.values() for s in steps})
-    fig, ax = new_figure()
+    fig, ax = new_figure(squeeze=True, fixed_margins=True)
     for k, step in enumerate([steps[0]] if len(steps) == 1 else [steps[0], steps[-1]]):
         xs, mean, low, high = [], [], [], []
         for x, layer in enumerate(layers):

@@ -1,4 +1,4 @@
-"""The probe inside :func:`deepscope.trainer.train`: the one way to attach a probe to training.
+"""The probe inside :func:`deepscope.training.loop.train`: the one way to attach a probe to training.
 
 The trainer builds (or is given) the model, so this callback creates the :class:`~deepscope.probe.Probe`
 when training starts, on a fixed monitor set taken from the run's (preprocessed) validation split, and
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepscope.callbacks import Callback
+from deepscope.registry import unknown
+from deepscope.training.callbacks import Callback
 
 __all__ = ["MONITOR", "TrainerProbe"]
 
@@ -35,7 +36,7 @@ class TrainerProbe(Callback):
                                              or isinstance(monitor, int) and monitor >= 0):
             raise ValueError(f"probe monitor={monitor!r} is not allowed; give an integer >= 0 or a pair (x, y)")
         if monitor_split not in ("valid", "test"):
-            raise ValueError(f"probe monitor_split={monitor_split!r} is not known; choose one of: valid, test")
+            raise unknown("probe monitor_split", monitor_split, ["valid", "test"])
         from deepscope.probe.options import check_probe_kwargs
 
         # bad options fail now, before a run is created (layer names can only be checked on the model)

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
-from deepscope.diagnosis.rules_training import (  # noqa: F401 - the thresholds are read as rules.X
+from deepscope.diagnosis.rules.training import (  # noqa: F401 - the thresholds are read as rules.X
     LR_MIN_POINTS,
     LR_RISE,
     LR_SLOW_DROP,

@@ -6,11 +6,11 @@ or, for a network of your own, the ``nn.Module`` itself:
 - *run-level* fixes change ``[optim]``, ``[schedule]``, ``[train]`` or ``[data]``: they apply to any run,
   spec-built or your own module (the trainer uses the spec's optimizer, schedule and data for both);
 - *model-level* fixes change ``[model]`` / ``[init]`` of a spec-built network, and have a module-level
-  version (:mod:`deepscope.diagnosis.surgery`: swap activation modules, insert ``BatchNorm`` after each
+  version (:mod:`deepscope.diagnosis.fixes.module`: swap activation modules, insert ``BatchNorm`` after each
   Linear/Conv of an ``nn.Sequential``, re-initialize by formula, unfreeze parameters) that works on your
   module where it is safe. Where it is not, :func:`apply_fix` raises :class:`NotApplicable` with the reason.
 
-:data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.diagnosis.trials`
+:data:`FIXES_FOR` maps each finding code to its candidates, best first; :func:`deepscope.workflows.repair`
 tries them. The techniques: learning-rate scaling and annealing (LeCun et al. 1998, "Efficient BackProp",
 sec. 4.7; Loshchilov & Hutter 2017 for cosine), momentum (Polyak 1964) and Adam (Kingma & Ba 2015),
 gradient-norm clipping (Pascanu et al. 2013), the initialization that fits the activation (Glorot & Bengio
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepscope.diagnosis.cause_surgery import (
+from deepscope.diagnosis.fixes.causes import (
     LOW_DROPOUT,
     lower_dropout_module,
     remove_output_activation,
     swap_any_activation,
 )
-from deepscope.diagnosis.surgery import (
+from deepscope.diagnosis.fixes.module import (
     BN_MOMENTUM,
     AsLogits,
     NotApplicable,
@@ -48,6 +48,7 @@ from deepscope.diagnosis.surgery import (
     train_mode_module,
     unfreeze_module,
 )
+from deepscope.registry import unknown
 
 __all__ = ["FIXES", "FIXES_FOR", "AsLogits", "Fix", "NotApplicable", "TrainMode", "apply_fix", "apply_fixes"]
 
@@ -327,7 +328,7 @@ def apply_fix(name: str, spec: dict, model: Any = None, seed: int = 0) -> tuple[
     :class:`NotApplicable` with the reason when the fix does not apply, ``ValueError`` for an unknown name.
     """
     if name not in FIXES:
-        raise ValueError(f"fix={name!r} is not known; choose one of: {', '.join(FIXES)}")
+        raise unknown("fix", name, FIXES)
     fix = FIXES[name]
     spec = copy.deepcopy(spec)
     if model is None or fix.run_level:

@@ -1,6 +1,6 @@
 """``repair`` (``deepscope doctor --fix``): diagnose, try the candidate fixes, verify them, hand back a run that trains.
 
-1. The diagnosis run: :func:`~deepscope.diagnosis.session.diagnosis_run` on the spec (or your module, whose initial
+1. The diagnosis run: :func:`~deepscope.workflows.run.diagnosis_run` on the spec (or your module, whose initial
    state is deep-copied first). A healthy run gets "nothing to fix" and no trials.
 2. Trials: for the top :data:`TOP_FINDINGS` findings, each candidate of
    :data:`~deepscope.diagnosis.fixes.FIXES_FOR` that applies is a short doctor run of the repaired spec (or
@@ -32,13 +32,16 @@ from typing import Any
 
 from deepscope.config import RunSpec, validate_spec
 from deepscope.diagnosis.findings import Finding
-from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes
-from deepscope.diagnosis.repair_output import repair_table, summary, write_fixed, write_repair_report
-from deepscope.diagnosis.trial_runs import run_all as _run_all
-from deepscope.diagnosis.trial_runs import run_trial
+from deepscope.diagnosis.fixes import FIXES_FOR, NotApplicable, apply_fixes
+from deepscope.parallel import check_backend
+from deepscope.training.probe import MONITOR
+from deepscope.workflows.repair_output import repair_table, summary, write_fixed, write_repair_report
+from deepscope.workflows.repair_output import score as _score
+from deepscope.workflows.run import DOCTOR_UPDATES, diagnosis_run
+from deepscope.workflows.trials import Trial, run_trials
 
-__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "TRAINS_MARGIN", "RepairResult", "Trial", "judge", "repair",
-           "repair_table", "run_trial", "summary", "trains"]
+__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "TRAINS_MARGIN", "RepairResult", "judge", "repair",
+           "repair_table", "summary", "trains"]
 
 ERROR_MARGIN = 0.01  # a verified fix lowers the validation error by at least 1 point ...
 LOSS_MARGIN = 0.05  # (a trial that lowers the validation loss by 5 % at no higher error counts as improved) ...
@@ -47,39 +50,7 @@ TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are trie
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
 SPAWN_SECONDS = 10.0
-BACKENDS = ("local", "ray")  # as deepscope.experiments.sweep, which sits above diagnosis (not imported here)
-
-
 PROBLEM = ("error", "warning")
-
-
-@dataclass
-class Trial:
-    """One trial run: the fixes applied, what they target, how the run went and the verdict of :func:`judge`."""
-
-    fixes: tuple[str, ...]
-    targets: tuple[str, ...]  # the baseline finding codes the fixes were tried for
-    spec: dict = field(repr=False)  # the repaired spec, at the run's full length
-    model: Any = field(default=None, repr=False)  # the repaired copy of your initial module
-    run_id: str | None = None
-    status: str = "not run"
-    metrics: dict[str, float] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list, repr=False)
-    seconds: float = 0.0
-    improved: bool = False
-    cleared: bool = False
-    verified: bool = False
-    verdict: str = ""
-    error: str = ""  # why a trial that raised failed (it is not verified; the other trials go on)
-    data: dict = field(default_factory=dict, repr=False)  # records, histograms, scalars, checks, spec
-
-    @property
-    def name(self) -> str:
-        return " + ".join(self.fixes)
-
-    @property
-    def groups(self) -> set[str]:
-        return {g for f in self.fixes for g in FIXES[f].group.split("+")}
 
 
 @dataclass
@@ -123,14 +94,6 @@ class RepairResult:
 
 
 # --- verification ------------------------------------------------------------------------------------
-
-
-def _score(metrics: dict[str, float], status: str) -> tuple[float, float]:
-    """(validation error, validation loss); a diverged run, or one without them, scores worst."""
-    err, loss = metrics.get("valid/error", math.nan), metrics.get("valid/loss", math.nan)
-    if status == "diverged" or not math.isfinite(err):
-        return 1.0, math.inf
-    return err, loss if math.isfinite(loss) else math.inf
 
 
 def trains(error: float, chance: float | None, baseline_error: float, baseline_diverged: bool = False) -> bool:
@@ -225,21 +188,15 @@ def repair(
     combination). ``jobs`` parallel workers on ``backend`` ("local" processes or "ray"); by default two local
     processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
     like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
-    ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
-    are drawn side by side (``report_path``, default the baseline run's ``report.html``).
+    ``<run>-fixed.toml`` beside the run in the store, or in the current directory without a store) and, with
+    ``report``, the baseline and the repaired run are drawn side by side (``report_path``, default the baseline
+    run's ``report.html``).
     """
-    from deepscope.diagnosis.session import DOCTOR_UPDATES
-    from deepscope.diagnosis.session import diagnosis_run as doctor
-    from deepscope.probe.trainer import MONITOR
-
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
         raise ValueError(f"budget={budget!r} is not allowed; give an integer >= 0 (the number of trial runs)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not known; choose one of: {', '.join(BACKENDS)}")
-    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise ValueError(f"jobs={jobs!r} is not allowed; give an integer >= 1 (parallel trial processes)")
+    check_backend(backend, jobs)
     if not isinstance(spec, RunSpec):
         data = dict(spec or {})
         train = dict(data.get("train") or {})
@@ -250,7 +207,7 @@ def repair(
     original = spec.to_dict()
     initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
-    baseline = doctor(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
+    baseline = diagnosis_run(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
                       monitor=monitor, report=False, quiet=quiet)
     store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
@@ -265,7 +222,7 @@ def repair(
                         updates=updates, monitor=monitor)
         with _Progress(quiet) as progress:
             singles = candidates[:budget]
-            result.interrupted = _run_all(singles, run_args, backend, jobs, progress.add(len(singles)))
+            result.interrupted = run_trials(singles, run_args, backend, jobs, progress.add(len(singles)))
             for trial in singles:
                 _judge(trial, baseline)
             result.trials = [t for t in singles if t.status != "not run"]
@@ -279,7 +236,7 @@ def repair(
         name = f"{baseline.run_id or spec.name}-fixed.toml"  # beside the run in the store, else here
         default = store.run_dir(baseline.run_id) / name if store is not None and baseline.run_id else Path(name)
         result.fixed_path = write_fixed(result.best, original, model is not None, dataset is not None,
-                                         fixed_path or default)
+                                        fixed_path or default)
     if report:
         result.report = write_repair_report(result, spec.name, store, report_path)
     result.seconds = time.perf_counter() - start
@@ -346,7 +303,7 @@ def _try_pair(result: RepairResult, first: Trial, second: Trial, spec: dict, mod
         result.skipped.append((" + ".join(fixes), str(e)))
         return None, False
     trial = Trial(fixes, tuple(dict.fromkeys(first.targets + second.targets)), fixed, fixed_model)
-    interrupted = _run_all([trial], run_args, backend, 1, progress.add(1))
+    interrupted = run_trials([trial], run_args, backend, 1, progress.add(1))
     if trial.status == "not run":
         return trial, True
     _judge(trial, result.baseline)

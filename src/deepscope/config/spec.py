@@ -27,20 +27,13 @@ allowed. A TOML file has no null: write ``"none"`` to clear an optional value (`
 
 from __future__ import annotations
 
-import datetime
-import importlib
 import inspect
-import json
-import math
-import re
-import tomllib
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepscope.registry import check_name, unknown
+from deepscope.registry import check_name, table, unknown
 
 __all__ = [
     "DataSpec",
@@ -51,11 +44,7 @@ __all__ = [
     "ScheduleSpec",
     "SpecError",
     "TrainSpec",
-    "apply_overrides",
     "flatten",
-    "load_spec",
-    "parse_value",
-    "spec_toml",
     "validate_spec",
 ]
 
@@ -86,12 +75,12 @@ def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _known(field: str, key: str, module: str, *registries: str) -> Any:
-    """A validator of ``field``: its value (each item, for a list) must be a name in the registries of ``module``,
-    which is imported when a value is checked, not when this module is."""
+def _known(field: str, key: str, *kinds: str) -> Any:
+    """A validator of ``field``: its value (each item, for a list) must be a name in the registries of ``kinds``
+    (:func:`deepscope.registry.table`: the modules that define them register them when imported)."""
 
     def check(cls, value: Any) -> Any:
-        names = [name for registry in registries for name in getattr(importlib.import_module(module), registry)]
+        names = [name for kind in kinds for name in table(kind)]
         for item in value if isinstance(value, list) else [value]:
             if item not in names:
                 raise _names_error(key, item, names)
@@ -150,14 +139,12 @@ class DataSpec(_Section):
         value = _none(value)
         return [] if value is None else [value] if isinstance(value, str) else value
 
-    _known_dataset = _known("name", "data.name", "deepscope.data", "DATASETS")
-    _known_methods = _known("preprocess", "data.preprocess", "deepscope.data.preprocess", "METHODS")
+    _known_dataset = _known("name", "data.name", "datasets")
+    _known_methods = _known("preprocess", "data.preprocess", "preprocess")
 
     @model_validator(mode="after")
     def _known_options(self) -> DataSpec:
-        from deepscope.data import DATASETS
-
-        known = list(inspect.signature(DATASETS[self.name]).parameters)
+        known = list(inspect.signature(table("datasets")[self.name]).parameters)
         if unknown := [k for k in self.options if k not in known]:
             raise ValueError(f"unknown key data.options.{unknown[0]} for dataset {self.name!r}; "
                              f"valid keys of data.options: {', '.join(known)}")
@@ -165,15 +152,8 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _check_augment(self) -> DataSpec:
-        from deepscope.data import make_augment
-        from deepscope.validate import check_augment
-
         if self.augment:
-            try:
-                make_augment(self.augment)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"data.augment={self.augment!r}: {e}") from None
-            check_augment(tuple(self.augment), self.augment_options)
+            table("spec_checks")["augment"](tuple(self.augment), self.augment_options)
         return self
 
 
@@ -199,7 +179,7 @@ class ModelSpec(_Section):
             raise _names_error("model.norm", value, ["none", "batch"])
         return value
 
-    _known_activation = _known("activation", "model.activation", "deepscope.nn.activations", "ACTIVATIONS")
+    _known_activation = _known("activation", "model.activation", "activations")
 
 
 class _ParamSection(_Section):
@@ -226,14 +206,13 @@ class InitSpec(_ParamSection):
 
     scheme: str = "auto"
 
-    _known_scheme = _known("scheme", "init.scheme", "deepscope.init", "SCHEMES", "APPLY_ONLY")
+    _known_scheme = _known("scheme", "init.scheme", "init", "init_apply_only")
 
     @model_validator(mode="after")
     def _check_params(self) -> InitSpec:
-        from deepscope.init import SCHEMES
-
-        if self.scheme in SCHEMES:
-            params = list(inspect.signature(SCHEMES[self.scheme]).parameters.values())[1:]
+        schemes = table("init")
+        if self.scheme in schemes:
+            params = list(inspect.signature(schemes[self.scheme]).parameters.values())[1:]
             params = [p for p in params if p.name not in ("fans", "generator", "x")]
             required = [p.name for p in params if p.default is inspect.Parameter.empty]
             _check_params("init", f"init scheme {self.scheme!r}", self.params, [p.name for p in params], required)
@@ -248,13 +227,12 @@ class OptimSpec(_ParamSection):
     name: str = "sgd"
     lr: float = Field(0.01, gt=0, allow_inf_nan=False)
 
-    _known_optimizer = _known("name", "optim.name", "deepscope.optim", "OPTIMIZERS")
+    _known_optimizer = _known("name", "optim.name", "optimizers")
 
     @model_validator(mode="after")
     def _check_params(self) -> OptimSpec:
-        from deepscope.optim import OPTIMIZERS
-
-        _check_params("optim", f"optimizer {self.name!r}", self.params, ["lr", *OPTIMIZERS[self.name].allowed()])
+        allowed = table("optimizers")[self.name].allowed()
+        _check_params("optim", f"optimizer {self.name!r}", self.params, ["lr", *allowed])
         return self
 
 
@@ -263,13 +241,11 @@ class ScheduleSpec(_ParamSection):
 
     name: str = "constant"
 
-    _known_schedule = _known("name", "schedule.name", "deepscope.optim", "SCHEDULES")
+    _known_schedule = _known("name", "schedule.name", "schedules")
 
     @model_validator(mode="after")
     def _check_params(self) -> ScheduleSpec:
-        from deepscope.optim import SCHEDULES
-
-        params = inspect.signature(SCHEDULES[self.name]).parameters.values()
+        params = inspect.signature(table("schedules")[self.name]).parameters.values()
         allowed = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
         required = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
         _check_params("schedule", f"schedule {self.name!r}", self.params, allowed, required)
@@ -294,7 +270,7 @@ class TrainSpec(_Section):
     clip_value: Annotated[float | None, Nullable] = Field(None, gt=0, allow_inf_nan=False)
     loss: str = "cross_entropy"
 
-    _known_loss = _known("loss", "train.loss", "deepscope.optim", "LOSSES")
+    _known_loss = _known("loss", "train.loss", "losses")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:
@@ -322,9 +298,7 @@ class RunSpec(_Section):
 
     @model_validator(mode="after")
     def _dry_run(self) -> RunSpec:
-        from deepscope.validate import dry_run
-
-        dry_run(self)
+        table("spec_checks")["dry_run"](self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,48 +313,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 
 # --- loading ---------------------------------------------------------------------------------------
-
-
-def parse_value(raw: str) -> Any:
-    """A ``--set`` value: a TOML literal when it is one (``3``, ``1e-3``, ``true``, ``[16, 32]``), else a string."""
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-    return raw if isinstance(value, datetime.date | datetime.time) else value
-
-
-def split_override(item: str, example: str = "model.activation=tanh") -> tuple[str, str, Any]:
-    """``"a.b=value"`` -> ``("a.b", "value", parsed value)``; anything else raises :class:`SpecError`."""
-    key, sep, raw = item.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key:
-        raise SpecError(f"--set {item!r}: expected key=value, e.g. --set {example}")
-    return key, raw, parse_value(raw)
-
-
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Return a copy of ``data`` with each ``"section.key=value"`` of ``overrides`` set."""
-    data = _copy(data)
-    for item in overrides:
-        key, _, value = split_override(item)
-        *path, last = key.split(".")
-        node = data
-        for i, part in enumerate(path):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SpecError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
-        node[last] = value
-        if path == ["train"] and last in _LENGTHS and _none(value) is not None:  # the later length wins
-            node[_LENGTHS[last]] = "none"
-    return data
-
-
-_LENGTHS = {"updates": "epochs", "epochs": "updates"}
-
-
-def _copy(data: Any) -> Any:
-    return {k: _copy(v) for k, v in data.items()} if isinstance(data, dict) else data
 
 
 def _describe(error: dict) -> str:
@@ -404,60 +336,3 @@ def validate_spec(data: dict, source: str = "spec") -> RunSpec:
         return RunSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from None
-
-
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
-    """Read a TOML spec, apply ``--set`` style overrides, validate. ``name`` defaults to the file's stem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read the spec file ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: the spec file is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}") from None
-    data.setdefault("name", path.stem)
-    return validate_spec(apply_overrides(data, overrides), source=str(path))
-
-
-# --- writing ---------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else "inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(str(key))
-
-
-def spec_toml(spec: dict, header: list[str] = ()) -> str:
-    """A run spec dict as a TOML file ``load_spec`` reads back: top-level values, then one table per section.
-
-    ``None`` values are left out (TOML has no null; every optional key defaults to None); ``header`` lines
-    become comments at the top.
-    """
-    lines = [f"# {line}" for line in header]
-    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in spec.items()
-              if not isinstance(v, dict) and v is not None]
-    for section, values in spec.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{_toml_key(section)}]"]
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    return "\n".join(lines) + "\n"

@@ -25,11 +25,11 @@ from torch import nn
 
 from deepscope.config import RunSpec, validate_spec
 from deepscope.data.preprocess import Preprocessor
-from deepscope.nn.models import build_model
+from deepscope.models import build_model
 from deepscope.store import CHECKPOINT_FILE, Store
 
-__all__ = ["REQUIRED", "CheckpointError", "check_resume", "load", "load_checkpoint", "load_model", "rng_state",
-           "run_checkpoint", "save", "save_checkpoint", "set_rng_state"]
+__all__ = ["REQUIRED", "CheckpointError", "check_resume", "load_checkpoint", "load_model", "restore_run", "rng_state",
+           "run_checkpoint", "run_state", "save", "set_rng_state"]
 
 #: Keys every deepscope checkpoint has.
 REQUIRED = ("step", "spec", "input_shape", "num_classes", "model", "optimizer", "preprocessor", "rng", "accumulators",
@@ -66,8 +66,9 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
         raise error from None
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    """A deepscope checkpoint as a dict; :class:`CheckpointError` (one line, naming ``path``) if it is not one."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint as saved by :func:`~deepscope.training.loop.train`, as a dict (plain containers and tensors,
+    loaded with ``weights_only=True``); :class:`CheckpointError` (one line, naming ``path``) if it is not one."""
     path = Path(path)
     advice = "it is not a usable deepscope checkpoint; start the run again, or restore the file from a copy"
     try:
@@ -135,22 +136,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint as saved by :func:`~deepscope.trainer.train` (plain containers and tensors; loaded with
-    ``weights_only=True``); a :class:`CheckpointError` naming the file when it is not one."""
-    return load(path)
-
-
-save_checkpoint = save
-
-
 def run_checkpoint(store: Store, run: str) -> dict[str, Any]:
     """The last checkpoint of a stored run; a clear error when it has none."""
     run_id = store.resolve(run)
     path = store.run_dir(run_id) / CHECKPOINT_FILE
     if not path.exists():
         raise ValueError(f"run {run_id} has no checkpoint to resume from (looked for {path})")
-    return load(path)
+    return load_checkpoint(path)
 
 
 def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tuple[nn.Module, Preprocessor, RunSpec]:
@@ -159,7 +151,7 @@ def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tupl
         with Store(store, read_only=True) as opened:  # reading a model never creates or changes a store
             return load_model(run, opened)
     run_id = store.resolve(run)
-    ckpt = load(store.run_dir(run_id) / CHECKPOINT_FILE)
+    ckpt = load_checkpoint(store.run_dir(run_id) / CHECKPOINT_FILE)
     if ckpt.get("user_model"):
         raise ValueError(f"run {run_id} trained a model of your own ({ckpt['user_model'].get('class', '?')}): "
                          "build it and load_state_dict(load_checkpoint(path)['model']) instead")
@@ -168,3 +160,46 @@ def load_model(run: str, store: Store | str | os.PathLike | None = None) -> tupl
     model.load_state_dict(ckpt["model"])
     pre = Preprocessor(spec.data.preprocess or "none").load_state_dict(ckpt["preprocessor"])
     return model.eval(), pre, spec
+
+
+def run_state(run: Any) -> dict[str, Any]:
+    """The checkpoint of a training run as it goes (``deepscope.training.loop``'s run): everything a resume needs
+    to continue bit-identically -- weights, optimizer, schedule, preprocessing, RNG, accumulators, early stopping."""
+    parts = run.parts
+    return {
+        "format": 1,
+        "step": run.step,
+        "spec": run.spec.to_dict(),
+        "input_shape": list(parts.data.input_shape),
+        "num_classes": parts.data.num_classes,
+        "user_model": parts.user_model,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict() if run.schedule is not None else None,
+        "preprocessor": parts.pre.state_dict(),
+        "rng": rng_state(run.device),
+        "accumulators": {"losses": run.losses[: run.n].cpu().clone(), "wrong": run.wrong.cpu().clone(),
+                         "seen": run.seen},
+        "metrics": dict(run.metrics),
+        "early_stopping": run.stopping.state(),
+        "start_loss": run.start_loss,
+    }
+
+
+def restore_run(run: Any, ckpt: dict[str, Any]) -> None:
+    """Put the state of :func:`run_state` back into a run built from the same spec."""
+    stopping = ckpt["early_stopping"]
+    # a run that ended with its best weights resumes from its last ones (the optimizer state is theirs)
+    run.model.load_state_dict(stopping.get("last_model") or ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.schedule is not None and ckpt["schedule"] is not None:
+        run.schedule.load_state_dict(ckpt["schedule"])
+    run.step = ckpt["step"]
+    acc = ckpt["accumulators"]
+    run.n, run.seen = len(acc["losses"]), acc["seen"]
+    run.losses[: run.n] = acc["losses"].to(run.device)
+    run.wrong.copy_(acc["wrong"])
+    run.metrics.update(ckpt["metrics"])
+    run.stopping.load(stopping)
+    run.start_loss = ckpt.get("start_loss")
+    set_rng_state(ckpt["rng"])

@@ -1,6 +1,6 @@
 """Training callbacks: objects with ``on_start / on_step / on_eval / on_end``, called with a :class:`TrainContext`.
 
-:func:`deepscope.trainer.train` calls every callback at four events:
+:func:`deepscope.training.loop.train` calls every callback at four events:
 
 - ``on_start`` -- the model is built (or given), the optimizer made, nothing trained yet (``ctx.step`` is 0,
   or the checkpoint's step on resume);
@@ -79,4 +79,4 @@ def as_callback(obj: Any) -> Callback:
         return obj
     if callable(obj):
         return _FunctionCallback(obj)
-    raise TypeError(f"callbacks: {obj!r} is not allowed; give a deepscope.callbacks.Callback or a function fn(ctx)")
+    raise TypeError(f"callbacks: {obj!r} is not allowed; give a deepscope.Callback or a function fn(ctx)")

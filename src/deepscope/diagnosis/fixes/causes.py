@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from deepscope.diagnosis.surgery import NotApplicable, _is_layer, _replace_modules, reinit_module
+from deepscope.diagnosis.fixes.module import NotApplicable, _is_layer, _replace_modules, reinit_module
 
 __all__ = ["LOW_DROPOUT", "lower_dropout_module", "remove_output_activation", "swap_any_activation", "user_leaf"]
 

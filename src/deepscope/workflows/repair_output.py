@@ -1,5 +1,5 @@
 """The output of ``repair``: the fixed spec written beside the run, the report of the baseline and the repair, the
-table of the trials and the summary lines (split out of :mod:`deepscope.diagnosis.trials`)."""
+table of the trials and the summary lines (split out of :mod:`deepscope.workflows.repair`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ from typing import Any
 from deepscope.config import spec_toml
 from deepscope.diagnosis.fixes import FIXES
 
-__all__ = ["repair_table", "summary", "write_fixed", "write_repair_report"]
+__all__ = ["repair_table", "score", "summary", "write_fixed", "write_repair_report"]
 
 
-def _score(metrics, status):
-    from deepscope.diagnosis.trials import _score as score
+def score(metrics: dict[str, float], status: str) -> tuple[float, float]:
+    """(validation error, validation loss); a diverged run, or one without them, scores worst."""
+    err, loss = metrics.get("valid/error", math.nan), metrics.get("valid/loss", math.nan)
+    if status == "diverged" or not math.isfinite(err):
+        return 1.0, math.inf
+    return err, loss if math.isfinite(loss) else math.inf
 
-    return score(metrics, status)
+_score = score
+
 
 
 def write_fixed(best, original: dict, own_module: bool, own_data: bool, path: Any) -> Path:
@@ -43,8 +48,7 @@ def write_fixed(best, original: dict, own_module: bool, own_data: bool, path: An
 
 
 def write_repair_report(result, name: str, store, report_path) -> Path:
-    from deepscope.plots import RunData
-    from deepscope.plots import report as write_report
+    from deepscope.plots.html import RunData, write_html
     from deepscope.store import REPORT_FILE
 
     b = result.baseline
@@ -58,7 +62,7 @@ def write_repair_report(result, name: str, store, report_path) -> Path:
         runs.append(RunData(f"repaired ({best.name})", run_id=best.run_id, spec=d["spec"], status=best.status,
                             stats=d["records"], histograms=d["histograms"], scalars=d["scalars"],
                             findings=best.findings, checks=d["checks"]))
-    return write_report(runs, out_path=report_path, title=f"deepscope doctor --fix: {name}")
+    return write_html(runs, report_path, title=f"deepscope doctor --fix: {name}")
 
 
 # --- output: the table and the summary ---------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""The diagnosis run of ``doctor``: a short probed training run through :func:`deepscope.trainer.train`,
-diagnosed and reported (:func:`diagnosis_run`; :func:`deepscope.diagnosis.workflow.doctor` calls it, and
+"""The diagnosis run of ``doctor``: a short probed training run through :func:`deepscope.training.loop.train`,
+diagnosed and reported (:func:`diagnosis_run`; :func:`deepscope.workflows.doctor.doctor` calls it, and
 the repair trials too).
 
-The run is an ordinary :func:`~deepscope.trainer.train` run of the spec (or of your own module with the
-spec's data, optimizer and schedule) with two callbacks: :class:`~deepscope.probe.trainer.TrainerProbe`
+The run is an ordinary :func:`~deepscope.training.loop.train` run of the spec (or of your own module with the
+spec's data, optimizer and schedule) with two callbacks: :class:`~deepscope.training.probe.TrainerProbe`
 and :class:`_Checks`, which looks at the model's weights at the start and the end and keeps the
 per-update losses. So a doctor run is the same run ``deepscope train`` would make from that spec and seed.
 """
@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from deepscope.callbacks import Callback
 from deepscope.config import RunSpec, validate_spec
 from deepscope.diagnosis.causes import explain, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
@@ -30,9 +29,10 @@ from deepscope.diagnosis.checks import (
 )
 from deepscope.diagnosis.findings import Finding, has_problem, merge_checks, save_checks
 from deepscope.diagnosis.rules import diagnose
-from deepscope.probe.trainer import MONITOR, TrainerProbe
 from deepscope.records import RESTORED_STEP
 from deepscope.store import CHECKS_FILE, REPORT_FILE
+from deepscope.training.callbacks import Callback
+from deepscope.training.probe import MONITOR, TrainerProbe
 
 __all__ = ["DOCTOR_UPDATES", "DoctorResult", "chance_error", "chance_loss", "diagnosis_run", "write_report"]
 
@@ -86,11 +86,19 @@ class DoctorResult:
     spec: dict = field(default_factory=dict, repr=False)  # the spec as recorded
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     timings: dict[str, float] = field(default_factory=dict)  # seconds: "train", "findings" (after it), "report"
+    repair: Any = field(default=None, repr=False)  # doctor(fix=True): the RepairResult of the trials
     chance_error: float | None = None  # the validation error of always predicting the most frequent class
 
     @property
     def healthy(self) -> bool:
         return not has_problem(self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        """0: nothing wrong, or a verified repair; 1: the problems remain (the command's exit status)."""
+        if self.repair is not None:
+            return self.repair.exit_code
+        return 0 if self.healthy else 1
 
 
 class _Checks(Callback):
@@ -188,7 +196,7 @@ def diagnosis_run(
     training, from its end to the findings, and of the report.
     """
     from deepscope.data import get_dataset
-    from deepscope.trainer import train
+    from deepscope.training.loop import train
 
     for key, value in (("updates", updates), ("monitor", monitor)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -224,7 +232,7 @@ def diagnosis_run(
         loss_rows.append(dict(step=result.diverged_at or result.step, name="train/diverged", value=1.0))
     recorded = spec.to_dict()
     if model is not None:
-        from deepscope.trainer import describe_model
+        from deepscope.training.setup import describe_model
 
         recorded["model"] = describe_model(model)
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
@@ -270,8 +278,7 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     The default path is ``<store>/<run>/report.html``, or ``doctor-report.html`` without a store. Matplotlib is
     imported here, not before: the findings need none of it. Sets ``result.report`` and ``result.timings["report"]``.
     """
-    from deepscope.plots import RunData
-    from deepscope.plots import report as html_report
+    from deepscope.plots.html import RunData, write_html
 
     drawing = time.perf_counter()
     if path is None:
@@ -280,6 +287,6 @@ def write_report(result: DoctorResult, path: Any = None) -> Path:
     run = RunData(name, run_id=result.run_id, spec=result.spec, status=result.status, stats=result.records,
                   histograms=result.histograms, findings=result.findings, checks=result.checks,
                   scalars=result.scalars)
-    result.report = html_report([run], out_path=path, title=f"deepscope doctor: {name}")
+    result.report = write_html([run], path, title=f"deepscope doctor: {name}")
     result.timings["report"] = time.perf_counter() - drawing
     return result.report

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from deepscope.data import files, shapeset
-from deepscope.registry import integer, lookup
+from deepscope.registry import integer, lookup, register, unknown
 
 __all__ = [
     "DATASETS",
@@ -270,7 +270,7 @@ def get_dataset(name: str, **options) -> Dataset:
 def examples(name: str, n: int = 25, split: str = "train", **options) -> tuple[Tensor, Tensor, list[str]]:
     """The first ``n`` examples of a split (``train`` reads the stream for online datasets), and class names."""
     if split not in ("train", "valid", "test"):
-        raise ValueError(f"split={split!r} is not known; choose one of: train, valid, test")
+        raise unknown("split", split, ["train", "valid", "test"])
     if name == "shapeset":  # keep the fixed sets small: only n examples are shown
         options = {"n_valid": n, "n_test": n} | options
     ds = get_dataset(name, **options)
@@ -307,3 +307,5 @@ def save_grid(x: Tensor, y: Tensor, class_names: list[str], path: str | Path, *,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+register("datasets", DATASETS)

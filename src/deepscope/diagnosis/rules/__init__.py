@@ -1,0 +1,10 @@
+"""The rules: pure functions of :class:`~deepscope.records.Records` and the training curves -> findings.
+
+- :mod:`.layers` -- per-layer instruments: non-finite values, vanishing/exploding gradients, saturation, dead
+  units, constant layers, variance across depth; and :func:`diagnose`, which runs every rule;
+- :mod:`.training` -- the curves: learning rate, spikes, overfitting, plateau, a network that does not learn.
+"""
+
+from deepscope.diagnosis.rules.layers import SYMMETRY_TOL, diagnose
+
+__all__ = ["SYMMETRY_TOL", "diagnose"]

@@ -1,0 +1,140 @@
+"""Everything a run is built from, before its first update: data, preprocessing, batches, evaluation sets, the
+network (yours or the spec's), optimizer, schedule and loss -- checked as bad input before a run is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deepscope.config import RunSpec, SpecError
+from deepscope.data import Dataset, get_dataset, make_augment
+from deepscope.data.loader import TrainBatches
+from deepscope.data.preprocess import Preprocessor
+from deepscope.models import build_model
+from deepscope.nn.activations import spec_for_module
+from deepscope.optim import make_loss, make_optimizer, make_schedule
+from deepscope.training.checkpoint import CheckpointError, check_resume
+from deepscope.validate import check_batch_size
+
+__all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "recorded_spec"]
+
+FIT_SAMPLE = 5000  # stream examples the preprocessing is fitted on
+LSUV_SAMPLE = 500  # training examples LSUV calibrates on
+
+
+@dataclass
+class Setup:
+    """A run's parts, built from its spec by :func:`build`."""
+
+    data: Dataset
+    pre: Preprocessor
+    next_batch: TrainBatches  # the batch of update t, a function of t
+    eval_sets: dict[str, tuple[Tensor, Tensor]]  # "valid", "test": preprocessed, on the device
+    total: int  # updates of the whole run
+    eval_every: int
+    checkpoint_every: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loss_fn: Any
+    user_model: dict[str, str] | None  # your own module, described (None: the spec's network)
+
+
+def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset: Dataset | None,
+          user_model: nn.Module | None, run_id: str | None) -> Setup:
+    """The parts of the run ``spec`` on ``device``; with a ``checkpoint`` (a resume) the preprocessing is
+    restored and the network built without initialization (the checkpoint's weights are loaded next)."""
+    t = spec.train
+    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    if data.train is None and data.stream is None:
+        raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
+    if t.epochs is not None and data.train is None:
+        raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
+                        "learned online: give train.updates instead")
+    check_batch_size(spec, data)
+
+    # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
+    pre = Preprocessor(spec.data.preprocess or "none")
+    preprocessing = [m for m in pre.methods if m != "none"]
+    x_fit = None
+    if checkpoint is None:
+        if data.train is not None:
+            x_fit = data.train[0]
+        else:
+            x_fit = data.stream.batch(0, FIT_SAMPLE if preprocessing or spec.init.scheme == "lsuv" else 2)[0]
+        pre.fit(x_fit)
+    else:
+        try:
+            pre.load_state_dict(checkpoint["preprocessor"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"the checkpoint of run {run_id} has a damaged preprocessor state "
+                                  f"({type(e).__name__}); start the run again") from None
+    pre.to(device)
+    augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
+    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing else None)
+    eval_sets = {split: (pre(xy[0].to(device)), xy[1].to(device))
+                 for split in ("valid", "test") if (xy := getattr(data, split)) is not None}
+
+    total = t.updates if t.updates is not None else t.epochs * next_batch.per_epoch
+    if checkpoint is not None:
+        check_resume(run_id, checkpoint["spec"], spec.to_dict(), checkpoint["step"], total)
+    eval_every = t.eval_every or (next_batch.per_epoch if t.epochs else max(1, total // 20))
+
+    if user_model is not None:
+        model = user_model.to(device)
+        sample = next(iter(eval_sets.values()))[0][:2] if eval_sets else \
+            pre(x_fit[:2].to(device)) if x_fit is not None else None
+        if sample is not None:  # before the store holds a run: a model that does not fit is bad input
+            check_output(model, sample, data.num_classes)
+    else:
+        lsuv = spec.init.scheme == "lsuv" and checkpoint is None
+        x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
+        model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
+                            initialize=checkpoint is None).to(device)
+    optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
+    schedule = None
+    if spec.schedule.name != "constant" or spec.schedule.params:
+        schedule = make_schedule(spec.schedule.name, optimizer, total_updates=total, **spec.schedule.params)
+    return Setup(data, pre, next_batch, eval_sets, total, eval_every, t.checkpoint_every or eval_every, model,
+                 optimizer, schedule, make_loss(t.loss), describe_model(user_model) if user_model is not None else None)
+
+
+def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
+    """One forward pass of the examples ``x`` in eval mode, without gradients and with the RNG left as it was:
+    ValueError, in one line, unless ``model`` returns logits of shape ``(len(x), num_classes)``."""
+    training = model.training
+    cpu_rng = torch.get_rng_state()
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"model: forward() fails on {len(x)} examples of shape {tuple(x.shape[1:])} from the data "
+                         f"({type(e).__name__}: {first}); it must take inputs of that shape") from None
+    finally:
+        model.train(training)
+        torch.set_rng_state(cpu_rng)
+    if not isinstance(out, Tensor):
+        raise ValueError(f"model: forward() returns a {type(out).__name__}; deepscope needs a tensor of logits of "
+                         f"shape (N, {num_classes}) (return the logits alone)")
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ValueError(f"model: forward() returns shape {tuple(out.shape)} for {len(x)} examples; the data has "
+                         f"{num_classes} classes, so it must be ({len(x)}, {num_classes})")
+
+
+def describe_model(model: nn.Module) -> dict[str, str]:
+    """A user's module as a spec section: its class, and its activation when it uses exactly one."""
+    names = {s.name for m in model.modules() if (s := spec_for_module(m)) is not None}
+    return {"class": type(model).__name__, **({"activation": names.pop()} if len(names) == 1 else {})}
+
+
+def recorded_spec(spec: RunSpec, user_model: dict[str, str] | None) -> dict[str, Any]:
+    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead."""
+    data = spec.to_dict()
+    if user_model is not None:
+        data["model"] = dict(user_model)
+    return data
