@@ -168,3 +168,43 @@ def test_zero_initialized_output_layer_is_no_output_loss_mismatch():
     assert "output_loss_mismatch" not in codes(check_training(model, None, X))
     squashed = nn.Sequential(model, nn.Softmax(dim=1))  # the structure says softmax: still named
     assert "output_loss_mismatch" in codes(check_training(squashed, None, X))
+
+
+# --- rules calibrated beyond MLPs: vanishing gradients that do not stop a layer, a loss that does not move ----------
+
+def _rows(quantity, stat, per_step, layers, source="monitor"):
+    return [dict(step=step, source=source, layer=layer, quantity=quantity, stat=stat, value=value)
+            for step, values in per_step.items() for layer, value in zip(layers, values, strict=True)]
+
+
+ACTS, WEIGHTS = ["h1", "h2", "h3"], ["h1.weight", "h2.weight", "out.weight"]
+
+
+def _gradients(ratio_lowest):
+    grads = _rows("preact_grad", "std", {0: [1e-4, 1e-2, 1.0], 50: [1e-4, 1e-2, 1.0]}, ACTS)  # 1e-4 x the top's
+    moves = _rows("update_ratio", "ratio", {0: [ratio_lowest, 1e-3, 1e-3], 50: [ratio_lowest, 1e-3, 1e-3]}, WEIGHTS,
+                  source="train")
+    return grads + moves
+
+
+def test_vanishing_gradients_only_when_the_lowest_layer_also_stops_moving():
+    from deepscope.diagnosis import diagnose
+
+    stalled = [f.code for f in diagnose(_gradients(1e-6))]  # SGD: a 1e-4 gradient, a 1e-3 x slower layer
+    assert "vanishing_gradients" in stalled
+    moving = [f.code for f in diagnose(_gradients(1e-3))]  # Adam / a normalized residual stream: it still learns
+    assert "vanishing_gradients" not in moving
+
+
+def test_a_loss_that_does_not_move_in_small_steps_is_a_low_rate_without_a_chance_level():
+    from deepscope.diagnosis import diagnose
+
+    flat = [dict(step=s, name="train/loss", value=0.693 - 0.00005 * s) for s in range(0, 200, 2)]  # 1.4 % in 200
+    moves = _rows("update_ratio", "ratio", {0: [7e-4, 7e-4, 7e-4], 100: [7e-4, 7e-4, 7e-4]}, WEIGHTS, "train")
+    found = {f.code: f for f in diagnose(moves, scalars=flat)}
+    assert "lr_too_low" in found and found["lr_too_low"].evidence["relative_drop"] < 0.05
+    # doctor records the chance level: the plateau rule decides there, not this one
+    chance = [dict(step=0, name="valid/chance_loss", value=0.693)]
+    assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=flat + chance)}
+    learning = [dict(step=s, name="train/loss", value=0.693 * math.exp(-s / 50)) for s in range(0, 200, 2)]
+    assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=learning)}

@@ -93,7 +93,7 @@ def test_judge_a_diverged_trial_is_never_verified_and_any_finished_trial_beats_a
     assert judge(m(0.4, 1.0), m(0.1, 0.1), ["lr_too_high"], [], [], status="diverged")[2:] == (False, "diverged")
     assert judge({}, m(0.3, 2.0), ["lr_too_high"], [], [], before_status="diverged")[2] is True
     # ... when it trains: 10 points below the chance error
-    assert judge({}, m(0.8, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is False
+    assert judge({}, m(0.85, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is False
     assert judge({}, m(0.75, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is True
 
 
