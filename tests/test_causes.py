@@ -112,6 +112,9 @@ def test_constant_labels_and_unexplained_labels():
     plateau = Finding("plateau", "warning", "loss at chance", evidence={"chance_loss": 1.38})
     found = explain([plateau], {}, {}, labels=torch.arange(50) % 4)
     assert codes(found) == ["labels_unexplained", "plateau"] and found[1].severity == "info"
+    # in huge steps (Adam at lr 0.2) the plateau is the rate's, not the labels'
+    big = Finding("plateau", "warning", "", evidence={"update_ratio": 0.3})
+    assert "labels_unexplained" not in codes(explain([big], {}, {}, labels=torch.arange(50) % 4))
     # a plateau with another cause in the model is not put on the labels
     other = explain([Finding("plateau", "warning", "")], {"weight_norm": 1.0, "dropout": 0.9}, {})
     assert "labels_unexplained" not in codes(other) and "dropout_strong" in codes(other)

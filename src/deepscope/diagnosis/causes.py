@@ -64,6 +64,7 @@ OUTPUT_ACTIVATIONS = {"ReluBackward0": "ReLU", "SigmoidBackward0": "sigmoid", "S
                       "TanhBackward0": "tanh", "ExpBackward0": "exp", "HardtanhBackward0": "hardtanh",
                       "ClampBackward1": "clamp", "ClampMinBackward0": "clamp"}
 FACT_EXAMPLES = 64
+LARGE_STEPS = 1e-2  # a plateau in steps that change the weights by more than this per update is the rate's
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _PASSIVE = (nn.Dropout, nn.Flatten, nn.Identity, nn.Unflatten, nn.modules.pooling._MaxPoolNd,
             nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
@@ -212,8 +213,9 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
     its own code. Data causes (:data:`DATA_CAUSES`) explain every symptom."""
     symptoms = {f.code for f in findings if f.severity in ("error", "warning")}
     causes = _causes(facts, spec, labels, symptoms, updates)
-    if "plateau" in symptoms and not causes and symptoms <= {"plateau", "input_not_centered", "input_not_scaled"}:
-        plateau = next(f for f in findings if f.code == "plateau")
+    plateau = next((f for f in findings if f.code == "plateau"), None)
+    if (plateau is not None and not causes and symptoms <= {"plateau", "input_not_centered", "input_not_scaled"}
+            and plateau.evidence.get("update_ratio", 0.0) < LARGE_STEPS):  # large steps: a rate too high instead
         causes.append(_finding("labels_unexplained", "error", "the loss stays at the chance level while gradients "
                                "flow and the weights move at a normal rate, and no cause in the model or the training "
                                "was found: nothing in the inputs explains the labels (random or shuffled labels?)",
