@@ -205,7 +205,7 @@ def test_a_loss_that_does_not_move_in_small_steps_is_a_low_rate_without_a_chance
     flat = [dict(step=s, name="train/loss", value=0.693 - 0.00005 * s) for s in range(0, 200, 2)]  # 1.4 % in 200
     moves = _rows("update_ratio", "ratio", {0: [7e-4, 7e-4, 7e-4], 100: [7e-4, 7e-4, 7e-4]}, WEIGHTS, "train")
     found = {f.code: f for f in diagnose(moves, scalars=flat)}
-    assert "lr_too_low" in found and found["lr_too_low"].evidence["relative_drop"] < 0.05
+    assert "lr_too_low" in found and found["lr_too_low"].evidence["relative_drop"] < 0.03
     # doctor records the chance level: the plateau rule decides there, not this one
     chance = [dict(step=0, name="valid/chance_loss", value=0.693)]
     assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=flat + chance)}

@@ -295,11 +295,11 @@ def test_doctor_fix_exit_codes(tmp_path, monkeypatch):
     args = ["--updates", 150, "--monitor", 100, "--store", store, "-q", "--fix"]
     healthy = run_cli(["doctor", tiny(tmp_path), *args])
     assert healthy.exit_code == 0, healthy.output
-    assert "nothing to fix" in healthy.output and not list(tmp_path.glob("*-fixed.toml"))
+    assert "nothing to fix" in healthy.output and not list(tmp_path.rglob("*-fixed.toml"))
     sick = tiny(tmp_path, "sick", "sigmoid", "normal", "std = 1.0")
     kept = run_cli(["doctor", sick, *args, "--budget", 0])
     assert kept.exit_code == 1, kept.output
-    assert "no candidate fix was verified (0 tried" in kept.output and not list(tmp_path.glob("*-fixed.toml"))
+    assert "no candidate fix was verified (0 tried" in kept.output and not list(tmp_path.rglob("*-fixed.toml"))
     for bad, message in [(["--budget", -1], "budget=-1"), (["--backend", "nope"], "backend='nope'")]:
         out = run_cli(["doctor", sick, *args, *bad])
         assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
@@ -335,7 +335,8 @@ def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_
     out = run_cli(["doctor", example, "--set", "model.activation=sigmoid", "--set", "init.scheme=normal",
                    "--set", "init.std=1", "--fix", "--budget", 2, "--store", store, "-q"])
     assert out.exit_code == 0, out.output
-    (fixed,) = tmp_path.glob("*-fixed.toml")
+    (fixed,) = tmp_path.rglob("*-fixed.toml")
+    assert fixed.parent == store / "glorot-tanh-n-1"  # beside the run in the store
     assert fixed.name == "glorot-tanh-n-1-fixed.toml" and "repaired: " in out.output
     assert "2 trials" in out.output  # the budget: reinit and act_tanh, the first fixes of saturation
     trained = run_cli(["train", fixed, "--updates", 5, "--store", store, "-q"])

@@ -15,7 +15,7 @@ INPUT_MEAN_FRACTION = 0.75
 INPUT_SCALE_LOW = 0.05  # RMS of the centered input below this ...
 INPUT_SCALE_HIGH = 20.0  # ... or above this -> not scaled
 INPUT_SPREAD_RATIO = 1e3  # largest / smallest per-component std (non-constant components) above this
-INPUT_VARYING = 1e-2  # ... among the components whose std is at least this fraction of the mean std
+INPUT_VARYING = 1e-2  # ... among the components whose std is at least this fraction of the median std
 
 
 def diagnose_input(x) -> list[Finding]:
@@ -37,8 +37,10 @@ def diagnose_input(x) -> list[Finding]:
     mean_fraction = float(mu.pow(2).mean().sqrt()) / rms if rms > 0 else 0.0
     scale = float(std.pow(2).mean().sqrt())
     # components that (almost) never vary -- the border pixels of digits, lit in one example of a thousand -- carry
-    # no scale of their own: the spread is judged on those whose std is at least INPUT_VARYING of the mean std
-    varying = std[std > INPUT_VARYING * max(scale, 1e-30)]
+    # no scale of their own: the spread is judged on those whose std is at least INPUT_VARYING of the median std
+    nonconstant = std[std > 1e-12 * max(scale, 1e-30)]
+    typical = float(nonconstant.median()) if nonconstant.numel() else 0.0
+    varying = nonconstant[nonconstant >= INPUT_VARYING * typical]
     spread = float(varying.max() / varying.min()) if varying.numel() else 1.0
     findings = []
     if mean_fraction > INPUT_MEAN_FRACTION:
