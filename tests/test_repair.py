@@ -222,7 +222,7 @@ def test_user_module_repair_copies_the_initial_state_and_returns_the_repaired_mo
     assert result.baseline.findings[0].code == "dead_units"
     # the diagnosis run and the trials train copies: your module is left as it was
     assert all(torch.equal(v, initial[k]) for k, v in net.state_dict().items())
-    run_level = [t for t in result.trials if t.fixes == ("center",)]
+    run_level = [t for t in result.trials if t.fixes == ("lr_x0.1",)]
     # ... yet every trial starts from the initial state: the run-level trial records what the baseline did at step 0
     assert run_level and first_records(run_level[0].data["records"])[:4] == first_records(result.baseline.records)[:4]
     assert result.repaired and result.exit_code == 0
@@ -328,21 +328,20 @@ def test_doctor_fix_on_a_user_model_from_the_command_line(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_runs(tmp_path, monkeypatch):
+def test_the_readme_example_is_not_called_repaired_when_the_trial_does_not_train(tmp_path, monkeypatch):
+    # sigmoid -> tanh lowers the error of the saturated net on Shapeset (81.7 % -> 76.9 % in 500 updates, chance
+    # 78-89 %), which the old rule verified; it is not a network that trains: nothing is proposed, nothing written
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "runs"
     example = Path(__file__).resolve().parents[1] / "examples" / "glorot-tanh-n.toml"
     out = run_cli(["doctor", example, "--set", "model.activation=sigmoid", "--set", "init.scheme=normal",
                    "--set", "init.std=1", "--fix", "--budget", 2, "--store", store, "-q"])
-    assert out.exit_code == 0, out.output
-    (fixed,) = tmp_path.rglob("*-fixed.toml")
-    assert fixed.parent == store / "glorot-tanh-n-1"  # beside the run in the store
-    assert fixed.name == "glorot-tanh-n-1-fixed.toml" and "repaired: " in out.output
-    assert "2 trials" in out.output  # the budget: reinit and act_tanh, the first fixes of saturation
-    trained = run_cli(["train", fixed, "--updates", 5, "--store", store, "-q"])
-    assert trained.exit_code == 0, trained.output
+    assert out.exit_code == 1, out.output
+    assert "2 trials" in out.output  # the budget: act_tanh and reinit, the first fixes of saturation
+    assert "no candidate fix was verified" in out.output and "a network that trains" in out.output
+    assert not list(tmp_path.rglob("*-fixed.toml"))
     html = (store / "glorot-tanh-n-1" / "report.html").read_text()
-    assert "baseline glorot-tanh-n-1" in html and "repaired (" in html
+    assert "baseline glorot-tanh-n-1" in html
 
 
 

@@ -103,7 +103,8 @@ def summary(result) -> list[str]:
     b_err, _ = _score(b.metrics, b.status)
     if result.best is None:
         lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
-                     "the run is left as it is")
+                     "the run is left as it is (a fix must leave a network that trains: a validation error 10 points "
+                     "below the chance error and below the baseline's)")
     else:
         err, _ = _score(result.best.metrics, result.best.status)
         run = f" (run {result.best.run_id})" if result.best.run_id else ""
