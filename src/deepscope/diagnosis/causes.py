@@ -29,7 +29,7 @@ from torch import nn
 
 from deepscope.diagnosis.findings import Finding
 
-__all__ = ["CAUSES", "DATA_CAUSES", "DEEP", "explain", "model_facts", "weight_norm"]
+__all__ = ["CAUSES", "DATA_CAUSES", "DEEP", "SUSPECTED_DATA_CAUSES", "explain", "model_facts", "weight_norm"]
 
 CAUSES: dict[str, str] = {
     "forward_overflow": "an activation overflows in the forward pass at initialization: change the activation",
@@ -41,7 +41,10 @@ CAUSES: dict[str, str] = {
     "labels_unexplained": "nothing in the inputs explains the labels the network sees: no training change can help",
     "depth_unnormalized": "a deep stack without normalization or residual paths: add batch normalization",
 }
-DATA_CAUSES = {"input_constant", "labels_constant", "labels_unexplained"}
+DATA_CAUSES = {"input_constant", "labels_constant"}  # certain: no trials
+# suspected: the trials of the symptom still run (a plateau can be an optimizer's too); when none trains, the data
+# are named as the cause
+SUSPECTED_DATA_CAUSES = {"labels_unexplained"}
 
 # The symptoms each cause explains (what a user would otherwise chase).
 EXPLAINS: dict[str, set[str]] = {
@@ -224,7 +227,8 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
                                "labels are the ones you meant; no training change can help that."))
     codes = {c.code for c in causes}
     for f in findings:
-        explaining = [c for c in causes if c.code in DATA_CAUSES or f.code in EXPLAINS.get(c.code, ())]
+        explaining = [c for c in causes if c.code in DATA_CAUSES | SUSPECTED_DATA_CAUSES
+                      or f.code in EXPLAINS.get(c.code, ())]
         f.cause = explaining[0].code if explaining else (f.cause or f.code)
     if codes & DATA_CAUSES:  # the data explains everything: the symptoms are no longer problems to fix
         for f in findings:

@@ -77,10 +77,15 @@ class RepairResult:
 
     @property
     def data_cause(self) -> str | None:
-        """The cause in the data that no training change can help (a code of DATA_CAUSES), or None."""
-        from deepscope.diagnosis.causes import DATA_CAUSES
+        """The cause in the data that no training change can help, or None: a certain one (DATA_CAUSES: no trials
+        run), or a suspected one (SUSPECTED_DATA_CAUSES) once no trial trained."""
+        from deepscope.diagnosis.causes import SUSPECTED_DATA_CAUSES
 
-        return next((f.code for f in self.baseline.findings if f.code in DATA_CAUSES and f.severity == "error"), None)
+        certain = _certain_data_cause(self.baseline)
+        if certain is not None or self.best is not None or self.interrupted:
+            return certain
+        return next((f.code for f in self.baseline.findings if f.code in SUSPECTED_DATA_CAUSES), None)
+
 
     @property
     def model(self) -> Any:
@@ -91,6 +96,12 @@ class RepairResult:
     def exit_code(self) -> int:
         """0: nothing wrong, or a verified repair; 1: the problems remain."""
         return 0 if self.healthy or self.repaired else 1
+
+
+def _certain_data_cause(baseline) -> str | None:
+    from deepscope.diagnosis.causes import DATA_CAUSES
+
+    return next((f.code for f in baseline.findings if f.code in DATA_CAUSES and f.severity == "error"), None)
 
 
 # --- verification ------------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ def repair(
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
     result.interrupted = baseline.status == "interrupted"  # Ctrl-C during the diagnosis run: no trials
-    if codes and not result.interrupted and result.data_cause is None:  # a cause in the data: no training fix
+    if codes and not result.interrupted and _certain_data_cause(baseline) is None:  # a cause in the data: no trial
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
         if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS:

@@ -35,11 +35,11 @@ LR_RISE_WINDOWS = 2  # ... in this many consecutive windows: one window of a hea
 # percent in the first hundreds of updates at any good rate), so without update ratios this rule is silent.
 LR_SLOW_DROP = 0.1
 LR_UPDATE_RATIO_LOW = 1e-4
-# A loss that has not moved at all -- less than LR_FLAT_DROP (3 %) over at least LR_FLAT_UPDATES updates -- in steps below
-# LR_FLAT_RATIO is a rate too low for this network (a transformer trained from scratch at a fine-tuning rate) when
-# no chance level was recorded to tell it from labels nothing explains (a framework callback; doctor records one,
-# and its plateau rule decides there).
-LR_FLAT_DROP = 0.03  # a hard task's loss falls a little more early on (4 % over 1,000 updates in the tests)
+# A loss that has not moved at all -- less than LR_FLAT_DROP (3 %) over at least LR_FLAT_UPDATES updates -- in
+# steps below LR_FLAT_RATIO is a rate too low for this network (a transformer trained from scratch at a
+# fine-tuning rate) when no chance level was recorded to tell it from labels nothing explains (a framework
+# callback; doctor records one, and its plateau rule decides there).
+LR_FLAT_DROP = 0.03  # a hard task's loss falls a little more early on (4 % in 1,000 updates in the tests)
 LR_FLAT_UPDATES = 150
 LR_FLAT_RATIO = 1e-2
 
