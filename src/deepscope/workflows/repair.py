@@ -8,8 +8,9 @@
    batches and, where the fix leaves the network alone, the same initial weights. Trials run in parallel
    (local processes, or Ray) and are recorded in the run store.
 3. Verification (:func:`judge`): a fix is *verified* when the network it gives *trains*: the trial finished with
-   a validation error at least :data:`TRAINS_MARGIN` (10 points) below the chance error and at least
-   :data:`ERROR_MARGIN` below the baseline's (or the baseline diverged), and the finding it targets is gone.
+   a validation error at least :data:`TRAINS_MARGIN` (10 points) below the chance error and below the baseline's
+   (or the baseline diverged), it improved on the baseline by the margins (:data:`ERROR_MARGIN` of error, or
+   :data:`LOSS_MARGIN` of loss at no higher error), and the finding it targets is gone.
    A cause in the data (:data:`deepscope.diagnosis.causes.DATA_CAUSES`: constant inputs or labels, labels that
    nothing explains) gets no trials: no training change can help.
 4. Combination: the verified fixes, best first, are added greedily (one per group) while the budget lasts;
@@ -109,11 +110,10 @@ def _certain_data_cause(baseline) -> str | None:
 
 def trains(error: float, chance: float | None, baseline_error: float, baseline_diverged: bool = False) -> bool:
     """The rule of a repair: a validation ``error`` at least TRAINS_MARGIN below the ``chance`` error (1 - the
-    largest class frequency; unknown: 0.5 is taken) and at least ERROR_MARGIN below the baseline's (or the baseline
-    diverged)."""
+    largest class frequency; unknown: 0.5 is taken) and below the baseline's (or the baseline diverged)."""
     chance = 0.5 if chance is None or not math.isfinite(chance) else chance
     return (math.isfinite(error) and error <= chance - TRAINS_MARGIN
-            and (baseline_diverged or error <= baseline_error - ERROR_MARGIN))
+            and (baseline_diverged or error < baseline_error))
 
 
 def judge(before: dict[str, float], after: dict[str, float], targets, before_findings: list[Finding],
