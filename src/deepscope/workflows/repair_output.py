@@ -95,7 +95,9 @@ def summary(result) -> list[str]:
     if result.data_cause is not None:
         from deepscope.diagnosis.causes import CAUSES
 
-        return [f"no training change can help: {CAUSES[result.data_cause]} (no trials run)"]
+        if not result.trials:
+            return [f"no training change can help: {CAUSES[result.data_cause]} (no trials run)"]
+        return [f"no trial trained ({len(result.trials)} tried): {CAUSES[result.data_cause]}"]
     lines = [f"skipped {name}: {why}" for name, why in result.skipped]
     if result.interrupted:
         done = sum(t.status == "finished" for t in result.trials)
