@@ -307,6 +307,7 @@ class Case:
     updates: int = UPDATES
     family: str = "mlp"  # mlp, conv, residual, transformer, lstm
     task: str = "classification"  # classification, regression, binary, multilabel, tokens (benchmarks/task_cases.py)
+    twin: str = ""  # the name of a healthy case it differs from by its bug (its error is printed beside)
 
     @property
     def healthy(self) -> bool:
@@ -411,18 +412,20 @@ CASES: list[Case] = [
           data=lambda: teacher_data(scale=100.0)),
     _case("small-init-collapse", ("vanishing_gradients", "variance_shrinks"), depth=8, activation="tanh",
           init={"scheme": "normal", "std": 0.01}),
-    _case("relu30-glorot", ("variance_shrinks", "vanishing_gradients"), depth=30, width=32, activation="relu",
+    _case("relu30-glorot", ("variance_shrinks", "vanishing_gradients", "depth_unnormalized"),
+          depth=30, width=32, activation="relu",
           init="glorot_uniform"),
     _case("dead-relu-bias-3", ("dead_units",), model=lambda: relu_mlp(bias=-3.0)),
     _case("frozen-but-head", ("not_learning",), model=frozen_but_head),
-    _case("softmax-into-ce", ("output_loss_mismatch",), model=SoftmaxOut, optim="adam", lr=1e-3),
+    _case("softmax-into-ce", ("output_loss_mismatch", "output_activation"), model=SoftmaxOut, optim="adam", lr=1e-3),
     # --- broken: the new rules -----------------------------------------------------------------------
-    _case("sigmoid-into-ce", ("output_loss_mismatch",), model=SigmoidOut),
+    _case("sigmoid-into-ce", ("output_loss_mismatch", "output_activation"), model=SigmoidOut),
     _case("unregistered-layers", ("not_learning",), model=Unregistered),
     _case("outlier-examples", ("gradient_spikes", "loss_spikes"), activation="relu", init="he_normal",
           optim="momentum", lr=0.02, data=lambda: teacher_data(outliers=0.005)),
     _case("huge-output-init", ("output_saturated",), model=big_output),
-    _case("plateau-random-labels", ("plateau",), activation="tanh", init="glorot_uniform", optim="adam", lr=1e-3,
+    _case("plateau-random-labels", ("labels_unexplained", "plateau"),
+          activation="tanh", init="glorot_uniform", optim="adam", lr=1e-3,
           data=lambda: teacher_data(random_labels=True)),
     _case("overfitting", ("overfitting",), width=128, depth=3, activation="relu", init="he_normal", optim="adam",
           lr=3e-3, data=lambda: teacher_data(200, label_noise=0.4), updates=600),
@@ -437,7 +440,8 @@ CASES: list[Case] = [
     _case("conv-dead-bias-3", ("dead_units",), model=dead_conv, family="conv"),
     _case("lstm-lr-too-high", ("lr_too_high", "exploding_gradients", "loss_spikes", "gradient_spikes"),
           model=Recurrent, family="lstm", optim="sgd", lr=50.0),
-    _case("transformer-softmax-out", ("output_loss_mismatch",), model=SoftmaxEncoder, family="transformer",
+    _case("transformer-softmax-out", ("output_loss_mismatch", "output_activation"),
+          model=SoftmaxEncoder, family="transformer",
           optim="adam", lr=1e-3),
     _case("resnet-frozen-backbone", ("not_learning",), model=lambda: frozen_backbone(ResNet(), "head"),
           family="residual", optim="momentum", lr=0.02),

@@ -208,7 +208,8 @@ def test_diagnose_input_centering_and_scaling():
     f = only(diagnose_input(unequal), "input_not_scaled")
     assert f.evidence["std_spread"] > checks.INPUT_SPREAD_RATIO
     # the reported mean fraction matches a direct computation
-    shifted = x.reshape(300, -1) + 1.0
+    assert "input_not_centered" not in codes(diagnose_input(x + 1.0))  # an offset the size of the signal: 0.71
+    shifted = x.reshape(300, -1) + 2.0
     f = only(diagnose_input(shifted), "input_not_centered")
     mu = shifted.double().mean(0)
     assert f.evidence["mean_fraction"] == pytest.approx(float(mu.pow(2).mean().sqrt() / shifted.double().pow(2)

@@ -12,7 +12,7 @@ from torch import nn
 from deepscope.config import load_spec, validate_spec
 from deepscope.data.datasets import Dataset
 from deepscope.diagnosis import Finding
-from deepscope.workflows.repair import ERROR_MARGIN, LOSS_MARGIN, judge, repair
+from deepscope.workflows.repair import ERROR_MARGIN, LOSS_MARGIN, judge, repair, trains
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,22 @@ def m(err, loss):
 ])
 def test_judge_improvement_margins(after, improved):
     got = judge(m(0.40, 1.0), after, ["saturation"], [SAT], [])
-    assert got[0] is improved and got[2] is improved and got[1] is True
+    # verified needs more than a gain: an error 10 points below chance (0.5 when unknown) and below the baseline's
+    assert got[0] is improved and got[1] is True
+    assert got[2] is (improved and after["valid/error"] < 0.40)
+
+
+def test_judge_verifies_only_a_network_that_trains():
+    # the issue's example: 86 % error on 10 classes (chance 90 %) is better than the baseline, but does not train
+    base = m(0.90, 2.30)
+    improved, cleared, verified, verdict = judge(base, m(0.86, 2.0), ["saturation"], [SAT], [], chance=0.9)
+    assert (improved, cleared, verified) == (True, True, False) and "does not train" in verdict
+    assert judge(base, m(0.80, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is True  # 10 points below chance
+    assert judge(base, m(0.81, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is False
+    # below chance but no better than the baseline: not a repair; a little better with a clearly lower loss: one
+    assert judge(m(0.30, 1.0), m(0.30, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is False
+    assert judge(m(0.30, 1.0), m(0.295, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is True
+    assert trains(0.80, 0.9, 0.95) and not trains(0.80, 0.9, 0.80) and trains(0.80, 0.9, 0.80, baseline_diverged=True)
 
 
 def test_judge_needs_the_targeted_finding_gone_unless_it_recovers():
@@ -77,7 +92,10 @@ def test_judge_needs_the_targeted_finding_gone_unless_it_recovers():
 
 def test_judge_a_diverged_trial_is_never_verified_and_any_finished_trial_beats_a_diverged_baseline():
     assert judge(m(0.4, 1.0), m(0.1, 0.1), ["lr_too_high"], [], [], status="diverged")[2:] == (False, "diverged")
-    assert judge({}, m(0.8, 2.0), ["lr_too_high"], [], [], before_status="diverged")[2] is True
+    assert judge({}, m(0.3, 2.0), ["lr_too_high"], [], [], before_status="diverged")[2] is True
+    # ... when it trains: 10 points below the chance error
+    assert judge({}, m(0.85, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is False
+    assert judge({}, m(0.75, 2.0), ["lr_too_high"], [], [], before_status="diverged", chance=0.9)[2] is True
 
 
 # --- trials -------------------------------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def test_user_module_repair_copies_the_initial_state_and_returns_the_repaired_mo
     assert result.baseline.findings[0].code == "dead_units"
     # the diagnosis run and the trials train copies: your module is left as it was
     assert all(torch.equal(v, initial[k]) for k, v in net.state_dict().items())
-    run_level = [t for t in result.trials if t.fixes == ("center",)]
+    run_level = [t for t in result.trials if t.fixes == ("lr_x0.1",)]
     # ... yet every trial starts from the initial state: the run-level trial records what the baseline did at step 0
     assert run_level and first_records(run_level[0].data["records"])[:4] == first_records(result.baseline.records)[:4]
     assert result.repaired and result.exit_code == 0
@@ -278,11 +296,11 @@ def test_doctor_fix_exit_codes(tmp_path, monkeypatch):
     args = ["--updates", 150, "--monitor", 100, "--store", store, "-q", "--fix"]
     healthy = run_cli(["doctor", tiny(tmp_path), *args])
     assert healthy.exit_code == 0, healthy.output
-    assert "nothing to fix" in healthy.output and not list(tmp_path.glob("*-fixed.toml"))
+    assert "nothing to fix" in healthy.output and not list(tmp_path.rglob("*-fixed.toml"))
     sick = tiny(tmp_path, "sick", "sigmoid", "normal", "std = 1.0")
     kept = run_cli(["doctor", sick, *args, "--budget", 0])
     assert kept.exit_code == 1, kept.output
-    assert "no candidate fix was verified (0 tried" in kept.output and not list(tmp_path.glob("*-fixed.toml"))
+    assert "no candidate fix was verified (0 tried" in kept.output and not list(tmp_path.rglob("*-fixed.toml"))
     for bad, message in [(["--budget", -1], "budget=-1"), (["--backend", "nope"], "backend='nope'")]:
         out = run_cli(["doctor", sick, *args, *bad])
         assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
@@ -311,20 +329,20 @@ def test_doctor_fix_on_a_user_model_from_the_command_line(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_the_issue_example_writes_a_fixed_spec_that_trains_and_a_report_of_both_runs(tmp_path, monkeypatch):
+def test_the_readme_example_is_not_called_repaired_when_the_trial_does_not_train(tmp_path, monkeypatch):
+    # sigmoid -> tanh lowers the error of the saturated net on Shapeset (81.7 % -> 76.9 % in 500 updates, chance
+    # 78-89 %), which the old rule verified; it is not a network that trains: nothing is proposed, nothing written
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "runs"
     example = Path(__file__).resolve().parents[2] / "examples" / "glorot-tanh-n.toml"
     out = run_cli(["doctor", example, "--set", "model.activation=sigmoid", "--set", "init.scheme=normal",
                    "--set", "init.std=1", "--fix", "--budget", 2, "--store", store, "-q"])
-    assert out.exit_code == 0, out.output
-    (fixed,) = tmp_path.glob("*-fixed.toml")
-    assert fixed.name == "glorot-tanh-n-1-fixed.toml" and "repaired: " in out.output
-    assert "2 trials" in out.output  # the budget: reinit and act_tanh, the first fixes of saturation
-    trained = run_cli(["train", fixed, "--updates", 5, "--store", store, "-q"])
-    assert trained.exit_code == 0, trained.output
+    assert out.exit_code == 1, out.output
+    assert "2 trials" in out.output  # the budget: act_tanh and reinit, the first fixes of saturation
+    assert "no candidate fix was verified" in out.output and "a network that trains" in out.output
+    assert not list(tmp_path.rglob("*-fixed.toml"))
     html = (store / "glorot-tanh-n-1" / "report.html").read_text()
-    assert "baseline glorot-tanh-n-1" in html and "repaired (" in html
+    assert "baseline glorot-tanh-n-1" in html
 
 
 

@@ -41,6 +41,15 @@ CODES: dict[str, str] = {
     "bn_stats_frozen": "batch-norm running statistics do not change during training",
     "unobservable": "modules whose non-linearities the probe cannot hook (functions in forward(), fused kernels)",
     "diagnosis_error": "a diagnosis rule could not run on these records (a bug of deepscope: please report it)",
+    # causes (deepscope.diagnosis.causes): what the user must change behind the symptoms above
+    "forward_overflow": "an activation overflows (Inf/NaN) in the forward pass at initialization",
+    "output_activation": "an activation after the last layer bounds or clips the logits the loss reads",
+    "weight_decay_strong": "weight decay strong enough to hold the weights down",
+    "dropout_strong": "dropout strong enough to hold the signal down",
+    "input_constant": "the inputs do not vary across examples: they carry no information",
+    "labels_constant": "every training label is the same",
+    "labels_unexplained": "the loss stays at chance with healthy gradients: nothing in the inputs explains the labels",
+    "depth_unnormalized": "a deep stack without normalization or residual paths",
 }
 
 
@@ -57,6 +66,7 @@ class Finding:
     recovers: bool | None = None  # True: gone by the last record; False: still there; None: not known
     evidence: dict[str, float] = field(default_factory=dict)
     advice: str = ""
+    cause: str = ""  # the code of the cause that explains it (deepscope.diagnosis.causes), its own code if none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +121,9 @@ def print_findings(findings: list[Finding], title: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    def cause(f: Finding) -> str:  # the cause that explains a symptom (deepscope.diagnosis.causes), beside it
+        return f" [dim]-> cause: {escape(f.cause)}[/]" if f.cause and f.cause != f.code else ""
+
     console = Console()
     if not findings:
         console.print(f"[bold green]healthy[/]: no rule fired ({escape(title)})")
@@ -122,6 +135,6 @@ def print_findings(findings: list[Finding], title: str) -> None:
         where += [f"since update {f.first_step}"] if f.first_step is not None else []
         where += [{True: "recovers", False: "does not recover"}[f.recovers]] if f.recovers is not None else []
         table.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{escape(f.severity)}[/]",
-                      f"[bold]{escape(f.code)}[/]\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
+                      f"[bold]{escape(f.code)}[/]{cause(f)}\n{escape(f.message)}\n[dim]{escape(evidence)}[/]",
                       escape("\n".join(where)), escape(f.advice))
     console.print(table)

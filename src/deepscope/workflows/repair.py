@@ -7,15 +7,19 @@
    repaired copy of the initial module), as long as the diagnosis run, from the same seed -- so the same
    batches and, where the fix leaves the network alone, the same initial weights. Trials run in parallel
    (local processes, or Ray) and are recorded in the run store.
-3. Verification (:func:`judge`): a fix is *verified* when the trial finished, improved on the baseline by
-   the margin (validation error at least :data:`ERROR_MARGIN` lower, or validation loss at least
-   :data:`LOSS_MARGIN` lower at no higher error), the finding it targets is gone, and no new error appeared.
+3. Verification (:func:`judge`): a fix is *verified* when the network it gives *trains*: the trial finished with
+   a validation error at least :data:`TRAINS_MARGIN` (10 points) below the chance error and below the baseline's
+   (or the baseline diverged), it improved on the baseline by the margins (:data:`ERROR_MARGIN` of error, or
+   :data:`LOSS_MARGIN` of loss at no higher error), and the finding it targets is gone.
+   A cause in the data (:data:`deepscope.diagnosis.causes.DATA_CAUSES`: constant inputs or labels, labels that
+   nothing explains) gets no trials: no training change can help.
 4. Combination: the verified fixes, best first, are added greedily (one per group) while the budget lasts;
    a combination is kept when it is verified and at least as good as the best so far. With no verified fix,
    the best fix that cleared its finding without a gain is tried with the best that gained without clearing
    its finding, and judged by the same rule.
 5. The best verified trial (never one that is not better than the baseline) is written as a TOML spec
-   ``<run>-fixed.toml`` and drawn next to the baseline in the report.
+   ``<run>-fixed.toml`` beside the run in the store (the working directory without a store) and drawn next to the
+   baseline in the report.
 """
 
 from __future__ import annotations
@@ -27,18 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepscope.config import RunSpec, spec_toml, validate_spec
+from deepscope.config import RunSpec, validate_spec
 from deepscope.diagnosis.findings import Finding
-from deepscope.diagnosis.fixes import FIXES, FIXES_FOR, NotApplicable, apply_fixes
+from deepscope.diagnosis.fixes import FIXES_FOR, NotApplicable, apply_fixes
 from deepscope.parallel import check_backend
 from deepscope.training.probe import MONITOR
+from deepscope.workflows.repair_output import repair_table, summary, write_fixed, write_repair_report
+from deepscope.workflows.repair_output import score as _score
 from deepscope.workflows.run import DOCTOR_UPDATES, diagnosis_run
 from deepscope.workflows.trials import Trial, picklable, run_trials
 
-__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "RepairResult", "judge", "repair", "repair_table", "summary"]
+__all__ = ["ERROR_MARGIN", "LOSS_MARGIN", "TOP_FINDINGS", "TRAINS_MARGIN", "RepairResult", "judge", "repair",
+           "repair_table", "summary", "trains"]
 
 ERROR_MARGIN = 0.01  # a verified fix lowers the validation error by at least 1 point ...
-LOSS_MARGIN = 0.05  # ... or the validation loss by at least 5 % without raising the error
+LOSS_MARGIN = 0.05  # (a trial that lowers the validation loss by 5 % at no higher error counts as improved) ...
+TRAINS_MARGIN = 0.10  # ... and ends at least 10 points below the chance error: the network trains
 TOP_FINDINGS = 2  # the fixes of this many findings (most severe first) are tried by default
 # A fresh worker process imports torch and deepscope (a few seconds on 2 busy cores) before its first trial:
 # when the diagnosis run is shorter than this, trials run one after the other in this process instead.
@@ -69,6 +77,18 @@ class RepairResult:
         return self.best is not None
 
     @property
+    def data_cause(self) -> str | None:
+        """The cause in the data that no training change can help, or None: a certain one (DATA_CAUSES: no trials
+        run), or a suspected one (SUSPECTED_DATA_CAUSES) once no trial trained."""
+        from deepscope.diagnosis.causes import SUSPECTED_DATA_CAUSES
+
+        certain = _certain_data_cause(self.baseline)
+        if certain is not None or self.best is not None or self.interrupted:
+            return certain
+        return next((f.code for f in self.baseline.findings if f.code in SUSPECTED_DATA_CAUSES), None)
+
+
+    @property
     def model(self) -> Any:
         """Your module repaired (its initial weights with the module-level fixes), or None."""
         return self.best.model if self.best is not None else None
@@ -79,26 +99,34 @@ class RepairResult:
         return 0 if self.healthy or self.repaired else 1
 
 
+def _certain_data_cause(baseline) -> str | None:
+    from deepscope.diagnosis.causes import DATA_CAUSES
+
+    return next((f.code for f in baseline.findings if f.code in DATA_CAUSES and f.severity == "error"), None)
+
+
 # --- verification ------------------------------------------------------------------------------------
 
 
-def _score(metrics: dict[str, float], status: str) -> tuple[float, float]:
-    """(validation error, or 1 - R^2 for a regression; validation loss); diverged, or without them: the worst."""
-    err, loss = metrics.get("valid/error", min(1, 1 - metrics.get("valid/r2", -1))), metrics.get("valid/loss", math.nan)
-    if status == "diverged" or not math.isfinite(err):
-        return 1.0, math.inf
-    return err, loss if math.isfinite(loss) else math.inf
+def trains(error: float, chance: float | None, baseline_error: float, baseline_diverged: bool = False) -> bool:
+    """The rule of a repair: a validation ``error`` at least TRAINS_MARGIN below the ``chance`` error (1 - the
+    largest class frequency; unknown: 0.5 is taken) and below the baseline's (or the baseline diverged)."""
+    chance = 0.5 if chance is None or not math.isfinite(chance) else chance
+    return (math.isfinite(error) and error <= chance - TRAINS_MARGIN
+            and (baseline_diverged or error < baseline_error))
 
 
 def judge(before: dict[str, float], after: dict[str, float], targets, before_findings: list[Finding],
           after_findings: list[Finding], status: str = "finished",
-          before_status: str = "finished") -> tuple[bool, bool, bool, str]:
+          before_status: str = "finished", chance: float | None = None) -> tuple[bool, bool, bool, str]:
     """``(improved, cleared, verified, verdict)`` of a trial against the baseline.
 
     improved: the validation error is lower by >= ERROR_MARGIN, or the validation loss is lower by >= LOSS_MARGIN
     (relative) with the error at most ERROR_MARGIN higher. cleared: none of ``targets`` is among the trial's
-    problems (errors and warnings), unless it recovers by the end of the run. verified: the trial finished,
-    improved and cleared. The verdict also names error-severity findings the baseline did not have.
+    problems (errors and warnings), unless it recovers by the end of the run. verified: the trial finished, cleared
+    its targets and *trains* (:func:`trains`: 10 points below the ``chance`` error and better than the baseline's
+    error, or the baseline diverged) -- a lower loss alone, or an error a little below chance, is not a repair.
+    The verdict also names error-severity findings the baseline did not have.
     """
     b_err, b_loss = _score(before, before_status)
     a_err, a_loss = _score(after, status)
@@ -107,12 +135,15 @@ def judge(before: dict[str, float], after: dict[str, float], targets, before_fin
     problems = {f.code for f in after_findings if f.severity in PROBLEM and f.recovers is not True}
     remaining = [c for c in targets if c in problems]
     cleared = not remaining
-    verified = status == "finished" and improved and cleared
+    ok = status == "finished" and trains(a_err, chance, b_err, before_status == "diverged")
+    verified = improved and cleared and ok
     before_codes = {f.code for f in before_findings if f.severity in PROBLEM}
     new = sorted({f.code for f in after_findings if f.severity == "error"} - before_codes)
     reasons = ["verified"] if verified else [] if status == "finished" else [status]
     if status == "finished" and not improved:
         reasons.append("no gain beyond the margin")
+    elif status == "finished" and not ok:
+        reasons.append("does not train (not 10 points below chance and better than the baseline)")
     reasons += [f"{c} remains" for c in remaining] + [f"new error: {c}" for c in new]
     return improved, cleared, verified, "; ".join(reasons)
 
@@ -139,7 +170,7 @@ def _candidates(codes: list[str], spec: dict, model: Any, seed: int) -> tuple[li
 def _judge(trial: Trial, baseline) -> None:
     trial.improved, trial.cleared, trial.verified, trial.verdict = judge(
         baseline.metrics, trial.metrics, trial.targets, baseline.findings, trial.findings, trial.status,
-        baseline.status)
+        baseline.status, getattr(baseline, "chance_error", None))
     if trial.status != "finished":
         trial.cleared = False  # a trial that did not run to its end clears nothing
     if trial.error:
@@ -169,8 +200,9 @@ def repair(
     combination). ``jobs`` parallel workers on ``backend`` ("local" processes or "ray"); by default two local
     processes, or this process alone when the diagnosis run took less than ``SPAWN_SECONDS``. Trials go to ``store``
     like any doctor run. With a verified repair its spec is written to ``fixed_path`` (default
-    ``<run>-fixed.toml`` in the current directory) and, with ``report``, the baseline and the repaired run
-    are drawn side by side (``report_path``, default the baseline run's ``report.html``). ``loss_fn``: your loss.
+    ``<run>-fixed.toml`` beside the run in the store, or in the current directory without a store) and, with
+    ``report``, the baseline and the repaired run are drawn side by side (``report_path``, default the baseline
+    run's ``report.html``). ``loss_fn``: your loss.
     """
     updates = DOCTOR_UPDATES if updates is None else updates
     monitor = MONITOR if monitor is None else monitor
@@ -179,18 +211,21 @@ def repair(
     check_backend(backend, jobs)
     if not isinstance(spec, RunSpec):
         data = dict(spec or {})
-        data.setdefault("train", {"updates": updates})
+        train = dict(data.get("train") or {})
+        if train.get("updates") is None and train.get("epochs") is None:  # as doctor(spec) accepts it
+            train["updates"] = updates
+        data["train"] = train
         spec = validate_spec(data, source="repair spec")
     original = spec.to_dict()
     initial = _copy_module(model)  # the trials start from it; the diagnosis run trains a copy of it too
     start = time.perf_counter()
     baseline = diagnosis_run(spec, model=copy.deepcopy(initial), dataset=dataset, store=store, updates=updates,
-                      monitor=monitor, report=False, quiet=quiet, loss_fn=loss_fn)
+                                  monitor=monitor, report=False, quiet=quiet, loss_fn=loss_fn)
     store = baseline.store  # a path is opened by the diagnosis run, once the spec, data and model are checked
     result = RepairResult(baseline, diagnosis_seconds=time.perf_counter() - start)
     codes = list(dict.fromkeys(f.code for f in baseline.findings if f.severity in PROBLEM))
     result.interrupted = baseline.status == "interrupted"  # Ctrl-C during the diagnosis run: no trials
-    if codes and not result.interrupted:
+    if codes and not result.interrupted and _certain_data_cause(baseline) is None:  # a cause in the data: no trial
         candidates, result.skipped = _candidates(codes[:TOP_FINDINGS], original, initial, spec.train.seed)
         budget = len(candidates) + 1 if budget is None else budget
         if jobs is None and backend == "local" and result.diagnosis_seconds < SPAWN_SECONDS or not picklable(loss_fn):
@@ -210,10 +245,12 @@ def repair(
         result.best = min(verified, key=lambda t: (*_score(t.metrics, t.status), len(t.fixes))) if verified else None
         result.trials.sort(key=lambda t: (not t.verified, *_score(t.metrics, t.status), len(t.fixes)))
     if result.best is not None:
-        result.fixed_path = _write_fixed(result.best, original, model is not None, dataset is not None,
-                                         fixed_path or Path(f"{baseline.run_id or spec.name}-fixed.toml"))
+        name = f"{baseline.run_id or spec.name}-fixed.toml"  # beside the run in the store, else here
+        default = store.run_dir(baseline.run_id) / name if store is not None and baseline.run_id else Path(name)
+        result.fixed_path = write_fixed(result.best, original, model is not None, dataset is not None,
+                                        fixed_path or default)
     if report:
-        result.report = _report(result, spec.name, store, report_path)
+        result.report = write_repair_report(result, spec.name, store, report_path)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -313,88 +350,3 @@ class _Progress:
             self.bar.update(self.task, advance=1, description=f"{trial.name}: {trial.status}")
 
         return finished
-
-
-def _write_fixed(best: Trial, original: dict, own_module: bool, own_data: bool, path: Any) -> Path:
-    spec = {**best.spec, "name": f"{original['name']}-fixed"}
-    header = [f"Repaired by deepscope doctor --fix: {best.name}.",
-              f"Verified in a {best.data.get('spec', {}).get('train', {}).get('updates', '?')}-update trial: "
-              f"valid {'1 - R²' if 'valid/r2' in best.metrics else 'error'} {_score(best.metrics, best.status)[0]:.2%}"
-              f"{f' (run {best.run_id})' if best.run_id else ''}."]
-    if own_module:
-        module_fixes = [f for f in best.fixes if not FIXES[f].run_level]
-        spec = {k: v for k, v in spec.items() if k not in ("model", "init")}  # your module replaces them
-        header += ["It trained a module of your own: run it with deepscope train THIS_FILE --model pkg.mod:factory,",
-                   "or train(load_spec(this file), model=your_module); without one, deepscope train builds its",
-                   "default MLP instead."]
-        if module_fixes:
-            header.append(f"Apply the module-level fixes {', '.join(module_fixes)} to your module first: your_module = "
-                          f"deepscope.diagnosis.fixes.apply_fixes({module_fixes!r}, spec.to_dict(), your_module, "
-                          f"seed={original['train'].get('seed', 0)})[1]")
-    if own_data:
-        header.append("It trained on a dataset given in Python: train(load_spec(this file), dataset=your_dataset).")
-    path = Path(path)
-    path.write_text(spec_toml(spec, header))
-    return path
-
-
-def _report(result: RepairResult, name: str, store, report_path) -> Path:
-    from deepscope.plots.html import RunData, write_html
-    from deepscope.store import REPORT_FILE
-
-    b = result.baseline
-    if report_path is None:
-        report_path = Path("doctor-report.html") if store is None else store.run_dir(b.run_id) / REPORT_FILE
-    runs = [RunData(f"baseline {b.run_id or name}", run_id=b.run_id, spec=b.spec, status=b.status,
-                    stats=b.records, histograms=b.histograms, scalars=b.scalars, findings=b.findings,
-                    checks=b.checks)]
-    if (best := result.best) is not None:
-        d = best.data
-        runs.append(RunData(f"repaired ({best.name})", run_id=best.run_id, spec=d["spec"], status=best.status,
-                            stats=d["records"], histograms=d["histograms"], scalars=d["scalars"],
-                            findings=best.findings, checks=d["checks"]))
-    return write_html(runs, report_path, title=f"deepscope doctor --fix: {name}")
-
-
-# --- output: the table and the summary ---------------------------------------------------------------
-
-
-def repair_table(result: RepairResult):
-    """The trials as a rich table, ranked: verified first, then by validation error."""
-    from rich.table import Table
-
-    b_err, b_loss = _score(result.baseline.metrics, result.baseline.status)
-    measure = "valid 1 - R²" if "valid/r2" in result.baseline.metrics else "valid error"
-    table = Table("#", "fix", "for finding", "cleared", measure, "valid loss", "time", "verdict",
-                  title=f"deepscope doctor --fix: {len(result.trials)} trials (diagnosis run "
-                  f"{result.diagnosis_seconds:.0f} s)", show_lines=False)
-    for i, t in enumerate(result.trials, 1):
-        err, loss = _score(t.metrics, t.status)
-        mark = "[bold green]" if t is result.best else ""
-        cleared = "-" if t.status != "finished" else "yes" if t.cleared else "[red]no[/]"
-        table.add_row(str(i), f"{mark}{t.name}", ", ".join(t.targets), cleared,
-                      f"{b_err:.1%} -> {err:.1%}", f"{b_loss:.3g} -> {loss:.3g}",
-                      f"{t.seconds:.0f} s ({t.seconds / max(result.diagnosis_seconds, 1e-9):.1f}x)",
-                      t.verdict.replace("verified", "[green]verified[/]", 1))
-    return table
-
-
-def summary(result: RepairResult) -> list[str]:
-    """What happened, in a few lines: nothing to fix, the repair and where it was written, or that none helped."""
-    b = result.baseline
-    if result.healthy:
-        return ["nothing to fix: the diagnosis run is healthy (no trials run)"]
-    lines = [f"skipped {name}: {why}" for name, why in result.skipped]
-    if result.interrupted:
-        done = sum(t.status == "finished" for t in result.trials)
-        lines.append(f"interrupted: {done} finished trials kept (in the run store)")
-    b_err, _ = _score(b.metrics, b.status)
-    if result.best is None:
-        lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
-                     "the run is left as it is")
-    else:
-        err, _ = _score(result.best.metrics, result.best.status)
-        run = f" (run {result.best.run_id})" if result.best.run_id else ""
-        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
-                     f"fixed spec: {result.fixed_path}")
-    return lines

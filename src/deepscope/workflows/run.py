@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from deepscope.config import RunSpec, validate_spec
+from deepscope.diagnosis.causes import explain, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
     batchnorm_state,
     check_batchnorm,
@@ -73,6 +74,7 @@ class DoctorResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     timings: dict[str, float] = field(default_factory=dict)  # seconds: "train", "findings" (after it), "report"
     repair: Any = field(default=None, repr=False)  # doctor(fix=True): the RepairResult of the trials
+    chance_error: float | None = None  # the validation error of the task's baseline (1 - R^2 = 1 for a regression)
 
     @property
     def healthy(self) -> bool:
@@ -107,6 +109,7 @@ class _Checks(Callback):
         self.check_modes = True
         self.x = None
         self.loss_fn = None  # the run's loss: the chance level is that loss's on a constant prediction
+        self.facts: dict = {}
 
     def on_start(self, ctx) -> None:
         from deepscope.losses import describe
@@ -119,6 +122,7 @@ class _Checks(Callback):
         self.training = check_training(ctx.model, ctx.optimizer, self.x, loss=describe(ctx.loss_fn) if ctx.loss_fn
                                        is not None else None, targets=valid[1] if valid is not None else None)
         self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step
+        self.facts = model_facts(ctx.model, self.x)  # what the causes are read from (diagnosis.causes)
 
     def on_step(self, ctx) -> None:
         if self.check_modes:  # the first update, and the first after each evaluation (where model.eval() is called)
@@ -138,6 +142,7 @@ class _Checks(Callback):
 
     def on_end(self, ctx) -> None:
         self.at_end = check_model(ctx.model, self.x)
+        self.facts["weight_norm_end"] = weight_norm(ctx.model)
         self.batchnorm = check_batchnorm(self.bn_before, ctx.model, ctx.step - self.first_step)
 
     def findings(self) -> list[Finding]:
@@ -234,6 +239,8 @@ def diagnosis_run(
     found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
     codes = {f.code for f in found_checks}
     findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
+    labels = data.train[1] if data.train is not None and isinstance(data.train[1], torch.Tensor) else None
+    findings = explain(findings, checks.facts, recorded, labels, result.step)
     if store is not None:  # kept for `deepscope report`, with what the stored per-evaluation rows cannot re-derive
         kept = found_checks + [f for f in findings if f.code in _FROM_UPDATE_CURVES]
         save_checks(store.run_dir(result.run_id) / CHECKS_FILE, kept)
@@ -242,6 +249,8 @@ def diagnosis_run(
                        histograms=probe.histograms, losses=losses, grad_norms=norms, scalars=scalars,
                        checks=found_checks, spec=recorded, metrics=dict(result.metrics))
     out.timings = {"train": trained - began, "findings": time.perf_counter() - trained}
+    if data.valid is not None and len(data.valid[1]):  # the repair's "trains" bar: error, or 1 - R^2 (the mean's: 1)
+        out.chance_error = chance["error"] if "error" in chance else 1.0 if "r2" in chance else None
     if report:
         write_report(out, report_path)
     return out

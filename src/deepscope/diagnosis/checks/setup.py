@@ -123,7 +123,10 @@ def _output_check(out, last_op: str) -> list[Finding]:
     output's autograd node) or its rows are probabilities; else ``output_saturated`` for huge logit gaps."""
     made_by = _BOUNDED_OUTPUTS.get(last_op)
     rows = out.reshape(len(out), -1).double()
-    probabilities = bool(out.dim() == 2 and rows.shape[1] > 1 and (rows >= -PROBABILITY_TOL).all()
+    # outputs that do not vary with the input (a zero-initialized output layer: the bias alone) say nothing about
+    # what the model computes: then only the module structure (the last operation) is judged
+    degenerate = bool(len(rows) > 1 and (rows == rows[:1]).all())
+    probabilities = bool(not degenerate and out.dim() == 2 and rows.shape[1] > 1 and (rows >= -PROBABILITY_TOL).all()
                          and ((rows.sum(1) - 1).abs() <= PROBABILITY_TOL).all())
     if made_by is None and not probabilities:
         return _saturated_logits(rows) if out.dim() == 2 and rows.shape[1] > 1 else []

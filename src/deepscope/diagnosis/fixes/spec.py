@@ -28,6 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from deepscope.diagnosis.fixes.causes import (
+    LOW_DROPOUT,
+    lower_dropout_module,
+    remove_output_activation,
+    swap_any_activation,
+)
 from deepscope.diagnosis.fixes.module import (
     BN_MOMENTUM,
     AsLogits,
@@ -199,6 +205,28 @@ def _weight_decay(value: float) -> Callable[[dict], None]:
     return fn
 
 
+def _swap_to(new: str) -> Callable[[dict], None]:
+    def fn(spec: dict) -> None:
+        if _activation(spec) == new:
+            raise NotApplicable(f"the activation is already {new}")
+        _swap(_activation(spec), new)(spec)
+
+    return fn
+
+
+def _lower_weight_decay(spec: dict) -> None:
+    current = spec["optim"].get("weight_decay") or 0.0
+    if current <= 1e-4:
+        raise NotApplicable(f"the weight decay is already small (weight_decay={current})")
+    spec["optim"]["weight_decay"] = min(current * 0.01, 0.01)
+
+
+def _lower_dropout(spec: dict) -> None:
+    if spec["model"].get("dropout", 0.0) < 0.5:
+        raise NotApplicable(f"the dropout is below 0.5 ({spec['model'].get('dropout', 0.0)})")
+    spec["model"]["dropout"] = LOW_DROPOUT
+
+
 def _swap_fix(name: str, old: str, new: str) -> Fix:
     return Fix(name, f"{old} -> {new}, with the init that fits it", "activation+init", _swap(old, new),
                swap_module(old, new))
@@ -240,6 +268,16 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
         "output", None, as_logits_module),
     Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
+    # the fixes of causes (deepscope.diagnosis.causes)
+    Fix("swap_activation", "the activation -> ReLU (any module, your own too), with He init", "activation+init",
+        _swap_to("relu"), swap_any_activation("relu")),
+    Fix("swap_activation_tanh", "the activation -> tanh (any module, your own too), with Glorot init",
+        "activation+init", _swap_to("tanh"), swap_any_activation("tanh")),
+    Fix("remove_output_activation", "remove the activation after the last layer (logits into the loss)", "output",
+        None, remove_output_activation),
+    Fix("lower_weight_decay", "weight decay x0.01 (at most 0.01)", "weight_decay", _lower_weight_decay,
+        run_level=True),
+    Fix("lower_dropout", f"dropout {LOW_DROPOUT}", "dropout", _lower_dropout, lower_dropout_module),
     Fix("weight_decay", f"weight decay {WEIGHT_DECAY:g}", "weight_decay", _weight_decay(WEIGHT_DECAY), run_level=True),
     Fix("strong_weight_decay", f"weight decay {10 * WEIGHT_DECAY:g}", "weight_decay", _weight_decay(10 * WEIGHT_DECAY),
         run_level=True),
@@ -268,6 +306,15 @@ FIXES_FOR: dict[str, list[str]] = {
     "overfitting": ["early_stopping", "weight_decay", "strong_weight_decay", "dropout"],
     "eval_mode": ["train_mode"],
     "bn_stats_frozen": ["bn_momentum", "train_mode"],
+    # causes: the change the user must make comes first
+    "forward_overflow": ["swap_activation", "swap_activation_tanh", "batch_norm"],
+    "output_activation": ["remove_output_activation", "as_logits"],
+    "weight_decay_strong": ["lower_weight_decay"],
+    "dropout_strong": ["lower_dropout"],
+    "depth_unnormalized": ["batch_norm", "lsuv", "reinit"],
+    "input_constant": [],
+    "labels_constant": [],
+    "labels_unexplained": [],
 }
 """Candidate fixes per finding code, best first. ``diagnosis_error`` (a bug of deepscope) and ``unobservable`` (a
 note on what the probe cannot see) have none."""

@@ -38,6 +38,9 @@ __all__ = ["diagnose"]
 # (a norm that merely grows from a tiny start is a net recovering from vanishing gradients, not exploding).
 VANISHING_RATIO = 1e-2  # std(lowest layer) / std(top layer) below this -> vanishing
 EXPLODING_RATIO = 1e2  # std(lowest layer) / std(top layer) above this -> exploding toward the input
+# ... unless the lowest layer's weights still move: its update/weight ratio at least this fraction of the fastest
+# layer's (with SGD a 100x smaller gradient means a 100x slower layer; Adam and normalized nets keep it moving)
+LOWEST_UPDATE_RATIO = 0.1
 
 # Saturation (Glorot & Bengio 2010, figs. 2-3): fraction of a layer's activations in the saturated
 # regime of its non-linearity (the activation registry defines the regime, e.g. sigmoid outside
@@ -114,6 +117,8 @@ def _rule_gradient_depth(rec: Records, activation: str | None, scheme: str | Non
         return []
     last = max(steps)
     out = []
+    if vanish and _lowest_weights_move(rec):
+        vanish = {}  # small gradients, but the lowest layer's weights move at the top's rate (Adam, normalized nets)
     if vanish:
         first = min(vanish)
         layers, ratio = vanish[first]
@@ -142,6 +147,19 @@ def _rule_gradient_depth(rec: Records, activation: str | None, scheme: str | Non
             )
         )
     return out
+
+
+def _lowest_weights_move(rec: Records) -> bool:
+    """True when the lowest weight's update/weight ratio is, at the median record, at least LOWEST_UPDATE_RATIO
+    times the largest layer's: its layer learns, whatever the size of the back-propagated gradient (an adaptive
+    optimizer rescales it; a normalized residual stream carries it). Glorot & Bengio (2010) name vanishing
+    gradients a problem because the lower layers then stop learning; that is what is checked here."""
+    ratios = []
+    for per_layer in rec.by_step("update_ratio", "ratio").values():
+        values = [v for _, v in sorted(per_layer.items(), key=lambda kv: rec.order.get(kv[0], 0)) if math.isfinite(v)]
+        if len(values) >= 2 and max(values) > 0:
+            ratios.append(values[0] / max(values))
+    return bool(ratios) and sorted(ratios)[len(ratios) // 2] >= LOWEST_UPDATE_RATIO
 
 
 def _first_and_recovery(

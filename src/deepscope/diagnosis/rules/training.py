@@ -35,6 +35,13 @@ LR_RISE_WINDOWS = 2  # ... in this many consecutive windows: one window of a hea
 # percent in the first hundreds of updates at any good rate), so without update ratios this rule is silent.
 LR_SLOW_DROP = 0.1
 LR_UPDATE_RATIO_LOW = 1e-4
+# A loss that has not moved at all -- less than LR_FLAT_DROP (3 %) over at least LR_FLAT_UPDATES updates -- in
+# steps below LR_FLAT_RATIO is a rate too low for this network (a transformer trained from scratch at a
+# fine-tuning rate) when no chance level was recorded to tell it from labels nothing explains (a framework
+# callback; doctor records one, and its plateau rule decides there).
+LR_FLAT_DROP = 0.03  # a hard task's loss falls a little more early on (4 % in 1,000 updates in the tests)
+LR_FLAT_UPDATES = 150
+LR_FLAT_RATIO = 1e-2
 
 # Spikes: a value above SPIKE factor x the median of the SPIKE_WINDOW updates before it *and* of those after it
 # is a transient jump (a level shift or steady growth is not). On the benchmark's healthy runs (batch 20)
@@ -113,7 +120,7 @@ def _lr_evidence(spec: Any) -> dict[str, float]:
 
 
 def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, explained: bool,
-                        diverged: list[tuple[int, float]] = ()) -> list[Finding]:
+                        diverged: list[tuple[int, float]] = (), chance_known: bool = True) -> list[Finding]:
     if not loss and not diverged:
         return []
     evidence_lr = _lr_evidence(spec)
@@ -164,6 +171,17 @@ def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, 
                         first_step=steps[0], recovers=None, evidence=evidence,
                         advice="Raise the learning rate (e.g. 3-10x) and anneal it later (Varma & Das, ch. 7, "
                         "section 7.2), or use an adaptive optimizer (Adam, RMSProp).")]
+    if (not chance_known and step_ratio is not None and 0 < step_ratio < LR_FLAT_RATIO and drop < LR_FLAT_DROP
+            and steps[-1] - steps[0] >= LR_FLAT_UPDATES):
+        return [Finding("lr_too_low", "warning",
+                        f"the training loss has not moved ({drop:.1%} over {steps[-1] - steps[0]} updates) while the "
+                        f"weights change by {step_ratio:.1e} of their norm per step: the learning rate is too low for "
+                        "this network to learn in this many updates",
+                        first_step=steps[0], recovers=None,
+                        evidence={"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_FLAT_DROP,
+                                  "ratio_threshold": LR_FLAT_RATIO, **evidence_lr},
+                        advice="Raise the learning rate (a network trained from scratch needs more than a fine-tuning "
+                        "rate: e.g. 1e-3 with Adam) or train longer; if it still does not move, check the labels.")]
     return []
 
 
@@ -345,7 +363,7 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     loss = curve(scalars, "train/loss")
     valid = curve(scalars, "valid/loss")
     chance = curve(scalars, "valid/chance_loss")
-    rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"))
+    rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"), bool(chance))
     findings = rate + _rule_not_learning(rec, explained)
     if not rate:  # a loss thrown about by too high a rate says nothing of generalization
         findings += _rule_overfitting(loss, valid, curve(scalars, RESTORED_STEP))
