@@ -288,7 +288,7 @@ class GuardSpec(_Section):
     rollback_after: int = Field(3, ge=1)
     rollback_window: int = Field(50, ge=1)
     lr_factor: float = Field(0.1, gt=0, le=1)
-    cooldown: int = Field(500, ge=1)
+    cooldown: int = Field(200, ge=1)
     max_rollbacks: int = Field(5, ge=0)
     examples: int = Field(3, ge=0)
     on_pathology: Literal["warn", "rollback"] = "warn"

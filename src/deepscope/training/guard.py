@@ -45,7 +45,7 @@ __all__ = ["DEFAULTS", "EXPLOSION", "Guard", "GuardEvent", "GuardStop"]
 
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
-                                rollback_window=50, lr_factor=0.1, cooldown=500, max_rollbacks=5, examples=3,
+                                rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
                                 on_pathology="warn")
 KINDS = ("nonfinite", "loss_spike", "grad_spike", "divergence", "dead", "saturated")
 ACTIONS = ("skip", "rollback", "stop", "warn")
