@@ -206,7 +206,7 @@ def faults(updates: int) -> None:
     print(f"fault targets met: {sum(rows)}/{len(rows)}")
 
 
-def cost(batch: int, chunks: int, big: bool, steps: int = 50) -> None:
+def cost(batch: int, chunks: int, big: bool, steps: int = 50, check_grad: bool = True) -> None:
     torch.manual_seed(0)
     if big:  # the probe's budget model: Glorot & Bengio's 5 x 1000 tanh MLP
         model, inputs, label = mlp(1024, 9, depth=5, width=1000, activation="tanh"), 1024, "5x1000 tanh MLP"
@@ -227,7 +227,7 @@ def cost(batch: int, chunks: int, big: bool, steps: int = 50) -> None:
             opt.zero_grad()
         return time.perf_counter() - start, time.process_time() - cpu
 
-    with Guard(model, opt) as guard:
+    with Guard(model, opt, check_grad=check_grad) as guard:
         run(None), run(guard)  # warm-up
         ratios, cpu = [], {"plain": 0.0, "guard": 0.0}
         for r in range(chunks):
@@ -237,6 +237,7 @@ def cost(batch: int, chunks: int, big: bool, steps: int = 50) -> None:
                 cpu[name] += c
             ratios.append(spent["guard"] / spent["plain"])
     median = statistics.median(ratios)
+    label += "" if check_grad else ", check_grad=False"
     print(f"cost, {label}, batch {batch}: {chunks} x {steps} updates each; median over chunk pairs {median:.3f} "
           f"(target <= 1.02: {'ok' if median <= 1.02 else 'OVER'}); CPU time of this process "
           f"{cpu['guard'] / cpu['plain']:.3f}; guard actions {len(guard.events)}", flush=True)
@@ -255,7 +256,8 @@ def main() -> None:
     if args.only != "faults":
         for big in (True, False):
             for batch in (10, 128):
-                cost(batch, args.chunks, big)
+                for check_grad in (True, False):
+                    cost(batch, args.chunks, big, check_grad=check_grad)
 
 
 if __name__ == "__main__":

@@ -292,6 +292,7 @@ class GuardSpec(_Section):
     max_rollbacks: int = Field(5, ge=0)
     examples: int = Field(3, ge=0)
     on_pathology: Literal["warn", "rollback"] = "warn"
+    check_grad: bool = True  # false: watch the loss alone (no gradient norm to compute when there is no clipping)
 
 
 class TrainSpec(_Section):

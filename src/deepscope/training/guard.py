@@ -46,7 +46,7 @@ __all__ = ["DEFAULTS", "EXPLOSION", "Guard", "GuardEvent", "GuardStop"]
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
                                 rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
-                                on_pathology="warn")
+                                on_pathology="warn", check_grad=True)
 KINDS = ("nonfinite", "loss_spike", "grad_spike", "divergence", "dead", "saturated")
 ACTIONS = ("skip", "rollback", "stop", "warn")
 
@@ -141,6 +141,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
                              ("lr_factor", lambda v: 0 < v <= 1, "a number in (0, 1] (1 keeps the rate)")):
         if isinstance(o[key], bool) or not isinstance(o[key], int | float) or not ok(o[key]):
             raise ValueError(f"guard {key}={o[key]!r} is not allowed; give {allowed}")
+    if not isinstance(o["check_grad"], bool):
+        raise ValueError(f"guard check_grad={o['check_grad']!r} is not allowed; give True or False")
     if o["on_pathology"] not in ("warn", "rollback"):
         raise unknown("guard on_pathology", o["on_pathology"], ["warn", "rollback"])
     return {**o, "warmup": max(o["warmup"], 2)}
@@ -158,8 +160,8 @@ class Guard:
             MLflow): each event is written as rows ``source="guard", layer=kind, quantity=action``.
         snapshot_device: where snapshots are kept (default: the parameters' device; ``"cpu"`` saves its memory).
         options: ``window``, ``warmup``, ``z``, ``refresh``, ``snapshot_every``, ``rollback_after``,
-            ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``
-            (defaults in ``DEFAULTS``).
+            ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``,
+            ``check_grad`` (False: the loss alone, no gradient norm to compute) (defaults in ``DEFAULTS``).
 
     After (or during) training: ``events`` (a list of :class:`GuardEvent`), ``updates`` (updates applied),
     ``skipped``, ``rollbacks``, ``lr_scale``.
@@ -193,13 +195,11 @@ class Guard:
         self._open = False
 
     def __enter__(self) -> Guard:
-        self._good = self._snapshot()  # the starting state is trusted
-        self._open = True
+        self._good, self._open = self._snapshot(), True  # the starting state is trusted
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._open = False
-        self._good = self._pending = None  # free the snapshots' memory
+        self._open, self._good, self._pending = False, None, None  # free the snapshots' memory
 
     def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None,
              grad_norm: Tensor | None = None) -> bool:
@@ -213,9 +213,9 @@ class Guard:
             raise RuntimeError("the guard is not active; use it as a context manager: `with Guard(model, opt) as g:`")
         index, self.step_index = self.step_index, self.step_index + 1
         loss = loss.detach().reshape(()).float() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        if grad_norm is None:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        if grad_norm is None:  # check_grad=False: the loss alone (a constant norm never flags)
+            grads = [p.grad for p in self.params if p.grad is not None] if self.options["check_grad"] else []
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.ones((), device=self.device)
         v = torch.stack([loss.to(self.device), grad_norm.detach().float().to(self.device)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.AVG)  # one decision for every rank
