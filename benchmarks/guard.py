@@ -206,7 +206,7 @@ def faults(updates: int) -> None:
     print(f"fault targets met: {sum(rows)}/{len(rows)}")
 
 
-def cost(batch: int, chunks: int, big: bool, steps: int = 50, check_grad: bool = True) -> None:
+def cost(batch: int, chunks: int, big: bool, steps: int = 20, check_grad: bool = True) -> None:
     torch.manual_seed(0)
     if big:  # the probe's budget model: Glorot & Bengio's 5 x 1000 tanh MLP
         model, inputs, label = mlp(1024, 9, depth=5, width=1000, activation="tanh"), 1024, "5x1000 tanh MLP"

@@ -12,7 +12,8 @@ print(guard.events)
 
 Every update the guard checks the loss and the gradients' total 2-norm against limits computed on the device from
 the last ``window`` healthy updates (a z-score above ``z``, after ``warmup``; a non-finite value; a median loss
-above ``EXPLOSION`` x its level at the end of the warm-up) and reads one flag. A flagged update is *skipped* (the
+above ``EXPLOSION`` x its level at the end of the warm-up, or a moving average of the last ~8 losses above
+``EXPLOSION`` x the median) and reads one flag. A flagged update is *skipped* (the
 optimizer is not stepped: its state, the schedule and the step count are untouched); when ``rollback_after`` flags
 fall within ``rollback_window`` updates, or the loss diverges, the model, optimizer, schedule and RNG *roll back* to
 the last good in-memory snapshot and the learning rate is lowered by ``lr_factor`` for ``cooldown`` updates; after
@@ -31,7 +32,7 @@ import copy
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,7 +48,6 @@ EXPLOSION = 10.0  # divergence: the window's median loss above this many times i
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
                                 rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
                                 on_pathology="warn", check_grad=True)
-KINDS = ("nonfinite", "loss_spike", "grad_spike", "divergence", "dead", "saturated")
 ACTIONS = ("skip", "rollback", "stop", "warn")
 
 
@@ -60,7 +60,7 @@ class GuardEvent:
     """One thing the guard saw and did. ``step``: the update index (the guard's ``step()`` calls before it)."""
 
     step: int
-    kind: str  # one of KINDS
+    kind: str  # nonfinite, loss_spike, grad_spike, divergence, dead, saturated
     action: str  # one of ACTIONS
     loss: float = math.nan
     grad_norm: float = math.nan
@@ -74,9 +74,6 @@ class GuardEvent:
     restored: int | None = None  # rollback: the update whose state was restored
     message: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Window:
     """The logarithms of the last ``size`` healthy (loss, gradient norm) pairs in a ring buffer on the device, and
@@ -89,16 +86,18 @@ class _Window:
         self.size, self.warmup, self.zmax, self.refresh = size, warmup, z, refresh
         self.values = torch.full((2, size), math.nan, device=device)
         self.limit = torch.full((2,), math.inf, device=device)
-        self.center, self.spread = torch.zeros(2, device=device), torch.ones(2, device=device)
-        self.reference: Tensor | None = None  # the median loss at the end of the warm-up
-        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
-        self.count = 0
+        self.center, self.spread, self.reference = torch.zeros(2, device=device), torch.ones(2, device=device), None
+        self.diverged, self.count = torch.zeros((), dtype=torch.bool, device=device), 0
+        # a moving average of the log loss over about 8 updates, and the level above which it is a divergence
+        self.recent, self.sustained = torch.zeros((), device=device), torch.full((), math.inf, device=device)
 
     def check(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(flag, log v)``: the flag is True (0-d, on device) unless both values are finite and their logarithms
         under the limits (NaN fails every test; a value <= 0 counts as 1e-12, so only a positive loss spikes)."""
         log = v.clamp_min(1e-12).log()
-        return ~(log < self.limit).all(), log
+        capped = torch.minimum(log[0], self.limit[0])  # one huge spike moves the average by 1/8 of the limit only
+        self.recent = torch.where(log[0].isfinite(), self.recent * 0.875 + capped * 0.125, self.recent)
+        return ~(log < self.limit).all() | (self.recent > self.sustained), log
 
     def add(self, log: Tensor) -> None:
         self.values[:, self.count % self.size].copy_(log)
@@ -115,6 +114,7 @@ class _Window:
         if self.reference is None:
             self.reference = center[0].clone()
         self.diverged = center[0] > math.log(EXPLOSION) + self.reference
+        self.sustained = center[0] + math.log(EXPLOSION)
         self.limit = torch.where(self.diverged, torch.full_like(center, -math.inf), center + self.zmax * spread)
         self.center, self.spread = center, spread
 
@@ -122,11 +122,10 @@ class _Window:
         z = ((log - self.center) / self.spread).tolist() if self.count >= self.warmup else [math.nan, math.nan]
         return z[0], z[1]
 
-    def state(self) -> dict[str, Any]:
+    def state(self, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A copy of the window's state; with ``state``: load a copy of it."""
+        vars(self).update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in (state or {}).items()})
         return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
-
-    def load(self, state: dict[str, Any]) -> None:
-        vars(self).update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()})
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +248,7 @@ class Guard:
         if self.scheduler is not None and self.step_scheduler:
             self.scheduler.step()
 
-    def _cool_down(self) -> None:
+    def _cool_down(self) -> None:  # the lowered rate returns after ``cooldown`` healthy updates
         if self.lr_scale != 1.0:
             self._calm += 1
             if self._calm >= self.options["cooldown"]:
@@ -261,7 +260,7 @@ class Guard:
         z_loss, z_grad = self.window.z(log)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             kind = "nonfinite"
-        elif bool(self.window.diverged):
+        elif bool(self.window.diverged | (self.window.recent > self.window.sustained)):
             kind = "divergence"
         else:
             kind = "loss_spike" if not float(log[0]) < float(self.window.limit[0]) else "grad_spike"
@@ -346,7 +345,7 @@ class Guard:
         torch.set_rng_state(snap["rng"][0])
         if snap["rng"][1]:
             torch.cuda.set_rng_state_all(snap["rng"][1])
-        self.window.load(snap["window"])
+        self.window.state(snap["window"])
         for p in self.params:
             p.grad = None
         self._pending, self._flag_since_pending = None, False
