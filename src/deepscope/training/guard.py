@@ -252,7 +252,7 @@ class Guard:
         if self.lr_scale != 1.0:
             self._calm += 1
             if self._calm >= self.options["cooldown"]:
-                self.lr_scale, self._calm = min(1.0, self.lr_scale / self.options["lr_factor"]), 0
+                self.lr_scale, self._calm = 1.0, 0
 
     def _on_flag(self, index: int, v: Tensor, log: Tensor, batch: Any, ids: Any) -> None:
         o = self.options
