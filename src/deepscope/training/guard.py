@@ -12,7 +12,7 @@ print(guard.events)
 
 Every update the guard checks the loss and the gradients' total 2-norm against limits computed on the device from
 the last ``window`` healthy updates (a z-score above ``z``, after ``warmup``; a non-finite value; a median loss
-above ``EXPLOSION`` x its level at the end of the warm-up, or a moving average of the last ~8 losses above
+above ``EXPLOSION`` x its level at the end of the warm-up, or a moving average of the last ~4 losses above
 ``EXPLOSION`` x the median) and reads one flag. A flagged update is *skipped* (the
 optimizer is not stepped: its state, the schedule and the step count are untouched); when ``rollback_after`` flags
 fall within ``rollback_window`` updates, or the loss diverges, the model, optimizer, schedule and RNG *roll back* to
@@ -88,15 +88,15 @@ class _Window:
         self.limit = torch.full((2,), math.inf, device=device)
         self.center, self.spread, self.reference = torch.zeros(2, device=device), torch.ones(2, device=device), None
         self.diverged, self.count = torch.zeros((), dtype=torch.bool, device=device), 0
-        # a moving average of the log loss over about 8 updates, and the level above which it is a divergence
+        # a moving average of the log loss over about 4 updates, and the level above which it is a divergence
         self.recent, self.sustained = torch.zeros((), device=device), torch.full((), math.inf, device=device)
 
     def check(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(flag, log v)``: the flag is True (0-d, on device) unless both values are finite and their logarithms
         under the limits (NaN fails every test; a value <= 0 counts as 1e-12, so only a positive loss spikes)."""
         log = v.clamp_min(1e-12).log()
-        capped = torch.minimum(log[0], self.limit[0])  # one huge spike moves the average by 1/8 of the limit only
-        self.recent = torch.where(log[0].isfinite(), self.recent * 0.875 + capped * 0.125, self.recent)
+        capped = torch.minimum(log[0], self.limit[0])  # one huge spike moves the average by 1/4 of the limit only
+        self.recent = torch.where(log[0].isfinite(), self.recent * 0.75 + capped * 0.25, self.recent)
         return ~(log < self.limit).all() | (self.recent > self.sustained), log
 
     def add(self, log: Tensor) -> None:
