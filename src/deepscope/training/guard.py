@@ -13,7 +13,7 @@ print(guard.events)
 Every update the guard checks the loss and the gradients' total 2-norm against limits computed on the device from
 the last ``window`` healthy updates (a z-score above ``z``, after ``warmup``; a non-finite value; a median loss
 above ``EXPLOSION`` x its level at the end of the warm-up, or a moving average of the last ~4 losses above
-``SUSTAINED`` = 5 x the median) and reads one flag. A flagged update is *skipped* (the
+``SUSTAINED`` = 10 x the median) and reads one flag. A flagged update is *skipped* (the
 optimizer is not stepped: its state, the schedule and the step count are untouched); when ``rollback_after`` flags
 fall within ``rollback_window`` updates, or the loss diverges, the model, optimizer, schedule and RNG *roll back* to
 the last good in-memory snapshot and the learning rate is lowered by ``lr_factor`` for ``cooldown`` updates; after
@@ -45,7 +45,7 @@ from deepscope.training.guard_examples import rank_examples
 __all__ = ["DEFAULTS", "EXPLOSION", "SUSTAINED", "Guard", "GuardEvent", "GuardStop"]
 
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
-SUSTAINED = 5.0  # divergence: the moving average of the last ~4 losses above this many times the window's median
+SUSTAINED = 10.0  # divergence: the moving average of the last ~4 losses above this many times the window's median
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
                                 rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
                                 on_pathology="warn", check_grad=True)
