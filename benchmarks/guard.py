@@ -206,15 +206,18 @@ def faults(updates: int) -> None:
     print(f"fault targets met: {sum(rows)}/{len(rows)}")
 
 
-def cost(batch: int, chunks: int) -> None:
+def cost(batch: int, chunks: int, big: bool, steps: int = 20, check_grad: bool = True) -> None:
     torch.manual_seed(0)
-    model = mlp(1024, 9, depth=5, width=1000, activation="tanh")
+    if big:  # the probe's budget model: Glorot & Bengio's 5 x 1000 tanh MLP
+        model, inputs, label = mlp(1024, 9, depth=5, width=1000, activation="tanh"), 1024, "5x1000 tanh MLP"
+    else:  # the fault runs' MLP: the guard's fixed cost weighs most on a small model
+        model, inputs, label = models()["mlp (SGD momentum 0.9, lr 0.05)"][0](), 784, "784-256-256-10 MLP"
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(batch * 100, 1024), torch.randint(0, 9, (batch * 100,))
+    x, y = torch.randn(batch * steps, inputs), torch.randint(0, 9, (batch * steps,))
 
     def run(guard) -> tuple[float, float]:
         cpu, start = time.process_time(), time.perf_counter()
-        for i in range(100):
+        for i in range(steps):
             loss = F.cross_entropy(model(x[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch])
             loss.backward()
             if guard is None:
@@ -224,7 +227,7 @@ def cost(batch: int, chunks: int) -> None:
             opt.zero_grad()
         return time.perf_counter() - start, time.process_time() - cpu
 
-    with Guard(model, opt) as guard:
+    with Guard(model, opt, check_grad=check_grad) as guard:
         run(None), run(guard)  # warm-up
         ratios, cpu = [], {"plain": 0.0, "guard": 0.0}
         for r in range(chunks):
@@ -234,9 +237,10 @@ def cost(batch: int, chunks: int) -> None:
                 cpu[name] += c
             ratios.append(spent["guard"] / spent["plain"])
     median = statistics.median(ratios)
-    print(f"cost batch={batch}: {chunks} x 100 updates each; median over chunk pairs {median:.3f} (target <= 1.02: "
-          f"{'ok' if median <= 1.02 else 'OVER'}); CPU time of this process {cpu['guard'] / cpu['plain']:.3f}; "
-          f"guard actions {len(guard.events)}")
+    label += "" if check_grad else ", check_grad=False"
+    print(f"cost, {label}, batch {batch}: {chunks} x {steps} updates each; median over chunk pairs {median:.3f} "
+          f"(target <= 1.02: {'ok' if median <= 1.02 else 'OVER'}); CPU time of this process "
+          f"{cpu['guard'] / cpu['plain']:.3f}; guard actions {len(guard.events)}", flush=True)
 
 
 def main() -> None:
@@ -250,8 +254,10 @@ def main() -> None:
     if args.only != "cost":
         faults(args.updates)
     if args.only != "faults":
-        for batch in (10, 128):
-            cost(batch, args.chunks)
+        for big in (True, False):
+            for batch in (10, 128):
+                for check_grad in (True, False):
+                    cost(batch, args.chunks, big, check_grad=check_grad)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,53 @@ def test_bad_options_name_the_key(options, match):
     model = _net()
     with pytest.raises(ValueError, match=match):
         Guard(model, torch.optim.SGD(model.parameters(), lr=0.1), **options)
+
+
+def test_the_spec_defaults_are_the_guards():
+    from deepscope.config import GuardSpec
+    from deepscope.training.guard import DEFAULTS
+
+    assert GuardSpec().model_dump() == DEFAULTS
+
+
+def _ddp_rank(rank, world, port, out):
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(rank)
+    with Guard(ddp, opt, warmup=4, refresh=1) as guard:
+        for t in range(12):
+            x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+            loss = F.cross_entropy(ddp(x), y)
+            loss.backward()
+            if t == 8 and rank == 1:
+                loss = loss.detach() * 1e4  # a spike in rank 1's loss alone
+            guard.step(loss, grad_norm=torch.ones(()))  # the (shared) gradient norm is not what differs
+            opt.zero_grad()
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"{rank}.json"), "w") as f:
+        json.dump({"events": [(e.step, e.action) for e in guard.events],
+                   "weight": model.weight.detach().flatten().tolist()}, f)
+
+
+def test_every_rank_takes_the_same_decision(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["events"] == ranks[1]["events"] == [[8, "skip"]]  # rank 0's own loss was healthy
+    assert ranks[0]["weight"] == ranks[1]["weight"]

@@ -264,10 +264,11 @@ class GuardSpec(_Section):
     rollback_after: int = Field(3, ge=1)
     rollback_window: int = Field(50, ge=1)
     lr_factor: float = Field(0.1, gt=0, le=1)
-    cooldown: int = Field(500, ge=1)
+    cooldown: int = Field(200, ge=1)
     max_rollbacks: int = Field(5, ge=0)
     examples: int = Field(3, ge=0)
     on_pathology: Literal["warn", "rollback"] = "warn"
+    check_grad: bool = True  # false: watch the loss alone (no gradient norm to compute when there is no clipping)
 
 
 class TrainSpec(_Section):

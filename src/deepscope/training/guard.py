@@ -12,7 +12,8 @@ print(guard.events)
 
 Every update the guard checks the loss and the gradients' total 2-norm against limits computed on the device from
 the last ``window`` healthy updates (a z-score above ``z``, after ``warmup``; a non-finite value; a median loss
-above ``EXPLOSION`` x its level at the end of the warm-up) and reads one flag. A flagged update is *skipped* (the
+above ``EXPLOSION`` x its level at the end of the warm-up, or a moving average of the last ~4 losses above
+``SUSTAINED`` = 10 x the median) and reads one flag. A flagged update is *skipped* (the
 optimizer is not stepped: its state, the schedule and the step count are untouched); when ``rollback_after`` flags
 fall within ``rollback_window`` updates, or the loss diverges, the model, optimizer, schedule and RNG *roll back* to
 the last good in-memory snapshot and the learning rate is lowered by ``lr_factor`` for ``cooldown`` updates; after
@@ -31,7 +32,7 @@ import copy
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,13 +42,13 @@ from torch import Tensor, nn
 from deepscope.registry import integer, unknown
 from deepscope.training.guard_examples import rank_examples
 
-__all__ = ["DEFAULTS", "EXPLOSION", "Guard", "GuardEvent", "GuardStop"]
+__all__ = ["DEFAULTS", "EXPLOSION", "SUSTAINED", "Guard", "GuardEvent", "GuardStop"]
 
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
+SUSTAINED = 10.0  # divergence: the moving average of the last ~4 losses above this many times the window's median
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
-                                rollback_window=50, lr_factor=0.1, cooldown=500, max_rollbacks=5, examples=3,
-                                on_pathology="warn")
-KINDS = ("nonfinite", "loss_spike", "grad_spike", "divergence", "dead", "saturated")
+                                rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
+                                on_pathology="warn", check_grad=True)
 ACTIONS = ("skip", "rollback", "stop", "warn")
 
 
@@ -60,7 +61,7 @@ class GuardEvent:
     """One thing the guard saw and did. ``step``: the update index (the guard's ``step()`` calls before it)."""
 
     step: int
-    kind: str  # one of KINDS
+    kind: str  # nonfinite, loss_spike, grad_spike, divergence, dead, saturated
     action: str  # one of ACTIONS
     loss: float = math.nan
     grad_norm: float = math.nan
@@ -74,9 +75,6 @@ class GuardEvent:
     restored: int | None = None  # rollback: the update whose state was restored
     message: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Window:
     """The logarithms of the last ``size`` healthy (loss, gradient norm) pairs in a ring buffer on the device, and
@@ -89,16 +87,18 @@ class _Window:
         self.size, self.warmup, self.zmax, self.refresh = size, warmup, z, refresh
         self.values = torch.full((2, size), math.nan, device=device)
         self.limit = torch.full((2,), math.inf, device=device)
-        self.center, self.spread = torch.zeros(2, device=device), torch.ones(2, device=device)
-        self.reference: Tensor | None = None  # the median loss at the end of the warm-up
-        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
-        self.count = 0
+        self.center, self.spread, self.reference = torch.zeros(2, device=device), torch.ones(2, device=device), None
+        self.diverged, self.count = torch.zeros((), dtype=torch.bool, device=device), 0
+        # a moving average of the log loss over about 4 updates, and the level above which it is a divergence
+        self.recent, self.sustained = torch.zeros((), device=device), torch.full((), math.inf, device=device)
 
     def check(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(flag, log v)``: the flag is True (0-d, on device) unless both values are finite and their logarithms
         under the limits (NaN fails every test; a value <= 0 counts as 1e-12, so only a positive loss spikes)."""
         log = v.clamp_min(1e-12).log()
-        return ~(log < self.limit).all(), log
+        capped = torch.minimum(log[0], self.limit[0])  # one huge spike moves the average by 1/4 of the limit only
+        self.recent = torch.where(log[0].isfinite(), self.recent * 0.75 + capped * 0.25, self.recent)
+        return ~(log < self.limit).all() | (self.recent > self.sustained), log
 
     def add(self, log: Tensor) -> None:
         self.values[:, self.count % self.size].copy_(log)
@@ -115,6 +115,7 @@ class _Window:
         if self.reference is None:
             self.reference = center[0].clone()
         self.diverged = center[0] > math.log(EXPLOSION) + self.reference
+        self.sustained = center[0] + math.log(SUSTAINED)
         self.limit = torch.where(self.diverged, torch.full_like(center, -math.inf), center + self.zmax * spread)
         self.center, self.spread = center, spread
 
@@ -122,11 +123,10 @@ class _Window:
         z = ((log - self.center) / self.spread).tolist() if self.count >= self.warmup else [math.nan, math.nan]
         return z[0], z[1]
 
-    def state(self) -> dict[str, Any]:
+    def state(self, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A copy of the window's state; with ``state``: load a copy of it."""
+        vars(self).update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in (state or {}).items()})
         return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
-
-    def load(self, state: dict[str, Any]) -> None:
-        vars(self).update({k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()})
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +141,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
                              ("lr_factor", lambda v: 0 < v <= 1, "a number in (0, 1] (1 keeps the rate)")):
         if isinstance(o[key], bool) or not isinstance(o[key], int | float) or not ok(o[key]):
             raise ValueError(f"guard {key}={o[key]!r} is not allowed; give {allowed}")
+    if not isinstance(o["check_grad"], bool):
+        raise ValueError(f"guard check_grad={o['check_grad']!r} is not allowed; give True or False")
     if o["on_pathology"] not in ("warn", "rollback"):
         raise unknown("guard on_pathology", o["on_pathology"], ["warn", "rollback"])
     return {**o, "warmup": max(o["warmup"], 2)}
@@ -158,8 +160,8 @@ class Guard:
             MLflow): each event is written as rows ``source="guard", layer=kind, quantity=action``.
         snapshot_device: where snapshots are kept (default: the parameters' device; ``"cpu"`` saves its memory).
         options: ``window``, ``warmup``, ``z``, ``refresh``, ``snapshot_every``, ``rollback_after``,
-            ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``
-            (defaults in ``DEFAULTS``).
+            ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``,
+            ``check_grad`` (False: the loss alone, no gradient norm to compute) (defaults in ``DEFAULTS``).
 
     After (or during) training: ``events`` (a list of :class:`GuardEvent`), ``updates`` (updates applied),
     ``skipped``, ``rollbacks``, ``lr_scale``.
@@ -193,13 +195,11 @@ class Guard:
         self._open = False
 
     def __enter__(self) -> Guard:
-        self._good = self._snapshot()  # the starting state is trusted
-        self._open = True
+        self._good, self._open = self._snapshot(), True  # the starting state is trusted
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._open = False
-        self._good = self._pending = None  # free the snapshots' memory
+        self._open, self._good, self._pending = False, None, None  # free the snapshots' memory
 
     def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None,
              grad_norm: Tensor | None = None) -> bool:
@@ -213,9 +213,9 @@ class Guard:
             raise RuntimeError("the guard is not active; use it as a context manager: `with Guard(model, opt) as g:`")
         index, self.step_index = self.step_index, self.step_index + 1
         loss = loss.detach().reshape(()).float() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        if grad_norm is None:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        if grad_norm is None:  # check_grad=False: the loss alone (a constant norm never flags)
+            grads = [p.grad for p in self.params if p.grad is not None] if self.options["check_grad"] else []
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.ones((), device=self.device)
         v = torch.stack([loss.to(self.device), grad_norm.detach().float().to(self.device)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.AVG)  # one decision for every rank
@@ -249,11 +249,11 @@ class Guard:
         if self.scheduler is not None and self.step_scheduler:
             self.scheduler.step()
 
-    def _cool_down(self) -> None:
+    def _cool_down(self) -> None:  # the lowered rate returns after ``cooldown`` healthy updates
         if self.lr_scale != 1.0:
             self._calm += 1
             if self._calm >= self.options["cooldown"]:
-                self.lr_scale, self._calm = min(1.0, self.lr_scale / self.options["lr_factor"]), 0
+                self.lr_scale, self._calm = 1.0, 0
 
     def _on_flag(self, index: int, v: Tensor, log: Tensor, batch: Any, ids: Any) -> None:
         o = self.options
@@ -261,7 +261,7 @@ class Guard:
         z_loss, z_grad = self.window.z(log)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             kind = "nonfinite"
-        elif bool(self.window.diverged):
+        elif bool(self.window.diverged | (self.window.recent > self.window.sustained)):
             kind = "divergence"
         else:
             kind = "loss_spike" if not float(log[0]) < float(self.window.limit[0]) else "grad_spike"
@@ -346,7 +346,7 @@ class Guard:
         torch.set_rng_state(snap["rng"][0])
         if snap["rng"][1]:
             torch.cuda.set_rng_state_all(snap["rng"][1])
-        self.window.load(snap["window"])
+        self.window.state(snap["window"])
         for p in self.params:
             p.grad = None
         self._pending, self._flag_since_pending = None, False

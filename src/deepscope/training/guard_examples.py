@@ -103,8 +103,9 @@ def trainer_ids(batches: Any, t: int) -> Tensor:
 def write_events(path: Any, guard: Any) -> None:
     """The guard's events (with the examples they name) and its counts as JSON, in the run folder."""
     import json
+    from dataclasses import asdict
     from pathlib import Path
 
     data = {"summary": guard.summary(), "updates": guard.updates, "skipped": guard.skipped,
-            "rollbacks": guard.rollbacks, "options": guard.options, "events": [e.to_dict() for e in guard.events]}
+            "rollbacks": guard.rollbacks, "options": guard.options, "events": [asdict(e) for e in guard.events]}
     Path(path).write_text(json.dumps(data, indent=1, default=str, allow_nan=True), encoding="utf-8")
