@@ -5,6 +5,7 @@ from deepscope.config.overrides import apply_overrides, parse_value, split_overr
 from deepscope.config.spec import (
     SECTIONS,
     DataSpec,
+    GuardSpec,
     InitSpec,
     ModelSpec,
     OptimSpec,
@@ -17,6 +18,6 @@ from deepscope.config.spec import (
 )
 from deepscope.config.toml import load_spec, spec_toml
 
-__all__ = ["SECTIONS", "DataSpec", "InitSpec", "ModelSpec", "OptimSpec", "RunSpec", "ScheduleSpec", "SpecError",
-           "TrainSpec", "apply_overrides", "flatten", "load_spec", "parse_value", "spec_toml", "split_override",
-           "validate_spec"]
+__all__ = ["SECTIONS", "DataSpec", "GuardSpec", "InitSpec", "ModelSpec", "OptimSpec", "RunSpec", "ScheduleSpec",
+           "SpecError", "TrainSpec", "apply_overrides", "flatten", "load_spec", "parse_value", "spec_toml",
+           "split_override", "validate_spec"]
