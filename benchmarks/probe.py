@@ -110,6 +110,44 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
     return median
 
 
+def floor(data, monitor) -> None:
+    """The part of a record no faster statistics can remove: the model's own pass on the monitor set.
+
+    A forward pass of the monitor set in eval mode and the backward pass to the first pre-activation (so
+    through every hidden layer, no weight gradient), with no hook and no statistic, relative to a plain
+    training step. Every ``every`` steps the probe must spend at least this, so ``1 + floor / every`` is the
+    lowest loop ratio any implementation with the same monitor set reaches; ``1 + floor`` bounds the recording
+    step (plus its Jacobians and instrumented batch).
+    """
+    x, y = data
+    for batch in (10, 128):
+        model = make_model()
+        loop = Loop(model, x, y, batch)
+        loop.run(3)
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Tanh))
+
+        def bare() -> float:
+            kept = []
+            handle = first.register_forward_pre_hook(lambda m, a: kept.append(a[0]))
+            start = time.perf_counter()
+            model.eval()
+            out = model(monitor[0])
+            torch.autograd.grad(F.cross_entropy(out, monitor[1]), kept)
+            model.train()
+            spent = time.perf_counter() - start
+            handle.remove()
+            return spent
+
+        pairs = [(bare(), loop.run(1)) for _ in range(9)]
+        ratio = statistics.median(b / p for b, p in pairs)
+        print(
+            f"floor batch={batch}: the bare monitor pass (forward of {len(monitor[0])} examples, backward to the "
+            f"pre-activations, no statistics) = {ratio:.2f} plain steps; lowest reachable loop ratio at every={EVERY}: "
+            f"{1 + ratio / EVERY:.3f} (target <= {TARGETS[batch]})"
+            + (f"; lowest reachable recording step ratio {1 + ratio:.2f} (target <= 2)" if batch == 128 else "")
+        )
+
+
 def first_record(data, monitor) -> None:
     """The one-off record at ``with Probe(...)``: the initialization, Jacobians included."""
     x, y = data
@@ -236,6 +274,7 @@ def main() -> None:
     loop_ratio(10, args.chunks_compiled, data, monitor, compiled=True)
     compiled_graph(data, monitor)
     first_record(data, monitor)
+    floor(data, monitor)
     recording_step(data, monitor)
     retained_memory(data)
 
