@@ -9,8 +9,11 @@ hits one chunk and moves the totals, not the median. The ratio of the CPU time t
 is printed too: on a machine shared with other jobs it is the steadier figure.
 
 The probe's first record (at ``with Probe(...)``, the initialization, with the Jacobians on 10 monitor
-examples) is a one-off, printed separately. Last, the cost of one recording step -- a training step whose
-batch is instrumented, followed by ``probe.step()`` with the monitor pass -- relative to a plain step at
+examples) is a one-off, printed separately. Then the floor: the model's own forward and backward pass on the
+monitor set with no hook and no statistic, in plain steps, which bounds from below the loop ratio and the
+recording step of any implementation that runs the monitor pass in the training process's own time. Last,
+the cost of one recording step -- a training step whose batch is instrumented, followed by
+``probe.step()`` with the monitor pass -- relative to a plain step at
 batch 128 (target <= 3): with every instrument including the Jacobian singular values, on a monitor set of
 10 examples and on the paper's 300, without the Jacobians (the steady state with the default
 ``jacobian_every=None``), and with exact SVDs for comparison. And the memory the probe keeps per record,
@@ -110,6 +113,20 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
     return median
 
 
+def bare_pass(model: torch.nn.Module, first: torch.nn.Module, monitor) -> float:
+    """Seconds of a forward pass on the monitor set in eval mode and a backward pass to the input of ``first``."""
+    kept = []
+    handle = first.register_forward_pre_hook(lambda m, a: kept.append(a[0]))
+    start = time.perf_counter()
+    model.eval()
+    out = model(monitor[0])
+    torch.autograd.grad(F.cross_entropy(out, monitor[1]), kept)
+    model.train()
+    spent = time.perf_counter() - start
+    handle.remove()
+    return spent
+
+
 def floor(data, monitor) -> None:
     """The part of a record no faster statistics can remove: the model's own pass on the monitor set.
 
@@ -126,19 +143,7 @@ def floor(data, monitor) -> None:
         loop.run(3)
         first = next(m for m in model.modules() if isinstance(m, torch.nn.Tanh))
 
-        def bare() -> float:
-            kept = []
-            handle = first.register_forward_pre_hook(lambda m, a: kept.append(a[0]))
-            start = time.perf_counter()
-            model.eval()
-            out = model(monitor[0])
-            torch.autograd.grad(F.cross_entropy(out, monitor[1]), kept)
-            model.train()
-            spent = time.perf_counter() - start
-            handle.remove()
-            return spent
-
-        pairs = [(bare(), loop.run(1)) for _ in range(9)]
+        pairs = [(bare_pass(model, first, monitor), loop.run(1)) for _ in range(9)]
         ratio = statistics.median(b / p for b, p in pairs)
         print(
             f"floor batch={batch}: the bare monitor pass (forward of {len(monitor[0])} examples, backward to the "
