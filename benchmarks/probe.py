@@ -14,7 +14,7 @@ monitor set with no hook and no statistic, in plain steps, which bounds from bel
 recording step of any implementation that runs the monitor pass in the training process's own time. Last,
 the cost of one recording step -- a training step whose batch is instrumented, followed by
 ``probe.step()`` with the monitor pass -- relative to a plain step at
-batch 128 (target <= 3): with every instrument including the Jacobian singular values, on a monitor set of
+batch 128 (target <= 2): with every instrument including the Jacobian singular values, on a monitor set of
 10 examples and on the paper's 300, without the Jacobians (the steady state with the default
 ``jacobian_every=None``), and with exact SVDs for comparison. And the memory the probe keeps per record,
 for widths 250 and 1000 (it must not depend on width).
