@@ -9,9 +9,12 @@ hits one chunk and moves the totals, not the median. The ratio of the CPU time t
 is printed too: on a machine shared with other jobs it is the steadier figure.
 
 The probe's first record (at ``with Probe(...)``, the initialization, with the Jacobians on 10 monitor
-examples) is a one-off, printed separately. Last, the cost of one recording step -- a training step whose
-batch is instrumented, followed by ``probe.step()`` with the monitor pass -- relative to a plain step at
-batch 128 (target <= 3): with every instrument including the Jacobian singular values, on a monitor set of
+examples) is a one-off, printed separately. Then the floor: the model's own forward and backward pass on the
+monitor set with no hook and no statistic, in plain steps, which bounds from below the loop ratio and the
+recording step of any implementation that runs the monitor pass in the training process's own time. Last,
+the cost of one recording step -- a training step whose batch is instrumented, followed by
+``probe.step()`` with the monitor pass -- relative to a plain step at
+batch 128 (target <= 2): with every instrument including the Jacobian singular values, on a monitor set of
 10 examples and on the paper's 300, without the Jacobians (the steady state with the default
 ``jacobian_every=None``), and with exact SVDs for comparison. And the memory the probe keeps per record,
 for widths 250 and 1000 (it must not depend on width).
@@ -108,6 +111,46 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
         f"CPU time of this process {cpu['probe'] / cpu['plain']:.3f}"
     )
     return median
+
+
+def bare_pass(model: torch.nn.Module, first: torch.nn.Module, monitor) -> float:
+    """Seconds of a forward pass on the monitor set in eval mode and a backward pass to the input of ``first``."""
+    kept = []
+    handle = first.register_forward_pre_hook(lambda m, a: kept.append(a[0]))
+    start = time.perf_counter()
+    model.eval()
+    out = model(monitor[0])
+    torch.autograd.grad(F.cross_entropy(out, monitor[1]), kept)
+    model.train()
+    spent = time.perf_counter() - start
+    handle.remove()
+    return spent
+
+
+def floor(data, monitor) -> None:
+    """The part of a record no faster statistics can remove: the model's own pass on the monitor set.
+
+    A forward pass of the monitor set in eval mode and the backward pass to the first pre-activation (so
+    through every hidden layer, no weight gradient), with no hook and no statistic, relative to a plain
+    training step. Every ``every`` steps the probe must spend at least this, so ``1 + floor / every`` is the
+    lowest loop ratio any implementation with the same monitor set reaches; ``1 + floor`` bounds the recording
+    step (plus its Jacobians and instrumented batch).
+    """
+    x, y = data
+    for batch in (10, 128):
+        model = make_model()
+        loop = Loop(model, x, y, batch)
+        loop.run(3)
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Tanh))
+
+        pairs = [(bare_pass(model, first, monitor), loop.run(1)) for _ in range(9)]
+        ratio = statistics.median(b / p for b, p in pairs)
+        print(
+            f"floor batch={batch}: the bare monitor pass (forward of {len(monitor[0])} examples, backward to the "
+            f"pre-activations, no statistics) = {ratio:.2f} plain steps; lowest reachable loop ratio at every={EVERY}: "
+            f"{1 + ratio / EVERY:.3f} (target <= {TARGETS[batch]})"
+            + (f"; lowest reachable recording step ratio {1 + ratio:.2f} (target <= 2)" if batch == 128 else "")
+        )
 
 
 def first_record(data, monitor) -> None:
@@ -236,6 +279,7 @@ def main() -> None:
     loop_ratio(10, args.chunks_compiled, data, monitor, compiled=True)
     compiled_graph(data, monitor)
     first_record(data, monitor)
+    floor(data, monitor)
     recording_step(data, monitor)
     retained_memory(data)
 
