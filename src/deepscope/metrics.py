@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.losses import BINARY, CLASS, FAMILIES, LOSSES, REGRESSION, describe, match_shape
+from deepscope.registry import unknown
 
 __all__ = ["BINARY_TASK", "CLASSIFICATION", "HIGHER_IS_BETTER", "METRIC_TITLES", "MULTILABEL", "REGRESSION_TASK",
            "TASKS", "TOKENS", "Task", "baseline", "batch_sums", "beats_baseline", "class_entropy", "binary_error",
@@ -110,8 +111,8 @@ def task_of(loss: str | Callable | None, targets: Tensor, *, options: dict[str, 
 
     def refuse(why: str) -> ValueError:
         natural = _natural_kind(y) if y.ndim else CLASSIFICATION
-        return ValueError(f"{key}={shown!r} does not fit the targets ({_describe_targets(y)}): {why}; for these "
-                          f"targets ({natural}) choose one of: {', '.join(fitting_losses(natural))}")
+        return unknown(key, shown, fitting_losses(natural), what=f"{key}={shown!r} does not fit the targets "
+                       f"({_describe_targets(y)}): {why}; for these targets ({natural})")
 
     if y.ndim == 0:
         raise ValueError("the targets are a single number; give one target per example (shape (N, ...))")

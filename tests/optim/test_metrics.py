@@ -43,9 +43,9 @@ def test_a_callable_of_your_own_gets_its_task_from_the_targets():
 
 @pytest.mark.parametrize("loss, targets, message", [
     ("cross_entropy", torch.tensor([0.5, 1.5]), r"train.loss='cross_entropy' does not fit the targets \(float32 "
-     r"targets of shape \(N\)\): cross_entropy needs integer class labels; for these targets \(regression\) choose "
+     r"targets of shape \(N\)\): cross_entropy needs integer class labels; for these targets \(regression\); choose "
      r"one of: mse, huber, l1"),
-    ("mse", torch.tensor([0, 3, 1]), r"mse regresses real values.*\(classification\) choose one of: cross_entropy, "
+    ("mse", torch.tensor([0, 3, 1]), r"mse regresses real values.*\(classification\); choose one of: cross_entropy, "
      r"nll, quadratic"),
     ("bce_with_logits", torch.tensor([0, 1]), r"needs 0/1 targets as floats"),
     ("bce_with_logits", torch.tensor([0.0, 2.0]), r"needs targets in \[0, 1\]"),

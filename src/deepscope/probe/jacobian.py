@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from deepscope.probe.layers import Layer, sequential_chains
 from deepscope.probe.sinks import Entry
+from deepscope.registry import unknown
 
 __all__ = [
     "EXACT_MAX_DIM",
@@ -157,7 +158,7 @@ class JacobianMap:
     def method(self, z: Tensor, method: str = "auto") -> str:
         """The method ``"auto"`` resolves to for the source activations ``z``."""
         if method not in JACOBIAN_METHODS:
-            raise ValueError(f"jacobian_method={method!r} is not known; choose one of: {', '.join(JACOBIAN_METHODS)}")
+            raise unknown("jacobian_method", method, JACOBIAN_METHODS)
         if method != "auto":
             return method
         d_out, d_in = self.sizes(z)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deepscope.records import HISTOGRAM_COLUMNS, STAT_COLUMNS, restored_at
+from deepscope.registry import unknown
 
 DB_NAME = "deepscope.db"
 
@@ -256,7 +257,7 @@ def _select(db: sqlite3.Connection, table: str, columns: tuple[str, ...], run_id
     sql, params = f"SELECT {', '.join(columns)} FROM {table} WHERE run_id = ?", [run_id]
     for key, value in filters.items():
         if key not in allowed:
-            raise ValueError(f"filter {key}={value!r} is not known; choose one of: {', '.join(allowed)}")
+            raise unknown(f"filter {key}", value, allowed)
         values = list(value) if isinstance(value, list | tuple | set) else [value]
         sql += f" AND {key} IN ({', '.join('?' * len(values))})"
         params += values

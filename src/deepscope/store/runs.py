@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from deepscope.registry import check_name
+from deepscope.registry import check_name, unknown
 from deepscope.store import db, ownership
 from deepscope.store.db import DB_NAME, StoreError, guarded
 
@@ -207,7 +207,7 @@ class Store:
 
         A run another process has taken over (with ``force``) is left to that process."""
         if status not in STATUSES:
-            raise ValueError(f"status={status!r} is not known; choose one of: {', '.join(STATUSES)}")
+            raise unknown("status", status, STATUSES)
         run_id = self.resolve(run_id)
         self.flush()
         if status == "running":

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from deepscope.config import SpecError
+from deepscope.registry import unknown
 
 __all__ = ["resolve_device", "stop_on_signals"]
 
@@ -18,7 +19,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device='cuda' but no CUDA device is available; choose one of: auto, cpu")
+        raise SpecError(unknown("train.device", "cuda", ["auto", "cpu"],
+                                what="train.device='cuda' but no CUDA device is available")) from None
     return torch.device(name)
 
 

@@ -19,6 +19,7 @@ from deepscope.metrics import BINARY_TASK, CLASSIFICATION, MULTILABEL, TOKENS, T
 from deepscope.models import build_model
 from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
+from deepscope.registry import unknown
 from deepscope.training.checkpoint import CheckpointError, check_resume
 from deepscope.validate import check_batch_size
 
@@ -130,8 +131,8 @@ def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
         raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
     if t.monitor not in ("error", "loss", *task.metrics):
         others = [m for m in task.metrics if m != "error"]
-        raise SpecError(f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task; choose one of: "
-                        f"{', '.join(['error', 'loss', *others])}")
+        raise SpecError(unknown("train.monitor", t.monitor, ["error", "loss", *others],
+                                what=f"train.monitor={t.monitor!r} is not a metric of this {task.kind} task"))
     return fn, info, task
 
 
