@@ -173,7 +173,7 @@ DEAD = ("dead_units",)
 LR_HIGH = ("lr_too_high", "exploding_gradients", "loss_spikes", "gradient_spikes")
 VANISHING = ("vanishing_gradients", "variance_shrinks")
 MISMATCH = ("output_loss_mismatch",)
-PLATEAU = ("plateau",)
+PLATEAU = ("labels_unexplained", "plateau")  # random targets: no input explains them (a data cause)
 
 
 def _per_task(task: str, outputs: int) -> list[Case]:
