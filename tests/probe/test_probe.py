@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from probe_nets import small_mlp
 from torch import nn
 
 from deepscope.nn.activations import ACTIVATIONS
@@ -25,15 +26,6 @@ def hist_of(probe, **filters):
         for h in probe.histograms
         if all(h[k] == v for k, v in filters.items())
     }
-
-
-def small_mlp(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
-    with torch.no_grad():
-        model[0].weight.mul_(3.0)  # some tanh units saturate
-        model[2].bias[:4] = -5.0  # some relu units are dead on every example
-    return model
 
 
 def hand_forward(model, x):
