@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from cases import CLASSES, HEALTHY, SHAPE, Case, Recurrent, _case, relu_mlp, teacher_data
+from cases import CLASSES, HEALTHY, SHAPE, Case, Recurrent, _case, conv_data, relu_mlp, teacher_data
 from torch import nn
 
 from deepscope.models import mlp
@@ -113,6 +113,11 @@ def _data(seed: int, **kw):
     return partial(teacher_data, seed=seed, **kw)
 
 
+def _conv_data(seed: int, **kw):
+    """The conv cases' data (:func:`cases.conv_data`): labels of local patterns anywhere in the image."""
+    return conv_data(seed=seed, **kw)
+
+
 HELDOUT: list[Case] = [
     # --- healthy -----------------------------------------------------------------------------------
     _case("elu-he-sgd-w96-d3", HEALTHY, depth=3, width=96, activation="elu", init="he_normal", lr=0.02,
@@ -122,21 +127,21 @@ HELDOUT: list[Case] = [
     _case("gelu-he-momentum-d5", HEALTHY, depth=5, width=48, activation="gelu", init="he_normal", optim="momentum",
           lr=0.01, train={"seed": 1}, data=_data(2)),
     _conv("conv-elu-adam", HEALTHY, channels=(12, 24), activation="elu", init="he_normal", optim="adam", lr=1e-3,
-          train={"seed": 2}, data=_data(3)),
+          train={"seed": 2}, data=_conv_data(3)),
     _case("user-cnn-adam", HEALTHY, model=SmallCNN, family="conv", optim="adam", lr=3e-3, train={"seed": 1},
-          data=_data(4)),
+          data=_conv_data(4)),
     _case("layernorm-silu-mlp", HEALTHY, model=LayerNormMLP, optim="adam", lr=1e-3, train={"seed": 5},
           data=_data(6)),
     # --- broken ------------------------------------------------------------------------------------
     _case("cnn-frozen-first-conv", ("not_learning",), model=frozen_first_conv, family="conv", optim="adam",
-          lr=3e-3, train={"seed": 2}),
+          lr=3e-3, train={"seed": 2}, data=_conv_data(0)),
     _case("cnn-sigmoid-into-ce", ("output_loss_mismatch", "output_activation"),
           model=SigmoidCNN, family="conv", optim="adam",
-          lr=3e-3, data=_data(7)),
+          lr=3e-3, data=_conv_data(7)),
     _case("cnn-zero-init", ("symmetry",), model=zero_cnn, family="conv", optim="momentum", lr=0.02,
-          data=_data(8)),
+          data=_conv_data(8)),
     _case("cnn-adam-lr-0.2", ("lr_too_high", "exploding_gradients", "loss_spikes", "gradient_spikes"),
-          model=SmallCNN, family="conv", optim="adam", lr=0.2, train={"seed": 3}),
+          model=SmallCNN, family="conv", optim="adam", lr=0.2, train={"seed": 3}, data=_conv_data(0)),
     _case("elu-sgd-lr-8", ("lr_too_high", "exploding_gradients"), depth=3, width=96, activation="elu",
           init="he_normal", lr=8.0, train={"seed": 1}, data=_data(2)),
     _case("tanh-normal-1-w128", ("saturation", "variance_grows"), depth=3, width=128, activation="tanh",
@@ -144,7 +149,7 @@ HELDOUT: list[Case] = [
     _case("elu-uncentred-offset-10", ("input_not_centered",), depth=3, width=64, activation="elu",
           init="he_normal", optim="adam", lr=1e-3, data=_data(3, offset=10.0)),
     _conv("conv-leaky-unscaled-x50", ("input_not_scaled",), activation="leaky_relu", init="he_normal",
-          optim="momentum", lr=0.01, data=_data(4, scale=50.0)),
+          optim="momentum", lr=0.01, data=_conv_data(4, scale=50.0)),
     _case("relu-w128-dead-bias-2.5", ("dead_units",), model=lambda: relu_mlp(bias=-2.5, width=128, depth=3),
           train={"seed": 3}, data=_data(9)),
     _case("relu-adam-lr-1e-6", ("lr_too_low",), depth=3, width=96, activation="relu", init="he_normal",
@@ -155,7 +160,7 @@ HELDOUT: list[Case] = [
           model=SoftmaxRecurrent, family="lstm", optim="adam",
           lr=3e-3, train={"seed": 2}),
     _case("conv-bn-left-in-eval", ("eval_mode", "bn_stats_frozen"), model=ConvBNEval, family="conv",
-          optim="momentum", lr=0.02, data=_data(5)),
+          optim="momentum", lr=0.02, data=_conv_data(5)),
     _case("selu-huge-output-init", ("output_saturated",), model=selu_big_output, optim="sgd", lr=0.02,
           train={"seed": 6}),
 ]

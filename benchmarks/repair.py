@@ -97,6 +97,8 @@ def main() -> None:
     twins = {c.name: c for c in CASES + HELDOUT + pool if c.healthy}
     per_class: dict[str, list[bool]] = defaultdict(list)
     per_task: dict[str, list[bool]] = defaultdict(list)  # the broken set-ups of each task the repair makes train
+    twins_train: dict[str, list[bool]] = defaultdict(list)  # per family: the healthy set-ups that train by the rule
+    trained_before: list[str] = []  # broken set-ups whose baseline already trains by the rule
     proposed, alarms, causes, data_causes, ratios, started = [], [], [], [], [], time.perf_counter()
     print(f"{'case':<26} {'found (top two)':<40} {'cause':<22} {'best verified fix':<28} {'valid error':<17} "
           f"{'trains':<6} {'trials':>6} {'x diag':>7}  verdict")
@@ -119,8 +121,11 @@ def main() -> None:
                 proposed.append(r.repaired)
                 alarms.append(not r.healthy)
                 ok = trains(before, b.chance_error, 1.0)
+                twins_train[case.family].append(ok)
             else:
                 causes.append(cause in case.expected)
+                if not diverged and trains(before, b.chance_error, 1.0):
+                    trained_before.append(case.name)
                 if case.expected[0] in DATA_CAUSES | SUSPECTED_DATA_CAUSES:  # "no training change can help"
                     done = r.data_cause is not None and r.best is None
                     data_causes.append(done)
@@ -148,6 +153,11 @@ def main() -> None:
     print(f"{'healthy with trials':<48} {sum(alarms):>4}/{len(alarms):<4} (a false alarm of the diagnosis)")
     print(f"{'cause column matches the label':<48} {sum(causes):>4}/{len(causes):<4} {cause_share:.0%} "
           "(target >= 90%)")
+    twin_hits = [h for hits in twins_train.values() for h in hits]
+    print(f"{'healthy twins that train':<48} {sum(twin_hits):>4}/{len(twin_hits):<4} (target: all; "
+          + ", ".join(f"{family} {sum(h)}/{len(h)}" for family, h in sorted(twins_train.items())) + ")")
+    print(f"{'broken set-ups that train before repair':<48} {len(trained_before):>4}/{len(causes):<4} "
+          f"(the bug does not stop training{': ' + ', '.join(trained_before) if trained_before else ''})")
     print(f"{'data causes: no training change can help':<48} {sum(data_causes):>4}/{len(data_causes):<4} "
           "(target: all)")
     if list(per_task) != ["classification"]:
