@@ -227,6 +227,29 @@ def _lower_dropout(spec: dict) -> None:
     spec["model"]["dropout"] = LOW_DROPOUT
 
 
+def _combined(name: str, title: str, *parts: str) -> Fix:
+    """One fix made of the fixes ``parts``, applied in order, tried as one candidate (a pair the greedy combination
+    would not reach when neither part is verified alone); its group is every part's."""
+    fixes = [FIXES[p] for p in parts]
+    group = "+".join(dict.fromkeys(g for f in fixes for g in f.group.split("+")))
+
+    def spec(d: dict) -> None:
+        for f in fixes:
+            if f.spec is None:
+                raise NotApplicable(f"{f.name} applies to a module of your own only")
+            f.spec(d)
+
+    def module(model, seed: int):
+        for f in fixes:
+            if f.module is None:
+                raise NotApplicable(f"{f.name} changes [model]/[init] of a spec-built network; there is no "
+                                    "module-level version")
+            model = f.module(model, seed) or model
+        return model
+
+    return Fix(name, title, group, spec, module, all(f.run_level for f in fixes))
+
+
 def _swap_fix(name: str, old: str, new: str) -> Fix:
     return Fix(name, f"{old} -> {new}, with the init that fits it", "activation+init", _swap(old, new),
                swap_module(old, new))
@@ -285,6 +308,11 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         "weights of the best one", "stopping", _early_stopping, run_level=True),
 ]}
 
+# A deep plain stack: PReLU keeps every unit passing gradient (He et al. 2015, "Delving Deep into Rectifiers",
+# sec. 2) and LSUV scales each layer to unit output variance (Mishkin & Matas 2016, "All you need is a good init",
+# sec. 2), with which they trained deep thin nets without batch normalization.
+FIXES["act_prelu_lsuv"] = _combined("act_prelu_lsuv", "relu -> PReLU, with LSUV initialization", "act_prelu", "lsuv")
+
 FIXES_FOR: dict[str, list[str]] = {
     "symmetry": ["reinit", "lsuv"],
     "exploding_gradients": ["lr_x0.1", "clip_norm", "reinit", "batch_norm"],
@@ -311,7 +339,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "output_activation": ["remove_output_activation", "as_logits"],
     "weight_decay_strong": ["lower_weight_decay"],
     "dropout_strong": ["lower_dropout"],
-    "depth_unnormalized": ["batch_norm", "lsuv", "reinit"],
+    "depth_unnormalized": ["act_prelu_lsuv", "batch_norm", "lsuv", "reinit"],
     "input_constant": [],
     "labels_constant": [],
     "labels_unexplained": [],
