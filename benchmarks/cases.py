@@ -412,12 +412,13 @@ CASES: list[Case] = [
     _case("lstm-seed1", HEALTHY, model=Recurrent, family="lstm", optim="adam", lr=3e-3, train={"seed": 1}),
     Case("shapeset-tanh-glorot", HEALTHY, "spec",
          spec("shapeset-tanh-glorot", width=128, activation="tanh", init="glorot_uniform", lr=0.05, batch_size=10,
-              preprocess="standardize", data=SHAPESET), data=shapeset_data),
+              preprocess="standardize", data=SHAPESET), data=shapeset_data, family="shapeset"),
     # doctor's default length: with the authors' fill, 300 updates leave this net at the chance error (0.76-0.82
     # against 0.79), which the plateau rule rightly calls; by 500 it is clearly below
     Case("shapeset-relu-he-adam", HEALTHY, "spec",
          spec("shapeset-relu-he-adam", width=128, activation="relu", init="he_normal", optim="adam", lr=1e-3,
-              batch_size=10, preprocess="standardize", data=SHAPESET), data=shapeset_data, updates=500),
+              batch_size=10, preprocess="standardize", data=SHAPESET), data=shapeset_data, updates=500,
+         family="shapeset"),
     # --- broken: the issue's fifteen ---------------------------------------------------------------
     _case("deep-sigmoid", ("saturation", "vanishing_gradients"), depth=6, activation="sigmoid",
           init={"scheme": "normal", "std": 1.0}),
@@ -434,7 +435,7 @@ CASES: list[Case] = [
     Case("shapeset-deep-sigmoid", ("saturation", "vanishing_gradients"), "spec",
          spec("shapeset-deep-sigmoid", depth=5, width=128, activation="sigmoid", init="standard", lr=0.05,
               batch_size=10, preprocess="standardize", data=SHAPESET), data=shapeset_data,
-         updates=500),
+         updates=500, family="shapeset"),
     _case("constant-init", ("symmetry",), activation="tanh", init={"scheme": "constant", "value": 0.05}),
     _case("saturated-tanh", ("saturation",), activation="tanh", init={"scheme": "normal", "std": 2.0}),
     _case("uncentred-inputs", ("input_not_centered",), activation="tanh", init="glorot_uniform",
