@@ -6,8 +6,10 @@ fix, the validation error before -> after (and the healthy twin's, where the cas
 network *trains* (validation error at least 10 points below the chance error and better than the baseline, or the
 baseline diverged), the number of trials and the whole repair's time as a multiple of its diagnosis run -- then the
 targets: the share of broken set-ups that end with a network that trains (>= 95 %), the healthy set-ups with a
-proposal (0), the cause column against the case's label (>= 90 %), and the set-ups whose cause is in the data
-(reported as "no training change can help").
+proposal (0), the cause column against the case's label (>= 90 %), the healthy set-ups that train by the same rule
+in their budget (all: a repair of a broken twin can only show "trains" when its healthy twin does; per family), the
+broken set-ups whose baseline already trains by the rule (the bug does not stop training), and the set-ups whose
+cause is in the data (reported as "no training change can help").
 ``--heldout`` runs the held-out set-ups of benchmarks/heldout.py (no threshold was tuned on them) instead, ``--all``
 both; ``--external`` adds AUTOTRAINER's buggy MNIST models (benchmarks/external/autotrainer.py, slower).
 ``--tasks`` adds the set-ups of other tasks (benchmarks/task_cases.py: regression, binary, multi-label, tokens);
