@@ -144,7 +144,8 @@ def main() -> None:
                 pairs = [(f"{REFERENCE} vs full", ref, REFERENCE, full, args.pool)]
                 for n in SIZES:
                     small = monitor_stats(model, mx[:n], my[:n])
-                    pairs += [(f"{n} vs full", small, n, full, args.pool), (f"{n} vs {REFERENCE}", small, n, ref, REFERENCE)]
+                    pairs += [(f"{n} vs full", small, n, full, args.pool),
+                              (f"{n} vs {REFERENCE}", small, n, ref, REFERENCE)]
                 for label, small, n, base, n_base in pairs:
                     for key, errs in deviations(small, base, full, n, n_base, args.pool).items():
                         found.setdefault(name, {}).setdefault(label, {}).setdefault(key, []).extend(errs)
