@@ -182,13 +182,13 @@ class Probe:
         """Call after each optimizer step. ``step``: updates done so far (default: one more)."""
         if not self._active:
             raise RuntimeError("the probe is not active; use it as a context manager: `with Probe(model) as probe:`")
-        if self._enabled and self._armed:
+        if recorded := self._enabled and self._armed:
             self._record_train()
         self._step = self._step + 1 if step is None else positive_int("step", step, minimum=0)
         if self._enabled and self._step % self.every == 0:
             self._run_deferred()  # the previous record's Jacobians first: rows arrive in the order of their steps
             self._arm(deferred=True)
-        else:
+        elif not recorded:  # one Jacobian per step, from the step after the recorded one
             self._run_deferred(1)
 
     def flush(self) -> None:
