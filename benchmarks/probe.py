@@ -180,8 +180,9 @@ def recording_step(data, monitor, cycles: int) -> None:
     pass (and copies the Jacobian maps' weights and slopes), and the next, instrumented one. Steps 6-12 of each
     cycle, where the probe attaches nothing, are the plain steps of that cycle. The recording step ratio is
     ``1 + (time of the two steps - 2 plain steps) / plain step``: one step plus everything the record costs on
-    them. The Jacobian products then run one layer map per step on the next four steps, printed as their own
-    ratio. Medians over cycles; the CPU time of this process likewise.
+    them. Printed too: the costlier of the two steps alone against a plain step. The Jacobian products then run
+    one layer map per step on the next four steps, printed as their own ratio. Medians over cycles; the CPU time
+    of this process likewise.
     """
     x, y = data
     model = make_model()
@@ -193,7 +194,7 @@ def recording_step(data, monitor, cycles: int) -> None:
         (f"without Jacobians (the default after the first record), {len(monitor[0])}-example monitor set", monitor,
          dict(jacobian_examples=0)),
     ):
-        rec, jac = [], []
+        rec, jac, single = [], [], []
         with Probe(model, every=15, monitor=mon, start_step=1, **kw) as probe:
             loop.probe = probe
             for cycle in range(cycles + 1):
@@ -206,12 +207,14 @@ def recording_step(data, monitor, cycles: int) -> None:
                 wall, cpu = (statistics.median(v) for v in zip(*(steps[k] for k in range(6, 13)), strict=True))
                 extra, extra_cpu = (steps[14][i] + steps[0][i] - 2 * base for i, base in ((0, wall), (1, cpu)))
                 rec.append((1 + extra / wall, 1 + extra_cpu / cpu))
+                single.append(max(steps[14][0], steps[0][0]) / wall)
                 jac.append(statistics.median(steps[k][0] / wall for k in range(1, 5)))
         loop.probe = None
         ratio, ratio_cpu = (statistics.median(v) for v in zip(*rec, strict=True))
         verdict = "ok" if ratio <= 2 else "OVER"
         line = (f"recording step batch=128, {label}: ratio {ratio:.2f} (target <= 2: {verdict}); "
-                f"CPU time of this process {ratio_cpu:.2f}")
+                f"CPU time of this process {ratio_cpu:.2f}; the costlier of its two steps alone "
+                f"{statistics.median(single):.2f}")
         if kw["jacobian_examples"]:
             line += f"; each of the 4 next steps (one Jacobian map each) {statistics.median(jac):.2f}"
         print(line + f" ({cycles} cycles)")
