@@ -143,3 +143,47 @@ def test_auto_takes_lanczos_when_the_explicit_jacobian_would_be_too_large():
         z = model[1](model[0](x[:2]))
     top = explicit(lambda v: model[4](model[3](model[2](v))), z).max().item()
     assert 0 < got["sv_mean"] < got["sv_max"] <= top * (1 + 1e-5)
+
+
+def test_jacobians_of_a_later_record_are_those_of_its_weights_though_computed_after_updates():
+    """Records armed by ``step()`` compute their Jacobians over the next steps, on a copy of the map's weights
+    taken at the record: they equal the explicit Jacobians of the model as it was at that record."""
+    import copy
+
+    import torch.nn.functional as F
+    from probe_nets import small_mlp
+
+    from deepscope.probe import Probe
+
+    model = small_mlp()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(20, 8, generator=g), torch.randint(0, 4, (20,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    kept = {}
+    with Probe(model, every=2, monitor=(x, y), jacobian_every=2, jacobian_examples=5) as probe:
+        for step in range(1, 6):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            probe.step()
+            if step == 2:  # the record of step 2 was just taken; its Jacobians are not computed yet
+                kept[2] = copy.deepcopy(model)
+                assert not [r for r in probe.records if r["quantity"] == "jacobian" and r["step"] == 2]
+    rows = {(r["step"], r["stat"]): r["value"] for r in probe.to_rows(quantity="jacobian", layer="3")}
+
+    def explicit(net):
+        net = net.eval()
+        with torch.no_grad():
+            z = net[1](net[0](x[:5]))
+        out = []
+        for e in range(5):
+            j = torch.autograd.functional.jacobian(lambda v, net=net: net[3](net[2](v[None]))[0], z[e])
+            out.append(torch.linalg.svdvals(j))
+        return torch.cat(out)
+
+    sv = explicit(kept[2])
+    assert rows[2, "sv_mean"] == pytest.approx(sv.mean().item(), rel=1e-5)
+    assert rows[2, "sv_max"] == pytest.approx(sv.max().item(), rel=1e-5)
+    later = explicit(model)  # the weights three updates later give other values: the copy mattered
+    assert abs(later.mean().item() - rows[2, "sv_mean"]) > 1e-3
+    assert sorted({s for s, _ in rows}) == [0, 2, 4]  # the last record's Jacobians were computed at exit

@@ -15,7 +15,7 @@ from deepscope.probe.sinks import PREFIX, histogram_tag, require, stat_tag
 __all__ = ["LOSS", "MONITOR", "LossWindow", "finish", "guard_options", "histogram_tag", "metrics_by_step", "require",
            "set_options", "stat_tag", "take_examples"]
 
-MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
+MONITOR = 128  # fixed monitor examples (the paper used 300; README "Performance" gives the error of 128)
 LOSS = f"{PREFIX}/loss"  # mean training loss since the previous record; read back as "train/loss"
 REPORT_FILE = "deepscope-report.html"
 

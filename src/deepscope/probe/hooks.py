@@ -34,9 +34,11 @@ from deepscope.probe.layers import (  # re-exported: the names this module held 
 from deepscope.probe.sinks import Entry
 from deepscope.probe.stats import (
     GRADIENT_STATS,
+    WEIGHT_GRADIENT_STATS,
     activation_stat_names,
     activation_stats,
     gradient_stats,
+    update_ratio,
     weight_gradient_stats,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "root_hook",
     "sequential_chains",
     "start_watching",
+    "train_entries",
     "weight_hook",
 ]
 
@@ -254,3 +257,19 @@ def start_watching(
     skip = {id(layer.module) for layer in layers if layer.kind == "activation"}
     for handle in cap.watcher.watch(model, skip, lambda: token == cap.token, report):
         hooks.add(handle)
+
+
+def train_entries(cap: Capture, weights: list[Weight], snapshot: list[Tensor]) -> list[Entry]:
+    """The training step's record: what the hooks took, the weight gradients (as the optimizer read them, or
+    without an optimizer step as the backward pass left them) and the update ratios against ``snapshot``."""
+    entries = cap.pending
+    with torch.no_grad():
+        for name, grad in cap.grad_refs.items():
+            if name not in cap.weight_grads:
+                cap.weight_grads[name] = weight_gradient_stats(grad, cap.bins)
+        for w in weights:
+            if w.name in cap.weight_grads:
+                entries.append((w.name, "weight_grad", WEIGHT_GRADIENT_STATS, cap.weight_grads[w.name], True))
+        for w, before in zip(weights, snapshot, strict=True):
+            entries.append((w.name, "update_ratio", ("ratio",), update_ratio(before, w.param), False))
+    return entries

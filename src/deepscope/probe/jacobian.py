@@ -44,7 +44,9 @@ __all__ = [
     "jacobians_due",
     "lanczos_singular_values",
     "plan_jacobians",
+    "prepare_jacobians",
     "record_jacobians",
+    "run_jacobian",
 ]
 
 JACOBIAN_METHODS = ("auto", "exact", "lanczos")
@@ -129,14 +131,15 @@ class JacobianMap:
     def _affine(self, z: Tensor) -> bool:
         return z.dim() == 2 and self.elementwise_last and all(isinstance(m, _AFFINE) for m in self.modules[:-1])
 
-    def jacobians(self, z: Tensor) -> Tensor:
+    def jacobians(self, z: Tensor, analytic: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Per-example Jacobians at the source activations ``z`` (examples along dim 0): (k, d_out, d_in).
 
-        Raises ``ValueError`` when one Jacobian would exceed :data:`MAX_JACOBIAN_ENTRIES` entries.
+        ``analytic``: ``(A, f'(s))`` taken earlier (:meth:`frozen`) for a ``diag(f'(s)) A`` map. Raises
+        ``ValueError`` when one Jacobian would exceed :data:`MAX_JACOBIAN_ENTRIES` entries.
         """
         z = z.detach()
-        if self._affine(z):
-            a, slope = self._analytic(z)
+        if analytic is not None or self._affine(z):
+            a, slope = analytic if analytic is not None else self._analytic(z)
             return slope[:, :, None] * a[None]
         with torch.no_grad():
             d_out = self._apply(z[:1]).numel()
@@ -146,9 +149,9 @@ class JacobianMap:
         jac = torch.func.vmap(torch.func.jacrev(lambda x: self._apply(x[None])[0]))(z)
         return jac.reshape(z.shape[0], d_out, d_in)
 
-    def singular_values(self, z: Tensor) -> Tensor:
+    def singular_values(self, z: Tensor, analytic: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Singular values of every per-example Jacobian: (k, min(d_out, d_in))."""
-        return torch.linalg.svdvals(self.jacobians(z))
+        return torch.linalg.svdvals(self.jacobians(z, analytic))
 
     def sizes(self, z: Tensor) -> tuple[int, int]:
         """``(d_out, d_in)`` of one example's Jacobian."""
@@ -165,17 +168,19 @@ class JacobianMap:
         explicit = self._affine(z) or d_out * d_in <= MAX_JACOBIAN_ENTRIES
         return "exact" if min(d_out, d_in) <= EXACT_MAX_DIM and explicit else "lanczos"
 
-    def spectrum(self, z: Tensor, method: str = "auto", steps: int = LANCZOS_STEPS) -> tuple[tuple[str, ...], Tensor]:
+    def spectrum(
+        self, z: Tensor, method: str = "auto", steps: int = LANCZOS_STEPS, analytic: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[tuple[str, ...], Tensor]:
         """Statistics of the singular values over the examples ``z``: names and a flat tensor.
 
         ``"exact"``: ``sv_mean, sv_min, sv_max`` of every singular value of every example;
-        ``"lanczos"``: ``sv_mean, sv_max`` (see the module docstring).
+        ``"lanczos"``: ``sv_mean, sv_max`` (see the module docstring). ``analytic``: see :meth:`jacobians`.
         """
         z = z.detach()
-        if self.method(z, method) == "exact":
-            sv = self.singular_values(z)
+        if (method if analytic is not None and method != "auto" else self.method(z, method)) == "exact":
+            sv = self.singular_values(z, analytic)
             return ("sv_mean", "sv_min", "sv_max"), torch.stack([sv.mean(), sv.min(), sv.max()])
-        jv, jtv, d_out, active = self._operator(z)
+        jv, jtv, d_out, active = self._operator(z, analytic)
         d_in, k = z[0].numel(), z.shape[0]
         output_side, share = d_out < d_in, None
         if active is not None:
@@ -195,11 +200,28 @@ class JacobianMap:
             mean = mean * share
         return ("sv_mean", "sv_max"), torch.stack([mean.mean(), top.max()])
 
-    def _operator(self, z: Tensor) -> tuple[Matvec, Matvec, int, Tensor | None]:
+    def frozen(self, z: Tensor, method: str) -> Callable[[], tuple[tuple[str, ...], Tensor]]:
+        """The spectrum at the current weights, as a function to call now or later (after the weights moved).
+
+        For a ``diag(f'(s)) A`` map, ``A`` (copied) and the slopes are taken now and the products run when the
+        function is called: the same numbers as :meth:`spectrum` now. Any other map is computed now.
+        """
+        z = z.detach()
+        if self._affine(z):
+            method = self.method(z, method)
+            a, slope = self._analytic(z)
+            analytic = (a.clone(), slope)
+            return lambda: self.spectrum(z, method, analytic=analytic)
+        result = self.spectrum(z, method)
+        return lambda: result
+
+    def _operator(
+        self, z: Tensor, analytic: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Matvec, Matvec, int, Tensor | None]:
         """``J v`` and ``J^T u`` for a batch of one vector per example of ``z`` (flattened), ``d_out``, and
         for ``diag(f'(s)) A`` maps the mask of units with a non-zero slope."""
-        if self._affine(z):
-            a, slope = self._analytic(z)
+        if analytic is not None or self._affine(z):
+            a, slope = analytic if analytic is not None else self._analytic(z)
             return (lambda v: slope * (v @ a.T)), (lambda u: (slope * u) @ a), a.shape[0], slope != 0
         shape = z.shape
 
@@ -305,7 +327,10 @@ def jacobians_due(step: int, examples: int, done: bool, every: int | None) -> bo
     return examples > 0 and (not done or (every is not None and step % every == 0))
 
 
-def record_jacobians(
+Deferred = Callable[[], tuple[tuple[str, ...], Tensor]]
+
+
+def prepare_jacobians(
     maps: dict[str, JacobianMap],
     layers: list[Layer],
     calls: dict[int, int],
@@ -313,14 +338,15 @@ def record_jacobians(
     method: str,
     unavailable: dict[str, str],
     methods: dict[str, str],
-) -> list[Entry]:
-    """The spectrum of each planned map at the source activations ``inputs`` the monitor pass captured.
+) -> list[tuple[str, Deferred]]:
+    """For each planned map, a function that returns its spectrum at the source activations ``inputs`` the
+    monitor pass captured and at the weights of now (:meth:`JacobianMap.frozen`), to call now or later.
 
     A map through a module that ran more than once in that pass (``calls``), or one that fails, moves from
     ``maps`` to ``unavailable`` with the reason (an instrument that cannot be computed is reported, not
     fatal); ``methods`` gets the method each layer resolved to.
     """
-    entries: list[Entry] = []
+    out: list[tuple[str, Deferred]] = []
     reused = {layer.name for layer in layers if calls.get(id(layer.module), 0) > 1}
     for name, jmap in list(maps.items()):
         if name in reused or jmap.source in reused:
@@ -333,11 +359,39 @@ def record_jacobians(
             continue
         try:
             resolved = jmap.method(z, method)
-            stats, values = jmap.spectrum(z, resolved)
+            out.append((name, jmap.frozen(z, resolved)))
         except Exception as e:
             unavailable[name] = f"could not be computed: {type(e).__name__}: {e}"
             del maps[name]
             continue
         methods[name] = resolved
-        entries.append((name, "jacobian", stats, values, False))
+    return out
+
+
+def run_jacobian(
+    name: str, spectrum: Deferred, maps: dict[str, JacobianMap], unavailable: dict[str, str]
+) -> list[Entry]:
+    """The record of one prepared map (:func:`prepare_jacobians`); a failure moves it to ``unavailable``."""
+    try:
+        stats, values = spectrum()
+    except Exception as e:
+        unavailable[name] = f"could not be computed: {type(e).__name__}: {e}"
+        maps.pop(name, None)
+        return []
+    return [(name, "jacobian", stats, values, False)]
+
+
+def record_jacobians(
+    maps: dict[str, JacobianMap],
+    layers: list[Layer],
+    calls: dict[int, int],
+    inputs: dict[str, Tensor],
+    method: str,
+    unavailable: dict[str, str],
+    methods: dict[str, str],
+) -> list[Entry]:
+    """The spectrum of each planned map now (:func:`prepare_jacobians`, then every function called)."""
+    entries: list[Entry] = []
+    for name, spectrum in prepare_jacobians(maps, layers, calls, inputs, method, unavailable, methods):
+        entries += run_jacobian(name, spectrum, maps, unavailable)
     return entries

@@ -31,14 +31,15 @@ from deepscope.probe.hooks import (
     optimizer_hook,
     root_hook,
     start_watching,
+    train_entries,
     weight_hook,
 )
-from deepscope.probe.jacobian import jacobians_due, plan_jacobians, record_jacobians
+from deepscope.probe.jacobian import Deferred, jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.options import check_options, monitor_to_model, parse_monitor, positive_int
 from deepscope.probe.replay import arm_replay
 from deepscope.probe.sinks import Entry, filter_rows, rows, to_columns
-from deepscope.probe.stats import WEIGHT_GRADIENT_STATS, update_ratio, weight_gradient_stats, weight_sample
+from deepscope.probe.stats import weight_sample
 
 __all__ = ["Probe"]
 
@@ -48,25 +49,20 @@ class Probe:
 
     Args:
         model: any ``nn.Module``; left exactly as found (hooks, modes, parameters, gradients).
-        every: record the training step whose index is a multiple of ``every``; call
-            :meth:`step` once after each optimizer step.
-        monitor: a fixed set ``x`` or ``(x, y)`` (the paper used 300 test examples). At each record
-            the probe runs its own pass on it in eval mode, without touching parameters, ``.grad``,
-            optimizer or RNG state. With ``x`` alone only activations and Jacobians are recorded;
-            back-propagated gradients need ``y``.
+        every: record the training steps whose index is a multiple of ``every``; call :meth:`step` after each update.
+        monitor: a fixed set ``x`` or ``(x, y)`` (the paper used 300 test examples; the README gives the error
+            of smaller sets). At each record the probe runs its own pass on it in eval mode, without touching
+            parameters, ``.grad``, optimizer or RNG state; back-propagated gradients need ``y``.
         loss_fn: ``loss_fn(output, y) -> scalar`` for the monitor pass; cross-entropy by default.
         layers: module names to record (``["hidden1.act", ...]``) instead of the discovered ones.
         bins: histogram bins.
-        sinks: objects with ``write(stats_rows, histogram_rows)`` (:class:`StoreSink`,
-            :class:`TensorBoardSink`), called once per record.
+        sinks: objects with ``write(stats_rows, histogram_rows)`` (:class:`StoreSink`, :class:`TensorBoardSink`).
         jacobian_examples: monitor examples for the Jacobian singular values (0: none).
         jacobian_every: also compute them at steps that are multiples of this (a multiple of
             ``every``); by default only at the first record, the initialization.
-        jacobian_method: ``"exact"`` (explicit Jacobians and their SVD: ``sv_mean, sv_min, sv_max``),
-            ``"lanczos"`` (stochastic Lanczos quadrature from Jacobian-vector products: ``sv_mean,
-            sv_max``, per layer map up to about 2 % off at 1000 units, 4 % at 256-512, 9 % at 64; about one
-            plain step for the four layer maps of a 5 x 1000 MLP) or ``"auto"``
-            (exact for layers of at most 256 units; see :mod:`deepscope.probe.jacobian`).
+        jacobian_method: ``"exact"`` (explicit Jacobians and their SVD: ``sv_mean, sv_min, sv_max``), ``"lanczos"``
+            (``sv_mean, sv_max`` from Jacobian-vector products) or ``"auto"`` (exact up to 256 units); the errors
+            are in :mod:`deepscope.probe.jacobian`. Records after the first spread these over the next steps.
         start_step: the number of updates already done (when resuming).
         keep: keep the rows in memory (``records``, ``histograms``); set False when streaming to a sink.
         all_ranks: under ``torch.distributed``, record on every rank, each row carrying its ``rank``;
@@ -149,6 +145,7 @@ class Probe:
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
         self._snapshot: list[Tensor] = []
         self._jacobians_done = False
+        self._deferred: list[tuple[int, str, Deferred]] = []  # (step, layer, spectrum): Jacobians still to compute
 
     # ------------------------------------------------------------------ context manager
 
@@ -169,6 +166,7 @@ class Probe:
 
     def __exit__(self, *exc: Any) -> None:
         self._detach()
+        self._run_deferred()
         self.flush()
 
     def _detach(self) -> None:
@@ -184,11 +182,14 @@ class Probe:
         """Call after each optimizer step. ``step``: updates done so far (default: one more)."""
         if not self._active:
             raise RuntimeError("the probe is not active; use it as a context manager: `with Probe(model) as probe:`")
-        if self._enabled and self._armed:
+        if recorded := self._enabled and self._armed:
             self._record_train()
         self._step = self._step + 1 if step is None else positive_int("step", step, minimum=0)
         if self._enabled and self._step % self.every == 0:
-            self._arm()
+            self._run_deferred()  # the previous record's Jacobians first: rows arrive in the order of their steps
+            self._arm(deferred=True)
+        elif not recorded:  # one Jacobian per step, from the step after the recorded one
+            self._run_deferred(1)
 
     def flush(self) -> None:
         """Ask every sink to write out what it buffered."""
@@ -207,10 +208,10 @@ class Probe:
 
     # ------------------------------------------------------------------ the two passes
 
-    def _arm(self) -> None:
-        """Record the monitor set now, then hook the next training step."""
+    def _arm(self, deferred: bool = False) -> None:
+        """Record the monitor set now (``deferred``: see :meth:`_record_monitor`), then hook the next step."""
         if self._monitor_x is not None:
-            self._record_monitor()
+            self._record_monitor(deferred)
         cap = self._cap
         cap.start("train")
         cap.trainable = any(p.requires_grad for p in self._net.parameters())
@@ -232,31 +233,25 @@ class Probe:
     def _record_train(self) -> None:
         """The training step's record: what the hooks took, the weight gradients and the update ratios."""
         self._hooks.remove()
-        cap = self._cap
-        entries = cap.pending
-        with torch.no_grad():  # without an optimizer step, the gradients the backward pass left
-            for name, grad in cap.grad_refs.items():
-                if name not in cap.weight_grads:
-                    cap.weight_grads[name] = weight_gradient_stats(grad, self.bins)
-            for w in self.weights:
-                if w.name in cap.weight_grads:
-                    entries.append((w.name, "weight_grad", WEIGHT_GRADIENT_STATS, cap.weight_grads[w.name], True))
-            for w, before in zip(self.weights, self._snapshot, strict=True):
-                entries.append((w.name, "update_ratio", ("ratio",), update_ratio(before, w.param), False))
+        entries = train_entries(self._cap, self.weights, self._snapshot)
         self._armed, self._snapshot = False, []
-        cap.start(None)
+        self._cap.start(None)
         self._emit("train", entries)
 
-    def _record_monitor(self) -> None:
-        """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace."""
+    def _record_monitor(self, deferred: bool = False) -> None:
+        """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
+
+        With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
+        one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them)."""
         cap = self._cap
         cap.start("monitor")
         cap.want_jacobians = jacobians_due(self._step, self.jacobian_examples, self._jacobians_done,
                                            self.jacobian_every)
 
         def jacobians() -> None:
-            cap.pending += record_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs,
-                                            self.jacobian_method, self.jacobian_unavailable, self.jacobian_methods)
+            prepared = prepare_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs, self.jacobian_method,
+                                         self.jacobian_unavailable, self.jacobian_methods)
+            self._deferred += [(self._step, name, spectrum) for name, spectrum in prepared]
             self._jacobians_done = True
 
         try:
@@ -268,6 +263,8 @@ class Probe:
             entries = cap.pending
             cap.start(None)
         self._emit("monitor", entries)
+        if not deferred:
+            self._run_deferred()
 
     def _start_watching(self, hooks: Hooks) -> None:
         """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
@@ -278,11 +275,18 @@ class Probe:
 
         start_watching(self._cap, self._net, self.layers, report, hooks)
 
-    def _emit(self, source: str, entries: list[Entry]) -> None:
-        """Hand the rows of one record to ``records`` / ``histograms`` and to every sink."""
+    def _run_deferred(self, limit: int | None = None) -> None:
+        """Compute up to ``limit`` (all by default) of the Jacobians left by earlier records, and emit them."""
+        for _ in range(len(self._deferred) if limit is None else min(limit, len(self._deferred))):
+            step, name, spectrum = self._deferred.pop(0)
+            self._emit("monitor", run_jacobian(name, spectrum, self._maps, self.jacobian_unavailable), step)
+
+    def _emit(self, source: str, entries: list[Entry], step: int | None = None) -> None:
+        """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks."""
         if not entries:
             return
-        stats, hists = rows(entries, self._step, source, self.rank if self._all_ranks else None)
+        step = self._step if step is None else step
+        stats, hists = rows(entries, step, source, self.rank if self._all_ranks else None)
         if self.keep:
             self.records += stats
             self.histograms += hists

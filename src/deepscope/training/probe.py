@@ -15,7 +15,7 @@ from deepscope.training.callbacks import Callback
 
 __all__ = ["MONITOR", "ProbeRecords", "TrainerProbe"]
 
-MONITOR = 300  # fixed monitor examples, as in Glorot & Bengio (2010)
+MONITOR = 128  # fixed monitor examples (the paper used 300; README "Performance" gives the error of 128)
 
 
 class ProbeRecords:
