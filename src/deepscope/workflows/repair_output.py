@@ -105,11 +105,18 @@ def summary(result) -> list[str]:
     b_err, _ = _score(b.metrics, b.status)
     if result.best is None:
         lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
-                     "the run is left as it is (a fix must leave a network that trains: a validation error 10 points "
-                     "below the chance error and below the baseline's)")
+                     "the run is left as it is (a fix must remove its finding and leave a network that trains: a "
+                     "validation error 10 points below the chance error and below the baseline's, or within the "
+                     "noise of it when the baseline trained already)")
     else:
-        err, _ = _score(result.best.metrics, result.best.status)
-        run = f" (run {result.best.run_id})" if result.best.run_id else ""
-        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
-                     f"fixed spec: {result.fixed_path}")
+        best = result.best
+        err, _ = _score(best.metrics, best.status)
+        run = f" (run {best.run_id})" if best.run_id else ""
+        if not best.improved:  # verified without a gain: the baseline trained already (workflows.repair.judge)
+            lines.append(f"repaired: {best.name}: the network already trained (valid error {b_err:.1%} -> {err:.1%}, "
+                         f"no change beyond the noise); the fix removes {', '.join(best.targets)}{run}; "
+                         f"fixed spec: {result.fixed_path}")
+        else:
+            lines.append(f"repaired: {best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
+                         f"fixed spec: {result.fixed_path}")
     return lines

@@ -196,8 +196,14 @@ def batchnorm_state(model) -> dict[str, tuple]:
     return out
 
 
-def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Finding]:
-    """``bn_stats_frozen``: batch-norm running statistics unchanged after ``updates`` training updates."""
+def check_batchnorm(before: dict[str, tuple], model, updates: int, modes: list[Finding] = ()) -> list[Finding]:
+    """``bn_stats_frozen``: batch-norm running statistics unchanged after ``updates`` training updates.
+
+    ``modes``: the ``eval_mode`` findings of the run (:func:`check_modes`). When the frozen layers were in eval mode
+    during training -- the whole model, or those layers -- eval mode is the cause (``cause="eval_mode"``: a layer in
+    eval mode does not update its statistics, whatever its momentum); otherwise the finding is its own cause (a
+    momentum of 0, ``track_running_stats`` switched off after construction...).
+    """
     if updates < 1:
         return []
     now = batchnorm_state(model)
@@ -205,13 +211,17 @@ def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Findi
               and now[n][1].shape == var.shape and bool((now[n][0] == mean).all()) and bool((now[n][1] == var).all())]
     if not frozen:
         return []
+    in_eval = {layer for f in modes if f.code == "eval_mode" for layer in f.layers}
+    by_eval = bool(in_eval) and ("model" in in_eval or set(frozen) <= in_eval)
     return [Finding(
         "bn_stats_frozen", "error",
         f"the running mean and variance of {_short(frozen)} did not change in {updates} updates: evaluation "
-        "normalizes with statistics that are not the data's",
+        "normalizes with statistics that are not the data's" + ("; they were in eval mode during training" if by_eval
+                                                                 else ""),
         layers=frozen, first_step=0, recovers=False, evidence={"frozen_layers": float(len(frozen)),
                                                                "updates": float(updates)},
         advice="Keep batch-norm layers in train mode while training and their momentum > 0 (PyTorch's default "
         "0.1; Ioffe & Szegedy 2015 use a moving average); freeze them only on purpose, with frozen affine "
         "parameters too.",
+        cause="eval_mode" if by_eval else "",
     )]
