@@ -77,10 +77,10 @@ def changes_modes(model: nn.Module) -> list[str]:
         for m, mode in modes:
             m.training = mode
     for n, m in model.named_modules():
-        if type(m).__module__.startswith("torch."):
-            continue
-        hooks = [*m._forward_pre_hooks.values(), *m._forward_hooks.values()]
-        for fn in [type(m).forward, *hooks]:
+        own = [] if type(m).__module__.startswith("torch.") else [type(m).forward]  # torch's layers change no mode
+        for fn in [*own, *m._forward_pre_hooks.values(), *m._forward_hooks.values()]:
+            if isinstance(fn, _Mode):
+                continue
             try:
                 source = inspect.getsource(fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn))
             except (OSError, TypeError):
@@ -105,7 +105,7 @@ def unfreeze_module(model: nn.Module, seed: int) -> None:
     ``.data`` in ``forward``) cannot be reached from outside the code: the reason says so."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
     if not frozen:
-        raise NotApplicable("every parameter already has requires_grad=True (a layer whose weights do not move "
+        raise NotApplicable("every parameter already trains (requires_grad=True; a layer whose weights do not move "
                             "while it requires a gradient is cut from the loss in forward(): .detach(), .data or "
                             "torch.no_grad there must be changed in your code)")
     for p in frozen:
