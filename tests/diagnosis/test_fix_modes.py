@@ -164,3 +164,37 @@ def test_unfreeze_says_what_it_cannot_reach():
     net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     with pytest.raises(NotApplicable, match=r"\.detach\(\), \.data or torch\.no_grad"):
         apply_fix("unfreeze", {}, net)
+
+
+class Cut(nn.Module):
+    """The first layer's output detached (or computed under no_grad) in forward: its weights never get a gradient."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.first, self.out, self.how = nn.Linear(4, 3), nn.Linear(3, 2), how
+        self.aux = nn.Linear(3, 2)  # used only in training mode: not called by the check's eval-mode pass
+
+    def forward(self, x):
+        if self.how == "no_grad":
+            with torch.no_grad():
+                h = self.first(x)
+        else:
+            h = self.first(x).detach()
+        return self.out(torch.tanh(h)) + (self.aux(h) if self.training else 0)
+
+
+@pytest.mark.parametrize("how", ["detach", "no_grad"])
+def test_not_learning_sees_parameters_forward_cuts_from_the_loss(how):
+    from deepscope.diagnosis.checks import check_training
+
+    net = Cut(how)
+    found = [f for f in check_training(net, None, torch.randn(8, 4)) if f.code == "not_learning"]
+    assert len(found) == 1 and found[0].severity == "error" and found[0].layers == ["first"]
+    assert found[0].evidence["parameters_cut_from_the_loss"] == 2.0  # first.weight, first.bias (not aux: not called)
+    # by hand: the gradient of the loss reaches out.weight but not first.weight
+    net(torch.randn(8, 4)).sum().backward()
+    assert net.first.weight.grad is None and net.out.weight.grad is not None
+    with pytest.raises(NotApplicable, match="torch.no_grad there must be changed in your code"):
+        apply_fix("unfreeze", {}, net)
+    healthy = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    assert [f for f in check_training(healthy, None, torch.randn(8, 4)) if f.code == "not_learning"] == []
