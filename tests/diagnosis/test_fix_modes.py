@@ -118,7 +118,15 @@ def test_bn_stats_frozen_names_eval_mode_as_its_cause_when_the_layers_were_in_ev
     net[3].eval()
     before, modes = batchnorm_state(net), check_modes(net)
     net(x)
-    assert check_batchnorm(before, net, 1, modes)[0].cause == ""
+    found = check_batchnorm(before, net, 1, modes)
+    assert found[0].layers == ["1", "3"] and found[0].cause == "" and "in eval mode" not in found[0].message
+    # only the batch norms in eval mode (a frozen batch norm): named by the finding itself, the mode in its message
+    net[1].momentum = 0.1
+    net[1].eval()
+    before, modes = batchnorm_state(net), check_modes(net)
+    net(x)
+    found = check_batchnorm(before, net, 1, modes)
+    assert found[0].layers == ["1", "3"] and found[0].cause == "" and "in eval mode" in found[0].message
 
 
 class FirstConvFrozen(nn.Module):

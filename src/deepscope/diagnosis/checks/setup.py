@@ -192,7 +192,8 @@ def check_modes(model) -> list[Finding]:
     return [Finding(
         "eval_mode", "error", what + ": batch normalization uses its running statistics instead of the batch's "
         "and does not update them, dropout is off",
-        layers=off, first_step=1, recovers=None, evidence={"layers_in_eval_mode": float(len(off))},
+        layers=off, first_step=1, recovers=None, evidence={"layers_in_eval_mode": float(len(off)),
+                                                           "model_in_eval_mode": float(not model.training)},
         advice="Call model.train() before the training updates (and model.eval() only for evaluation); do not "
         "override train() to keep normalization layers in eval mode unless you freeze them on purpose.",
     )]
@@ -215,10 +216,10 @@ def batchnorm_state(model) -> dict[str, tuple]:
 def check_batchnorm(before: dict[str, tuple], model, updates: int, modes: list[Finding] = ()) -> list[Finding]:
     """``bn_stats_frozen``: batch-norm running statistics unchanged after ``updates`` training updates.
 
-    ``modes``: the ``eval_mode`` findings of the run (:func:`check_modes`). When the frozen layers were in eval mode
-    during training -- the whole model, or those layers -- eval mode is the cause (``cause="eval_mode"``: a layer in
-    eval mode does not update its statistics, whatever its momentum); otherwise the finding is its own cause (a
-    momentum of 0, ``track_running_stats`` switched off after construction...).
+    ``modes``: the ``eval_mode`` findings of the run (:func:`check_modes`). When the whole model was in eval mode
+    during training, eval mode is the cause (``cause="eval_mode"``: nothing in it updates its statistics, whatever
+    the momentum); when only the batch-norm layers were (a "frozen batch norm"), or their momentum is 0, the
+    finding is its own cause, and its message says which layers were in eval mode.
     """
     if updates < 1:
         return []
@@ -228,7 +229,8 @@ def check_batchnorm(before: dict[str, tuple], model, updates: int, modes: list[F
     if not frozen:
         return []
     in_eval = {layer for f in modes if f.code == "eval_mode" for layer in f.layers}
-    by_eval = bool(in_eval) and ("model" in in_eval or set(frozen) <= in_eval)
+    model_eval = any(f.code == "eval_mode" and f.evidence.get("model_in_eval_mode") for f in modes)
+    by_eval = bool(in_eval) and set(frozen) <= in_eval
     return [Finding(
         "bn_stats_frozen", "error",
         f"the running mean and variance of {_short(frozen)} did not change in {updates} updates: evaluation "
@@ -239,5 +241,5 @@ def check_batchnorm(before: dict[str, tuple], model, updates: int, modes: list[F
         advice="Keep batch-norm layers in train mode while training and their momentum > 0 (PyTorch's default "
         "0.1; Ioffe & Szegedy 2015 use a moving average); freeze them only on purpose, with frozen affine "
         "parameters too.",
-        cause="eval_mode" if by_eval else "",
+        cause="eval_mode" if model_eval else "",
     )]
