@@ -42,7 +42,7 @@ from deepscope.diagnosis.findings import Finding
 from deepscope.diagnosis.fixes import FIXES_FOR, NotApplicable, apply_fixes
 from deepscope.parallel import check_backend
 from deepscope.training.probe import MONITOR
-from deepscope.workflows.repair_output import repair_table, summary, write_fixed, write_repair_report
+from deepscope.workflows.repair_output import removed, repair_table, summary, write_fixed, write_repair_report
 from deepscope.workflows.repair_output import score as _score
 from deepscope.workflows.run import DOCTOR_UPDATES, diagnosis_run
 from deepscope.workflows.trials import Trial, picklable, run_trials
@@ -170,8 +170,8 @@ def judge(before: dict[str, float], after: dict[str, float], targets, before_fin
     new = sorted({f.code for f in after_findings if f.severity == "error"} - before_codes)
     reasons = ["verified"] if verified else [] if status == "finished" else [status]
     if verified and already and not improved:
-        removed = [c for c in targets if c in before_codes] or list(targets)
-        reasons = [f"verified: the network already trained; the fix removes {', '.join(removed)} (valid error "
+        gone = removed(before_findings, after_findings) or list(targets)
+        reasons = [f"verified: the network already trained; the fix removes {', '.join(gone)} (valid error "
                    f"{b_err:.1%} -> {a_err:.1%}, within the {NOISE_MARGIN:.0%} noise margin)"]
     elif status == "finished" and already and not ok:
         reasons.append(f"does not train as well as the baseline (error more than {NOISE_MARGIN:.0%} above it, or "

@@ -10,7 +10,7 @@ from typing import Any
 from deepscope.config import spec_toml
 from deepscope.diagnosis.fixes import FIXES
 
-__all__ = ["repair_table", "score", "summary", "write_fixed", "write_repair_report"]
+__all__ = ["removed", "repair_table", "score", "summary", "write_fixed", "write_repair_report"]
 
 
 def score(metrics: dict[str, float], status: str) -> tuple[float, float]:
@@ -21,6 +21,13 @@ def score(metrics: dict[str, float], status: str) -> tuple[float, float]:
     return err, loss if math.isfinite(loss) else math.inf
 
 _score = score
+
+
+def removed(before_findings, after_findings) -> list[str]:
+    """The problem codes (errors, warnings) of the baseline that a trial no longer has (or that recover in it)."""
+    problems = ("error", "warning")
+    after = {f.code for f in after_findings if f.severity in problems and f.recovers is not True}
+    return list(dict.fromkeys(f.code for f in before_findings if f.severity in problems and f.code not in after))
 
 
 def write_fixed(best, original: dict, own_module: bool, own_data: bool, path: Any) -> Path:
@@ -114,7 +121,8 @@ def summary(result) -> list[str]:
         run = f" (run {best.run_id})" if best.run_id else ""
         if not best.improved:  # verified without a gain: the baseline trained already (workflows.repair.judge)
             lines.append(f"repaired: {best.name}: the network already trained (valid error {b_err:.1%} -> {err:.1%}, "
-                         f"no change beyond the noise); the fix removes {', '.join(best.targets)}{run}; "
+                         f"no change beyond the noise); the fix removes "
+                         f"{', '.join(removed(b.findings, best.findings) or best.targets)}{run}; "
                          f"fixed spec: {result.fixed_path}")
         else:
             lines.append(f"repaired: {best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
