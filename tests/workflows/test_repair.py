@@ -60,8 +60,9 @@ def m(err, loss):
     (m(math.nan, math.nan), False),
 ])
 def test_judge_improvement_margins(after, improved):
-    got = judge(m(0.40, 1.0), after, ["saturation"], [SAT], [])
-    # verified needs more than a gain: an error 10 points below chance (0.5 when unknown) and below the baseline's
+    got = judge(m(0.40, 1.0), after, ["saturation"], [SAT], [], chance=0.495)
+    # verified needs more than a gain: an error 10 points below chance and below the baseline's (which, at 40 %
+    # against a chance error of 49.5 %, did not train: see test_verification.py for a baseline that trains)
     assert got[0] is improved and got[1] is True
     assert got[2] is (improved and after["valid/error"] < 0.40)
 
@@ -73,10 +74,9 @@ def test_judge_verifies_only_a_network_that_trains():
     assert (improved, cleared, verified) == (True, True, False) and "does not train" in verdict
     assert judge(base, m(0.80, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is True  # 10 points below chance
     assert judge(base, m(0.81, 2.0), ["saturation"], [SAT], [], chance=0.9)[2] is False
-    # below chance but no better than the baseline: not a repair; a little better with a clearly lower loss: one
-    assert judge(m(0.30, 1.0), m(0.30, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is False
-    assert judge(m(0.30, 1.0), m(0.295, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is True
-    assert trains(0.80, 0.9, 0.95) and not trains(0.80, 0.9, 0.80) and trains(0.80, 0.9, 0.80, baseline_diverged=True)
+    # below chance but more than the noise margin worse than a baseline that trained: not a repair
+    assert judge(m(0.30, 1.0), m(0.34, 0.8), ["saturation"], [SAT], [], chance=0.9)[2] is False
+    assert trains(0.80, 0.9, 0.95) and not trains(0.80, 0.9, 0.70) and trains(0.80, 0.9, 0.70, baseline_diverged=True)
 
 
 def test_judge_needs_the_targeted_finding_gone_unless_it_recovers():
@@ -135,8 +135,9 @@ def test_a_combination_is_tried_from_verified_fixes_of_different_groups():
 
 
 def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_gained(monkeypatch):
-    """Trials faked by their fixes: reinit clears the saturation without a gain, batch_norm gains without
-    clearing it; nothing is verified alone, so the pair is tried once and judged by the same rule."""
+    """Trials faked by their fixes: reinit clears the saturation without a gain (4 points worse: beyond the noise
+    margin, should the baseline train already), batch_norm gains without clearing it; nothing is verified alone,
+    so the pair is tried once and judged by the same rule."""
     import deepscope.workflows.trials as trial_runs
 
     base = None
@@ -147,7 +148,8 @@ def test_with_no_verified_fix_the_one_that_cleared_is_paired_with_the_one_that_g
         gain = "norm" in spec["model"] and spec["model"]["norm"] == "batch"
         cleared = spec["init"]["scheme"] != "normal"
         found = [] if cleared else [Finding("saturation", "error", "")]
-        metrics = {"valid/error": err - 0.05 if gain else err, "valid/loss": loss * (0.8 if gain else 1.0)}
+        metrics = {"valid/error": err - 0.05 if gain else err + (0.04 if cleared else 0.0),
+                   "valid/loss": loss * (0.8 if gain else 1.0)}
         return dict(run_id=f"t-{'-'.join(sorted(fixes))}", status="finished", metrics=metrics, findings=found,
                     seconds=0.0, records=[], histograms=[], scalars=[], checks=[], spec=spec)
 

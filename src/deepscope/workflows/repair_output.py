@@ -10,7 +10,7 @@ from typing import Any
 from deepscope.config import spec_toml
 from deepscope.diagnosis.fixes import FIXES
 
-__all__ = ["repair_table", "score", "summary", "write_fixed", "write_repair_report"]
+__all__ = ["removed", "repair_table", "score", "summary", "write_fixed", "write_repair_report"]
 
 
 def score(metrics: dict[str, float], status: str) -> tuple[float, float]:
@@ -21,6 +21,13 @@ def score(metrics: dict[str, float], status: str) -> tuple[float, float]:
     return err, loss if math.isfinite(loss) else math.inf
 
 _score = score
+
+
+def removed(before_findings, after_findings) -> list[str]:
+    """The problem codes (errors, warnings) of the baseline that a trial no longer has (or that recover in it)."""
+    problems = ("error", "warning")
+    after = {f.code for f in after_findings if f.severity in problems and f.recovers is not True}
+    return list(dict.fromkeys(f.code for f in before_findings if f.severity in problems and f.code not in after))
 
 
 def write_fixed(best, original: dict, own_module: bool, own_data: bool, path: Any) -> Path:
@@ -105,11 +112,19 @@ def summary(result) -> list[str]:
     b_err, _ = _score(b.metrics, b.status)
     if result.best is None:
         lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
-                     "the run is left as it is (a fix must leave a network that trains: a validation error 10 points "
-                     "below the chance error and below the baseline's)")
+                     "the run is left as it is (a fix must remove its finding and leave a network that trains: a "
+                     "validation error 10 points below the chance error and below the baseline's, or within the "
+                     "noise of it when the baseline trained already)")
     else:
-        err, _ = _score(result.best.metrics, result.best.status)
-        run = f" (run {result.best.run_id})" if result.best.run_id else ""
-        lines.append(f"repaired: {result.best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
-                     f"fixed spec: {result.fixed_path}")
+        best = result.best
+        err, _ = _score(best.metrics, best.status)
+        run = f" (run {best.run_id})" if best.run_id else ""
+        if not best.improved:  # verified without a gain: the baseline trained already (workflows.repair.judge)
+            lines.append(f"repaired: {best.name}: the network already trained (valid error {b_err:.1%} -> {err:.1%}, "
+                         f"no change beyond the noise); the fix removes "
+                         f"{', '.join(removed(b.findings, best.findings) or best.targets)}{run}; "
+                         f"fixed spec: {result.fixed_path}")
+        else:
+            lines.append(f"repaired: {best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
+                         f"fixed spec: {result.fixed_path}")
     return lines

@@ -143,7 +143,7 @@ class _Checks(Callback):
     def on_end(self, ctx) -> None:
         self.at_end = check_model(ctx.model, self.x)
         self.facts["weight_norm_end"] = weight_norm(ctx.model)
-        self.batchnorm = check_batchnorm(self.bn_before, ctx.model, ctx.step - self.first_step)
+        self.batchnorm = check_batchnorm(self.bn_before, ctx.model, ctx.step - self.first_step, self.modes)
 
     def findings(self) -> list[Finding]:
         """One symmetry finding (the weights at the start or the end), then the other checks' findings."""

@@ -39,7 +39,9 @@ def check_training(model, optimizer=None, x=None, loss=None, targets=None) -> li
     - ``not_learning``: parameters with ``requires_grad=False`` (frozen), parameters the optimizer does not
       hold, and -- with ``x``, by walking the autograd graph of one forward pass -- tensors that require a
       gradient and are used in ``forward`` but are not parameters of the module (layers kept in a plain
-      Python list or dict instead of ``nn.ModuleList`` / ``nn.ModuleDict``: no optimizer ever sees them);
+      Python list or dict instead of ``nn.ModuleList`` / ``nn.ModuleDict``: no optimizer ever sees them), and
+      parameters of the layers that forward calls which require a gradient but are not in the graph (cut from the
+      loss by ``.detach()``, ``.data`` or ``torch.no_grad`` in ``forward``: they never get a gradient);
     - ``output_loss_mismatch`` (with ``x``): the model's output is made by softmax, sigmoid or tanh (the last
       operation of the graph), or its rows are probabilities (>= 0, summing to 1), while the loss expects logits;
       for the other losses (``loss``, a :class:`deepscope.losses.LossInfo`; None: cross-entropy) see
@@ -57,9 +59,12 @@ def check_training(model, optimizer=None, x=None, loss=None, targets=None) -> li
     held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
     missing = [n for n, p in named.items() if p.requires_grad and id(p) not in held] if optimizer is not None else []
     stray: list[tuple[int, ...]] = []
+    cut: list[str] = []
     out = None
     if x is not None and len(x):
         modes = [(m, m.training) for m in model.modules()]
+        called: set[int] = set()
+        handles = [m.register_forward_hook(lambda m, i, o: called.add(id(m))) for m in model.modules()]
         try:
             for m, _ in modes:
                 m.training = False
@@ -67,13 +72,23 @@ def check_training(model, optimizer=None, x=None, loss=None, targets=None) -> li
             with torch.enable_grad(), torch.random.fork_rng(devices=devices):  # the run's RNG is left alone
                 out = model(x[:OUTPUT_CHECK_EXAMPLES])
         finally:
+            for h in handles:
+                h.remove()
             for m, mode in modes:
                 m.training = mode
         if isinstance(out, torch.Tensor):
             known = {id(p) for p in named.values()}
-            stray = [tuple(v.shape) for v in _graph_leaves(out) if id(v) not in known]
-    if frozen or missing or stray:
+            leaves = _graph_leaves(out)
+            stray = [tuple(v.shape) for v in leaves if id(v) not in known]
+            reached = {id(v) for v in leaves}
+            own = {id(p) for m in model.modules() if id(m) in called for p in m.parameters(recurse=False)}
+            cut = [n for n, p in named.items() if p.requires_grad and id(p) in own and id(p) not in reached]
+    if frozen or missing or stray or cut:
         parts, evidence = [], {}
+        if cut:
+            parts.append(f"{len(cut)} parameters of layers forward calls get no gradient ({_short(cut)}): forward "
+                         "cuts them from the loss (.detach(), .data or torch.no_grad)")
+            evidence["parameters_cut_from_the_loss"] = float(len(cut))
         if stray:
             parts.append(f"{len(stray)} tensors that require a gradient are used in forward but are not parameters "
                          f"of the module (shapes {', '.join(map(str, stray[:4]))}): no optimizer sees them")
@@ -84,13 +99,14 @@ def check_training(model, optimizer=None, x=None, loss=None, targets=None) -> li
         if frozen:
             parts.append(f"{len(frozen)} of {len(named)} parameters have requires_grad=False ({_short(frozen)})")
             evidence["frozen_parameters"] = float(len(frozen))
-        layers = list(dict.fromkeys(n.rpartition(".")[0] or n for n in missing + frozen))
+        layers = list(dict.fromkeys(n.rpartition(".")[0] or n for n in missing + frozen + cut))
         findings.append(Finding(
-            "not_learning", "warning" if frozen and not (missing or stray) else "error",
+            "not_learning", "warning" if frozen and not (missing or stray or cut) else "error",
             "; ".join(parts), layers=layers, first_step=0, recovers=False, evidence=evidence,
             advice="Register every layer (nn.ModuleList / nn.ModuleDict, not a Python list or dict), build the "
-            "optimizer from model.parameters() after the model is complete, and set requires_grad=True on what "
-            "should learn (freeze layers only on purpose, e.g. a pretrained backbone).",
+            "optimizer from model.parameters() after the model is complete, set requires_grad=True on what "
+            "should learn (freeze layers only on purpose, e.g. a pretrained backbone), and keep .detach(), .data "
+            "and torch.no_grad out of the path from the weights to the loss.",
         ))
     if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.is_floating_point():
         last_op = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
@@ -176,7 +192,8 @@ def check_modes(model) -> list[Finding]:
     return [Finding(
         "eval_mode", "error", what + ": batch normalization uses its running statistics instead of the batch's "
         "and does not update them, dropout is off",
-        layers=off, first_step=1, recovers=None, evidence={"layers_in_eval_mode": float(len(off))},
+        layers=off, first_step=1, recovers=None, evidence={"layers_in_eval_mode": float(len(off)),
+                                                           "model_in_eval_mode": float(not model.training)},
         advice="Call model.train() before the training updates (and model.eval() only for evaluation); do not "
         "override train() to keep normalization layers in eval mode unless you freeze them on purpose.",
     )]
@@ -196,8 +213,14 @@ def batchnorm_state(model) -> dict[str, tuple]:
     return out
 
 
-def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Finding]:
-    """``bn_stats_frozen``: batch-norm running statistics unchanged after ``updates`` training updates."""
+def check_batchnorm(before: dict[str, tuple], model, updates: int, modes: list[Finding] = ()) -> list[Finding]:
+    """``bn_stats_frozen``: batch-norm running statistics unchanged after ``updates`` training updates.
+
+    ``modes``: the ``eval_mode`` findings of the run (:func:`check_modes`). When the whole model was in eval mode
+    during training, eval mode is the cause (``cause="eval_mode"``: nothing in it updates its statistics, whatever
+    the momentum); when only the batch-norm layers were (a "frozen batch norm"), or their momentum is 0, the
+    finding is its own cause, and its message says which layers were in eval mode.
+    """
     if updates < 1:
         return []
     now = batchnorm_state(model)
@@ -205,13 +228,18 @@ def check_batchnorm(before: dict[str, tuple], model, updates: int) -> list[Findi
               and now[n][1].shape == var.shape and bool((now[n][0] == mean).all()) and bool((now[n][1] == var).all())]
     if not frozen:
         return []
+    in_eval = {layer for f in modes if f.code == "eval_mode" for layer in f.layers}
+    model_eval = any(f.code == "eval_mode" and f.evidence.get("model_in_eval_mode") for f in modes)
+    by_eval = bool(in_eval) and set(frozen) <= in_eval
     return [Finding(
         "bn_stats_frozen", "error",
         f"the running mean and variance of {_short(frozen)} did not change in {updates} updates: evaluation "
-        "normalizes with statistics that are not the data's",
+        "normalizes with statistics that are not the data's" + ("; they were in eval mode during training" if by_eval
+                                                                 else ""),
         layers=frozen, first_step=0, recovers=False, evidence={"frozen_layers": float(len(frozen)),
                                                                "updates": float(updates)},
         advice="Keep batch-norm layers in train mode while training and their momentum > 0 (PyTorch's default "
         "0.1; Ioffe & Szegedy 2015 use a moving average); freeze them only on purpose, with frozen affine "
         "parameters too.",
+        cause="eval_mode" if model_eval else "",
     )]

@@ -4,8 +4,8 @@ Each changes the module in place (or returns a module wrapping it) where that is
 :class:`NotApplicable` with the reason where it is not: activation modules swapped (every use of a shared
 instance; the output's squashing left alone), ``BatchNorm`` inserted after each hidden Linear/Conv of an
 ``nn.Sequential``, re-initialization by formula (He et al. 2015; Glorot & Bengio 2010), frozen parameters
-unfrozen, layers kept in Python lists registered, batch-norm momentum restored, train mode kept despite a
-``train()`` override, squashed outputs read back as logits. The output layer is the last Linear/Conv
+layers kept in Python lists registered, batch-norm momentum restored, squashed outputs read back as logits
+(train mode and frozen parameters: :mod:`deepscope.diagnosis.fixes.modes`). The output layer is the last Linear/Conv
 registered, as ``deepscope.init.apply(model, "auto")`` takes it.
 """
 
@@ -16,9 +16,8 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["BN_MOMENTUM", "AsLogits", "NotApplicable", "TrainMode", "as_logits_module", "batch_norm_module",
-           "bn_momentum_module", "register_module", "reinit_module", "swap_module", "train_mode_module",
-           "unfreeze_module"]
+__all__ = ["BN_MOMENTUM", "AsLogits", "NotApplicable", "as_logits_module", "batch_norm_module",
+           "bn_momentum_module", "register_module", "reinit_module", "swap_module"]
 
 BN_MOMENTUM = 0.1  # torch's default running-statistics momentum
 
@@ -158,14 +157,6 @@ def batch_norm_module(model, seed: int) -> None:
                             "custom forward() cannot safely get a batch norm)")
 
 
-def unfreeze_module(model, seed: int) -> None:
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    if not frozen:
-        raise NotApplicable("every parameter already trains")
-    for p in frozen:
-        p.requires_grad_(True)
-
-
 def register_module(model, seed: int) -> None:
     """Layers kept in a plain Python list or dict attribute become an ``nn.ModuleList`` / ``nn.ModuleDict``: the
     same objects in the same order, now registered, so ``parameters()`` and the optimizer see them."""
@@ -194,30 +185,6 @@ def bn_momentum_module(model, seed: int) -> None:
         raise NotApplicable("no batch norm with running-statistics momentum 0")
     for m in norms:
         m.momentum = BN_MOMENTUM
-
-
-class TrainMode(nn.Module):
-    """Wraps a module whose own ``train()`` keeps some layers in eval mode: ``train(mode)`` sets every
-    submodule's mode (so batch norm uses batch statistics and dropout drops while training)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def train(self, mode: bool = True) -> TrainMode:
-        super().train(mode)
-        for m in self.module.modules():
-            m.training = mode
-        return self
-
-
-def train_mode_module(model, seed: int) -> TrainMode:
-    if not any(type(m).train is not nn.Module.train for m in model.modules()):
-        raise NotApplicable("no module overrides train(): its mode is the trainer's")
-    return TrainMode(model)
 
 
 class AsLogits(nn.Module):

@@ -34,19 +34,17 @@ from deepscope.diagnosis.fixes.causes import (
     remove_output_activation,
     swap_any_activation,
 )
+from deepscope.diagnosis.fixes.modes import TrainMode, train_mode_module, unfreeze_module
 from deepscope.diagnosis.fixes.module import (
     BN_MOMENTUM,
     AsLogits,
     NotApplicable,
-    TrainMode,
     as_logits_module,
     batch_norm_module,
     bn_momentum_module,
     register_module,
     reinit_module,
     swap_module,
-    train_mode_module,
-    unfreeze_module,
 )
 from deepscope.registry import unknown
 
@@ -286,8 +284,8 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         None, register_module),
     Fix("bn_momentum", f"batch-norm running statistics updated again (momentum {BN_MOMENTUM})", "bn_momentum",
         None, bn_momentum_module),
-    Fix("train_mode", "every submodule in train mode while training (overrides your train())", "train_mode",
-        None, train_mode_module),
+    Fix("train_mode", "every submodule in train mode while training (overrides your train() and .eval() in forward)",
+        "train_mode", None, train_mode_module),
     Fix("as_logits", "read the squashed outputs back as logits (better: return logits from forward())",
         "output", None, as_logits_module),
     Fix("dropout", f"dropout {DROPOUT} after each hidden layer", "dropout", _dropout),
