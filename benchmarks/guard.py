@@ -23,6 +23,7 @@ the ratio of this process's CPU time. The same for the fault runs' 784-256-256-1
 the guard's fixed cost weighs most (with ``check_grad=False`` too: the loss alone).
 
     python benchmarks/guard.py [--updates 1200] [--chunks 8] [--only faults|cost] [--threads 1]
+                               [--loops mlp,cnn,trainer] [--faults corrupt-batch,lr-burst,poison,nan]
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def describe(guard) -> str:
     return ", ".join(f"{n} {k}" for k, n in kinds.items())
 
 
-def faults(updates: int) -> None:
+def faults(updates: int, loops: tuple[str, ...] = ("mlp", "cnn", "trainer"), kinds: tuple[str, ...] = FAULTS) -> None:
     d = get_dataset("mnist5k")
     data = (d.train, d.valid)
     rows = []
@@ -190,13 +191,14 @@ def faults(updates: int) -> None:
     make = next(iter(models().values()))[0]
     runs.append(("mlp (SGD momentum 0.9, lr 0.05)", "deepscope.train", lambda f, gd: trainer_loop(make, data, f, gd,
                                                                                                      updates)))
+    runs = [r for r, key in zip(runs, ("mlp", "cnn", "trainer"), strict=True) if key in loops]
     for name, loop, run in runs:
         clean, clean_g = run(None, False), run(None, True)
         print(f"{name}, {loop}: clean valid error {clean['error']:.2%}; guarded clean run: "
               f"{len(clean_g['guard'].events)} actions ({describe(clean_g['guard'])}), {clean_g['error']:.2%}",
               flush=True)
         rows.append(len(clean_g["guard"].events) == 0)
-        for fault in FAULTS:
+        for fault in kinds:
             plain, guarded = run(fault, False), run(fault, True)
             lost = plain["error"] - clean["error"]
             ok = guarded["error"] - clean["error"] <= 0.01 if lost >= 0.05 else True
@@ -260,10 +262,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--only", choices=["faults", "cost"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
+    parser.add_argument("--loops", default="mlp,cnn,trainer", help="fault runs: any of mlp,cnn (own loop),trainer")
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"any of {','.join(FAULTS)}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only != "cost":
-        faults(args.updates)
+        faults(args.updates, tuple(args.loops.split(",")), tuple(args.faults.split(",")))
     if args.only != "faults":
         for big in (True, False):
             for batch in (10, 128):

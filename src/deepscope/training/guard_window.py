@@ -7,7 +7,10 @@ the one host read a conditional ``optimizer.step()`` needs anyway) and asks :met
 - ``loss_spike`` / ``grad_spike``: its logarithm above ``median + z x spread`` of the last ``size`` healthy updates
   (after ``warmup`` of them; spread = the larger of 1.4826 x the median absolute deviation and the standard
   deviation; limits recomputed every ``refresh`` updates). The log scale matters: the loss of a small batch late
-  in training varies by factors, not by amounts;
+  in training varies by factors, not by amounts. During the warm-up, where there is no spread to trust yet, a loss
+  above ``WARMUP_LOSS`` = 10 x the largest healthy loss so far (Megatron-LM's rule for a spiky loss) or a gradient
+  norm above ``WARMUP_GRAD`` = 100 x the largest so far is a spike: a poisoned example met in the first updates is
+  skipped too;
 - ``divergence``: the window's median loss above ``EXPLOSION`` x its median at the end of the warm-up, or a moving
   average of the last ~4 log losses (each capped at the spike limit) above ``SUSTAINED`` x the median;
 - ``rise``: a loss that stays high without any single spike -- a one-sided CUSUM (Page 1954, "Continuous
@@ -27,11 +30,12 @@ import operator
 from itertools import repeat
 from typing import Any
 
-__all__ = ["CUSUM_H", "CUSUM_K", "EXPLOSION", "SUSTAINED", "Window"]
+__all__ = ["CUSUM_H", "CUSUM_K", "EXPLOSION", "SUSTAINED", "WARMUP_GRAD", "WARMUP_LOSS", "Window"]
 
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
 SUSTAINED = 10.0  # divergence: the moving average of the last ~4 losses above this many times the window's median
-CUSUM_K, CUSUM_H = 1.5, 20.0  # rise: the CUSUM's allowance and decision interval, in spreads of the log loss
+WARMUP_LOSS, WARMUP_GRAD = 10.0, 100.0  # spikes during the warm-up: factors over the largest healthy values so far
+CUSUM_K, CUSUM_H = 1.5, 10.0  # rise: the CUSUM's allowance and decision interval, in spreads of the log loss
 _TINY = 1e-12
 
 
@@ -54,6 +58,7 @@ class Window:
         self.diverged = False
         self.recent, self.sustained = 0.0, math.inf  # the ~4-update moving average of the log loss, and its limit
         self.cusum = 0.0
+        self.highest = [-math.inf, -math.inf]  # the largest healthy log loss and log norm (the warm-up's limits)
         self.last: tuple[float, float] = (0.0, 0.0)  # the logarithms of the pair last checked
 
     def check(self, loss: float, norm: float) -> str | None:
@@ -65,9 +70,10 @@ class Window:
         self.recent = 0.75 * self.recent + 0.25 * min(ll, self.limit[0])  # one spike moves it by 1/4 of the limit
         if self.diverged or self.recent > self.sustained:
             return "divergence"
-        if ll > self.limit[0]:
+        early = 0 < self.count < self.warmup
+        if ll > self.limit[0] or (early and ll > self.highest[0] + math.log(WARMUP_LOSS)):
             return "loss_spike"
-        if lg > self.limit[1]:
+        if lg > self.limit[1] or (early and lg > self.highest[1] + math.log(WARMUP_GRAD)):
             return "grad_spike"
         if self.count >= self.warmup:
             z = (ll - self.center[0]) / self.spread[0]
@@ -79,6 +85,7 @@ class Window:
     def add(self) -> None:
         """Keep the pair last checked (it was healthy and applied)."""
         i = self.count % self.size
+        self.highest = [max(h, v) for h, v in zip(self.highest, self.last, strict=True)]
         for values, v in zip(self.values, self.last, strict=True):
             if len(values) < self.size:
                 values.append(v)
