@@ -35,7 +35,7 @@ import copy
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -142,6 +142,7 @@ class Guard:
         self._flag_since_pending = False
         self._probe_seen, self._pathology_base, self._pathology_hit = 0, {}, set()
         self._open, self._hooks, self._norms = False, [], None
+        self.logged = 0  # events an adapter has written to a store (the trainer's, at each evaluation)
 
     def __enter__(self) -> Guard:
         self._good, self._open = self._snapshot(), True  # the starting state is trusted
@@ -355,6 +356,22 @@ class Guard:
                     self._rollback(event)
                 else:
                     self._record(event)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (plain numbers, lists and strings, so ``torch.load(weights_only=True)`` reads it):
+        the window, the counters, the learning-rate scale and its cool-down, the recent flags and the events. The
+        in-memory snapshots are not kept: after a resume the resumed state is the first good one."""
+        return {"window": self.window.state(), "step_index": self.step_index, "updates": self.updates,
+                "skipped": self.skipped, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "calm": self._calm,
+                "flags": list(self._flags), "events": [asdict(e) for e in self.events], "logged": self.logged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned (a resumed run goes on without a second warm-up)."""
+        self.window.state(state["window"])
+        self.step_index, self.updates, self.skipped = state["step_index"], state["updates"], state["skipped"]
+        self.rollbacks, self.lr_scale, self._calm = state["rollbacks"], state["lr_scale"], state["calm"]
+        self._flags = deque(state["flags"])
+        self.events, self.logged = [GuardEvent(**e) for e in state["events"]], state["logged"]
 
     def summary(self) -> str:
         """One line: what the guard did."""
