@@ -92,6 +92,9 @@ def test_hugging_face_callback_skips_and_holds_the_schedule(tmp_path):
     trainer.train()
     events = callback.guard.events
     assert [(e.kind, e.action) for e in events] == [("nonfinite", "skip")]
+    # the dict batch's examples ranked by the model's own loss: the one NaN example first, the others finite
+    assert len(events[0].examples) == 3 and math.isnan(events[0].example_loss[0])
+    assert all(math.isfinite(v) for v in events[0].example_loss[1:])
     assert _adam_steps(trainer.optimizer) == STEPS - 1
     assert trainer.lr_scheduler.last_epoch == STEPS - 1  # the Trainer did not step the schedule on the skip
     assert all(p.isfinite().all() for p in trainer.model.parameters())

@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -287,19 +287,24 @@ class Guard:
         self._record(event)
 
     def _name_examples(self, event: GuardEvent, batch: Any, ids: Any) -> None:
-        if not isinstance(batch, tuple | list) or len(batch) < 2 or not all(isinstance(t, Tensor) for t in batch[:2]):
+        if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
+            x, y = batch, None
+        elif isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+            x, y = batch[0], batch[1]
+        else:
             return
-        x, y = batch[0], batch[1]
-        ids = ids() if callable(ids) else ids if ids is not None else batch[2] if len(batch) > 2 else None
+        ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
+            else None
         try:
             ranking = rank_examples(self.model, self.loss_fn, x, y, ids).top(self.options["examples"])
         except Exception as e:  # a module torch.func cannot trace: the event stands without its examples
-            event.message = f"(examples not ranked: {type(e).__name__}: {str(e)[:120]}) "
+            event.note = f" (examples not ranked: {type(e).__name__}: {str(e)[:120]})"
             return
         event.examples, event.ids = ranking.index, ranking.ids
         event.example_loss, event.example_grad_norm = ranking.loss, ranking.grad_norm
 
     def _record(self, event: GuardEvent) -> None:
+        event.message += getattr(event, "note", "")  # why the examples were not ranked, if they were not
         self.events.append(event)
         for sink in self.sinks:
             sink.write(event_rows(event), [])
