@@ -59,10 +59,12 @@ def for_trainer(trainer: Any) -> Guard | None:
 
 
 def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[], Any] = lambda: None,
-                skipped: Callable[[bool], None] = lambda s: None) -> Callable[[], None]:
+                skipped: Callable[[bool], None] = lambda s: None,
+                get_grad_norm: Callable[[], Any] = lambda: None) -> Callable[[], None]:
     """Make ``guard.optimizer.step(closure=None)`` go through ``guard.step``: a closure (Lightning's: the training
-    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()``.
-    ``skipped(bool)`` hears whether the update was skipped. Returns the function that undoes the wrapping."""
+    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()`` and the
+    gradient norm ``get_grad_norm()`` (None: the guard's own). ``skipped(bool)`` hears whether the update was
+    skipped. Returns the function that undoes the wrapping."""
     optimizer = guard.optimizer
 
     def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
@@ -71,9 +73,10 @@ def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[
                 loss = closure()
             if loss is None:  # the training step returned None: nothing to step on
                 return None
+            norm = None
         else:
-            loss = get_loss()
-        skipped(not guard.step(loss, batch=get_batch()))
+            loss, norm = get_loss(), get_grad_norm()
+        skipped(not guard.step(loss, batch=get_batch(), grad_norm=norm))
         return loss
 
     step._wrapped_by_lr_sched = True  # torch's schedulers check that the step they wrapped is still in place
