@@ -31,10 +31,9 @@ same decision.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepscope.registry import integer, unknown
-from deepscope.training.guard_examples import rank_examples
+from deepscope.training.guard_examples import rank_batch
+from deepscope.training.guard_state import new_pathologies, restore_snapshot, take_snapshot
 from deepscope.training.guard_window import EXPLOSION, SUSTAINED, Window
 
 __all__ = ["DEFAULTS", "EXPLOSION", "SUSTAINED", "Guard", "GuardEvent", "GuardStop"]
@@ -111,9 +111,7 @@ class Guard:
         options: ``window``, ``warmup``, ``z``, ``refresh``, ``snapshot_every``, ``rollback_after``,
             ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``,
             ``check_grad`` (False: the loss alone, no gradient norm to compute) (defaults in ``DEFAULTS``).
-
-    After (or during) training: ``events`` (a list of :class:`GuardEvent`), ``updates`` (updates applied),
-    ``skipped``, ``rollbacks``, ``lr_scale``.
+    After (or during) training: ``events`` (:class:`GuardEvent`), ``updates`` (applied), ``skipped``, ``rollbacks``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None, *,
@@ -141,8 +139,7 @@ class Guard:
         self._pending: dict | None = None  # the newest snapshot, trusted once an interval passes without a flag
         self._flag_since_pending = False
         self._probe_seen, self._pathology_base, self._pathology_hit = 0, {}, set()
-        self._open, self._hooks, self._norms = False, [], None
-        self.logged = 0  # events an adapter has written to a store (the trainer's, at each evaluation)
+        self._open, self._hooks, self._norms, self.logged = False, [], None, 0  # logged: events in a store
 
     def __enter__(self) -> Guard:
         self._good, self._open = self._snapshot(), True  # the starting state is trusted
@@ -155,19 +152,11 @@ class Guard:
 
     def _hook(self) -> None:
         """Each parameter's gradient norm, taken as backward writes the gradient (one slot per parameter)."""
-        devices = {p.device for p in self.params}
-        if self._hooks or not self.options["check_grad"] or len(devices) != 1:
+        if self._hooks or not self.options["check_grad"] or len({p.device for p in self.params}) != 1:
             return  # parameters on several devices: the norm is taken after backward (get_total_norm)
         self._norms = torch.zeros(len(self.params), device=self.device)
-
-        def hook(slot: Tensor) -> Callable[[Tensor], None]:
-            def take(p: Tensor) -> None:
-                if p.grad is not None:
-                    torch.linalg.vector_norm(p.grad, dtype=torch.float32, out=slot)
-            return take
-
-        self._hooks = [p.register_post_accumulate_grad_hook(hook(self._norms[i])) for i, p in enumerate(self.params)
-                       if p.requires_grad]
+        self._hooks = [p.register_post_accumulate_grad_hook(_norm_into(self._norms[i]))
+                       for i, p in enumerate(self.params) if p.requires_grad]
 
     def _unhook(self) -> None:
         for h in self._hooks:
@@ -287,21 +276,14 @@ class Guard:
         self._record(event)
 
     def _name_examples(self, event: GuardEvent, batch: Any, ids: Any) -> None:
-        if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
-            x, y = batch, None
-        elif isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
-            x, y = batch[0], batch[1]
-        else:
-            return
-        ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
-            else None
         try:
-            ranking = rank_examples(self.model, self.loss_fn, x, y, ids).top(self.options["examples"])
+            ranking = rank_batch(self.model, self.loss_fn, batch, ids, self.options["examples"])
         except Exception as e:  # a module torch.func cannot trace: the event stands without its examples
             event.note = f" (examples not ranked: {type(e).__name__}: {str(e)[:120]})"
             return
-        event.examples, event.ids = ranking.index, ranking.ids
-        event.example_loss, event.example_grad_norm = ranking.loss, ranking.grad_norm
+        if ranking is not None:
+            event.examples, event.ids = ranking.index, ranking.ids
+            event.example_loss, event.example_grad_norm = ranking.loss, ranking.grad_norm
 
     def _record(self, event: GuardEvent) -> None:
         event.message += getattr(event, "note", "")  # why the examples were not ranked, if they were not
@@ -310,16 +292,8 @@ class Guard:
             sink.write(event_rows(event), [])
 
     def _snapshot(self, into: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Model, optimizer, schedule, RNG and window; tensors copied into ``into``'s (an older snapshot no longer
-        needed) where they fit, so a snapshot allocates nothing after the first two."""
-        into, to = into or {}, self.snapshot_device
-        return {
-            "model": _keep(self.model.state_dict(), into.get("model"), to),
-            "optimizer": _keep(self.optimizer.state_dict(), into.get("optimizer"), to),
-            "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
-            "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []),
-            "window": self.window.state(), "updates": self.updates,
-        }
+        return take_snapshot(self.model, self.optimizer, self.scheduler, self.device, self.snapshot_device,
+                             {"window": self.window.state(), "updates": self.updates}, into)
 
     def _rotate_snapshots(self) -> None:
         spare = self._pending
@@ -328,13 +302,7 @@ class Guard:
         self._pending, self._flag_since_pending = self._snapshot(into=spare), False
 
     def _restore(self, snap: dict[str, Any]) -> int:
-        self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
-        if self.scheduler is not None and snap["scheduler"] is not None:
-            self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
-        torch.set_rng_state(snap["rng"][0])
-        if snap["rng"][1]:
-            torch.cuda.set_rng_state_all(snap["rng"][1])
+        restore_snapshot(self.model, self.optimizer, self.scheduler, snap)
         self.window.state(snap["window"])
         for p in self.params:
             p.grad = None
@@ -342,25 +310,15 @@ class Guard:
         return snap["updates"]
 
     def _check_probe(self, index: int) -> None:
-        """A layer whose dead or saturated fraction rises past the diagnosis threshold while it started under it."""
-        from deepscope.diagnosis.rules.layers import DEAD_FRACTION, SATURATION_FRACTION
-
         rows, self._probe_seen = self.probe.records[self._probe_seen:], len(self.probe.records)
-        limits = {"dead": DEAD_FRACTION, "saturated": SATURATION_FRACTION}
-        for r in rows:
-            if r["quantity"] != "activation" or r["stat"] not in limits:
-                continue
-            key = (r["source"], r["layer"], r["stat"])
-            base = self._pathology_base.setdefault(key, r["value"])
-            if r["value"] >= limits[r["stat"]] > base and key not in self._pathology_hit:
-                self._pathology_hit.add(key)
-                event = GuardEvent(step=index, kind=r["stat"], action="warn", lr_scale=self.lr_scale,
-                                   message=f"update {index}: layer {r['layer']} {r['stat']} fraction "
-                                           f"{r['value']:.0%} (was {base:.0%} at the first record)")
-                if self.options["on_pathology"] == "rollback":
-                    self._rollback(event)
-                else:
-                    self._record(event)
+        for layer, stat, value, base in new_pathologies(rows, self._pathology_base, self._pathology_hit):
+            event = GuardEvent(step=index, kind=stat, action="warn", lr_scale=self.lr_scale,
+                               message=f"update {index}: layer {layer} {stat} fraction {value:.0%} (was {base:.0%} "
+                                       "at the first record)")
+            if self.options["on_pathology"] == "rollback":
+                self._rollback(event)
+            else:
+                self._record(event)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (plain numbers, lists and strings, so ``torch.load(weights_only=True)`` reads it):
@@ -389,27 +347,17 @@ class Guard:
         return [{"step": e.step, "name": f"guard/{e.action}", "value": e.loss} for e in self.events]
 
 
+def _norm_into(slot: Tensor) -> Callable[[Tensor], None]:
+    """A post-accumulate-grad hook writing the parameter's gradient norm into ``slot`` (a view of a buffer)."""
+    def take(p: Tensor) -> None:
+        if p.grad is not None:
+            torch.linalg.vector_norm(p.grad, dtype=torch.float32, out=slot)
+    return take
+
+
 def event_rows(event: GuardEvent) -> list[dict[str, Any]]:
     """An event as probe-style stats rows for the sinks: ``source="guard"``, ``layer`` = kind, ``quantity`` =
     action, one row per number (loss, gradient norm, learning-rate scale)."""
     values = {"loss": event.loss, "grad_norm": event.grad_norm, "lr_scale": event.lr_scale}
     return [dict(step=event.step, source="guard", layer=event.kind, quantity=event.action, stat=k, value=float(v))
             for k, v in values.items()]
-
-
-def _keep(obj: Any, old: Any, to: torch.device | None) -> Any:
-    """A copy of ``obj`` (a state dict: tensors in dicts and lists) on ``to`` (None: where it is), its tensors
-    written into ``old``'s where shape, type and device match."""
-    if isinstance(obj, Tensor):
-        t = obj.detach()
-        device = to if to is not None else t.device
-        if isinstance(old, Tensor) and old.shape == t.shape and old.dtype == t.dtype and old.device == device:
-            return old.copy_(t)
-        return t.to(device, copy=True)
-    if isinstance(obj, dict):
-        old = old if isinstance(old, dict) else {}
-        return {k: _keep(v, old.get(k), to) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        old = old if isinstance(old, list | tuple) and len(old) == len(obj) else [None] * len(obj)
-        return type(obj)(_keep(v, o, to) for v, o in zip(obj, old, strict=True))
-    return copy.deepcopy(obj)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Ranking", "per_example", "per_example_dict", "rank_examples"]
+__all__ = ["Ranking", "per_example", "per_example_dict", "rank_batch", "rank_examples"]
 
 
 def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
@@ -125,6 +125,22 @@ def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] 
     return Ranking(index=order, loss=[losses_[i] for i in order], grad_norm=[norms_[i] for i in order],
                    ids=None if ids_ is None else [int(ids_[i]) for i in order],
                    share=[norms_[i] / total if math.isfinite(norms_[i]) else 1.0 for i in order])
+
+
+def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Any, ids: Any,
+               k: int) -> Ranking | None:
+    """The top ``k`` of :func:`rank_examples` for a batch as the guard is given it: ``(x, y)``, ``(x, y, ids)`` or
+    a dict of keyword inputs; ``ids`` (a tensor, a list, or a function returning one) wins over a third element.
+    None when the batch is none of these."""
+    if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
+        x, y = batch, None
+    elif isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+        x, y = batch[0], batch[1]
+    else:
+        return None
+    ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
+        else None
+    return rank_examples(model, loss_fn, x, y, ids).top(k)
 
 
 def trainer_ids(batches: Any, t: int) -> Tensor:
