@@ -181,6 +181,32 @@ def test_per_example_gradient_norms_equal_a_loop_over_single_examples(net):
         torch.testing.assert_close(norms[i], norm, rtol=1e-4, atol=1e-6)
 
 
+def test_dict_batches_are_ranked_by_the_models_own_loss_as_a_loop_over_single_examples():
+    """A model with keyword inputs that computes its own loss (a Hugging Face model's shape): the per-example
+    losses and gradient norms equal the vmap computation on the same network and loss."""
+    from deepscope.training.guard_examples import per_example_dict
+
+    class Keyworded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x, labels=None, scale=1.0):
+            logits = self.net(x) * scale
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = _data(10)
+    model = Keyworded().train()
+    losses, norms = per_example_dict(model, {"x": x, "labels": y, "scale": 1.0})
+    ref_losses, ref_norms = per_example(model.net, F.cross_entropy, x, y)
+    torch.testing.assert_close(losses, ref_losses)
+    torch.testing.assert_close(norms, ref_norms)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    x[4] *= 1e3
+    ranking = rank_examples(model, None, {"x": x, "labels": y})
+    assert ranking.index[0] == 4
+
+
 def test_the_ranking_puts_the_poisoned_example_first_with_its_dataset_id():
     x, y = _data(32)
     model = _net()

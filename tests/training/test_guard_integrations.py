@@ -60,6 +60,50 @@ def test_lightning_callback_skips_the_nan_batch_and_names_the_example(tmp_path):
     assert "step" not in vars(trainer.optimizers[0])  # the optimizer's own step is back
 
 
+def test_lightning_with_a_grad_scaler_checks_the_unscaled_loss_and_skips_the_spike(tmp_path):
+    """16-bit mixed precision: Lightning runs the closure itself and the GradScaler calls optimizer.step(); the
+    guard still sees the step, with the loss the training step computed (not the scaled one)."""
+    L = pytest.importorskip("lightning")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from deepscope.integrations.lightning import DeepscopeCallback
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+            self.seen = {}
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            loss = F.cross_entropy(self(batch[0]).float(), batch[1])
+            self.seen[batch_idx] = loss.item()
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    x, y = _xy()
+    # a huge input twice, with either label: one of the two is confidently wrong (a loss spike, finite in fp16)
+    x[BAD * BATCH + 5: BAD * BATCH + 7] = 300.0
+    y[BAD * BATCH + 5: BAD * BATCH + 7] = torch.tensor([0, 1])
+    L.seed_everything(0, verbose=False)
+    module = Net()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    callback = DeepscopeCallback(monitor=False, diagnose=False, log=False, guard={"warmup": 4, "refresh": 1})
+    trainer = L.Trainer(max_steps=STEPS, callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    events = callback.guard.events
+    assert [(e.step, e.action) for e in events] == [(BAD, "skip")] and events[0].kind.endswith("spike")
+    assert events[0].loss == pytest.approx(module.seen[BAD], rel=1e-3)  # unscaled (the scale is 1024)
+    assert events[0].examples[0] in (5, 6)
+    assert _adam_steps(trainer.optimizers[0]) == STEPS - 1
+
+
 def test_hugging_face_callback_skips_and_holds_the_schedule(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
@@ -92,6 +136,9 @@ def test_hugging_face_callback_skips_and_holds_the_schedule(tmp_path):
     trainer.train()
     events = callback.guard.events
     assert [(e.kind, e.action) for e in events] == [("nonfinite", "skip")]
+    # the dict batch's examples ranked by the model's own loss: the one NaN example first, the others finite
+    assert len(events[0].examples) == 3 and math.isnan(events[0].example_loss[0])
+    assert all(math.isfinite(v) for v in events[0].example_loss[1:])
     assert _adam_steps(trainer.optimizer) == STEPS - 1
     assert trainer.lr_scheduler.last_epoch == STEPS - 1  # the Trainer did not step the schedule on the skip
     assert all(p.isfinite().all() for p in trainer.model.parameters())

@@ -173,7 +173,10 @@ class DeepscopeCallback(ProbeRecords, Callback):
     def _start_guard(self, trainer: Any, pl_module: LightningModule) -> None:
         """Lightning steps the optimizer with a closure (training step + backward): the guard runs it, checks the
         loss and the gradients, then steps or skips. A skip leaves the optimizer untouched, but Lightning still
-        counts the batch in ``global_step`` and steps a step-interval scheduler; a rollback restores that too."""
+        counts the batch in ``global_step`` and steps a step-interval scheduler; a rollback restores that too.
+        With a ``GradScaler`` (16-bit mixed precision) Lightning runs the closure itself and the scaler calls
+        ``optimizer.step()`` only when the gradients are finite: the guard then checks the loss (taken before the
+        backward pass, divided by the scale) and the unscaled gradients' norm."""
         from deepscope.training.guard import Guard
         from deepscope.training.guard_adapters import route_steps
 
@@ -181,7 +184,21 @@ class DeepscopeCallback(ProbeRecords, Callback):
         self.guard = Guard(pl_module, trainer.optimizers[0], configs[0].scheduler if configs else None,
                            step_scheduler=False, loss_fn=self.loss_fn, sinks=[_LoggerSink(self, trainer), *self.sinks],
                            **self.guard_options).__enter__()
-        self._unguard = route_steps(self.guard, lambda: None, lambda: self._batch)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._loss = None
+
+        def unscaled_loss() -> Any:  # the scaler's step: the loss the closure returned, before scaling
+            return self._loss / scaler.get_scale() if scaler is not None and self._loss is not None else self._loss
+
+        def unscaled_norm() -> Any:  # the scaler unscaled the gradients before its step; the hooks saw them scaled
+            grads = [p.grad for p in self.guard.params if p.grad is not None]
+            return torch.nn.utils.get_total_norm(grads) if grads else None
+
+        self._unguard = route_steps(self.guard, unscaled_loss, lambda: self._batch, get_grad_norm=unscaled_norm)
+
+    def on_before_backward(self, trainer: Any, pl_module: LightningModule, loss: Any) -> None:
+        if self.guard is not None:
+            self._loss = loss.detach()  # scaled by a GradScaler, if there is one
 
     def on_train_batch_start(self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch = batch if self.guard is not None else None  # ranked by the guard on a spike

@@ -181,15 +181,18 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         """The Trainer calls ``optimizer.step()`` without a closure: the guard checks the loss the model computed
         (``output.loss`` of the training forward passes since the last step, read by a forward hook) and the
         gradients, then steps or skips. A skipped step reads as the Trainer's "optimizer step was skipped", so
-        the schedule does not advance; ``state.global_step`` still counts it. Batches are dicts: the events name
-        no examples here."""
+        the schedule does not advance; ``state.global_step`` still counts it. On a spike the examples of the last
+        training batch (its keyword inputs, kept by the same hook) are ranked by the model's own loss."""
         from deepscope.training.guard import Guard
         from deepscope.training.guard_adapters import route_steps
 
-        def keep_loss(module: nn.Module, args: Any, output: Any) -> None:
+        def keep_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             loss = _field(output, "loss")
             if module.training and torch.is_grad_enabled() and isinstance(loss, Tensor):
                 self._losses.append(loss.detach().float().reshape(()))
+                self._batch = kwargs if not args else None  # keyword inputs: ranked by the guard on a spike
+
+        self._batch = None
 
         def take_loss() -> Tensor:
             losses, self._losses = self._losses, []
@@ -199,10 +202,10 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
             if skip or getattr(optimizer, "scaler", None) is None:
                 optimizer._is_overflow = skip  # accelerate's step_was_skipped: the Trainer holds the schedule
 
-        self.guard = Guard(model, optimizer, scheduler, step_scheduler=False, sinks=self.sinks, examples=0,
-                           **{k: v for k, v in self.guard_options.items() if k != "examples"}).__enter__()
-        hook = model.register_forward_hook(keep_loss)
-        unroute = route_steps(self.guard, take_loss, skipped=skipped)
+        self.guard = Guard(model, optimizer, scheduler, step_scheduler=False, sinks=self.sinks,
+                           **self.guard_options).__enter__()
+        hook = model.register_forward_hook(keep_loss, with_kwargs=True)
+        unroute = route_steps(self.guard, take_loss, lambda: self._batch, skipped=skipped)
         self._unguard = lambda: (hook.remove(), unroute())
 
     def _stop_guard(self) -> None:

@@ -184,6 +184,7 @@ def run_state(run: Any) -> dict[str, Any]:
         "metrics": dict(run.metrics),
         "early_stopping": run.stopping.state(),
         "start_loss": run.start_loss,
+        "guard": run.guard.state_dict() if getattr(run, "guard", None) is not None else None,  # train.guard
     }
 
 
@@ -204,4 +205,5 @@ def restore_run(run: Any, ckpt: dict[str, Any]) -> None:
     run.metrics.update(ckpt["metrics"])
     run.stopping.load(stopping)
     run.start_loss = ckpt.get("start_loss")
+    run.guard_state = ckpt.get("guard")  # train.guard: loaded when the guard is made (guard_adapters.for_trainer)
     set_rng_state(ckpt["rng"])

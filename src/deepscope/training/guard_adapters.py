@@ -20,7 +20,8 @@ __all__ = ["for_trainer", "route_steps"]
 def for_trainer(trainer: Any) -> Guard | None:
     """The open guard of a :func:`deepscope.train` run when its spec says ``train.guard``, else None. It steps the
     optimizer and the per-update schedule in place of the trainer; a recorder callback logs the events to the
-    store (scalars ``guard/<action>``) at each evaluation and writes them, with the examples, to ``guard.json``."""
+    store (scalars ``guard/<action>``) at each evaluation and writes them, with the examples, to ``guard.json``. The
+    guard's state goes into the trainer's checkpoint (``checkpoint.run_state``), and a resume puts it back."""
     from deepscope.optim import schedule_steps_on
     from deepscope.training.callbacks import Callback
     from deepscope.training.guard_examples import trainer_ids, write_events
@@ -33,12 +34,12 @@ def for_trainer(trainer: Any) -> Guard | None:
         else None
     guard = Guard(trainer.model, trainer.optimizer, schedule, loss_fn=trainer.parts.loss_fn, **options)
     guard.batch_ids = lambda t: trainer_ids(trainer.parts.next_batch, t)
+    if getattr(trainer, "guard_state", None) is not None:  # a resume: the window and the events go on
+        guard.load_state_dict(trainer.guard_state)
 
     class Recorder(Callback):
-        logged = 0
-
         def on_eval(self, ctx: Any) -> None:
-            new, self.logged = guard.events[self.logged:], len(guard.events)
+            new, guard.logged = guard.events[guard.logged:], len(guard.events)
             if ctx.store is not None and ctx.run_id is not None:
                 for e in new:
                     ctx.store.log_scalars(ctx.run_id, e.step, {f"guard/{e.action}": e.loss})
@@ -58,10 +59,12 @@ def for_trainer(trainer: Any) -> Guard | None:
 
 
 def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[], Any] = lambda: None,
-                skipped: Callable[[bool], None] = lambda s: None) -> Callable[[], None]:
+                skipped: Callable[[bool], None] = lambda s: None,
+                get_grad_norm: Callable[[], Any] = lambda: None) -> Callable[[], None]:
     """Make ``guard.optimizer.step(closure=None)`` go through ``guard.step``: a closure (Lightning's: the training
-    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()``.
-    ``skipped(bool)`` hears whether the update was skipped. Returns the function that undoes the wrapping."""
+    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()`` and the
+    gradient norm ``get_grad_norm()`` (None: the guard's own). ``skipped(bool)`` hears whether the update was
+    skipped. Returns the function that undoes the wrapping."""
     optimizer = guard.optimizer
 
     def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
@@ -70,9 +73,10 @@ def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[
                 loss = closure()
             if loss is None:  # the training step returned None: nothing to step on
                 return None
+            norm = None
         else:
-            loss = get_loss()
-        skipped(not guard.step(loss, batch=get_batch()))
+            loss, norm = get_loss(), get_grad_norm()
+        skipped(not guard.step(loss, batch=get_batch(), grad_norm=norm))
         return loss
 
     step._wrapped_by_lr_sched = True  # torch's schedulers check that the step they wrapped is still in place

@@ -14,14 +14,14 @@ random number generators exactly as they were.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Ranking", "per_example", "rank_examples"]
+__all__ = ["Ranking", "per_example", "per_example_dict", "rank_batch", "rank_examples"]
 
 
 def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
@@ -52,6 +52,41 @@ def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x
     return losses.detach().float(), squares.sqrt().float()
 
 
+def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """``(losses, grad_norms)`` of the examples of a batch given as keyword inputs (a Hugging Face batch:
+    ``input_ids``, ``attention_mask``, ``labels``, ``pixel_values``, ...), each from the model's own loss
+    (``output.loss`` or ``output["loss"]``) on that example alone: a loop over the examples (run on an event only),
+    since such models compute their loss inside ``forward``, where ``torch.func`` may not trace. Every tensor whose
+    first dimension is the batch's is sliced; the rest are passed as they are. Same guarantees as
+    :func:`per_example`: eval mode, RNG, buffers and ``.grad`` untouched."""
+    tensors = [v for v in inputs.values() if isinstance(v, Tensor) and v.dim() > 0]
+    if not tensors:
+        raise ValueError("the batch holds no tensor to take examples from")
+    n = tensors[0].shape[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = tensors[0].device
+    losses, norms = torch.empty(n, device=device), torch.empty(n, device=device)
+    training = model.training
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            for i in range(n):
+                one = {k: v[i:i + 1] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+                       for k, v in inputs.items()}
+                output = model(**one)
+                loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+                if not isinstance(loss, Tensor):
+                    raise ValueError("the model returned no loss (give the batch its labels)")
+                grads = torch.autograd.grad(loss.float(), params, allow_unused=True)
+                squares = [g.double().pow(2).sum() for g in grads if g is not None]
+                losses[i] = loss.detach().float()
+                norms[i] = torch.stack(squares).sum().sqrt().float() if squares else 0.0
+    finally:
+        model.train(training)
+    return losses, norms
+
+
 @dataclass
 class Ranking:
     """The examples of one batch, most suspect first: ``index`` (positions in the batch), their ``ids`` in the
@@ -72,19 +107,40 @@ def _order_key(value: float) -> float:
     return math.inf if not math.isfinite(value) else value  # a NaN example is the first suspect
 
 
-def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
-                  ids: Tensor | list[int] | None = None, *, chunk_size: int | None = 32) -> Ranking:
-    """The examples of ``(x, y)`` ordered by their gradient norm (the size of their pull on the update), the
+def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] | None, x: Tensor | Mapping,
+                  y: Tensor | None = None, ids: Tensor | list[int] | None = None, *,
+                  chunk_size: int | None = 32) -> Ranking:
+    """The examples of ``(x, y)`` -- or of the keyword inputs ``x`` (a dict batch, ranked by the model's own
+    loss: :func:`per_example_dict`) -- ordered by their gradient norm (the size of their pull on the update), the
     loss breaking ties; non-finite values first. ``ids``: the dataset ids of the examples, reported alongside."""
-    losses, norms = per_example(model, loss_fn, x, y, chunk_size=chunk_size)
+    if isinstance(x, Mapping):
+        losses, norms = per_example_dict(model, x)
+    else:
+        losses, norms = per_example(model, loss_fn, x, y, chunk_size=chunk_size)
     losses_, norms_ = losses.tolist(), norms.tolist()  # one host read, on an event only
-    order = sorted(range(len(x)), key=lambda i: (_order_key(norms_[i]), _order_key(losses_[i])), reverse=True)
+    order = sorted(range(len(losses_)), key=lambda i: (_order_key(norms_[i]), _order_key(losses_[i])), reverse=True)
     finite = [v for v in norms_ if math.isfinite(v)]
     total = sum(finite) or 1.0
     ids_ = None if ids is None else (ids.tolist() if isinstance(ids, Tensor) else list(ids))
     return Ranking(index=order, loss=[losses_[i] for i in order], grad_norm=[norms_[i] for i in order],
                    ids=None if ids_ is None else [int(ids_[i]) for i in order],
                    share=[norms_[i] / total if math.isfinite(norms_[i]) else 1.0 for i in order])
+
+
+def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Any, ids: Any,
+               k: int) -> Ranking | None:
+    """The top ``k`` of :func:`rank_examples` for a batch as the guard is given it: ``(x, y)``, ``(x, y, ids)`` or
+    a dict of keyword inputs; ``ids`` (a tensor, a list, or a function returning one) wins over a third element.
+    None when the batch is none of these."""
+    if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
+        x, y = batch, None
+    elif isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+        x, y = batch[0], batch[1]
+    else:
+        return None
+    ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
+        else None
+    return rank_examples(model, loss_fn, x, y, ids).top(k)
 
 
 def trainer_ids(batches: Any, t: int) -> Tensor:
