@@ -11,6 +11,7 @@ Szegedy 2015; LeCun et al. 1998, "Efficient BackProp"; Varma & Das, *Deep Learni
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ DEAD_ERROR_FRACTION = 0.9  # at or above this the layer is (nearly) all dead: an
 SYMMETRY_TOL = 1e-6
 
 # Activation variance with depth at initialization (Glorot & Bengio 2010 fig. 6; He et al. 2015):
-# the activation std of the last recorded layer over that of the first, at the first recorded update.
+# the activation std of the last recorded layer over that of the first, at the first recorded update, among layers
+# of one kind (their names equal but for the numbers: hidden1..hidden5, transformer.h.#.attn).
 # Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
 VARIANCE_DEPTH_RATIO = 10.0
 
@@ -274,15 +276,29 @@ def _rule_constant_layer(rec: Records) -> list[Finding]:
     ]
 
 
+def _layer_kind(layer: str) -> str:
+    """A layer's name without its numbers (``transformer.h.3.attn`` -> ``transformer.h.#.attn``; ``act@2`` -> ``act``):
+    the layers of one kind repeated down the depth."""
+    return re.sub(r"\d+", "#", re.sub(r"@\d+$", "", layer))
+
+
 def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | None = None) -> list[Finding]:
     steps = rec.by_step("activation", "std")
     if not steps:
         return []
     step = min(steps)
-    values = [(layer, v) for layer, v in steps[step].items() if math.isfinite(v)]
-    if len(values) < 2 or values[0][1] <= 0.0 or values[-1][1] <= 0.0:
-        return []  # a layer of std 0 is dead or constant: the dead-unit and symmetry rules name it
-    ratio = values[-1][1] / values[0][1]
+    kinds: dict[str, list[tuple[str, float]]] = {}  # like with like: an attention output against a feed-forward
+    for layer, v in steps[step].items():  # one is no depth effect (GPT-2, BERT and torch.nn Transformer blocks)
+        if math.isfinite(v):
+            kinds.setdefault(_layer_kind(layer), []).append((layer, v))
+    ratio, values = 1.0, []
+    for group in kinds.values():
+        if len(group) >= 2 and group[0][1] > 0.0 and group[-1][1] > 0.0:  # std 0: the dead/symmetry rules name it
+            r = group[-1][1] / group[0][1]
+            if abs(math.log(r)) > abs(math.log(ratio)):
+                ratio, values = r, group
+    if not values:
+        return []
     evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
                 "threshold": VARIANCE_DEPTH_RATIO}
     if ratio < 1.0 / VARIANCE_DEPTH_RATIO:
