@@ -6,7 +6,7 @@ Every model is built from a config (nothing is downloaded) and trained on a gene
 - ``bert-cls``: ``BertForSequenceClassification``, the README's Hugging Face example (is the first of 16 tokens above
   50?), lr 1e-3, in the Hugging Face ``Trainer`` with ``DeepscopeCallback``;
 - ``gpt2-lm``: ``GPT2LMHeadModel`` on arithmetic sequences ``x_t = x_0 + t k mod V`` (``k`` in 1..4, so the model
-  must read the step off the context), next-token loss, lr 1e-3, ``Trainer`` + ``DeepscopeCallback``;
+  must read the step off the context), next-token loss, lr 3e-3, ``Trainer`` + ``DeepscopeCallback``;
 - ``encoder-cls``: ``nn.TransformerEncoder`` (post-LN, ReLU, dropout 0.1, batch_first) + mean pooling + a linear
   head: are most of the 15 tokens in the upper half of the vocabulary? Adam 1e-3 in a plain loop with
   ``deepscope.Probe`` and ``deepscope.diagnose``;
@@ -19,7 +19,7 @@ computed here from the data, i.e. the loss of the best constant prediction), the
 baseline, learned yes/no (loss below half the chance loss), and every finding with its severity. The target is no
 warning and no error on any healthy model that learned. Then the README's example at its default lr 5e-5 for
 200 steps (expected: ``lr_too_low``, the loss has not moved) and broken twins: GPT-2 at lr 1e-7 (``lr_too_low``)
-and at lr 10 (``lr_too_high``).
+and at lr 10, the pre-LN tagger at Adam lr 3 (``lr_too_high`` or ``exploding_gradients``).
 
     python benchmarks/transformers_healthy.py [--only NAME ...] [--threads 1]
 """
@@ -199,7 +199,7 @@ def run_loop(model: nn.Module, data, valid, lr: float, steps: int, batch: int = 
     g = torch.Generator().manual_seed(1)
     losses = []
     with Probe(model, every=every, monitor=(xv[:300], yv[:300])) as probe:
-        for step in range(steps):
+        for _ in range(steps):
             i = torch.randint(0, len(x), (batch,), generator=g)
             logits = model(x[i])
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i].reshape(-1))
@@ -236,7 +236,7 @@ def runs() -> dict:
     pairs = (torch.stack([src, tgt], 1), tgt), (torch.stack([vsrc, vtgt], 1), vtgt)
     return {
         "bert-cls": ("healthy", (), lambda: run_trainer(bert, *bert_data, lr=1e-3, steps=200)),
-        "gpt2-lm": ("healthy", (), lambda: run_trainer(gpt2, *lm_data, lr=1e-3, steps=300)),
+        "gpt2-lm": ("healthy", (), lambda: run_trainer(gpt2, *lm_data, lr=3e-3, steps=400)),
         "encoder-cls": ("healthy", (), lambda: run_loop(_seeded(EncoderClassifier, 32, 15, 2), *majority, lr=1e-3,
                                                         steps=400)),
         "encoder-tagger-preln": ("healthy", (), lambda: run_loop(
@@ -249,6 +249,9 @@ def runs() -> dict:
         "gpt2-lr1e-7": ("broken", ("lr_too_low",), lambda: run_trainer(gpt2, *lm_data, lr=1e-7, steps=200)),
         "gpt2-lr10": ("broken", ("lr_too_high", "exploding_gradients"),
                       lambda: run_trainer(gpt2, *lm_data, lr=10.0, steps=200)),
+        "encoder-tagger-lr3": ("broken", ("lr_too_high", "exploding_gradients"), lambda: run_loop(
+            _seeded(EncoderClassifier, 32, 16, 2, per_token=True, norm_first=True, activation="gelu"), *rising,
+            lr=3.0, steps=400)),
     }
 
 
@@ -264,7 +267,8 @@ def main() -> int:
     if unknown:
         parser.error(f"--only {sorted(unknown)}: choose from {sorted(table)}")
     alarms, misses, healthy, broken, start = 0, 0, 0, 0, time.perf_counter()
-    print(f"{'model':<22} {'loss':>6} {'chance':>6} {'acc':>6} {'base':>6} {'learned':<7} {'s':>5}  findings (severity)")
+    print(f"{'model':<22} {'loss':>6} {'chance':>6} {'acc':>6} {'base':>6} {'learned':<7} {'s':>5}  "
+          "findings (severity)")
     for name, (kind, expected, thunk) in table.items():
         if args.only and name not in args.only:
             continue
