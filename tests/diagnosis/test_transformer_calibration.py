@@ -85,3 +85,11 @@ def test_a_rise_that_stays_is_still_lr_too_high():
     # ending exactly where it rose from is not below it: still named
     assert "lr_too_high" in loud(diagnose([], scalars=loss_rows(windows_of(levels[:-1] + [0.052]))))
     assert math.isclose(rt.LR_RISE, 0.25)
+
+
+def test_a_loss_thrown_up_from_its_start_is_lr_too_high_even_when_it_falls_back_below_it():
+    """Not a bump in a learning curve: the rise starts at the first losses, and ending a little below them (a rate
+    that throws the loss up, then an adaptive optimizer settling back near chance) is no learning past it."""
+    levels = [2.3, 6.0, 5.0, 4.0, 3.0, 2.5, 2.25, 2.2, 2.2, 2.2]
+    f = [f for f in diagnose([], scalars=loss_rows(windows_of(levels))) if f.code == "lr_too_high"]
+    assert len(f) == 1 and f[0].evidence["rise"] == pytest.approx(5.0 / 2.3 - 1)

@@ -28,8 +28,10 @@ LR_WINDOWS = 10
 LR_MIN_POINTS = 6  # fewer loss points than this -> only the NaN/Inf check runs
 LR_RISE = 0.25  # smoothed loss rising 25% above its running minimum (or its start) -> too high ...
 LR_RISE_WINDOWS = 2  # ... in this many consecutive windows: one window of a healthy run can rise 25% by chance
-# ... and not ending below the lowest value before the rise: Adam's bumps near a small loss (0.05 -> 0.09 -> 0.007,
-# a torch.nn TransformerEncoder at lr 1e-3) are passed and left behind, not a rate that keeps the loss up.
+# ... unless it is a bump in a loss that was learning: the rise starts from a value already LR_RISE below the start
+# and the loss ends below that value. Adam's bumps near a small loss (0.72 -> 0.05 -> 0.09 -> 0.007, a torch.nn
+# TransformerEncoder at lr 1e-3) are left behind, while a loss thrown up from its start stays named even when it
+# falls back a little below it.
 # Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
 # LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
 # median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
@@ -150,7 +152,8 @@ def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, 
         if running > 0 and len(ahead) == LR_RISE_WINDOWS and min(ahead) / running - 1.0 > rise:
             rise, rise_at, rose_from = min(ahead) / running - 1.0, i, running
         running = min(running, v)
-    if rise > LR_RISE and smooth[-1] >= rose_from:  # ending below where it rose from: a bump it learned past
+    bump = rose_from < (1 - LR_RISE) * start and smooth[-1] < rose_from  # learned past it
+    if rise > LR_RISE and not bump:
         step = steps[min(len(steps) - 1, round(rise_at * len(steps) / len(smooth)))]
         return [Finding("lr_too_high", "error",
                         f"the smoothed training loss rose {rise:.0%} above its lowest value and stayed there (from "
