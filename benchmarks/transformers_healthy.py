@@ -21,7 +21,9 @@ warning and no error on any healthy model that learned. Then the README's exampl
 200 steps (expected: ``lr_too_low``, the loss has not moved) and broken twins: GPT-2 at lr 1e-7 (``lr_too_low``)
 and at lr 10, the pre-LN tagger at Adam lr 3 (``lr_too_high`` or ``exploding_gradients``).
 
-    python benchmarks/transformers_healthy.py [--only NAME ...] [--threads 1]
+    python benchmarks/transformers_healthy.py [--only NAME ...] [--threads 1] [--seed 0]
+
+``--seed`` changes the initial weights and the order of the batches (the data stay the same).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ except ImportError as e:  # without the extra: say so, do not fail the other ben
 from deepscope import Probe, diagnose
 
 EVERY = 50
+SEED = 0  # initial weights and batch order (--seed)
 
 # --- data: generated token tasks ------------------------------------------------------------------------------
 
@@ -171,12 +174,12 @@ class Seq2Seq(nn.Module):
 def run_trainer(build, train_set: Dicts, eval_set: Dicts, lr: float, steps: int, batch: int = 16,
                 every: int = EVERY) -> dict:
     """Train with the Hugging Face Trainer and DeepscopeCallback (monitor: the evaluation set, the default)."""
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = build()
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         args = TrainingArguments(out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
                                  logging_steps=10, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
-                                 seed=0)
+                                 seed=SEED)
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set)
         callback = DeepscopeCallback(every=every).attach(trainer)
         trainer.train()
@@ -196,7 +199,7 @@ def run_loop(model: nn.Module, data, valid, lr: float, steps: int, batch: int = 
     x, y = data
     xv, yv = valid
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(SEED + 1)
     losses = []
     with Probe(model, every=every, monitor=(xv[:300], yv[:300])) as probe:
         for _ in range(steps):
@@ -222,7 +225,7 @@ def run_loop(model: nn.Module, data, valid, lr: float, steps: int, batch: int = 
 
 
 def _seeded(cls, *args, **kwargs):
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     return cls(*args, **kwargs)
 
 
@@ -259,7 +262,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run only these models")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    global SEED
+    SEED = args.seed
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     table = runs()

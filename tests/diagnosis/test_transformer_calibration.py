@@ -2,10 +2,8 @@
 
 - activation variance with depth compares layers of one kind (``transformer.h.#.attn`` with each other), so an
   attention output smaller than a feed-forward output in a residual block is not a depth effect;
-- a loss that rises 25 % above its lowest value and then falls below where it rose from (Adam's bump near a small
-  loss) is not a too-high learning rate; one that stays up is."""
-
-import math
+- a loss that rises 25 % above its lowest value by a few percent of its start (Adam near a loss of 0) is not a
+  too-high learning rate; a rise of more than a tenth of the starting loss is."""
 
 import pytest
 
@@ -68,23 +66,28 @@ def windows_of(levels, size=40):
     return [v for level in levels for v in [level] * size]
 
 
-def test_a_bump_the_loss_leaves_behind_is_not_lr_too_high():
-    """The smoothed curve of a torch.nn TransformerEncoder classifier at Adam lr 1e-3 (measured: windows of 40
-    updates): it rises 72 % above its lowest value for two windows, then falls to a new low 7x below it."""
-    levels = [0.557, 0.191, 0.095, 0.052, 0.089, 0.096, 0.019, 0.036, 0.024, 0.007]
-    assert max(levels[4:6]) / min(levels[:4]) - 1 > rt.LR_RISE  # the old reading: a rise above the threshold
+@pytest.mark.parametrize("levels", [
+    [0.557, 0.191, 0.095, 0.052, 0.089, 0.096, 0.019, 0.036, 0.024, 0.007],  # seed 0: a bump, then a new low
+    [0.557, 0.191, 0.05, 0.02, 0.01, 0.006, 0.005, 0.005, 0.022, 0.022],  # seed 1: up 4x at the end, near 0
+])
+def test_a_small_rise_near_zero_is_not_lr_too_high(levels):
+    """The smoothed curves of a torch.nn TransformerEncoder classifier at Adam lr 1e-3 (measured, windows of 40
+    updates; 98-99 % accuracy): relative rises far above LR_RISE, by a few percent of the starting loss."""
+    rises = [min(levels[i:i + 2]) / min(levels[:i]) - 1 for i in range(1, len(levels) - 1)]  # over the lowest before
+    assert max(rises) > rt.LR_RISE
     assert "lr_too_high" not in loud(diagnose([], scalars=loss_rows(windows_of(levels))))
 
 
-def test_a_rise_that_stays_is_still_lr_too_high():
-    levels = [0.557, 0.191, 0.095, 0.052, 0.089, 0.096, 0.09, 0.08, 0.085, 0.09]
+@pytest.mark.parametrize("jump", [0.09, 0.11])
+def test_a_rise_is_named_when_it_is_material(jump):
+    """The same shape at a loss that fell from 2.3 to 0.3: named when the rise exceeds LR_RISE_MIN_JUMP (0.1) x 2.3."""
+    top = 0.3 + jump * 2.3
+    levels = [2.3, 1.0, 0.5, 0.3, top, top, top, top, top, top]
     f = [f for f in diagnose([], scalars=loss_rows(windows_of(levels))) if f.code == "lr_too_high"]
-    assert len(f) == 1 and f[0].severity == "error"
-    highest_pair = max(min(a, b) for a, b in zip(levels[4:], levels[5:], strict=False))  # two windows in a row
-    assert f[0].evidence["rise"] == pytest.approx(highest_pair / 0.052 - 1)
-    # ending exactly where it rose from is not below it: still named
-    assert "lr_too_high" in loud(diagnose([], scalars=loss_rows(windows_of(levels[:-1] + [0.052]))))
-    assert math.isclose(rt.LR_RISE, 0.25)
+    assert rt.LR_RISE_MIN_JUMP == 0.1 and top / 0.3 - 1 > rt.LR_RISE
+    assert len(f) == (jump > rt.LR_RISE_MIN_JUMP)
+    if f:
+        assert f[0].severity == "error" and f[0].evidence["rise"] == pytest.approx(top / 0.3 - 1)
 
 
 def test_a_loss_thrown_up_from_its_start_is_lr_too_high_even_when_it_falls_back_below_it():
