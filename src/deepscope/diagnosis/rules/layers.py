@@ -291,14 +291,15 @@ def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | Non
     for layer, v in steps[step].items():  # one is no depth effect (GPT-2, BERT and torch.nn Transformer blocks)
         if math.isfinite(v):
             kinds.setdefault(_layer_kind(layer), []).append((layer, v))
-    ratio, values = 1.0, []
+    spread, values = 0.0, []
     for group in kinds.values():
         if len(group) >= 2 and group[0][1] > 0.0 and group[-1][1] > 0.0:  # std 0: the dead/symmetry rules name it
-            r = group[-1][1] / group[0][1]
-            if abs(math.log(r)) > abs(math.log(ratio)):
-                ratio, values = r, group
+            log_ratio = abs(math.log(group[-1][1]) - math.log(group[0][1]))
+            if log_ratio > spread:
+                spread, values = log_ratio, group
     if not values:
         return []
+    ratio = values[-1][1] / values[0][1]
     evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
                 "threshold": VARIANCE_DEPTH_RATIO}
     if ratio < 1.0 / VARIANCE_DEPTH_RATIO:
