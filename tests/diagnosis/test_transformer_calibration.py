@@ -21,11 +21,10 @@ def loud(findings):
     return {f.code for f in findings if f.severity in ("warning", "error")}
 
 
-def test_layer_kind_strips_numbers_and_call_counts():
-    assert rl._layer_kind("transformer.h.11.attn") == rl._layer_kind("transformer.h.0.attn") == "transformer.h.#.attn"
-    assert rl._layer_kind("hidden1") == rl._layer_kind("hidden12") == "hidden#"
-    assert rl._layer_kind("act") == rl._layer_kind("act@3") == "act"  # a shared module called three times
-    assert rl._layer_kind("encoder.layers.1") != rl._layer_kind("encoder.layers.1.self_attn")
+def test_a_shared_module_called_at_every_depth_is_one_kind():
+    """``act``, ``act@2``, ``act@3``: one activation module called three times (its k-th call is ``act@k``)."""
+    (f,) = [f for f in diagnose(stds({"act": 1.0, "act@2": 4.0, "act@3": 16.0})) if f.code.startswith("variance_")]
+    assert f.code == "variance_grows" and f.evidence["ratio"] == pytest.approx(16.0) and f.layers == ["act@3"]
 
 
 def test_attention_and_feed_forward_outputs_are_not_compared():

@@ -62,8 +62,7 @@ DEAD_ERROR_FRACTION = 0.9  # at or above this the layer is (nearly) all dead: an
 SYMMETRY_TOL = 1e-6
 
 # Activation variance with depth at initialization (Glorot & Bengio 2010 fig. 6; He et al. 2015):
-# the activation std of the last recorded layer over that of the first, at the first recorded update, among layers
-# of one kind (their names equal but for the numbers: hidden1..hidden5, transformer.h.#.attn).
+# the std of the last recorded layer over the first's, among layers of one kind (hidden#, h.#.attn), at the first record
 # Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
 VARIANCE_DEPTH_RATIO = 10.0
 
@@ -276,29 +275,20 @@ def _rule_constant_layer(rec: Records) -> list[Finding]:
     ]
 
 
-def _layer_kind(layer: str) -> str:
-    """A layer's name without its numbers (``transformer.h.3.attn`` -> ``transformer.h.#.attn``; ``act@2`` -> ``act``):
-    the layers of one kind repeated down the depth."""
-    return re.sub(r"\d+", "#", re.sub(r"@\d+$", "", layer))
-
-
 def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | None = None) -> list[Finding]:
     steps = rec.by_step("activation", "std")
     if not steps:
         return []
     step = min(steps)
-    kinds: dict[str, list[tuple[str, float]]] = {}  # like with like: an attention output against a feed-forward
-    for layer, v in steps[step].items():  # one is no depth effect (GPT-2, BERT and torch.nn Transformer blocks)
+    kinds: dict[str, list[tuple[str, float]]] = {}  # like with like: an attention output is smaller than a feed-
+    for layer, v in steps[step].items():  # forward one at any depth (GPT-2, torch.nn Transformer blocks); act@2 = act
         if math.isfinite(v):
-            kinds.setdefault(_layer_kind(layer), []).append((layer, v))
-    spread, values = 0.0, []
-    for group in kinds.values():
-        if len(group) >= 2 and group[0][1] > 0.0 and group[-1][1] > 0.0:  # std 0: the dead/symmetry rules name it
-            log_ratio = abs(math.log(group[-1][1]) - math.log(group[0][1]))
-            if log_ratio > spread:
-                spread, values = log_ratio, group
-    if not values:
+            kinds.setdefault(re.sub(r"\d+", "#", re.sub(r"@\d+$", "", layer)), []).append((layer, v))
+    # a layer of std 0 is dead or constant: the dead-unit and symmetry rules name it
+    groups = [g for g in kinds.values() if len(g) >= 2 and g[0][1] > 0.0 and g[-1][1] > 0.0]
+    if not groups:
         return []
+    values = max(groups, key=lambda g: abs(math.log(g[-1][1]) - math.log(g[0][1])))
     ratio = values[-1][1] / values[0][1]
     evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
                 "threshold": VARIANCE_DEPTH_RATIO}
