@@ -11,6 +11,7 @@ Szegedy 2015; LeCun et al. 1998, "Efficient BackProp"; Varma & Das, *Deep Learni
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ DEAD_ERROR_FRACTION = 0.9  # at or above this the layer is (nearly) all dead: an
 SYMMETRY_TOL = 1e-6
 
 # Activation variance with depth at initialization (Glorot & Bengio 2010 fig. 6; He et al. 2015):
-# the activation std of the last recorded layer over that of the first, at the first recorded update.
+# the std of the last recorded layer over the first's, among layers of one kind (hidden#, h.#.attn), at the first record
 # Outside [1/10, 10] (two orders of magnitude in variance) the init scale does not fit the activation.
 VARIANCE_DEPTH_RATIO = 10.0
 
@@ -279,9 +280,15 @@ def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | Non
     if not steps:
         return []
     step = min(steps)
-    values = [(layer, v) for layer, v in steps[step].items() if math.isfinite(v)]
-    if len(values) < 2 or values[0][1] <= 0.0 or values[-1][1] <= 0.0:
-        return []  # a layer of std 0 is dead or constant: the dead-unit and symmetry rules name it
+    kinds: dict[str, list[tuple[str, float]]] = {}  # like with like: an attention output is smaller than a feed-
+    for layer, v in steps[step].items():  # forward one at any depth (GPT-2, torch.nn Transformer blocks); act@2 = act
+        if math.isfinite(v):
+            kinds.setdefault(re.sub(r"\d+", "#", re.sub(r"@\d+$", "", layer)), []).append((layer, v))
+    # a layer of std 0 is dead or constant: the dead-unit and symmetry rules name it
+    groups = [g for g in kinds.values() if len(g) >= 2 and g[0][1] > 0.0 and g[-1][1] > 0.0]
+    if not groups:
+        return []
+    values = max(groups, key=lambda g: abs(math.log(g[-1][1]) - math.log(g[0][1])))
     ratio = values[-1][1] / values[0][1]
     evidence = {"std_first_layer": values[0][1], "std_last_layer": values[-1][1], "ratio": ratio,
                 "threshold": VARIANCE_DEPTH_RATIO}
