@@ -186,7 +186,7 @@ def _rule_saturation(rec: Records, activation: str | None, scheme: str | None = 
     step, value, _, _ = hits[first_layer]
     recovers = all(h[2] for h in hits.values())
     evidence = {"saturated_fraction": value, "peak_fraction": max(h[3] for h in hits.values()),
-                "threshold": SATURATION_FRACTION}
+                "threshold": SATURATION_FRACTION, "in_first_layer": _in_first_layer(rec, hits, step)}
     at_step = dict(means.get(first_layer, []))
     if step in at_step:
         evidence["mean_at_first_step"] = at_step[step]
@@ -226,10 +226,17 @@ def _rule_dead(rec: Records, spec: Any = None) -> list[Finding]:
             "dead_units", "error" if peak >= DEAD_ERROR_FRACTION else "warning",
             f"up to {peak:.0%} of the units output 0 on every monitor example, from update {step}",
             layers=list(hits), first_step=step, recovers=recovers,
-            evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION},
+            evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION,
+                      "in_first_layer": _in_first_layer(rec, hits, step)},
             advice=_dead_advice(spec),
         )
     ]
+
+
+def _in_first_layer(rec: Records, hits: Mapping[str, tuple], step: int) -> float:
+    """1.0 when the first recorded layer is among ``hits`` from ``step`` on (deepscope.diagnosis.ranking reads it)."""
+    first = min(rec.order, key=rec.order.__getitem__, default=None)
+    return float(first in hits and hits[first][0] == step)
 
 
 def _dead_advice(spec: Any) -> str:
