@@ -119,9 +119,14 @@ def explainer(f: Finding, findings: list[Finding], causes: dict[str, set[str]], 
     return candidates[0] if candidates else None
 
 
-def rank(findings: list[Finding], causes: dict[str, set[str]], everything: set[str]) -> list[Finding]:
+def rank(findings: list[Finding], causes: dict[str, set[str]] | None = None, everything: set[str] | None = None
+         ) -> list[Finding]:
     """``findings`` ordered roots first, each problem finding's ``cause`` set to its root's code, each root's severity
-    raised to the worst it explains (see the module's docstring)."""
+    raised to the worst it explains (see the module's docstring). ``causes``: cause code -> the symptoms it explains
+    (:func:`deepscope.diagnosis.causes.explain` passes its table); ``everything``: the codes that explain every
+    finding (the data causes); without them, only the edges between symptoms and checks (:data:`EDGES`) apply."""
+    causes = causes or {}
+    everything = everything or set()
     problems = [f for f in findings if f.severity in PROBLEM]
     parent = {id(f): explainer(f, problems, causes, everything) for f in problems}
 
@@ -140,7 +145,7 @@ def rank(findings: list[Finding], causes: dict[str, set[str]], everything: set[s
             f.cause = r.code
             if severity[f.severity] < severity[r.severity]:
                 r.severity = f.severity
-        elif not f.cause or f.cause == f.code:
+        else:
             f.cause = f.code
     position = {id(f): i for i, f in enumerate(findings)}
 

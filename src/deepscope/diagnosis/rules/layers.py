@@ -17,6 +17,7 @@ from typing import Any
 
 from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
+from deepscope.diagnosis.ranking import rank
 from deepscope.diagnosis.rules.training import (  # noqa: F401 - the thresholds are read as rules.X
     LR_MIN_POINTS,
     LR_RISE,
@@ -347,7 +348,7 @@ def diagnose(
         findings += _run(rule)
     explained = any(f.code in _STALLING for f in findings)
     findings += _run(lambda: training_rules(scalars, rec, spec, explained))
-    return sort_findings(findings)
+    return rank(sort_findings(findings))  # a symptom after the one that explains it (deepscope.diagnosis.ranking)
 
 
 def _safe(fn, default):
