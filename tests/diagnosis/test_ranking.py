@@ -93,3 +93,17 @@ def test_causes_in_the_data_and_the_model_come_before_the_symptoms_and_cycles_en
     finally:
         del rk.EDGES[-2:]
     assert {f.code for f in found} == {"a", "b"} and {f.cause for f in found} <= {"a", "b"}
+
+
+def test_sorting_keeps_a_root_before_what_it_explains_and_diagnose_ranks_the_rules_findings():
+    from deepscope.diagnosis import sort_findings
+
+    found = explain([F("bn_stats_frozen", first_step=0), F("eval_mode", first_step=1)], {}, {})
+    # re-sorted by severity and update (the HTML report does), the root stays first although it was seen later
+    assert [f.code for f in sort_findings(reversed(found))] == ["eval_mode", "bn_stats_frozen"]
+    # the rules alone: units that die after the first updates of a diverging run are the rate's
+    rows = [dict(step=s, source="monitor", layer="hidden1", quantity="activation", stat="dead", value=v)
+            for s, v in ((0, 0.0), (30, 0.95))]
+    scalars = [dict(step=1, name="train/loss", value=1.4), dict(step=30, name="train/diverged", value=1.0)]
+    found = diagnose(rows, scalars=scalars)
+    assert [f.code for f in found] == ["lr_too_high", "dead_units"] and found[1].cause == "lr_too_high"
