@@ -107,3 +107,9 @@ def test_sorting_keeps_a_root_before_what_it_explains_and_diagnose_ranks_the_rul
     scalars = [dict(step=1, name="train/loss", value=1.4), dict(step=30, name="train/diverged", value=1.0)]
     found = diagnose(rows, scalars=scalars)
     assert [f.code for f in found] == ["lr_too_high", "dead_units"] and found[1].cause == "lr_too_high"
+
+
+def test_activations_grown_with_depth_explain_an_output_saturated_at_initialization():
+    codes, causes = ranked(F("lr_too_high", first_step=30), F("output_saturated", "warning"),
+                           F("variance_grows", "warning"))
+    assert codes[0] == "variance_grows" and set(causes.values()) == {"variance_grows"}

@@ -23,7 +23,8 @@ change and the repair tries its fixes first. A finding *yields* to another (is e
    (saturation, dead units, non-finite values, a plateau): compare with the state at initialization;
 7. an activation variance that shrinks or grows with depth at initialization (the init scale does not fit the
    activation: Glorot & Bengio 2010, He et al. 2015) explains ``depth_unnormalized``: the depth is only a problem
-   because of the scale.
+   because of the scale; one that grows explains an output saturated at initialization too (the last layer reads
+   activations grown layer after layer).
 
 When a finding has several explainers, the first in :data:`ROOT_ORDER` wins; chains are followed to their root
 (cycles are cut). A root takes the severity of the worst finding it explains. Order (:func:`rank`): the roots,
@@ -94,7 +95,7 @@ EDGES: list[tuple[str, set[str], Condition]] = [
         f.code in RATE_SYMPTOMS or after_updates(f))),
     ("lr_too_high", AFTER_UPDATES, _symptom_after_updates),
     ("variance_shrinks", {"depth_unnormalized"}, _root_at_init),
-    ("variance_grows", {"depth_unnormalized"}, _root_at_init),
+    ("variance_grows", {"depth_unnormalized", "output_saturated"}, _root_at_init),
 ]
 # which explainer wins when several are present: the data, the model's causes, then the most upstream symptom
 ROOT_ORDER = ("input_constant", "labels_constant", "labels_unexplained", "eval_mode", *INPUTS, "symmetry",
