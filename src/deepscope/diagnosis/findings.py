@@ -73,9 +73,11 @@ class Finding:
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Errors first, then warnings, then info; within a severity, earliest update first."""
+    """Errors first, then warnings, then info; within a severity, the roots (findings that are their own cause)
+    before the findings another one explains (:mod:`deepscope.diagnosis.ranking`), then earliest update first."""
     rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(findings, key=lambda f: (rank.get(f.severity, 9), f.first_step if f.first_step is not None else 0))
+    return sorted(findings, key=lambda f: (rank.get(f.severity, 9), bool(f.cause) and f.cause != f.code,
+                                           f.first_step if f.first_step is not None else 0))
 
 
 def has_problem(findings: Iterable[Finding]) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deepscope.diagnosis.findings import Finding, load_checks, merge_checks
+from deepscope.diagnosis.ranking import rank
 from deepscope.diagnosis.rules import diagnose
 from deepscope.plots.html import RunData, write_html
 from deepscope.store import CHECKS_FILE
@@ -31,7 +32,7 @@ def diagnosed(run: RunData) -> list[Finding]:
             last = max((int(r["step"]) for r in scalars if r["name"] == "train/loss"), default=0)
             scalars.append(dict(step=last, name="train/diverged", value=1.0))
         found = diagnose(run.stats, scalars=scalars, histograms=run.histograms, spec=run.spec)
-        run.findings = merge_checks(found, run.checks)
+        run.findings = rank(merge_checks(found, run.checks))  # the checks' edges too (deepscope.diagnosis.ranking)
     return run.findings
 
 

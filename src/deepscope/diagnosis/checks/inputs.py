@@ -47,7 +47,7 @@ def diagnose_input(x) -> list[Finding]:
         findings.append(Finding(
             "input_not_centered", "warning",
             f"the per-component means make up {mean_fraction:.0%} of the input RMS (mean {float(mu.mean()):.3g})",
-            layers=["input"], evidence={"mean_fraction": mean_fraction, "mean": float(mu.mean()),
+            layers=["input"], evidence={"mean_fraction": mean_fraction, "mean": float(mu.mean()), "rms": rms,
                                         "threshold": INPUT_MEAN_FRACTION},
             advice="Center the inputs: subtract the per-component mean of the training set (LeCun et al. 1998; "
             "Varma & Das, ch. 7, section 7.6; deepscope preprocessing 'center' or 'standardize', fitted on training "
@@ -57,7 +57,7 @@ def diagnose_input(x) -> list[Finding]:
         findings.append(Finding(
             "input_not_scaled", "warning",
             f"the per-component std is {scale:.3g} on average (largest/smallest {spread:.3g})",
-            layers=["input"], evidence={"std": scale, "std_spread": spread, "low": INPUT_SCALE_LOW,
+            layers=["input"], evidence={"std": scale, "std_spread": spread, "rms": rms, "low": INPUT_SCALE_LOW,
                                         "high": INPUT_SCALE_HIGH, "spread_threshold": INPUT_SPREAD_RATIO},
             advice="Scale the inputs after centering: divide each component by its training-set std, or map "
             "to [-1, 1] (Varma & Das, ch. 7, section 7.6; preprocessing 'standardize').",

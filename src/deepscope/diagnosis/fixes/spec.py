@@ -100,6 +100,9 @@ def _optimizer(name: str, lr: float | None = None) -> Callable[[dict], None]:
         current = spec["optim"]["name"]
         if name == "momentum" and current != "sgd":
             raise NotApplicable(f"momentum replaces plain SGD; the optimizer is {current!r}")
+        if current == name and lr is not None and spec["optim"]["lr"] < lr:  # already it, at a lower rate
+            spec["optim"]["lr"] = lr
+            return
         if current == name:
             raise NotApplicable(f"the optimizer is already {name!r}")
         kept = {k: v for k, v in spec["optim"].items() if k == "weight_decay"}

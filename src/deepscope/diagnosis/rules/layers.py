@@ -18,6 +18,7 @@ from typing import Any
 
 from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
+from deepscope.diagnosis.ranking import rank
 from deepscope.diagnosis.rules.training import (  # noqa: F401 - the thresholds are read as rules.X
     LR_MIN_POINTS,
     LR_RISE,
@@ -187,7 +188,7 @@ def _rule_saturation(rec: Records, activation: str | None, scheme: str | None = 
     step, value, _, _ = hits[first_layer]
     recovers = all(h[2] for h in hits.values())
     evidence = {"saturated_fraction": value, "peak_fraction": max(h[3] for h in hits.values()),
-                "threshold": SATURATION_FRACTION}
+                "threshold": SATURATION_FRACTION, "in_first_layer": _in_first_layer(rec, hits, step)}
     at_step = dict(means.get(first_layer, []))
     if step in at_step:
         evidence["mean_at_first_step"] = at_step[step]
@@ -227,10 +228,17 @@ def _rule_dead(rec: Records, spec: Any = None) -> list[Finding]:
             "dead_units", "error" if peak >= DEAD_ERROR_FRACTION else "warning",
             f"up to {peak:.0%} of the units output 0 on every monitor example, from update {step}",
             layers=list(hits), first_step=step, recovers=recovers,
-            evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION},
+            evidence={"dead_fraction": peak, "threshold": DEAD_FRACTION,
+                      "in_first_layer": _in_first_layer(rec, hits, step)},
             advice=_dead_advice(spec),
         )
     ]
+
+
+def _in_first_layer(rec: Records, hits: Mapping[str, tuple], step: int) -> float:
+    """1.0 when the first recorded layer is among ``hits`` from ``step`` on (deepscope.diagnosis.ranking reads it)."""
+    first = min(rec.order, key=rec.order.__getitem__, default=None)
+    return float(first in hits and hits[first][0] == step)
 
 
 def _dead_advice(spec: Any) -> str:
@@ -347,7 +355,7 @@ def diagnose(
         findings += _run(rule)
     explained = any(f.code in _STALLING for f in findings)
     findings += _run(lambda: training_rules(scalars, rec, spec, explained))
-    return sort_findings(findings)
+    return rank(sort_findings(findings))  # a symptom after the one that explains it (deepscope.diagnosis.ranking)
 
 
 def _safe(fn, default):

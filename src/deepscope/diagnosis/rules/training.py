@@ -1,5 +1,5 @@
-"""Rules on the training curves: learning rate, loss spikes, gradient-norm spikes, plateaus, overfitting, and
-layers that do not learn (update/weight ratios).
+"""Rules on the training curves: learning rate (:mod:`.rate`), loss spikes, gradient-norm spikes, plateaus,
+overfitting, and layers that do not learn (update/weight ratios).
 
 They read the trainer's scalar rows ``dict(step, name, value)`` -- ``"train/loss"`` (every update in a
 doctor run, or the mean per evaluation in a stored run), ``"train/grad_norm"`` (the gradient norm of every
@@ -15,37 +15,31 @@ from collections.abc import Iterable, Sequence
 from statistics import median
 from typing import Any
 
-from deepscope.diagnosis.advice import spec_value
 from deepscope.diagnosis.findings import Finding
+from deepscope.diagnosis.rules.rate import (  # noqa: F401 - the learning-rate thresholds are read as training.X
+    LR_EARLY_JUMP,
+    LR_EARLY_UPDATES,
+    LR_FLAT_DROP,
+    LR_FLAT_RATIO,
+    LR_FLAT_UPDATES,
+    LR_HUGE_STEP,
+    LR_MIN_POINTS,
+    LR_RISE,
+    LR_RISE_MIN_JUMP,
+    LR_RISE_WINDOWS,
+    LR_SLOW_DROP,
+    LR_UPDATE_RATIO_LOW,
+    LR_WINDOWS,
+    _lr_evidence,
+    _median_fastest_update_ratio,
+    curve,
+    rule_learning_rate,
+)
 from deepscope.records import RESTORED_STEP, Records, restored_at
 
 __all__ = ["curve", "training_rules"]
 
-# --- thresholds -----------------------------------------------------------------------------------
-# Learning rate (Varma & Das, ch. 7, section 7.2, fig. 7.6), read from the "train/loss" curve, smoothed by taking
-# the median of LR_WINDOWS equal windows (robust to mini-batch noise):
-LR_WINDOWS = 10
-LR_MIN_POINTS = 6  # fewer loss points than this -> only the NaN/Inf check runs
-LR_RISE = 0.25  # smoothed loss rising 25% above its running minimum (or its start) -> too high ...
-LR_RISE_WINDOWS = 2  # ... in this many consecutive windows: one window of a healthy run can rise 25% by chance
-# ... by at least LR_RISE_MIN_JUMP x the starting loss, as for loss spikes: near a loss of 0 a relative rise is noise
-# (a torch.nn TransformerEncoder classifier under Adam at lr 1e-3 went 0.72 -> 0.052 -> 0.089 -> 0.007, and with
-# another seed 0.72 -> 0.005 -> 0.022 at the end: +5 % and +2.4 % of its start, at 98-99 % accuracy).
-LR_RISE_MIN_JUMP = 0.1
-# Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
-# LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
-# median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
-# The loss alone cannot tell a low rate from a hard task early in training (Shapeset's loss falls a few
-# percent in the first hundreds of updates at any good rate), so without update ratios this rule is silent.
-LR_SLOW_DROP = 0.1
-LR_UPDATE_RATIO_LOW = 1e-4
-# A loss that has not moved at all -- less than LR_FLAT_DROP (3 %) over at least LR_FLAT_UPDATES updates -- in
-# steps below LR_FLAT_RATIO is a rate too low for this network (a transformer trained from scratch at a
-# fine-tuning rate) when no chance level was recorded to tell it from labels nothing explains (a framework
-# callback; doctor records one, and its plateau rule decides there).
-LR_FLAT_DROP = 0.03  # a hard task's loss falls a little more early on (4 % in 1,000 updates in the tests)
-LR_FLAT_UPDATES = 150
-LR_FLAT_RATIO = 1e-2
+# --- thresholds (the learning rate's: deepscope.diagnosis.rules.rate) --------------------------------
 
 # Spikes: a value above SPIKE factor x the median of the SPIKE_WINDOW updates before it *and* of those after it
 # is a transient jump (a level shift or steady growth is not). On the benchmark's healthy runs (batch 20)
@@ -88,115 +82,6 @@ PLATEAU_ERROR_MARGIN = 0.05
 # frozen layers and layers left out of the optimizer have exactly 0. Lower layers slowed by vanishing
 # gradients are reported as such (the rule is silent when another finding explains a stall).
 NOT_LEARNING_RELATIVE = 1e-4
-
-# --- learning-rate rules on the loss curve --------------------------------------------------------
-
-
-def _windows(values: Sequence[float], n: int) -> list[float]:
-    """Medians of ``n`` (or fewer) consecutive equal windows."""
-    n = max(1, min(n, len(values)))
-    size = len(values) / n
-    return [median(values[round(i * size): max(round((i + 1) * size), round(i * size) + 1)]) for i in range(n)]
-
-
-def curve(scalars: Iterable[Any], name: str) -> list[tuple[int, float]]:
-    """``[(step, value)]`` of the scalar rows named ``name``, steps ascending (the last row of a step wins);
-    malformed rows are skipped."""
-    points: dict[int, float] = {}
-    for row in scalars:
-        try:
-            if row["name"] == name:
-                points[int(row["step"])] = float(row["value"])
-        except (KeyError, TypeError, ValueError, OverflowError):
-            continue
-    return sorted(points.items())
-
-
-def _lr_evidence(spec: Any) -> dict[str, float]:
-    """``{"lr": the spec's learning rate}`` when it is a number, else nothing."""
-    lr = spec_value(spec, "lr")
-    if isinstance(lr, bool) or not isinstance(lr, int | float):
-        return {}
-    try:
-        return {"lr": float(lr)}
-    except OverflowError:
-        return {}
-
-
-def _rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, explained: bool,
-                        diverged: list[tuple[int, float]] = (), chance_known: bool = True) -> list[Finding]:
-    if not loss and not diverged:
-        return []
-    evidence_lr = _lr_evidence(spec)
-    bad = [s for s, v in loss if not math.isfinite(v)]
-    lower = "Lower the learning rate (e.g. 10x) and anneal it (step decay, or reduce on plateau; Varma & Das, ch. 7 " \
-            "section 7.2); gradient clipping guards against the occasional huge step."
-    if bad:
-        return [Finding("lr_too_high", "error", f"the training loss became NaN/Inf at update {bad[0]}",
-                        first_step=bad[0], recovers=False, evidence={"nan_step": float(bad[0]), **evidence_lr},
-                        advice=lower)]
-    if diverged:  # the trainer stopped the run: a finite loss that exploded ("train/diverged" at that update)
-        step = int(diverged[0][0])
-        return [Finding("lr_too_high", "error", f"the training loss exploded and the run was stopped at update {step}",
-                        first_step=step, recovers=False, evidence={"diverged_step": float(step), **evidence_lr},
-                        advice=lower)]
-    if len(loss) < LR_MIN_POINTS:
-        return []
-    steps = [s for s, _ in loss]
-    values = [v for _, v in loss]
-    smooth = _windows(values, LR_WINDOWS)
-    start = median(values[: max(1, min(3, len(values) // LR_WINDOWS))])
-    running, rise, rise_at = start, 0.0, None
-    for i, v in enumerate(smooth):
-        ahead = smooth[i: i + LR_RISE_WINDOWS]
-        if (running > 0 and len(ahead) == LR_RISE_WINDOWS and min(ahead) / running - 1.0 > rise
-                and min(ahead) - running > LR_RISE_MIN_JUMP * start):
-            rise, rise_at = min(ahead) / running - 1.0, i
-        running = min(running, v)
-    if rise > LR_RISE:
-        step = steps[min(len(steps) - 1, round(rise_at * len(steps) / len(smooth)))]
-        return [Finding("lr_too_high", "error",
-                        f"the smoothed training loss rose {rise:.0%} above its lowest value and stayed there (from "
-                        f"around update {step})",
-                        first_step=step, recovers=smooth[-1] <= start,
-                        evidence={"rise": rise, "loss_start": start, "loss_end": smooth[-1], "threshold": LR_RISE,
-                                  **evidence_lr},
-                        advice=lower)]
-    if explained or start <= 0:
-        return []
-    drop = (start - smooth[-1]) / start
-    step_ratio = _median_fastest_update_ratio(rec)
-    # a ratio of exactly 0 is no step at all (every unit dead, every gradient zero): not a small rate
-    if step_ratio is not None and 0 < step_ratio < LR_UPDATE_RATIO_LOW and drop < LR_SLOW_DROP:
-        evidence = {"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_SLOW_DROP,
-                    "ratio_threshold": LR_UPDATE_RATIO_LOW, **evidence_lr}
-        return [Finding("lr_too_low", "warning",
-                        f"the training loss fell only {drop:.1%} over {steps[-1] - steps[0]} updates, in steps that "
-                        f"change the weights by {step_ratio:.1e} of their norm",
-                        first_step=steps[0], recovers=None, evidence=evidence,
-                        advice="Raise the learning rate (e.g. 3-10x) and anneal it later (Varma & Das, ch. 7, "
-                        "section 7.2), or use an adaptive optimizer (Adam, RMSProp).")]
-    if (not chance_known and step_ratio is not None and 0 < step_ratio < LR_FLAT_RATIO and drop < LR_FLAT_DROP
-            and steps[-1] - steps[0] >= LR_FLAT_UPDATES):
-        return [Finding("lr_too_low", "warning",
-                        f"the training loss has not moved ({drop:.1%} over {steps[-1] - steps[0]} updates) while the "
-                        f"weights change by {step_ratio:.1e} of their norm per step: the learning rate is too low for "
-                        "this network to learn in this many updates",
-                        first_step=steps[0], recovers=None,
-                        evidence={"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_FLAT_DROP,
-                                  "ratio_threshold": LR_FLAT_RATIO, **evidence_lr},
-                        advice="Raise the learning rate (a network trained from scratch needs more than a fine-tuning "
-                        "rate: e.g. 1e-3 with Adam) or train longer; if it still does not move, check the labels.")]
-    return []
-
-
-def _median_fastest_update_ratio(rec: Records) -> float | None:
-    """Median over records of the largest update/weight ratio among the layers (None without ratios)."""
-    per_step = rec.by_step("update_ratio", "ratio")
-    fastest = [max(v for v in values.values() if math.isfinite(v)) for values in per_step.values()
-               if any(math.isfinite(v) for v in values.values())]
-    return median(fastest) if fastest else None
-
 
 # --- spikes: the loss and the gradient norm of single updates ------------------------------------------
 
@@ -368,14 +253,15 @@ def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: b
     loss = curve(scalars, "train/loss")
     valid = curve(scalars, "valid/loss")
     chance = curve(scalars, "valid/chance_loss")
-    rate = _rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"), bool(chance))
+    measure = "error" if curve(scalars, "valid/chance_error") else "rmse"  # a regression's error is its RMSE
+    chance_error = curve(scalars, f"valid/chance_{measure}")
+    errors, at_chance = curve(scalars, f"valid/{measure}"), chance_error[-1][1] if chance_error else None
+    rate = rule_learning_rate(loss, rec, spec, explained, curve(scalars, "train/diverged"), bool(chance),
+                               valid, errors, at_chance)
     findings = rate + _rule_not_learning(rec, explained)
     if not rate:  # a loss thrown about by too high a rate says nothing of generalization
         findings += _rule_overfitting(loss, valid, curve(scalars, RESTORED_STEP))
     findings += _rule_spikes(loss, curve(scalars, "train/grad_norm"), spec)
     explained = explained or bool(findings)
-    measure = "error" if curve(scalars, "valid/chance_error") else "rmse"  # a regression's error is its RMSE
-    chance_error = curve(scalars, f"valid/chance_{measure}")
-    findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained,
-                              curve(scalars, f"valid/{measure}"), chance_error[-1][1] if chance_error else None)
+    findings += _rule_plateau(valid, chance[-1][1] if chance else None, rec, spec, explained, errors, at_chance)
     return findings
