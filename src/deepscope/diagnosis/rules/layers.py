@@ -19,6 +19,7 @@ from typing import Any
 from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
 from deepscope.diagnosis.ranking import rank
+from deepscope.diagnosis.rules.histograms import saturation_from_histograms
 from deepscope.diagnosis.rules.training import (  # noqa: F401 - the thresholds are read as rules.X
     LR_MIN_POINTS,
     LR_RISE,
@@ -341,7 +342,7 @@ def diagnose(
     rec = Records(records or ())
     if histograms is not None:
         have = {(layer, step) for _, q, stat, layer, step, _ in rec.items() if (q, stat) == ("activation", "saturated")}
-        extra = _saturation_from_histograms(histograms, have)
+        extra = saturation_from_histograms(histograms, have)
         if extra:
             rec = Records([*rec.rows, *extra])
     scalars = list(scalars or ())
@@ -376,31 +377,3 @@ def _run(rule) -> list[Finding]:
         return [Finding("diagnosis_error", "info", f"a diagnosis rule failed: {type(e).__name__}: {e} "
                         f"({Path(where.filename).name}:{where.lineno}); the other findings stand",
                         advice="Please report this with the records (deepscope runs export).")]
-
-
-def _saturation_from_histograms(histograms: Iterable[Mapping[str, Any]], have: set) -> list[dict]:
-    """Saturated fraction of bounded activations from their histograms: the mass in the outer 1% of [lo, hi].
-
-    Used only where the stats rows lack a "saturated" value and the histogram range is that of a bounded
-    activation ([-1, 1] for tanh/softsign, [0, 1] for sigmoid).
-    """
-    out = []
-    for h in histograms:
-        try:
-            if h["quantity"] != "activation" or (h["layer"], h["step"]) in have:
-                continue
-            lo, hi, counts = float(h["lo"]), float(h["hi"]), [float(c) for c in h["counts"]]
-        except (KeyError, TypeError, ValueError):
-            continue  # a malformed row says nothing
-        total = sum(counts)
-        if (lo, hi) not in ((-1.0, 1.0), (0.0, 1.0)) or not counts or not 0 < total < math.inf:
-            continue
-        edge = max(1, round(0.01 * len(counts)))
-        fraction = (sum(counts[:edge]) + sum(counts[-edge:])) / total
-        out.append(dict(step=h["step"], source=h["source"], layer=h["layer"], quantity="activation",
-                        stat="saturated", value=fraction))
-    return out
-
-
-# --- checks that need the model or the data --------------------------------------------------------
-
