@@ -81,11 +81,13 @@ class Capture:
     """What one record collects while its hooks run.
 
     ``source`` is ``"train"`` or ``"monitor"`` (None between records); ``pending`` the statistics taken so
-    far; ``calls`` how often each module ran in this forward pass (``name@k``); the rest serves the
-    training step (``forwards``, ``root_inputs``: which forward is the first micro-batch; ``trainable``;
-    ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor pass (``grad_inputs``: what the
-    backward pass differentiates to; ``input``: its leaf copy of the input; ``jacobian_inputs``); ``replay``
-    is set while the training step of a compiled model is replayed (:mod:`deepscope.probe.replay`).
+    far (their reductions over every value done, the percentiles and histograms of the subsamples deferred:
+    :data:`~deepscope.probe.stats.Finish`); ``calls`` how often each module ran in this forward pass
+    (``name@k``); the rest serves the training step (``forwards``, ``root_inputs``: which forward is the
+    first micro-batch; ``trainable``; ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor
+    pass (``grad_inputs``: what the backward pass differentiates to; ``input``: its leaf copy of the input;
+    ``jacobian_inputs``); ``replay`` is set while the training step of a compiled model is replayed
+    (:mod:`deepscope.probe.replay`).
     """
 
     bins: int
@@ -164,7 +166,7 @@ def watch_grad(cap: Capture, s: Any, name: str, token: int) -> None:
 
     def hook(g: Tensor) -> None:
         if token == cap.token and g.numel():  # an empty batch has no statistics
-            cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins), True))
+            cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins, defer=True), True))
 
     s.register_hook(hook)
     if source == "monitor" or cap.replay:
@@ -210,7 +212,7 @@ def _output_hook(cap: Capture, layer: Layer, token: int) -> Callable:
         if z is None or z.dim() == 0 or not z.is_floating_point() or z.numel() == 0:
             return  # an empty batch has no statistics
         with torch.no_grad(), cap.quiet():
-            stats = activation_stats(z, spec, cap.bins)
+            stats = activation_stats(z, spec, cap.bins, defer=True)
         cap.pending.append((_name(layer, call), "activation", names, stats, True))
         if cap.source == "monitor" and cap.want_jacobians and call == 1 and layer.name in cap.map_sources:
             cap.jacobian_inputs[layer.name] = z.detach()[: cap.jacobian_examples].clone()
@@ -242,7 +244,7 @@ def optimizer_hook(cap: Capture, weights: list[Weight]) -> RemovableHandle:
         with torch.no_grad():
             for w in weights:
                 if id(w.param) in stepped and w.param.grad is not None and w.name not in cap.weight_grads:
-                    cap.weight_grads[w.name] = weight_gradient_stats(w.param.grad, cap.bins)
+                    cap.weight_grads[w.name] = weight_gradient_stats(w.param.grad, cap.bins, defer=True)
 
     return register_optimizer_step_pre_hook(hook)
 
@@ -266,7 +268,7 @@ def train_entries(cap: Capture, weights: list[Weight], snapshot: list[Tensor]) -
     with torch.no_grad():
         for name, grad in cap.grad_refs.items():
             if name not in cap.weight_grads:
-                cap.weight_grads[name] = weight_gradient_stats(grad, cap.bins)
+                cap.weight_grads[name] = weight_gradient_stats(grad, cap.bins, defer=True)
         for w in weights:
             if w.name in cap.weight_grads:
                 entries.append((w.name, "weight_grad", WEIGHT_GRADIENT_STATS, cap.weight_grads[w.name], True))

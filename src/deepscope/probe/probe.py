@@ -18,6 +18,7 @@ arms the probe and runs the two passes; the hooks, statistics, Jacobians and row
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from deepscope.probe.hooks import (
     train_entries,
     weight_hook,
 )
-from deepscope.probe.jacobian import Deferred, jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
+from deepscope.probe.jacobian import jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.options import check_options, monitor_to_model, parse_monitor, positive_int
 from deepscope.probe.replay import arm_replay
@@ -145,7 +146,8 @@ class Probe:
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
         self._snapshot: list[Tensor] = []
         self._jacobians_done = False
-        self._deferred: list[tuple[int, str, Deferred]] = []  # (step, layer, spectrum): Jacobians still to compute
+        # (step, source, work): statistics and Jacobians of earlier records still to compute, one item per step
+        self._deferred: list[tuple[int, str, Callable[[], list[Entry]]]] = []
 
     # ------------------------------------------------------------------ context manager
 
@@ -251,9 +253,12 @@ class Probe:
         def jacobians() -> None:
             prepared = prepare_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs, self.jacobian_method,
                                          self.jacobian_unavailable, self.jacobian_methods)
-            self._deferred += [(self._step, name, spectrum) for name, spectrum in prepared]
+            unavailable = self.jacobian_unavailable
+            self._deferred += [(self._step, "monitor", partial(run_jacobian, name, spectrum, self._maps, unavailable))
+                               for name, spectrum in prepared]
             self._jacobians_done = True
 
+        queued = len(self._deferred)
         try:
             with eager(self._compiled):
                 monitor_pass(self._net, self._monitor_x, self._monitor_y, self.loss_fn, self.layers, cap,
@@ -262,7 +267,7 @@ class Probe:
         finally:
             entries = cap.pending
             cap.start(None)
-        self._emit("monitor", entries)
+        self._emit("monitor", entries, at=queued)
         if not deferred:
             self._run_deferred()
 
@@ -278,20 +283,32 @@ class Probe:
     def _run_deferred(self, limit: int | None = None) -> None:
         """Compute up to ``limit`` (all by default) of the Jacobians left by earlier records, and emit them."""
         for _ in range(len(self._deferred) if limit is None else min(limit, len(self._deferred))):
-            step, name, spectrum = self._deferred.pop(0)
-            self._emit("monitor", run_jacobian(name, spectrum, self._maps, self.jacobian_unavailable), step)
+            step, source, work = self._deferred.pop(0)
+            self._emit(source, work(), step)
 
-    def _emit(self, source: str, entries: list[Entry], step: int | None = None) -> None:
-        """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks."""
+    def _emit(self, source: str, entries: list[Entry], step: int | None = None, at: int | None = None) -> None:
+        """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks.
+
+        Statistics whose percentiles and histograms were deferred (:data:`~deepscope.probe.stats.Finish`) are
+        queued instead (at position ``at``, default last) and finished at a later :meth:`step`."""
         if not entries:
             return
         step = self._step if step is None else step
+        if any(callable(e[3]) for e in entries):
+            item = (step, source, partial(_finish, entries))
+            self._deferred.insert(len(self._deferred) if at is None else at, item)
+            return
         stats, hists = rows(entries, step, source, self.rank if self._all_ranks else None)
         if self.keep:
             self.records += stats
             self.histograms += hists
         for sink in self.sinks:
             sink.write(stats, hists)
+
+
+def _finish(entries: list[Entry]) -> list[Entry]:
+    """``entries`` with every deferred statistic computed."""
+    return [(*e[:3], e[3]() if callable(e[3]) else e[3], e[4]) for e in entries]
 
 
 def monitor_pass(
