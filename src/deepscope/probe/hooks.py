@@ -108,6 +108,8 @@ class Capture:
     want_jacobians: bool = False
     watcher: Watcher | None = None
     replay: bool = False
+    compiled: Any = None  # a CompiledStats for a torch.compile'd model (deepscope.probe.compiled)
+    batch: Any = None  # the compiled statistics' Batch of the record being taken
 
     def start(self, source: str | None) -> int:
         """Begin a record from ``source`` (None: end it): a fresh token and empty buffers."""
@@ -115,6 +117,7 @@ class Capture:
         self.source, self.pending, self.calls, self.forwards = source, [], {}, 0
         self.root_inputs, self.grad_refs, self.weight_grads = set(), {}, {}
         self.grad_inputs, self.input, self.jacobian_inputs = [], None, {}
+        self.batch = None if source is None or self.compiled is None else self.compiled.batch()
         return self.token
 
     def capturing(self, token: int) -> bool:
@@ -162,11 +165,12 @@ def watch_grad(cap: Capture, s: Any, name: str, token: int) -> None:
     """Record dLoss/ds when the backward pass reaches the pre-activations ``s``."""
     if not (isinstance(s, Tensor) and s.requires_grad) or s is cap.input:
         return
-    source, bins = cap.source, cap.bins
+    source, bins, batch = cap.source, cap.bins, cap.batch
 
     def hook(g: Tensor) -> None:
         if token == cap.token and g.numel():  # an empty batch has no statistics
-            cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins, defer=True), True))
+            stats = gradient_stats(g, bins, defer=True) if batch is None else batch.add("preact_grad", g, None)
+            cap.pending.append((name, "preact_grad", GRADIENT_STATS, stats, True))
 
     s.register_hook(hook)
     if source == "monitor" or cap.replay:
@@ -212,7 +216,10 @@ def _output_hook(cap: Capture, layer: Layer, token: int) -> Callable:
         if z is None or z.dim() == 0 or not z.is_floating_point() or z.numel() == 0:
             return  # an empty batch has no statistics
         with torch.no_grad(), cap.quiet():
-            stats = activation_stats(z, spec, cap.bins, defer=True)
+            if cap.batch is None:
+                stats = activation_stats(z, spec, cap.bins, defer=True)
+            else:  # a compiled model: computed with the record's other layers by a compiled function
+                stats = cap.batch.add("activation", z, spec)
         cap.pending.append((_name(layer, call), "activation", names, stats, True))
         if cap.source == "monitor" and cap.want_jacobians and call == 1 and layer.name in cap.map_sources:
             cap.jacobian_inputs[layer.name] = z.detach()[: cap.jacobian_examples].clone()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
+from deepscope.probe.compiled import CompiledStats
 from deepscope.probe.hooks import (
     Capture,
     Hooks,
@@ -144,6 +145,8 @@ class Probe:
         self._armed = False
         self._hooks = Hooks()
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
+        if self._compiled:  # the statistics of its records by compiled kernels too (deepscope.probe.compiled)
+            self._cap.compiled = CompiledStats(bins, self.unavailable)
         self._snapshot: list[Tensor] = []
         self._jacobians_done = False
         # (step, source, work): statistics and Jacobians of earlier records still to compute, one item per step

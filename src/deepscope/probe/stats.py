@@ -36,6 +36,7 @@ __all__ = [
     "histogram",
     "mean_std",
     "percentiles",
+    "sample_index",
     "subsample",
     "update_ratio",
     "weight_gradient_stats",
@@ -74,13 +75,18 @@ def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
     ``row`` can cut the sample to a fraction of ``limit``.) When ``row`` exceeds ``limit`` the sample
     is evenly spaced over the flat tensor.
     """
-    n = x.numel()
+    index = sample_index(x.numel(), limit, row, x.device)
+    return x if index is None else x.index_select(0, index)  # (4x faster than x[index] on the CPU)
+
+
+def sample_index(n: int, limit: int, row: int, device: torch.device) -> Tensor | None:
+    """The indices :func:`subsample` takes from ``n`` values (None: all of them), cached per shape."""
     if n <= limit:
-        return x
-    key = (n, row, limit, x.device)
+        return None
+    key = (n, row, limit, device)
     index = _SAMPLE_INDEX.get(key)
     if index is None:
-        j = torch.arange(limit, device=x.device)
+        j = torch.arange(limit, device=device)
         if 1 < row <= limit and n % row == 0:
             index = (j * (n // row) // limit) * row + j % row
         else:
@@ -88,7 +94,7 @@ def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
         if len(_SAMPLE_INDEX) > 256:
             _SAMPLE_INDEX.clear()
         _SAMPLE_INDEX[key] = index
-    return x.index_select(0, index)  # (4x faster than x[index] on the CPU)
+    return index
 
 
 def histogram(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
