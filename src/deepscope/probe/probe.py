@@ -17,12 +17,14 @@ arms the probe and runs the two passes; the hooks, statistics, Jacobians and row
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.stateless import _reparametrize_module
 
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
 from deepscope.probe.compiled import CompiledStats
@@ -133,6 +135,8 @@ class Probe:
         self.weights: list[Weight] = find_weights(net)
         self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
         self.unavailable: dict[str, str] = {}
+        # later records run the monitor pass at the step after them, on a copy of the weights, if it is small
+        self._defer_monitor = not self._compiled and state_bytes(net) <= DEFER_MONITOR_BYTES
         inplace = any(getattr(layer.module, "inplace", False) for layer in self.layers)
         # the monitor pass differentiates down to its input when in-place activations or frozen
         # parameters would otherwise leave pre-activations without a gradient
@@ -216,7 +220,11 @@ class Probe:
     def _arm(self, deferred: bool = False) -> None:
         """Record the monitor set now (``deferred``: see :meth:`_record_monitor`), then hook the next step."""
         if self._monitor_x is not None:
-            self._record_monitor(deferred)
+            if deferred and self._defer_monitor:  # on a copy of the weights of now, at the next step
+                state = snapshot_state(self._net)
+                self._deferred.append((self._step, "monitor", partial(self._record_monitor, True, self._step, state)))
+            else:
+                self._record_monitor(deferred)
         cap = self._cap
         cap.start("train")
         cap.trainable = any(p.requires_grad for p in self._net.parameters())
@@ -243,36 +251,40 @@ class Probe:
         self._cap.start(None)
         self._emit("train", entries)
 
-    def _record_monitor(self, deferred: bool = False) -> None:
+    def _record_monitor(self, deferred: bool = False, step: int | None = None, state: dict | None = None) -> list:
         """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
 
         With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
-        one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them)."""
+        one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them).
+        ``state``: the parameters and buffers of ``step`` (:func:`snapshot_state`), when the pass runs later."""
         cap = self._cap
+        step = self._step if step is None else step
         cap.start("monitor")
-        cap.want_jacobians = jacobians_due(self._step, self.jacobian_examples, self._jacobians_done,
-                                           self.jacobian_every)
+        cap.want_jacobians = jacobians_due(step, self.jacobian_examples, self._jacobians_done, self.jacobian_every)
 
         def jacobians() -> None:
             prepared = prepare_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs, self.jacobian_method,
                                          self.jacobian_unavailable, self.jacobian_methods)
             unavailable = self.jacobian_unavailable
-            self._deferred += [(self._step, "monitor", partial(run_jacobian, name, spectrum, self._maps, unavailable))
-                               for name, spectrum in prepared]
+            self._deferred[queued:queued] = [(step, "monitor", partial(run_jacobian, name, spectrum, self._maps,
+                                                                        unavailable)) for name, spectrum in prepared]
             self._jacobians_done = True
 
-        queued = len(self._deferred)
+        # this record's parts go before those of its training step when the pass runs after that step
+        queued = len(self._deferred) if state is None else 0
         try:
-            with eager(self._compiled):
+            weights = contextlib.nullcontext() if state is None else _reparametrize_module(self._net, state)
+            with eager(self._compiled), weights:
                 monitor_pass(self._net, self._monitor_x, self._monitor_y, self.loss_fn, self.layers, cap,
                              input_grad=self._input_grad, watch=self._start_watching,
                              then=jacobians if cap.want_jacobians else None)
         finally:
             entries = cap.pending
             cap.start(None)
-        self._emit("monitor", entries, at=queued)
+        self._emit("monitor", entries, step, at=queued)
         if not deferred:
             self._run_deferred()
+        return []
 
     def _start_watching(self, hooks: Hooks) -> None:
         """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
@@ -284,10 +296,13 @@ class Probe:
         start_watching(self._cap, self._net, self.layers, report, hooks)
 
     def _run_deferred(self, limit: int | None = None) -> None:
-        """Compute up to ``limit`` (all by default) of the Jacobians left by earlier records, and emit them."""
-        for _ in range(len(self._deferred) if limit is None else min(limit, len(self._deferred))):
+        """Run up to ``limit`` (all, and what they queue, by default) of the parts left by earlier records: monitor
+        passes on copies of their weights, percentiles and histograms, Jacobians; emit their rows."""
+        done = 0
+        while self._deferred and (limit is None or done < limit):
             step, source, work = self._deferred.pop(0)
             self._emit(source, work(), step)
+            done += 1
 
     def _emit(self, source: str, entries: list[Entry], step: int | None = None, at: int | None = None) -> None:
         """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks.
@@ -307,6 +322,22 @@ class Probe:
             self.histograms += hists
         for sink in self.sinks:
             sink.write(stats, hists)
+
+
+DEFER_MONITOR_BYTES = 2**26
+
+
+def state_bytes(net: nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``net``."""
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
+def snapshot_state(net: nn.Module) -> dict[str, Tensor]:
+    """Copies of the parameters (requiring gradients as they do) and buffers of ``net``, by name."""
+    with torch.no_grad():
+        out = {name: p.detach().clone().requires_grad_(p.requires_grad) for name, p in net.named_parameters()}
+        out.update({name: b.clone() for name, b in net.named_buffers()})
+    return out
 
 
 def _finish(entries: list[Entry]) -> list[Entry]:
