@@ -179,13 +179,16 @@ def recording_step(data, monitor, cycles: int) -> None:
 
     One ``Probe(every=15, jacobian_every=15)`` stays entered over ``cycles`` + 1 cycles of 15 steps (the first,
     whose record also watches for functional non-linearities once, is left out); each step (training step and
-    ``probe.step()``) is timed alone. A record lands on two steps: the step whose ``probe.step()`` runs the monitor
-    pass (and copies the Jacobian maps' weights and slopes), and the next, instrumented one. Steps 8-12 of each
-    cycle, where the probe does nothing, are the plain steps of that cycle. The recording step ratio is
-    ``1 + (time of the two steps - 2 plain steps) / plain step``: one step plus everything the record costs on
-    them. Printed too: the costlier of the two steps alone against a plain step. The percentiles and histograms
-    of the record's subsamples and the Jacobian products then run one item per step on the next six steps (the
-    monitor pass's statistics, four Jacobian maps, the training step's statistics), printed as their own ratios.
+    ``probe.step()``) is timed alone. A record lands on two steps: the step whose ``probe.step()`` arms it (runs the
+    monitor pass, or on a model under the copy limit copies the weights for it), and the next, instrumented one.
+    Steps 8-12 of each cycle, where the probe does nothing, are the plain steps of that cycle. The recording step
+    ratio is ``1 + (time of the two steps - 2 plain steps) / plain step``: one step plus everything the record costs on
+    them. Printed too: the costlier of the two steps alone against a plain step. On this model (20 MB of weights,
+    under the probe's 64 MB limit) a record after the first copies the weights at the first of the two steps and
+    runs the monitor pass on the copy at the step after the second; the percentiles and histograms of the
+    record's subsamples and the Jacobian products then run one item per step (the monitor pass's statistics,
+    four Jacobian maps, the training step's statistics). Steps 1-6 after the record are printed as their own
+    ratios (the training step's statistics land on step 7).
     Medians over cycles; the CPU time of this process likewise.
     """
     x, y = data
