@@ -218,13 +218,13 @@ class Probe:
     # ------------------------------------------------------------------ the two passes
 
     def _arm(self, deferred: bool = False) -> None:
-        """Record the monitor set now (``deferred``: see :meth:`_record_monitor`), then hook the next step."""
+        """Record the monitor set now (``deferred``: see :func:`record_monitor`), then hook the next step."""
         if self._monitor_x is not None:
             if deferred and self._defer_monitor:  # on a copy of the weights of now, at the next step
                 state = snapshot_state(self._net)
-                self._deferred.append((self._step, "monitor", partial(self._record_monitor, True, self._step, state)))
+                self._deferred.append((self._step, "monitor", partial(record_monitor, self, True, self._step, state)))
             else:
-                self._record_monitor(deferred)
+                record_monitor(self, deferred)
         cap = self._cap
         cap.start("train")
         cap.trainable = any(p.requires_grad for p in self._net.parameters())
@@ -250,41 +250,6 @@ class Probe:
         self._armed, self._snapshot = False, []
         self._cap.start(None)
         self._emit("train", entries)
-
-    def _record_monitor(self, deferred: bool = False, step: int | None = None, state: dict | None = None) -> list:
-        """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
-
-        With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
-        one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them).
-        ``state``: the parameters and buffers of ``step`` (:func:`snapshot_state`), when the pass runs later."""
-        cap = self._cap
-        step = self._step if step is None else step
-        cap.start("monitor")
-        cap.want_jacobians = jacobians_due(step, self.jacobian_examples, self._jacobians_done, self.jacobian_every)
-
-        def jacobians() -> None:
-            prepared = prepare_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs, self.jacobian_method,
-                                         self.jacobian_unavailable, self.jacobian_methods)
-            unavailable = self.jacobian_unavailable
-            self._deferred[queued:queued] = [(step, "monitor", partial(run_jacobian, name, spectrum, self._maps,
-                                                                        unavailable)) for name, spectrum in prepared]
-            self._jacobians_done = True
-
-        # this record's parts go before those of its training step when the pass runs after that step
-        queued = len(self._deferred) if state is None else 0
-        try:
-            weights = contextlib.nullcontext() if state is None else _reparametrize_module(self._net, state)
-            with eager(self._compiled), weights:
-                monitor_pass(self._net, self._monitor_x, self._monitor_y, self.loss_fn, self.layers, cap,
-                             input_grad=self._input_grad, watch=self._start_watching,
-                             then=jacobians if cap.want_jacobians else None)
-        finally:
-            entries = cap.pending
-            cap.start(None)
-        self._emit("monitor", entries, step, at=queued)
-        if not deferred:
-            self._run_deferred()
-        return []
 
     def _start_watching(self, hooks: Hooks) -> None:
         """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
@@ -322,6 +287,43 @@ class Probe:
             self.histograms += hists
         for sink in self.sinks:
             sink.write(stats, hists)
+
+
+def record_monitor(probe: Probe, deferred: bool = False, step: int | None = None, state: dict | None = None) -> list:
+    """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
+
+    With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
+    one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them).
+    ``state``: the parameters and buffers of ``step`` (:func:`snapshot_state`), when the pass runs later.
+    Returns no entries: it emits its own."""
+    cap = probe._cap
+    step = probe._step if step is None else step
+    cap.start("monitor")
+    cap.want_jacobians = jacobians_due(step, probe.jacobian_examples, probe._jacobians_done, probe.jacobian_every)
+
+    def jacobians() -> None:
+        prepared = prepare_jacobians(probe._maps, probe.layers, cap.calls, cap.jacobian_inputs, probe.jacobian_method,
+                                     probe.jacobian_unavailable, probe.jacobian_methods)
+        unavailable = probe.jacobian_unavailable
+        probe._deferred[queued:queued] = [(step, "monitor", partial(run_jacobian, name, spectrum, probe._maps,
+                                                                    unavailable)) for name, spectrum in prepared]
+        probe._jacobians_done = True
+
+    # this record's parts go before those of its training step when the pass runs after that step
+    queued = len(probe._deferred) if state is None else 0
+    try:
+        weights = contextlib.nullcontext() if state is None else _reparametrize_module(probe._net, state)
+        with eager(probe._compiled), weights:
+            monitor_pass(probe._net, probe._monitor_x, probe._monitor_y, probe.loss_fn, probe.layers, cap,
+                         input_grad=probe._input_grad, watch=probe._start_watching,
+                         then=jacobians if cap.want_jacobians else None)
+    finally:
+        entries = cap.pending
+        cap.start(None)
+    probe._emit("monitor", entries, step, at=queued)
+    if not deferred:
+        probe._run_deferred()
+    return []
 
 
 DEFER_MONITOR_BYTES = 2**26
