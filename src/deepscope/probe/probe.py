@@ -220,7 +220,9 @@ class Probe:
     def _arm(self, deferred: bool = False) -> None:
         """Record the monitor set now (``deferred``: see :func:`record_monitor`), then hook the next step."""
         if self._monitor_x is not None:
-            if deferred and self._defer_monitor:  # on a copy of the weights of now, at the next step
+            # on a copy of the weights of now, at the next step; not when a forward is set on the module itself
+            # (a wrapper that may exist only while this step() runs, as the transformers callback's)
+            if deferred and self._defer_monitor and "forward" not in self._net.__dict__:
                 state = snapshot_state(self._net)
                 self._deferred.append((self._step, "monitor", partial(record_monitor, self, True, self._step, state)))
             else:
