@@ -75,6 +75,7 @@ class Loop:
 
 
 TARGETS = {10: 1.03, 128: 1.01, "compiled": 1.05}
+PROBE_GRAPHS = [0]  # graphs the compiled loop's probe compiled for its statistics (deepscope.probe.compiled)
 
 
 def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -> float:
@@ -104,6 +105,8 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
         ratios.append(spent["probe"] / spent["plain"])
     ratio, median = times["probe"] / times["plain"], statistics.median(ratios)
     records = len({r["step"] for r in probe.records if r["source"] == "train"})
+    if compiled:
+        PROBE_GRAPHS[0] = len(probe._cap.compiled.signatures)
     target = TARGETS["compiled" if compiled else batch]
     print(
         f"loop{' compiled' if compiled else ''} batch={batch}: plain {times['plain']:.2f} s, probe "
@@ -176,13 +179,17 @@ def recording_step(data, monitor, cycles: int) -> None:
 
     One ``Probe(every=15, jacobian_every=15)`` stays entered over ``cycles`` + 1 cycles of 15 steps (the first,
     whose record also watches for functional non-linearities once, is left out); each step (training step and
-    ``probe.step()``) is timed alone. A record lands on two steps: the step whose ``probe.step()`` runs the monitor
-    pass (and copies the Jacobian maps' weights and slopes), and the next, instrumented one. Steps 6-12 of each
-    cycle, where the probe attaches nothing, are the plain steps of that cycle. The recording step ratio is
-    ``1 + (time of the two steps - 2 plain steps) / plain step``: one step plus everything the record costs on
-    them. Printed too: the costlier of the two steps alone against a plain step. The Jacobian products then run
-    one layer map per step on the next four steps, printed as their own ratio. Medians over cycles; the CPU time
-    of this process likewise.
+    ``probe.step()``) is timed alone. A record lands on two steps: the step whose ``probe.step()`` arms it (runs the
+    monitor pass, or on a model under the copy limit copies the weights for it), and the next, instrumented one.
+    Steps 8-12 of each cycle, where the probe does nothing, are the plain steps of that cycle. The recording step
+    ratio is ``1 + (time of the two steps - 2 plain steps) / plain step``: one step plus everything the record costs on
+    them. Printed too: the costlier of the two steps alone against a plain step. On this model (20 MB of weights,
+    under the probe's 64 MB limit) a record after the first copies the weights at the first of the two steps and
+    runs the monitor pass on the copy at the step after the second; the percentiles and histograms of the
+    record's subsamples and the Jacobian products then run one item per step (the monitor pass's statistics,
+    four Jacobian maps, the training step's statistics). Steps 1-6 after the record are printed as their own
+    ratios (the training step's statistics land on step 7).
+    Medians over cycles; the CPU time of this process likewise.
     """
     x, y = data
     model = make_model()
@@ -204,19 +211,20 @@ def recording_step(data, monitor, cycles: int) -> None:
                     steps[phase] = loop.run(1), loop.cpu
                 if cycle == 0:
                     continue
-                wall, cpu = (statistics.median(v) for v in zip(*(steps[k] for k in range(6, 13)), strict=True))
+                wall, cpu = (statistics.median(v) for v in zip(*(steps[k] for k in range(8, 13)), strict=True))
                 extra, extra_cpu = (steps[14][i] + steps[0][i] - 2 * base for i, base in ((0, wall), (1, cpu)))
                 rec.append((1 + extra / wall, 1 + extra_cpu / cpu))
                 single.append(max(steps[14][0], steps[0][0]) / wall)
-                jac.append(statistics.median(steps[k][0] / wall for k in range(1, 5)))
+                jac.append([steps[k][0] / wall for k in range(1, 7)])
         loop.probe = None
         ratio, ratio_cpu = (statistics.median(v) for v in zip(*rec, strict=True))
         verdict = "ok" if ratio <= 2 else "OVER"
         line = (f"recording step batch=128, {label}: ratio {ratio:.2f} (target <= 2: {verdict}); "
                 f"CPU time of this process {ratio_cpu:.2f}; the costlier of its two steps alone "
                 f"{statistics.median(single):.2f}")
-        if kw["jacobian_examples"]:
-            line += f"; each of the 4 next steps (one Jacobian map each) {statistics.median(jac):.2f}"
+        following = [statistics.median(v) for v in zip(*jac, strict=True)]
+        line += ("; the next steps (deferred percentiles/histograms, one Jacobian map each): "
+                 + " ".join(f"{r:.2f}" for r in following if r > 0) + ", max " + f"{max(following):.2f}")
         print(line + f" ({cycles} cycles)")
 
 
@@ -224,8 +232,9 @@ def compiled_graph(data, monitor) -> None:
     """Graph breaks and recompilations of the compiled loop, and a compiled run with and without the probe."""
     counters = torch._dynamo.utils.counters
     breaks = sum(counters["graph_break"].values())
-    print(f"compiled loop: graph breaks {breaks}, graphs compiled {counters['stats']['unique_graphs']} "
-          f"(target: 0 breaks, 1 graph){'' if breaks == 0 else ' OVER'}")
+    print(f"compiled loop: graph breaks {breaks}, graphs compiled {counters['stats']['unique_graphs']}, of which "
+          f"the probe's statistics {PROBE_GRAPHS[0]} (target: 0 breaks, 1 training graph)"
+          f"{'' if breaks == 0 else ' OVER'}")
     x, y = data
     ends = []
     for probed in (False, True):

@@ -81,11 +81,13 @@ class Capture:
     """What one record collects while its hooks run.
 
     ``source`` is ``"train"`` or ``"monitor"`` (None between records); ``pending`` the statistics taken so
-    far; ``calls`` how often each module ran in this forward pass (``name@k``); the rest serves the
-    training step (``forwards``, ``root_inputs``: which forward is the first micro-batch; ``trainable``;
-    ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor pass (``grad_inputs``: what the
-    backward pass differentiates to; ``input``: its leaf copy of the input; ``jacobian_inputs``); ``replay``
-    is set while the training step of a compiled model is replayed (:mod:`deepscope.probe.replay`).
+    far (their reductions over every value done, the percentiles and histograms of the subsamples deferred:
+    :data:`~deepscope.probe.stats.Finish`); ``calls`` how often each module ran in this forward pass
+    (``name@k``); the rest serves the training step (``forwards``, ``root_inputs``: which forward is the
+    first micro-batch; ``trainable``; ``grad_refs`` / ``weight_grads``: weight gradients) or the monitor
+    pass (``grad_inputs``: what the backward pass differentiates to; ``input``: its leaf copy of the input;
+    ``jacobian_inputs``); ``replay`` is set while the training step of a compiled model is replayed
+    (:mod:`deepscope.probe.replay`).
     """
 
     bins: int
@@ -106,6 +108,8 @@ class Capture:
     want_jacobians: bool = False
     watcher: Watcher | None = None
     replay: bool = False
+    compiled: Any = None  # a CompiledStats for a torch.compile'd model (deepscope.probe.compiled)
+    batch: Any = None  # the compiled statistics' Batch of the record being taken
 
     def start(self, source: str | None) -> int:
         """Begin a record from ``source`` (None: end it): a fresh token and empty buffers."""
@@ -113,6 +117,7 @@ class Capture:
         self.source, self.pending, self.calls, self.forwards = source, [], {}, 0
         self.root_inputs, self.grad_refs, self.weight_grads = set(), {}, {}
         self.grad_inputs, self.input, self.jacobian_inputs = [], None, {}
+        self.batch = None if source is None or self.compiled is None else self.compiled.batch()
         return self.token
 
     def capturing(self, token: int) -> bool:
@@ -160,11 +165,12 @@ def watch_grad(cap: Capture, s: Any, name: str, token: int) -> None:
     """Record dLoss/ds when the backward pass reaches the pre-activations ``s``."""
     if not (isinstance(s, Tensor) and s.requires_grad) or s is cap.input:
         return
-    source, bins = cap.source, cap.bins
+    source, bins, batch = cap.source, cap.bins, cap.batch
 
     def hook(g: Tensor) -> None:
         if token == cap.token and g.numel():  # an empty batch has no statistics
-            cap.pending.append((name, "preact_grad", GRADIENT_STATS, gradient_stats(g, bins), True))
+            stats = gradient_stats(g, bins, defer=True) if batch is None else batch.add("preact_grad", g, None)
+            cap.pending.append((name, "preact_grad", GRADIENT_STATS, stats, True))
 
     s.register_hook(hook)
     if source == "monitor" or cap.replay:
@@ -210,7 +216,10 @@ def _output_hook(cap: Capture, layer: Layer, token: int) -> Callable:
         if z is None or z.dim() == 0 or not z.is_floating_point() or z.numel() == 0:
             return  # an empty batch has no statistics
         with torch.no_grad(), cap.quiet():
-            stats = activation_stats(z, spec, cap.bins)
+            if cap.batch is None:
+                stats = activation_stats(z, spec, cap.bins, defer=True)
+            else:  # a compiled model: computed with the record's other layers by a compiled function
+                stats = cap.batch.add("activation", z, spec)
         cap.pending.append((_name(layer, call), "activation", names, stats, True))
         if cap.source == "monitor" and cap.want_jacobians and call == 1 and layer.name in cap.map_sources:
             cap.jacobian_inputs[layer.name] = z.detach()[: cap.jacobian_examples].clone()
@@ -242,7 +251,7 @@ def optimizer_hook(cap: Capture, weights: list[Weight]) -> RemovableHandle:
         with torch.no_grad():
             for w in weights:
                 if id(w.param) in stepped and w.param.grad is not None and w.name not in cap.weight_grads:
-                    cap.weight_grads[w.name] = weight_gradient_stats(w.param.grad, cap.bins)
+                    cap.weight_grads[w.name] = weight_gradient_stats(w.param.grad, cap.bins, defer=True)
 
     return register_optimizer_step_pre_hook(hook)
 
@@ -266,7 +275,7 @@ def train_entries(cap: Capture, weights: list[Weight], snapshot: list[Tensor]) -
     with torch.no_grad():
         for name, grad in cap.grad_refs.items():
             if name not in cap.weight_grads:
-                cap.weight_grads[name] = weight_gradient_stats(grad, cap.bins)
+                cap.weight_grads[name] = weight_gradient_stats(grad, cap.bins, defer=True)
         for w in weights:
             if w.name in cap.weight_grads:
                 entries.append((w.name, "weight_grad", WEIGHT_GRADIENT_STATS, cap.weight_grads[w.name], True))

@@ -17,13 +17,17 @@ arms the probe and runs the two passes; the hooks, statistics, Jacobians and row
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.stateless import _reparametrize_module
 
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
+from deepscope.probe.compiled import CompiledStats
 from deepscope.probe.hooks import (
     Capture,
     Hooks,
@@ -34,7 +38,7 @@ from deepscope.probe.hooks import (
     train_entries,
     weight_hook,
 )
-from deepscope.probe.jacobian import Deferred, jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
+from deepscope.probe.jacobian import jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.options import check_options, monitor_to_model, parse_monitor, positive_int
 from deepscope.probe.replay import arm_replay
@@ -131,6 +135,8 @@ class Probe:
         self.weights: list[Weight] = find_weights(net)
         self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
         self.unavailable: dict[str, str] = {}
+        # later records run the monitor pass at the step after them, on a copy of the weights, if it is small
+        self._defer_monitor = not self._compiled and state_bytes(net) <= DEFER_MONITOR_BYTES
         inplace = any(getattr(layer.module, "inplace", False) for layer in self.layers)
         # the monitor pass differentiates down to its input when in-place activations or frozen
         # parameters would otherwise leave pre-activations without a gradient
@@ -143,9 +149,12 @@ class Probe:
         self._armed = False
         self._hooks = Hooks()
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
+        if self._compiled:  # the statistics of its records by compiled kernels too (deepscope.probe.compiled)
+            self._cap.compiled = CompiledStats(bins, self.unavailable)
         self._snapshot: list[Tensor] = []
         self._jacobians_done = False
-        self._deferred: list[tuple[int, str, Deferred]] = []  # (step, layer, spectrum): Jacobians still to compute
+        # (step, source, work): statistics and Jacobians of earlier records still to compute, one item per step
+        self._deferred: list[tuple[int, str, Callable[[], list[Entry]]]] = []
 
     # ------------------------------------------------------------------ context manager
 
@@ -209,9 +218,15 @@ class Probe:
     # ------------------------------------------------------------------ the two passes
 
     def _arm(self, deferred: bool = False) -> None:
-        """Record the monitor set now (``deferred``: see :meth:`_record_monitor`), then hook the next step."""
+        """Record the monitor set now (``deferred``: see :func:`record_monitor`), then hook the next step."""
         if self._monitor_x is not None:
-            self._record_monitor(deferred)
+            # on a copy of the weights of now, at the next step; not when a forward is set on the module itself
+            # (a wrapper that may exist only while this step() runs, as the transformers callback's)
+            if deferred and self._defer_monitor and "forward" not in self._net.__dict__:
+                state = snapshot_state(self._net)
+                self._deferred.append((self._step, "monitor", partial(record_monitor, self, True, self._step, state)))
+            else:
+                record_monitor(self, deferred)
         cap = self._cap
         cap.start("train")
         cap.trainable = any(p.requires_grad for p in self._net.parameters())
@@ -238,34 +253,6 @@ class Probe:
         self._cap.start(None)
         self._emit("train", entries)
 
-    def _record_monitor(self, deferred: bool = False) -> None:
-        """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
-
-        With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
-        one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them)."""
-        cap = self._cap
-        cap.start("monitor")
-        cap.want_jacobians = jacobians_due(self._step, self.jacobian_examples, self._jacobians_done,
-                                           self.jacobian_every)
-
-        def jacobians() -> None:
-            prepared = prepare_jacobians(self._maps, self.layers, cap.calls, cap.jacobian_inputs, self.jacobian_method,
-                                         self.jacobian_unavailable, self.jacobian_methods)
-            self._deferred += [(self._step, name, spectrum) for name, spectrum in prepared]
-            self._jacobians_done = True
-
-        try:
-            with eager(self._compiled):
-                monitor_pass(self._net, self._monitor_x, self._monitor_y, self.loss_fn, self.layers, cap,
-                             input_grad=self._input_grad, watch=self._start_watching,
-                             then=jacobians if cap.want_jacobians else None)
-        finally:
-            entries = cap.pending
-            cap.start(None)
-        self._emit("monitor", entries)
-        if not deferred:
-            self._run_deferred()
-
     def _start_watching(self, hooks: Hooks) -> None:
         """Watch the next forward pass for non-linearities the source did not show (:class:`Watcher`)."""
 
@@ -276,22 +263,90 @@ class Probe:
         start_watching(self._cap, self._net, self.layers, report, hooks)
 
     def _run_deferred(self, limit: int | None = None) -> None:
-        """Compute up to ``limit`` (all by default) of the Jacobians left by earlier records, and emit them."""
-        for _ in range(len(self._deferred) if limit is None else min(limit, len(self._deferred))):
-            step, name, spectrum = self._deferred.pop(0)
-            self._emit("monitor", run_jacobian(name, spectrum, self._maps, self.jacobian_unavailable), step)
+        """Run up to ``limit`` (all, and what they queue, by default) of the parts left by earlier records: monitor
+        passes on copies of their weights, percentiles and histograms, Jacobians; emit their rows."""
+        done = 0
+        while self._deferred and (limit is None or done < limit):
+            step, source, work = self._deferred.pop(0)
+            self._emit(source, work(), step)
+            done += 1
 
-    def _emit(self, source: str, entries: list[Entry], step: int | None = None) -> None:
-        """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks."""
+    def _emit(self, source: str, entries: list[Entry], step: int | None = None, at: int | None = None) -> None:
+        """Hand the rows of one record (at ``step``, default now) to ``records`` / ``histograms`` and the sinks.
+
+        Statistics whose percentiles and histograms were deferred (:data:`~deepscope.probe.stats.Finish`) are
+        queued instead (at position ``at``, default last) and finished at a later :meth:`step`."""
         if not entries:
             return
         step = self._step if step is None else step
+        if any(callable(e[3]) for e in entries):
+            item = (step, source, partial(_finish, entries))
+            self._deferred.insert(len(self._deferred) if at is None else at, item)
+            return
         stats, hists = rows(entries, step, source, self.rank if self._all_ranks else None)
         if self.keep:
             self.records += stats
             self.histograms += hists
         for sink in self.sinks:
             sink.write(stats, hists)
+
+
+def record_monitor(probe: Probe, deferred: bool = False, step: int | None = None, state: dict | None = None) -> list:
+    """Forward (and backward, with labels) on the monitor set in eval mode, leaving no trace.
+
+    With ``deferred``, the Jacobians of ``diag(f'(s)) A`` maps (``A`` and the slopes copied now) are computed
+    one map per later :meth:`step` (rows at this record's step; ``__exit__`` or the next record finish them).
+    ``state``: the parameters and buffers of ``step`` (:func:`snapshot_state`), when the pass runs later.
+    Returns no entries: it emits its own."""
+    cap = probe._cap
+    step = probe._step if step is None else step
+    cap.start("monitor")
+    cap.want_jacobians = jacobians_due(step, probe.jacobian_examples, probe._jacobians_done, probe.jacobian_every)
+
+    def jacobians() -> None:
+        prepared = prepare_jacobians(probe._maps, probe.layers, cap.calls, cap.jacobian_inputs, probe.jacobian_method,
+                                     probe.jacobian_unavailable, probe.jacobian_methods)
+        unavailable = probe.jacobian_unavailable
+        probe._deferred[queued:queued] = [(step, "monitor", partial(run_jacobian, name, spectrum, probe._maps,
+                                                                    unavailable)) for name, spectrum in prepared]
+        probe._jacobians_done = True
+
+    # this record's parts go before those of its training step when the pass runs after that step
+    queued = len(probe._deferred) if state is None else 0
+    try:
+        weights = contextlib.nullcontext() if state is None else _reparametrize_module(probe._net, state)
+        with eager(probe._compiled), weights:
+            monitor_pass(probe._net, probe._monitor_x, probe._monitor_y, probe.loss_fn, probe.layers, cap,
+                         input_grad=probe._input_grad, watch=probe._start_watching,
+                         then=jacobians if cap.want_jacobians else None)
+    finally:
+        entries = cap.pending
+        cap.start(None)
+    probe._emit("monitor", entries, step, at=queued)
+    if not deferred:
+        probe._run_deferred()
+    return []
+
+
+DEFER_MONITOR_BYTES = 2**26
+
+
+def state_bytes(net: nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``net``."""
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
+def snapshot_state(net: nn.Module) -> dict[str, Tensor]:
+    """Copies of the parameters (requiring gradients as they do) and buffers of ``net``, by name."""
+    with torch.no_grad():
+        out = {name: p.detach().clone().requires_grad_(p.requires_grad) for name, p in net.named_parameters()}
+        out.update({name: b.clone() for name, b in net.named_buffers()})
+    return out
+
+
+def _finish(entries: list[Entry]) -> list[Entry]:
+    """``entries`` with every deferred statistic computed."""
+    return [(*e[:3], e[3]() if callable(e[3]) else e[3], e[4]) for e in entries]
 
 
 def monitor_pass(

@@ -15,6 +15,7 @@ them), and the ratio of a 1000 x 1000 weight is about 0.5 % off (a 300 x 300 one
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from deepscope.nn.activations import ActivationSpec
 
 __all__ = [
     "GRADIENT_STATS",
+    "Finish",
     "MAX_HISTOGRAM_VALUES",
     "MAX_PERCENTILE_VALUES",
     "MAX_UPDATE_VALUES",
@@ -34,11 +36,15 @@ __all__ = [
     "histogram",
     "mean_std",
     "percentiles",
+    "sample_index",
     "subsample",
     "update_ratio",
     "weight_gradient_stats",
     "weight_sample",
 ]
+
+Finish = Callable[[], Tensor]
+"""The rest of a deferred statistic: returns the tensor the non-deferred call returns."""
 
 GRADIENT_STATS = ("mean", "std")
 WEIGHT_GRADIENT_STATS = ("mean", "std", "norm")
@@ -69,13 +75,18 @@ def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
     ``row`` can cut the sample to a fraction of ``limit``.) When ``row`` exceeds ``limit`` the sample
     is evenly spaced over the flat tensor.
     """
-    n = x.numel()
+    index = sample_index(x.numel(), limit, row, x.device)
+    return x if index is None else x.index_select(0, index)  # (4x faster than x[index] on the CPU)
+
+
+def sample_index(n: int, limit: int, row: int, device: torch.device) -> Tensor | None:
+    """The indices :func:`subsample` takes from ``n`` values (None: all of them), cached per shape."""
     if n <= limit:
-        return x
-    key = (n, row, limit, x.device)
+        return None
+    key = (n, row, limit, device)
     index = _SAMPLE_INDEX.get(key)
     if index is None:
-        j = torch.arange(limit, device=x.device)
+        j = torch.arange(limit, device=device)
         if 1 < row <= limit and n % row == 0:
             index = (j * (n // row) // limit) * row + j % row
         else:
@@ -83,7 +94,7 @@ def subsample(x: Tensor, limit: int, row: int = 1) -> Tensor:
         if len(_SAMPLE_INDEX) > 256:
             _SAMPLE_INDEX.clear()
         _SAMPLE_INDEX[key] = index
-    return x.index_select(0, index)  # (4x faster than x[index] on the CPU)
+    return index
 
 
 def histogram(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
@@ -155,7 +166,7 @@ def activation_stat_names(spec: ActivationSpec | None) -> tuple[str, ...]:
     return names
 
 
-def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tensor:
+def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int, defer: bool = False) -> Tensor | Finish:
     """Mean, std, 2nd/98th percentiles, [saturated], [dead], then the histogram of activations ``z``.
 
     ``z`` has the examples along dim 0. ``saturated`` is the fraction of values the registry calls
@@ -164,16 +175,19 @@ def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tenso
     a filter dead at every position of every example (a background pixel alone would be no sign).
     The histogram spans the activation's registry range, widened to the data when they leave it;
     without a registry entry it spans the data.
+
+    The reductions over every value run now; with ``defer`` the selection and the binning of the two
+    subsamples (copies, so ``z`` may change afterwards) are left to the returned :data:`Finish`.
     """
     z = z.detach()
     x = _flat(z)
     row = z[0].numel()
     mean, std = mean_std(x)
-    parts = [mean[None], std[None], percentiles(x, (0.02, 0.98), row)]
     zmin, zmax = torch.aminmax(x)
+    head = [mean, std]
     if spec is not None:
         if spec.saturated is not None:
-            parts.append((torch.count_nonzero(spec.saturated(z)) / z.numel())[None])
+            head.append(torch.count_nonzero(spec.saturated(z)) / z.numel())
         if spec.dead is not None:
             inactive = spec.dead(z)
             if z.dim() >= 4:  # (N, C, H, W[, D]): a unit is a channel, its filter at every position
@@ -181,13 +195,26 @@ def activation_stats(z: Tensor, spec: ActivationSpec | None, bins: int) -> Tenso
                 dead = inactive.all(dim=1)
             else:
                 dead = inactive.reshape(z.shape[0], -1).all(dim=0)
-            parts.append((torch.count_nonzero(dead) / dead.numel())[None])
+            head.append(torch.count_nonzero(dead) / dead.numel())
         lo = torch.clamp(zmin, max=spec.range[0])
         hi = torch.clamp(zmax, min=spec.range[1])
     else:
         lo, hi = zmin, zmax
-    parts += [lo[None], hi[None], histogram(subsample(x, MAX_HISTOGRAM_VALUES, row), lo, hi, bins)]
-    return torch.cat([p.to(x.dtype) for p in parts])
+    head = torch.stack([h.to(x.dtype) for h in head] + [lo.to(x.dtype), hi.to(x.dtype)])
+    sample_p = _sample(x, MAX_PERCENTILE_VALUES, row, defer)
+    sample_h = _sample(x, MAX_HISTOGRAM_VALUES, row, defer)
+
+    def finish() -> Tensor:
+        p = percentiles(sample_p, (0.02, 0.98))
+        return torch.cat([head[:2], p.to(head.dtype), head[2:], histogram(sample_h, head[-2], head[-1], bins)])
+
+    return finish if defer else finish()
+
+
+def _sample(x: Tensor, limit: int, row: int, copy: bool) -> Tensor:
+    """:func:`subsample` of flat ``x``; a copy of its own when ``copy`` (a subsample already is one)."""
+    s = subsample(x, limit, row)
+    return s.clone() if copy and s is x else s
 
 
 def _abs_max(x: Tensor) -> Tensor:
@@ -195,28 +222,40 @@ def _abs_max(x: Tensor) -> Tensor:
     return torch.maximum(-lo, hi)
 
 
-def gradient_stats(g: Tensor, bins: int) -> Tensor:
-    """Mean and std of back-propagated gradients, then their histogram over ``[-max|g|, max|g|]``."""
+def gradient_stats(g: Tensor, bins: int, defer: bool = False) -> Tensor | Finish:
+    """Mean and std of back-propagated gradients, then their histogram over ``[-max|g|, max|g|]``
+    (``defer``: the binning of the subsample left to the returned :data:`Finish`)."""
     x = _flat(g)
     mean, std = mean_std(x)
     m = _abs_max(x)
-    sample = subsample(x, MAX_HISTOGRAM_VALUES, g[0].numel() if g.dim() else 1)
-    return torch.cat([mean[None], std[None], -m[None], m[None], histogram(sample, -m, m, bins)])
+    head = torch.stack([mean, std, -m, m])
+    sample = _sample(x, MAX_HISTOGRAM_VALUES, g[0].numel() if g.dim() else 1, defer)
+
+    def finish() -> Tensor:
+        return torch.cat([head, histogram(sample, head[2], head[3], bins)])
+
+    return finish if defer else finish()
 
 
-def weight_gradient_stats(g: Tensor, bins: int) -> Tensor:
+def weight_gradient_stats(g: Tensor, bins: int, defer: bool = False) -> Tensor | Finish:
     """Mean, std and L2 norm of a weight gradient, then its histogram over ``[-max|g|, max|g|]``.
 
     The std comes from the raw moments, ``sqrt(mean(g^2) - mean(g)^2)``, which saves a pass over
-    the largest tensors of the record; gradient means are small against their spread.
+    the largest tensors of the record; gradient means are small against their spread. ``defer``: the
+    histogram of the subsample is left to the returned :data:`Finish`.
     """
     x = _flat(g)
     n = x.numel()
     mean, square = x.mean(), torch.dot(x, x)
     std = torch.sqrt((square / n - mean.square()).clamp_min(0.0))
-    sample = subsample(x, MAX_HISTOGRAM_VALUES, g[0].numel())
-    m = _abs_max(sample)  # the histogram's range: it counts the sample only
-    return torch.cat([mean[None], std[None], square.sqrt()[None], -m[None], m[None], histogram(sample, -m, m, bins)])
+    head = torch.stack([mean, std, square.sqrt()])
+    sample = _sample(x, MAX_HISTOGRAM_VALUES, g[0].numel(), defer)
+
+    def finish() -> Tensor:
+        m = _abs_max(sample)  # the histogram's range: it counts the sample only
+        return torch.cat([head, -m[None], m[None], histogram(sample, -m, m, bins)])
+
+    return finish if defer else finish()
 
 
 def weight_sample(w: Tensor) -> Tensor:
