@@ -269,6 +269,7 @@ class GuardSpec(_Section):
     examples: int = Field(3, ge=0)
     on_pathology: Literal["warn", "rollback"] = "warn"
     check_grad: bool = True  # false: watch the loss alone (no gradient norm to compute when there is no clipping)
+    grad_fraction: float = Field(1 / 64, gt=0, le=1)  # the part of each large gradient read for its norm (1: exact)
 
 
 class TrainSpec(_Section):

@@ -190,11 +190,8 @@ class DeepscopeCallback(ProbeRecords, Callback):
         def unscaled_loss() -> Any:  # the scaler's step: the loss the closure returned, before scaling
             return self._loss / scaler.get_scale() if scaler is not None and self._loss is not None else self._loss
 
-        def unscaled_norm() -> Any:  # the scaler unscaled the gradients before its step; the hooks saw them scaled
-            grads = [p.grad for p in self.guard.params if p.grad is not None]
-            return torch.nn.utils.get_total_norm(grads) if grads else None
-
-        self._unguard = route_steps(self.guard, unscaled_loss, lambda: self._batch, get_grad_norm=unscaled_norm)
+        # the scaler unscales the gradients before its step: the guard's norm, taken at the step, is the unscaled one
+        self._unguard = route_steps(self.guard, unscaled_loss, lambda: self._batch)
 
     def on_before_backward(self, trainer: Any, pl_module: LightningModule, loss: Any) -> None:
         if self.guard is not None:

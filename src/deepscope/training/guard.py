@@ -12,9 +12,10 @@ print(guard.events)
 
 Every update the guard reads two numbers from the device -- the loss and the gradients' total 2-norm -- and checks
 them on the host against limits computed from the last ``window`` healthy updates (:mod:`.guard_window`: a
-non-finite value; a log-scale z-score above ``z`` after ``warmup``; a divergence; a sustained rise). The norm costs
-no extra pass over the gradients: a hook on each parameter takes its gradient's norm as the backward pass writes it,
-while it is still in the cache. That one read is the host synchronisation a conditional ``optimizer.step()`` needs
+non-finite value; a log-scale z-score above ``z`` after ``warmup``; a divergence; a sustained rise). The norm is
+taken in one call over every small gradient and a fixed sample of each large one (:mod:`.guard_norm`: about 2 % of
+the gradients' elements, ``grad_fraction=1`` for all). That one read is the host synchronisation a conditional
+``optimizer.step()`` needs
 anyway (free on a CPU; on a GPU it waits for the backward pass, as ``loss.item()`` would). A flagged update is
 *skipped* (the optimizer is not stepped: its state, the schedule and the step count are untouched); when
 ``rollback_after`` flags fall within ``rollback_window`` updates, or the loss diverges or rises for long, the model,
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from deepscope.registry import integer, unknown
 from deepscope.training.guard_examples import rank_batch
+from deepscope.training.guard_norm import GradNorm
 from deepscope.training.guard_state import new_pathologies, restore_snapshot, take_snapshot
 from deepscope.training.guard_window import EXPLOSION, SUSTAINED, Window
 
@@ -50,7 +52,7 @@ __all__ = ["DEFAULTS", "EXPLOSION", "SUSTAINED", "Guard", "GuardEvent", "GuardSt
 
 DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapshot_every=100, rollback_after=3,
                                 rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
-                                on_pathology="warn", check_grad=True)
+                                on_pathology="warn", check_grad=True, grad_fraction=1 / 64)
 ACTIONS = ("skip", "rollback", "stop", "warn")
 
 
@@ -90,6 +92,10 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
                              ("lr_factor", lambda v: 0 < v <= 1, "a number in (0, 1] (1 keeps the rate)")):
         if isinstance(o[key], bool) or not isinstance(o[key], int | float) or not ok(o[key]):
             raise ValueError(f"guard {key}={o[key]!r} is not allowed; give {allowed}")
+    f = o["grad_fraction"]
+    if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+        raise ValueError(f"guard grad_fraction={f!r} is not allowed; give a number in (0, 1] (the part of each large "
+                         "gradient read for its norm; 1: the exact norm)")
     if not isinstance(o["check_grad"], bool):
         raise ValueError(f"guard check_grad={o['check_grad']!r} is not allowed; give True or False")
     if o["on_pathology"] not in ("warn", "rollback"):
@@ -110,7 +116,8 @@ class Guard:
         snapshot_device: where snapshots are kept (default: the parameters' device; ``"cpu"`` saves its memory).
         options: ``window``, ``warmup``, ``z``, ``refresh``, ``snapshot_every``, ``rollback_after``,
             ``rollback_window``, ``lr_factor``, ``cooldown``, ``max_rollbacks``, ``examples``, ``on_pathology``,
-            ``check_grad`` (False: the loss alone, no gradient norm to compute) (defaults in ``DEFAULTS``).
+            ``check_grad`` (False: the loss alone, no gradient norm to compute), ``grad_fraction`` (the part of each
+            large gradient read for the norm; 1: the exact norm) (defaults in ``DEFAULTS``).
     After (or during) training: ``events`` (:class:`GuardEvent`), ``updates`` (applied), ``skipped``, ``rollbacks``.
     """
 
@@ -139,29 +146,15 @@ class Guard:
         self._pending: dict | None = None  # the newest snapshot, trusted once an interval passes without a flag
         self._flag_since_pending = False
         self._probe_seen, self._pathology_base, self._pathology_hit = 0, {}, set()
-        self._open, self._hooks, self._norms, self.logged = False, [], None, 0  # logged: events in a store
+        self._norm = GradNorm(self.params, o["grad_fraction"])
+        self._open, self.logged = False, 0  # logged: events in a store
 
     def __enter__(self) -> Guard:
         self._good, self._open = self._snapshot(), True  # the starting state is trusted
-        self._hook()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._open, self._good, self._pending = False, None, None  # free the snapshots' memory
-        self._unhook()
-
-    def _hook(self) -> None:
-        """Each parameter's gradient norm, taken as backward writes the gradient (one slot per parameter)."""
-        if self._hooks or not self.options["check_grad"] or len({p.device for p in self.params}) != 1:
-            return  # parameters on several devices: the norm is taken after backward (get_total_norm)
-        self._norms = torch.zeros(len(self.params), device=self.device)
-        self._hooks = [p.register_post_accumulate_grad_hook(_norm_into(self._norms[i]))
-                       for i, p in enumerate(self.params) if p.requires_grad]
-
-    def _unhook(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks, self._norms = [], None
 
     def step(self, loss: Tensor | float, batch: Any = None, *, ids: Any = None,
              grad_norm: Tensor | None = None) -> bool:
@@ -186,35 +179,32 @@ class Guard:
             if self.probe is not None and len(self.probe.records) != self._probe_seen:
                 self._check_probe(index)
             return True
+        if self._norm.sampled and grad_norm is None and self.options["check_grad"]:  # the event: the exact norm
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
         self._on_flag(index, kind, loss_value, norm, batch, ids)
         return False
 
     def _read(self, loss: Tensor | float, grad_norm: Tensor | None) -> tuple[float, float]:
-        """The loss and the total gradient norm, in one read from the device (the only one of a healthy update)."""
-        loss = loss.detach().reshape(1) if isinstance(loss, Tensor) else torch.tensor([float(loss)])
-        if grad_norm is not None:  # given (e.g. by clipping): the hooks' norms are not needed
-            self._unhook()
-            norms = grad_norm.detach().reshape(1)
+        """The loss and the total gradient norm (sampled, :mod:`.guard_norm`), in one read from the device (the only
+        one of a healthy update)."""
+        loss = loss.detach().reshape(()).float() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        sampled = False
+        if grad_norm is not None:  # given (e.g. by clipping): nothing to compute
+            norms = [grad_norm.detach().reshape(()).float().to(loss.device)]
         elif not self.options["check_grad"]:
-            norms = None  # the loss alone (a constant norm never flags)
-        elif self._norms is not None:
-            norms = self._norms
-        else:  # no hooks (several devices, or a step that passed grad_norm before): a pass over the gradients
-            grads = [p.grad for p in self.params if p.grad is not None]
-            norms = torch.nn.utils.get_total_norm(grads).reshape(1) if grads else None
-            self._hook()
-        device = norms.device if norms is not None else loss.device
-        v = loss.to(device, torch.float32) if norms is None else torch.cat([loss.to(device, torch.float32),
-                                                                            norms.float()])
+            norms = []  # the loss alone (a constant norm never flags)
+        else:
+            norms, sampled = self._norm.compute(), True
+        v = torch.stack([loss.to(norms[0].device), *norms]) if norms else loss.reshape(1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            v = torch.stack([v[0], torch.linalg.vector_norm(v[1:]) if len(v) > 1 else torch.ones_like(v[0])])
+            total = self._norm.device_total(v[1:]) if sampled else torch.linalg.vector_norm(v[1:])
+            v = torch.stack([v[0], total if len(v) > 1 else torch.ones_like(v[0])])
             torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.AVG)  # one decision for every rank
+            sampled = False
         numbers = v.tolist()  # the one host read of a healthy update
-        if norms is not None and norms is self._norms:
-            self._norms.zero_()  # a parameter without a gradient next time counts 0
         if len(numbers) == 1:
             return numbers[0], 1.0
-        return numbers[0], math.sqrt(sum(n * n for n in numbers[1:]))
+        return numbers[0], self._norm.total(numbers[1:]) if sampled else math.sqrt(sum(n * n for n in numbers[1:]))
 
     def _apply(self) -> None:
         """``optimizer.step()`` at the scheduled learning rate x ``lr_scale``, then one scheduler step."""
@@ -345,14 +335,6 @@ class Guard:
     def scalars(self) -> list[dict[str, Any]]:
         """The events as scalar rows ``dict(step, name="guard/<action>", value=loss)`` (what the store keeps)."""
         return [{"step": e.step, "name": f"guard/{e.action}", "value": e.loss} for e in self.events]
-
-
-def _norm_into(slot: Tensor) -> Callable[[Tensor], None]:
-    """A post-accumulate-grad hook writing the parameter's gradient norm into ``slot`` (a view of a buffer)."""
-    def take(p: Tensor) -> None:
-        if p.grad is not None:
-            torch.linalg.vector_norm(p.grad, dtype=torch.float32, out=slot)
-    return take
 
 
 def event_rows(event: GuardEvent) -> list[dict[str, Any]]:

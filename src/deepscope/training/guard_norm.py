@@ -1,0 +1,84 @@
+"""The gradient norm the guard watches: every gradient's part of it in one call, the large ones sampled.
+
+After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of each small
+gradient (fewer than ``SAMPLE_MIN`` elements) and of one contiguous block of each large one: ``fraction`` of its
+elements (1/64 by default), from the middle of its memory -- whole rows of a weight's (first dimension x the rest)
+view, so every column is read. The block's squared norm, scaled by ``elements / read``, stands for the gradient's.
+These norms go to the host with the loss in the guard's one read per update. The block is the same at every update,
+so the estimate moves with the true norm: a spike that scales whole layers' gradients (a poisoned example, a
+learning-rate burst, an exploding layer) moves it alike, and a NaN, which the backward pass spreads over the
+gradients of every layer below where it appears, reaches the blocks there. What the sample can miss: a spike
+confined to a few rows of one large gradient (a few units, a few rows of an embedding) outside its block; the loss,
+read exactly, still sees the example that caused it.
+
+Why sample: the norm costs memory traffic and torch calls. On the 5 x 1000 MLP of ``benchmarks/guard.py`` at batch
+10 (a ~13 ms SGD update), reading every gradient once more took ~1 ms; a strided sample that touched every row took
+~0.3 ms (one memory page per row); the contiguous blocks ~0.1 ms. Each torch call made just after the backward pass
+costs ~5-10 us there (the caches are full of gradients), which is why the norms are taken in one call and not in a
+hook per parameter. ``fraction=1`` gives the exact norm; the guard's events report the exact norm (a pass over the
+gradients, on a flagged update only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["SAMPLE_MIN", "GradNorm"]
+
+SAMPLE_MIN = 1 << 16  # gradients with at least this many elements are sampled (256 KB in float32)
+
+
+class GradNorm:
+    """The norms of the parts of the gradients read (:meth:`compute`) and the total norm they give (:meth:`total`)."""
+
+    def __init__(self, params: list[Tensor], fraction: float = 1 / 64):
+        self.fraction = fraction
+        self.plans = [(p, _plan(p, fraction)) for p in params]
+        self.sampled = any(plan is not None for _, plan in self.plans)
+        self.weights: list[float] = []  # per norm of the last compute(): its squared value's factor in the total
+
+    def compute(self) -> list[Tensor]:
+        """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient)."""
+        views, weights = [], []
+        for p, plan in self.plans:
+            g = p.grad
+            if g is None:
+                continue
+            if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)): its values, whole
+                views.append(g.coalesce().values())
+                weights.append(1.0)
+            elif plan is None:
+                views.append(g)
+                weights.append(1.0)
+            else:
+                length, offset, weight = plan
+                g = g if g.is_contiguous() else g.contiguous()
+                views.append(g.as_strided((length,), (1,), g.storage_offset() + offset))
+                weights.append(weight)
+        self.weights = weights
+        if len({v.device for v in views}) > 1:  # parameters on several devices: one norm at a time
+            return [torch.linalg.vector_norm(v, dtype=torch.float32).to(views[0].device) for v in views]
+        return list(torch._foreach_norm(views, 2, dtype=torch.float32)) if views else []
+
+    def total(self, values: list[float]) -> float:
+        """The total gradient norm from the values of the last :meth:`compute`."""
+        return math.sqrt(sum(w * v * v for w, v in zip(self.weights, values, strict=True)))
+
+    def device_total(self, values: Tensor) -> Tensor:
+        """:meth:`total` on the device (before the values are averaged over ranks)."""
+        weights = torch.tensor(self.weights, device=values.device, dtype=values.dtype)
+        return (weights * values.square()).sum().sqrt()
+
+
+def _plan(p: Tensor, fraction: float) -> tuple[int, int, float] | None:
+    """``(length, offset, weight)`` of the block read of ``p``'s gradient, or None when it is read whole."""
+    n = p.numel()
+    if fraction >= 1 or n < SAMPLE_MIN:
+        return None
+    cols = n // p.shape[0] if p.dim() > 1 else 1
+    length = min(n, max(cols, math.ceil(n * fraction / cols) * cols))  # whole rows
+    offset = (n - length) // 2 // cols * cols
+    return length, offset, n / length

@@ -1,0 +1,111 @@
+"""The guard's gradient norm: exact with grad_fraction=1, a fixed strided sample of each large gradient by default
+(checked against a hand-written sum over the same block), the exact norm in a flagged update's event."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepscope import Guard
+from deepscope.training.guard_norm import SAMPLE_MIN
+
+
+def _net():
+    torch.manual_seed(0)  # 300 x 256 = 76,800 weights: over SAMPLE_MIN, so sampled by default
+    return nn.Sequential(nn.Linear(300, 256), nn.Tanh(), nn.Linear(256, 10))
+
+
+def _backward(model, scale=1.0, seed=0, nan=False):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 300, generator=g) * scale, torch.randint(0, 10, (16,), generator=g)
+    loss = F.cross_entropy(model(x), y)
+    if nan:  # a finite loss whose gradient is NaN in one weight: d/dw of 0 x sqrt(w - w) is 0 x inf
+        w = model[0].weight[128, 7]
+        loss = loss + 0 * (w - w).sqrt()
+    loss.backward()
+    return loss
+
+
+def _exact(model):
+    return math.sqrt(sum(float(p.grad.double().square().sum()) for p in model.parameters()))
+
+
+def test_the_exact_norm_with_grad_fraction_1():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with Guard(model, opt, grad_fraction=1) as guard:
+        loss = _backward(model)
+        expected = _exact(model)
+        _, norm = guard._read(loss, None)
+    assert norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_large_gradient_is_read_as_a_block_of_whole_rows_and_scaled():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    big = model[0].weight
+    assert big.numel() >= SAMPLE_MIN > model[2].weight.numel()
+    with Guard(model, opt) as guard:
+        loss = _backward(model)
+        rows = math.ceil(256 / 64)  # 1/64 of the 256 rows of 300, from the middle
+        block = big.grad.double()[(256 - rows) // 2:(256 - rows) // 2 + rows]
+        rest = sum(float(p.grad.double().square().sum()) for p in model.parameters() if p is not big)
+        _, norm = guard._read(loss, None)
+    assert norm == pytest.approx(math.sqrt(float(block.square().sum()) * 256 / rows + rest), rel=1e-5)
+    assert norm == pytest.approx(_exact(model), rel=0.25)  # an estimate of the true norm
+
+
+def test_the_sample_moves_with_the_true_norm_on_a_spike():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 300, generator=g), torch.randint(0, 10, (16,), generator=g)
+    poisoned = x.clone()
+    poisoned[3] *= 1e3  # one example x1000: its gradient is a dense outer product in every layer
+    ratios = []
+    for fraction in (1, 1 / 64):
+        with Guard(model, opt, grad_fraction=fraction) as guard:
+            values = []
+            for inputs in (x, poisoned):
+                loss = F.cross_entropy(model(inputs), y)
+                loss.backward()
+                values.append(guard._read(loss, None)[1])
+                opt.zero_grad()
+        ratios.append(values[1] / values[0])
+    assert ratios[0] > 100 and 0.5 < ratios[1] / ratios[0] < 2
+
+
+def test_a_flagged_update_reports_the_exact_norm_and_a_nan_in_a_large_gradient_is_caught():
+    # the NaN is put in the middle row of the first layer's gradient, which its block reads
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Guard(model, opt) as guard:
+        for t in range(3):
+            loss = _backward(model, seed=t, nan=t == 2)
+            expected = _exact(model)
+            guard.step(loss)
+            opt.zero_grad()
+    assert [e.kind for e in guard.events] == ["nonfinite"] and math.isfinite(guard.events[0].loss)
+    assert math.isnan(guard.events[0].grad_norm) and math.isnan(expected)
+
+
+def test_a_sparse_gradient_counts_its_values():
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 4, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    with Guard(emb, opt) as guard:
+        loss = emb(torch.tensor([1, 2, 2, 7])).square().sum()
+        loss.backward()
+        expected = float(emb.weight.grad.to_dense().norm())
+        _, norm = guard._read(loss, None)
+    assert norm == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True, "half"])
+def test_a_bad_grad_fraction_names_the_key(value):
+    model = _net()
+    with pytest.raises(ValueError, match=f"guard grad_fraction={value!r} is not allowed"):
+        Guard(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_fraction=value)
