@@ -187,7 +187,12 @@ class Guard:
     def _read(self, loss: Tensor | float, grad_norm: Tensor | None) -> tuple[float, float]:
         """The loss and the total gradient norm (sampled, :mod:`.guard_norm`), in one read from the device (the only
         one of a healthy update)."""
-        loss = loss.detach().reshape(()).float() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        if isinstance(loss, Tensor):  # a 0-d float32 tensor, with as few calls as may be (each costs ~10 us here)
+            loss = loss.detach()
+            loss = loss if loss.dim() == 0 else loss.reshape(())
+            loss = loss if loss.dtype == torch.float32 else loss.float()
+        else:
+            loss = torch.tensor(float(loss))
         sampled = False
         if grad_norm is not None:  # given (e.g. by clipping): nothing to compute
             norms = [grad_norm.detach().reshape(()).float().to(loss.device)]
@@ -195,7 +200,8 @@ class Guard:
             norms = []  # the loss alone (a constant norm never flags)
         else:
             norms, sampled = self._norm.compute(), True
-        v = torch.stack([loss.to(norms[0].device), *norms]) if norms else loss.reshape(1)
+        v = torch.stack([loss if loss.device == norms[0].device else loss.to(norms[0].device), *norms]) if norms \
+            else loss.reshape(1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             total = self._norm.device_total(v[1:]) if sampled else torch.linalg.vector_norm(v[1:])
             v = torch.stack([v[0], total if len(v) > 1 else torch.ones_like(v[0])])
