@@ -10,7 +10,8 @@ from probe_nets import small_mlp
 from deepscope.probe import Probe
 
 
-def test_a_later_records_monitor_pass_runs_at_the_next_step_on_the_weights_of_the_record():
+def test_a_later_records_monitor_pass_runs_at_the_next_step_on_the_weights_of_the_record(monkeypatch):
+    monkeypatch.setattr("deepscope.probe.pacing.MOVE_RATIO", float("inf"))  # moved whatever the timings
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
     model = small_mlp()
@@ -38,3 +39,37 @@ def test_a_later_records_monitor_pass_runs_at_the_next_step_on_the_weights_of_th
     assert abs(rows["std"] - now.std(unbiased=False).item()) > 1e-4  # the weights moved since
     # the model, its gradients and the optimizer are left as they were
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_monitor_pass_longer_than_a_step_stays_on_the_recorded_step(monkeypatch):
+    from deepscope.probe.pacing import Pacing
+
+    pacing = Pacing()
+    assert pacing.move_monitor()  # nothing timed yet
+    pacing.step_seconds, pacing.monitor_seconds = 0.010, 0.030
+    assert not pacing.move_monitor()
+    pacing.monitor_seconds = 0.008
+    assert pacing.move_monitor()
+
+    monkeypatch.setattr("deepscope.probe.pacing.MOVE_RATIO", 0.0)  # never moved once timed
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+    model = small_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with Probe(model, every=4, monitor=(x, y), jacobian_examples=0) as probe:
+        for step in range(1, 6):
+            F.cross_entropy(model(x[:10]), y[:10]).backward()
+            opt.step()
+            opt.zero_grad()
+            probe.step()
+            if step == 4:  # the pass ran at once, on the weights of now (no copy)
+                assert probe._pacing.monitor_seconds > 0 and probe._pacing.step_seconds > 0
+                from deepscope.probe.probe import record_monitor
+
+                assert not any(getattr(work, "func", None) is record_monitor for _, _, work in probe._deferred)
+                with torch.no_grad():
+                    model.eval()
+                    h = model[1](model[0](x))
+                    model.train()
+    rows = {r["stat"]: r["value"] for r in probe.to_rows(step=4, source="monitor", layer="1", quantity="activation")}
+    assert rows["mean"] == pytest.approx(h.mean().item(), rel=1e-5, abs=1e-7)

@@ -18,6 +18,7 @@ arms the probe and runs the two passes; the hooks, statistics, Jacobians and row
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -41,6 +42,7 @@ from deepscope.probe.hooks import (
 from deepscope.probe.jacobian import jacobians_due, plan_jacobians, prepare_jacobians, run_jacobian
 from deepscope.probe.layers import Layer, Weight, find_layers, find_unobservable, find_weights
 from deepscope.probe.options import check_options, monitor_to_model, parse_monitor, positive_int
+from deepscope.probe.pacing import Pacing
 from deepscope.probe.replay import arm_replay
 from deepscope.probe.sinks import Entry, filter_rows, rows, to_columns
 from deepscope.probe.stats import weight_sample
@@ -137,6 +139,7 @@ class Probe:
         self.unavailable: dict[str, str] = {}
         # later records run the monitor pass at the step after them, on a copy of the weights, if it is small
         self._defer_monitor = not self._compiled and state_bytes(net) <= DEFER_MONITOR_BYTES
+        self._pacing = Pacing()  # and only where that pays (deepscope.probe.pacing)
         inplace = any(getattr(layer.module, "inplace", False) for layer in self.layers)
         # the monitor pass differentiates down to its input when in-place activations or frozen
         # parameters would otherwise leave pre-activations without a gradient
@@ -191,6 +194,7 @@ class Probe:
         """Call after each optimizer step. ``step``: updates done so far (default: one more)."""
         if not self._active:
             raise RuntimeError("the probe is not active; use it as a context manager: `with Probe(model) as probe:`")
+        self._pacing.lap(plain=not self._armed)
         if recorded := self._enabled and self._armed:
             self._record_train()
         self._step = self._step + 1 if step is None else positive_int("step", step, minimum=0)
@@ -199,6 +203,7 @@ class Probe:
             self._arm(deferred=True)
         elif not recorded:  # one Jacobian per step, from the step after the recorded one
             self._run_deferred(1)
+        self._pacing.restart()
 
     def flush(self) -> None:
         """Ask every sink to write out what it buffered."""
@@ -222,7 +227,7 @@ class Probe:
         if self._monitor_x is not None:
             # on a copy of the weights of now, at the next step; not when a forward is set on the module itself
             # (a wrapper that may exist only while this step() runs, as the transformers callback's)
-            if deferred and self._defer_monitor and "forward" not in self._net.__dict__:
+            if deferred and self._defer_monitor and "forward" not in self._net.__dict__ and self._pacing.move_monitor():
                 state = snapshot_state(self._net)
                 self._deferred.append((self._step, "monitor", partial(record_monitor, self, True, self._step, state)))
             else:
@@ -315,10 +320,13 @@ def record_monitor(probe: Probe, deferred: bool = False, step: int | None = None
     queued = len(probe._deferred) if state is None else 0
     try:
         weights = contextlib.nullcontext() if state is None else _reparametrize_module(probe._net, state)
+        start = time.perf_counter()
         with eager(probe._compiled), weights:
             monitor_pass(probe._net, probe._monitor_x, probe._monitor_y, probe.loss_fn, probe.layers, cap,
                          input_grad=probe._input_grad, watch=probe._start_watching,
                          then=jacobians if cap.want_jacobians else None)
+        if not cap.want_jacobians:
+            probe._pacing.monitor_seconds = time.perf_counter() - start
     finally:
         entries = cap.pending
         cap.start(None)
