@@ -37,6 +37,10 @@ class Pacing:
         """At the end of ``Probe.step()``: the next training step starts."""
         self._clock = time.perf_counter()
 
+    def pause(self) -> None:
+        """At the probe's entry: what ran since its last exit was no step of this loop."""
+        self._clock = None
+
     def move_monitor(self) -> bool:
         """Whether the next record's monitor pass should run at the step after it (unknown durations: yes)."""
         if self.monitor_seconds is None or self.step_seconds is None:

@@ -165,6 +165,7 @@ class Probe:
         if self._active:
             raise RuntimeError("this Probe is already active")
         self._active = True
+        self._pacing.pause()
         if not self._enabled:
             return self
         try:
