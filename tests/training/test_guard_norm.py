@@ -109,3 +109,14 @@ def test_a_bad_grad_fraction_names_the_key(value):
     model = _net()
     with pytest.raises(ValueError, match=f"guard grad_fraction={value!r} is not allowed"):
         Guard(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_fraction=value)
+
+
+def test_the_device_total_under_distributed_equals_the_host_total():
+    from deepscope.training.guard_norm import GradNorm
+
+    model = _net()
+    _backward(model)
+    norm = GradNorm(list(model.parameters()))
+    values = torch.stack(norm.compute())
+    assert float(norm.device_total(values)) == pytest.approx(norm.total(values.tolist()), rel=1e-6)
+    assert norm.total(values.tolist()) == pytest.approx(_exact(model), rel=0.25)
