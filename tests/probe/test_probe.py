@@ -12,7 +12,7 @@ from torch import nn
 
 from deepscope.nn.activations import ACTIVATIONS
 from deepscope.probe import Probe
-from deepscope.probe.stats import _topk_percentiles, activation_stat_names, activation_stats, percentiles
+from deepscope.probe.stats import activation_stat_names, activation_stats, percentiles, topk_percentiles
 from deepscope.training.probe import TrainerProbe
 
 
@@ -59,7 +59,7 @@ def test_percentiles_match_numpy():
         # the torch.topk selection used off the CPU
         ranks = [(math.floor((n - 1) * q), min(math.floor((n - 1) * q) + 1, n - 1),
                   (n - 1) * q - math.floor((n - 1) * q)) for q in (0.0, 0.02, 0.5, 0.98, 1.0)]
-        np.testing.assert_allclose(_topk_percentiles(x, ranks).numpy(), want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(topk_percentiles(x, ranks).numpy(), want, rtol=1e-6, atol=1e-6)
     # above MAX_PERCENTILE_VALUES: a strided subsample that still visits every unit
     scale = torch.where(torch.arange(1000) % 5 == 0, 2.0, 0.1)  # every 5th unit is 20 times wider
     z = torch.randn(300, 1000, generator=g) * scale

@@ -36,6 +36,7 @@ __all__ = [
     "histogram",
     "mean_std",
     "percentiles",
+    "topk_percentiles",
     "sample_index",
     "subsample",
     "update_ratio",
@@ -140,10 +141,10 @@ def percentiles(x: Tensor, qs: tuple[float, ...], row: int = 1) -> Tensor:
         part = np.partition(x.numpy(), sorted({k for i, j, _ in ranks for k in (i, j)}))
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf of a diverged network: NaN, as torch gives
             return torch.tensor([part[i] + (part[j] - part[i]) * f for i, j, f in ranks], dtype=x.dtype)
-    return _topk_percentiles(x, ranks)
+    return topk_percentiles(x, ranks)
 
 
-def _topk_percentiles(x: Tensor, ranks: list[tuple[int, int, float]]) -> Tensor:
+def topk_percentiles(x: Tensor, ranks: list[tuple[int, int, float]]) -> Tensor:
     """``x[i] + (x[j] - x[i]) * f`` of the sorted flat ``x`` for each ``(i, j, f)``, by ``torch.topk``."""
     n = x.numel()
     out = []
