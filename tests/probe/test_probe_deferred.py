@@ -10,18 +10,26 @@ from probe_nets import small_mlp
 from deepscope.probe import Probe
 
 
-def test_a_later_records_monitor_pass_runs_at_the_next_step_on_the_weights_of_the_record(monkeypatch):
-    monkeypatch.setattr("deepscope.probe.pacing.MOVE_RATIO", float("inf"))  # moved whatever the timings
+def _setup():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
     model = small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return x, y, model, torch.optim.SGD(model.parameters(), lr=0.5)
+
+
+def _update(model, opt, x, y):
+    F.cross_entropy(model(x[:10]), y[:10]).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_a_later_records_monitor_pass_runs_at_the_next_step_on_the_weights_of_the_record(monkeypatch):
+    monkeypatch.setattr("deepscope.probe.pacing.MOVE_RATIO", float("inf"))  # moved whatever the timings
+    x, y, model, opt = _setup()
     at_record = None
     with Probe(model, every=4, monitor=(x, y), jacobian_examples=0) as probe:
         for step in range(1, 8):
-            F.cross_entropy(model(x[:10]), y[:10]).backward()
-            opt.step()
-            opt.zero_grad()
+            _update(model, opt, x, y)
             probe.step()
             if step == 4:  # the record of step 4 is armed: its monitor pass waits for the next step
                 at_record = copy.deepcopy(model)
@@ -52,15 +60,10 @@ def test_a_monitor_pass_longer_than_a_step_stays_on_the_recorded_step(monkeypatc
     assert pacing.move_monitor()
 
     monkeypatch.setattr("deepscope.probe.pacing.MOVE_RATIO", 0.0)  # never moved once timed
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(40, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
-    model = small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y, model, opt = _setup()
     with Probe(model, every=4, monitor=(x, y), jacobian_examples=0) as probe:
         for step in range(1, 6):
-            F.cross_entropy(model(x[:10]), y[:10]).backward()
-            opt.step()
-            opt.zero_grad()
+            _update(model, opt, x, y)
             probe.step()
             if step == 4:  # the pass ran at once, on the weights of now (no copy)
                 assert probe._pacing.monitor_seconds > 0 and probe._pacing.step_seconds > 0
