@@ -1,4 +1,4 @@
-"""The guard's gradient norm: exact with grad_fraction=1, a fixed strided sample of each large gradient by default
+"""The guard's gradient norm: exact with grad_fraction=1, a fixed contiguous block of each large gradient by default
 (checked against a hand-written sum over the same block), the exact norm in a flagged update's event."""
 
 import math
@@ -120,3 +120,70 @@ def test_the_device_total_under_distributed_equals_the_host_total():
     values = torch.stack(norm.compute())
     assert float(norm.device_total(values)) == pytest.approx(norm.total(values.tolist()), rel=1e-6)
     assert norm.total(values.tolist()) == pytest.approx(_exact(model), rel=0.25)
+
+
+def test_a_flagged_finite_update_reports_the_exact_norm_not_the_estimate(monkeypatch):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Guard(model, opt) as guard:
+        loss = _backward(model)
+        sampled = guard._read(loss, None)[1]
+        monkeypatch.setattr(guard.window, "check", lambda loss, norm: "grad_spike")
+        guard.step(loss)
+        expected = _exact(model)
+    assert sampled != pytest.approx(expected, rel=1e-4)  # the estimate differs from the exact norm ...
+    assert guard.events[0].grad_norm == pytest.approx(expected, rel=1e-5)  # ... and the event has the exact one
+
+
+def test_the_distributed_read_averages_the_weighted_total(monkeypatch):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with Guard(model, opt) as guard:
+        loss = _backward(model)
+        local = guard._read(loss, None)
+        seen = []
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "all_reduce", lambda v, op=None: seen.append(v.clone()))
+        shared = guard._read(loss, None)
+    assert len(seen) == 1 and seen[0].shape == (2,)  # one collective: the loss and the weighted total
+    assert shared == pytest.approx(local, rel=1e-5)
+
+
+def test_a_flagged_update_with_a_sparse_gradient_and_a_sampled_one_is_an_event(monkeypatch):
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(50, 300, sparse=True), nn.Linear(300, 256)
+    model = nn.ModuleList([emb, lin])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Guard(model, opt) as guard:
+        loss = lin(emb(torch.tensor([1, 2, 7]))).square().mean()
+        loss.backward()
+        expected = math.sqrt(float(emb.weight.grad.coalesce().values().square().sum())
+                             + sum(float(p.grad.square().sum()) for p in lin.parameters()))
+        monkeypatch.setattr(guard.window, "check", lambda loss, norm: "grad_spike")
+        assert not guard.step(loss)
+    assert guard._norm.sampled and guard.events[0].grad_norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_embeddings_are_read_whole_and_lazy_modules_are_planned_at_their_first_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(1000, 128), nn.Flatten(), nn.LazyLinear(10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randint(0, 1000, (8, 4))
+    model(x)  # the lazy layer takes its shape: 512 inputs
+    with Guard(model, opt) as guard:
+        loss = model(x).logsumexp(1).mean()
+        loss.backward()
+        _, norm = guard._read(loss, None)
+        expected = math.sqrt(sum(float(p.grad.double().square().sum()) for p in model.parameters()))
+    assert model[0].weight.numel() >= SAMPLE_MIN and not guard._norm.sampled  # 128,000 weights, read whole
+    assert norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_channels_last_gradient_is_sampled_in_place():
+    from deepscope.training.guard_norm import _block
+
+    g = torch.randn(64, 32, 6, 6).to(memory_format=torch.channels_last)
+    rows = g.permute(0, 2, 3, 1).reshape(64, -1)  # its memory: each output channel's row, one after the other
+    block = _block(g, 16 * rows.shape[1], 2 * rows.shape[1])
+    assert block.data_ptr() == g.data_ptr() + 16 * rows.shape[1] * g.element_size()  # a view, not a copy
+    torch.testing.assert_close(block, rows[16:18].reshape(-1))

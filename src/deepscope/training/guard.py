@@ -146,7 +146,10 @@ class Guard:
         self._pending: dict | None = None  # the newest snapshot, trusted once an interval passes without a flag
         self._flag_since_pending = False
         self._probe_seen, self._pathology_base, self._pathology_hit = 0, {}, set()
-        self._norm = GradNorm(self.params, o["grad_fraction"])
+        embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+                      for p in m.parameters(recurse=False)}
+        self._norm = GradNorm(self.params, o["grad_fraction"], whole=embeddings)
+        self._exact = GradNorm(self.params, 1.0)  # the norm an event reports
         self._open, self.logged = False, 0  # logged: events in a store
 
     def __enter__(self) -> Guard:
@@ -180,7 +183,8 @@ class Guard:
                 self._check_probe(index)
             return True
         if self._norm.sampled and grad_norm is None and self.options["check_grad"]:  # the event: the exact norm
-            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+            norms = self._exact.compute()
+            norm = self._exact.total(torch.stack(norms).tolist()) if norms else norm
         self._on_flag(index, kind, loss_value, norm, batch, ids)
         return False
 

@@ -8,13 +8,14 @@ These norms go to the host with the loss in the guard's one read per update. The
 so the estimate moves with the true norm: a spike that scales whole layers' gradients (a poisoned example, a
 learning-rate burst, an exploding layer) moves it alike, and a NaN, which the backward pass spreads over the
 gradients of every layer below where it appears, reaches the blocks there. What the sample can miss: a spike
-confined to a few rows of one large gradient (a few units, a few rows of an embedding) outside its block; the loss,
-read exactly, still sees the example that caused it.
+confined to a few rows of one large gradient (a few units) outside its block; the loss, read exactly, still sees
+the example that caused it. Embedding weights (``whole``) are read whole: only the rows of the batch's tokens are
+non-zero, so a block would see a different share of them at every update.
 
 Why sample: the norm costs memory traffic and torch calls. On the 5 x 1000 MLP of ``benchmarks/guard.py`` at batch
 10 (a ~13 ms SGD update), reading every gradient once more took ~1 ms; a strided sample that touched every row took
-~0.3 ms (one memory page per row); the contiguous blocks ~0.1 ms. Each torch call made just after the backward pass
-costs ~5-10 us there (the caches are full of gradients), which is why the norms are taken in one call and not in a
+~0.3 ms (one memory page per row); the blocks and the call ~0.2 ms. Each torch call made just after the backward
+pass costs ~5-30 us there (the caches are full of gradients), which is why the norms are taken in one call and not in a
 hook per parameter. ``fraction=1`` gives the exact norm; the guard's events report the exact norm (a pass over the
 gradients, on a flagged update only).
 """
@@ -32,31 +33,39 @@ SAMPLE_MIN = 1 << 16  # gradients with at least this many elements are sampled (
 
 
 class GradNorm:
-    """The norms of the parts of the gradients read (:meth:`compute`) and the total norm they give (:meth:`total`)."""
+    """The norms of the parts of the gradients read (:meth:`compute`) and the total norm they give (:meth:`total`).
 
-    def __init__(self, params: list[Tensor], fraction: float = 1 / 64):
-        self.fraction = fraction
-        self.plans = [(p, _plan(p, fraction)) for p in params]
-        self.sampled = any(plan is not None for _, plan in self.plans)
+    ``whole``: parameters whose gradients are always read whole -- an embedding's, whose rows are non-zero only for
+    the tokens of the batch, so that a block would see a different share of it at every update."""
+
+    def __init__(self, params: list[Tensor], fraction: float = 1 / 64, whole: set[int] = frozenset()):
+        self.params, self.fraction, self.whole = params, fraction, whole
+        self._plans: list[tuple[torch.Size | None, tuple[int, int, float] | None]] = [(None, None)] * len(params)
+        self.sampled = False  # whether some gradient was read in part (its norm estimated)
         self.weights: list[float] = []  # per norm of the last compute(): its squared value's factor in the total
 
     def compute(self) -> list[Tensor]:
         """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient)."""
         views, weights = [], []
-        for p, plan in self.plans:
+        for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
             if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)): its values, whole
                 views.append(g.coalesce().values())
                 weights.append(1.0)
-            elif plan is None:
+                continue
+            shape, plan = self._plans[i]
+            if shape != g.shape:  # planned at the first gradient (a lazy module has no shape before it)
+                plan = None if id(p) in self.whole else _plan(g, self.fraction)
+                self._plans[i] = g.shape, plan
+                self.sampled = self.sampled or plan is not None
+            if plan is None:
                 views.append(g)
                 weights.append(1.0)
             else:
                 length, offset, weight = plan
-                g = g if g.is_contiguous() else g.contiguous()
-                views.append(g.as_strided((length,), (1,), g.storage_offset() + offset))
+                views.append(_block(g, offset, length))
                 weights.append(weight)
         self.weights = weights
         if len({v.device for v in views}) > 1:  # parameters on several devices: one norm at a time
@@ -73,8 +82,16 @@ class GradNorm:
         return (weights * values.square()).sum().sqrt()
 
 
+def _block(g: Tensor, offset: int, length: int) -> Tensor:
+    """Elements ``offset`` to ``offset + length`` of ``g``'s rows (its first dimension) laid out one after the other:
+    a view of its memory when they are (contiguous, or channels-last), else of a contiguous copy."""
+    if not (g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))):
+        g = g.contiguous()
+    return g.as_strided((length,), (1,), g.storage_offset() + offset)
+
+
 def _plan(p: Tensor, fraction: float) -> tuple[int, int, float] | None:
-    """``(length, offset, weight)`` of the block read of ``p``'s gradient, or None when it is read whole."""
+    """``(length, offset, weight)`` of the block read of a gradient ``p``, or None when it is read whole."""
     n = p.numel()
     if fraction >= 1 or n < SAMPLE_MIN:
         return None
