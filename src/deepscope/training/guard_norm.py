@@ -43,6 +43,8 @@ class GradNorm:
         self._plans: list[tuple[torch.Size | None, tuple[int, int, float] | None]] = [(None, None)] * len(params)
         self.sampled = False  # whether some gradient was read in part (its norm estimated)
         self.weights: list[float] = []  # per norm of the last compute(): its squared value's factor in the total
+        self._device_weights: Tensor | None = None  # the weights on the device (device_total), for _device_key
+        self._device_key: tuple | None = None
 
     def compute(self) -> list[Tensor]:
         """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient)."""
@@ -77,9 +79,12 @@ class GradNorm:
         return math.sqrt(sum(w * v * v for w, v in zip(self.weights, values, strict=True)))
 
     def device_total(self, values: Tensor) -> Tensor:
-        """:meth:`total` on the device (before the values are averaged over ranks)."""
-        weights = torch.tensor(self.weights, device=values.device, dtype=values.dtype)
-        return (weights * values.square()).sum().sqrt()
+        """:meth:`total` on the device (before the values are averaged over ranks); the weights are copied to the
+        device once, and again only when they change (a parameter without a gradient, a new shape)."""
+        if self._device_weights is None or self._device_key != (self.weights, values.device, values.dtype):
+            self._device_key = (list(self.weights), values.device, values.dtype)
+            self._device_weights = torch.tensor(self.weights, device=values.device, dtype=values.dtype)
+        return (self._device_weights * values.square()).sum().sqrt()
 
 
 def _block(g: Tensor, offset: int, length: int) -> Tensor:
