@@ -1,7 +1,7 @@
 """The gradient norm the guard watches: every gradient's part of it in one call, the large ones sampled.
 
-After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of each small
-gradient (fewer than ``SAMPLE_MIN`` elements) and of one contiguous block of each large one: ``fraction`` of its
+After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of the small
+gradients (fewer than ``SAMPLE_MIN`` elements each, concatenated) and of one contiguous block of each large one: ``fraction`` of its
 elements (1/64 by default), from the middle of its memory -- whole rows of a weight's (first dimension x the rest)
 view, so every column is read. The block's squared norm, scaled by ``elements / read``, stands for the gradient's.
 These norms go to the host with the loss in the guard's one read per update. The block is the same at every update,
@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = ["SAMPLE_MIN", "GradNorm"]
 
 SAMPLE_MIN = 1 << 16  # gradients with at least this many elements are sampled (256 KB in float32)
+_SMALL, _WHOLE, _SPARSE = object(), object(), object()  # read whole: concatenated, alone, its values
 
 
 class GradNorm:
@@ -40,39 +41,60 @@ class GradNorm:
 
     def __init__(self, params: list[Tensor], fraction: float = 1 / 64, whole: set[int] = frozenset()):
         self.params, self.fraction, self.whole = params, fraction, whole
-        self._plans: list[tuple[torch.Size | None, tuple[int, int, float] | None]] = [(None, None)] * len(params)
+        self._plans: list[tuple[torch.Size | None, object]] = [(None, None)] * len(params)
+        self._one_device = True  # the small gradients are concatenated (checked at each plan)
         self.sampled = False  # whether some gradient was read in part (its norm estimated)
         self.weights: list[float] = []  # per norm of the last compute(): its squared value's factor in the total
         self._device_weights: Tensor | None = None  # the weights on the device (device_total), for _device_key
         self._device_key: tuple | None = None
 
     def compute(self) -> list[Tensor]:
-        """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient)."""
-        views, weights = [], []
+        """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient): one per block of a
+        large gradient or embedding, and one for all the small gradients together (concatenated: one call for
+        them, where a norm each would cost a call each)."""
+        views, weights, small = [], [], []
+        plans = self._plans
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
-            if g.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True)): its values, whole
-                views.append(g.coalesce().values())
-                weights.append(1.0)
-                continue
-            shape, plan = self._plans[i]
-            if shape != g.shape:  # planned at the first gradient (a lazy module has no shape before it)
-                plan = None if id(p) in self.whole else _plan(g, self.fraction)
-                self._plans[i] = g.shape, plan
-                self.sampled = self.sampled or plan is not None
-            if plan is None:
+            shape, plan = plans[i]
+            if shape != g.shape or g.layout != torch.strided:  # planned at the first gradient (a lazy module has
+                plan = self._replan(i, p, g)                   # no shape before it); a sparse one each time
+            if plan is _SMALL:
+                small.append(g if g.dim() == 1 else g.reshape(-1))
+            elif plan is _WHOLE:
                 views.append(g)
+                weights.append(1.0)
+            elif plan is _SPARSE:  # nn.Embedding(sparse=True): its values, whole
+                views.append(g.coalesce().values())
                 weights.append(1.0)
             else:
                 length, offset, weight = plan
                 views.append(_block(g, offset, length))
                 weights.append(weight)
+        if small:
+            if self._one_device:
+                small = [small[0] if len(small) == 1 else torch.cat(small)]
+            views += small
+            weights += [1.0] * len(small)
         self.weights = weights
-        if len({v.device for v in views}) > 1:  # parameters on several devices: one norm at a time
+        if not self._one_device and len({v.device for v in views}) > 1:  # several devices: one norm at a time
             return [torch.linalg.vector_norm(v, dtype=torch.float32).to(views[0].device) for v in views]
         return list(torch._foreach_norm(views, 2, dtype=torch.float32)) if views else []
+
+    def _replan(self, i: int, p: Tensor, g: Tensor) -> object:
+        if g.layout != torch.strided:
+            plan = _SPARSE
+        elif id(p) in self.whole:
+            plan = _WHOLE
+        else:
+            plan = _plan(g, self.fraction)
+            plan = plan if plan is not None else _SMALL
+        self._plans[i] = g.shape, plan
+        self.sampled = self.sampled or isinstance(plan, tuple)
+        self._one_device = len({q.device for q in self.params}) == 1
+        return plan
 
     def total(self, values: list[float]) -> float:
         """The total gradient norm from the values of the last :meth:`compute`."""
