@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = dict(window=128, warmup=64, z=6.0, refresh=8, snapsho
                                 rollback_window=50, lr_factor=0.1, cooldown=200, max_rollbacks=5, examples=3,
                                 on_pathology="warn", check_grad=True, grad_fraction=1 / 64)
 ACTIONS = ("skip", "rollback", "stop", "warn")
+_DISTRIBUTED = torch.distributed.is_available()
 
 
 class GuardStop(RuntimeError):
@@ -206,7 +207,7 @@ class Guard:
             norms, sampled = self._norm.compute(), True
         v = torch.stack([loss if loss.device == norms[0].device else loss.to(norms[0].device), *norms]) if norms \
             else loss.reshape(1)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _DISTRIBUTED and torch.distributed.is_initialized():
             total = self._norm.device_total(v[1:]) if sampled else torch.linalg.vector_norm(v[1:])
             v = torch.stack([v[0], total if len(v) > 1 else torch.ones_like(v[0])])
             torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.AVG)  # one decision for every rank

@@ -26,8 +26,6 @@ Nothing here touches the device: a step costs a few float operations, and a sort
 from __future__ import annotations
 
 import math
-import operator
-from itertools import repeat
 from typing import Any
 
 __all__ = ["CUSUM_H", "CUSUM_K", "EXPLOSION", "SUSTAINED", "WARMUP_GRAD", "WARMUP_LOSS", "Window"]
@@ -84,13 +82,18 @@ class Window:
 
     def add(self) -> None:
         """Keep the pair last checked (it was healthy and applied)."""
-        i = self.count % self.size
-        self.highest = [max(h, v) for h, v in zip(self.highest, self.last, strict=True)]
-        for values, v in zip(self.values, self.last, strict=True):
-            if len(values) < self.size:
-                values.append(v)
-            else:
-                values[i] = v
+        ll, lg = self.last
+        highest, (losses, norms) = self.highest, self.values
+        if ll > highest[0]:
+            highest[0] = ll
+        if lg > highest[1]:
+            highest[1] = lg
+        if len(losses) < self.size:
+            losses.append(ll)
+            norms.append(lg)
+        else:
+            i = self.count % self.size
+            losses[i], norms[i] = ll, lg
         self.count += 1
         if self.count >= self.warmup and self.count % self.refresh == 0:
             self._update_limits()
@@ -99,10 +102,10 @@ class Window:
         for k, values in enumerate(self.values):
             n = len(values)
             center = _median(values)
-            mad = _median(list(map(abs, map(operator.sub, values, repeat(center, n)))))
+            mad = _median([abs(v - center) for v in values])
             mean = sum(values) / n
-            std = math.sqrt(max(sum(map(operator.mul, values, values)) / n - mean * mean, 0.0) * n / max(n - 1, 1))
-            self.center[k], self.spread[k] = center, max(1.4826 * mad, std) + 1e-3
+            var = max(sum([v * v for v in values]) / n - mean * mean, 0.0) * n / max(n - 1, 1)
+            self.center[k], self.spread[k] = center, max(1.4826 * mad, math.sqrt(var)) + 1e-3
         if self.reference is None:
             self.reference = self.center[0]
         self.diverged = self.center[0] > math.log(EXPLOSION) + self.reference
