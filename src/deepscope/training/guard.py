@@ -112,6 +112,9 @@ class Guard:
         loss_fn: ``loss_fn(output, y)`` for ranking the examples of an offending batch (by default cross-entropy
             over class indices, token-level for ``(N, T, V)`` outputs; floating-point targets need a loss_fn).
             A ``ReduceLROnPlateau`` is rolled back but not stepped (it needs your metric).
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (``scaler.unscale_(optimizer)`` before
+            ``guard.step``, ``scaler.update()`` after): non-finite gradients with a finite loss are its overflow
+            steps, skipped without an event (``scaler_skips``).
         probe: a :class:`~deepscope.probe.Probe` on ``model``: its dead/saturated records become events.
         sinks: objects with ``write(stats_rows, histogram_rows)`` (the probe's sinks: store, TensorBoard, W&B,
             MLflow): each event is written as rows ``source="guard", layer=kind, quantity=action``.
@@ -126,17 +129,21 @@ class Guard:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None, *,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None, probe: Any = None,
                  sinks: Iterable[Any] = (), snapshot_device: str | torch.device | None = None,
-                 step_scheduler: bool = True, **options: Any):
+                 step_scheduler: bool = True, scaler: Any = None, **options: Any):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Guard: model={type(model).__name__} is not allowed; give a torch.nn.Module")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"Guard: optimizer={type(optimizer).__name__} is not allowed; give a torch.optim.Optimizer")
         self.options = o = check_options(options)
-        self.sinks, snapshot_device = check_parts(scheduler, loss_fn, sinks, probe, snapshot_device, step_scheduler)
+        self.sinks, snapshot_device = check_parts(optimizer, scheduler, loss_fn, sinks, probe, snapshot_device,
+                                                  step_scheduler)
         self.model, self.optimizer, self.scheduler, self.probe = model, optimizer, scheduler, probe
         self._optimizer_step = optimizer.step  # the step before any wrapping
         self.step_scheduler = steps_scheduler(scheduler, step_scheduler)
         self.loss_fn = loss_fn or default_loss
+        self.scaler, self.scaler_skips = scaler, 0  # a GradScaler's own overflow steps: not events
+        if scaler is not None and not callable(getattr(scaler, "is_enabled", None)):
+            raise TypeError(f"Guard: scaler={type(scaler).__name__} is not allowed; give a torch.amp.GradScaler")
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.snapshot_device = snapshot_device
@@ -175,6 +182,9 @@ class Guard:
         index, self.step_index = self.step_index, self.step_index + 1
         loss_value, norm = self._read(loss, grad_norm)
         kind = self.window.check(loss_value, norm)
+        if kind == "nonfinite" and self.scaler is not None and math.isfinite(loss_value) and self.scaler.is_enabled():
+            self.scaler_skips += 1  # the scaler's overflow (finite loss, inf gradients): its update() lowers the scale
+            return False
         if kind is None:
             self._apply()
             self.window.add()

@@ -15,9 +15,12 @@ from torch import Tensor
 __all__ = ["check_parts", "scalar", "steps_scheduler"]
 
 
-def check_parts(scheduler: Any, loss_fn: Any, sinks: Any, probe: Any, snapshot_device: Any,
+def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe: Any, snapshot_device: Any,
                 step_scheduler: Any) -> tuple[list[Any], torch.device | None]:
     """Check the guard's parts; returns the sinks as a list and the snapshot device."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TypeError("Guard: optimizer=LBFGS is not supported: it evaluates the loss several times per step "
+                        "through a closure, and the guard checks one loss per update; give a first-order optimizer")
     if scheduler is not None and (isinstance(scheduler, torch.optim.Optimizer) or not all(
             callable(getattr(scheduler, a, None)) for a in ("step", "state_dict", "load_state_dict"))):
         raise TypeError(f"Guard: scheduler={type(scheduler).__name__} is not allowed; give a learning-rate schedule "
