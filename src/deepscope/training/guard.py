@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepscope.registry import integer, unknown
-from deepscope.training.guard_examples import rank_batch
+from deepscope.training.guard_examples import default_loss, rank_batch
+from deepscope.training.guard_inputs import check_parts, scalar, steps_scheduler
 from deepscope.training.guard_norm import GradNorm
 from deepscope.training.guard_state import new_pathologies, restore_snapshot, take_snapshot
 from deepscope.training.guard_window import EXPLOSION, SUSTAINED, Window
@@ -73,7 +73,7 @@ class GuardEvent:
     z_loss: float = math.nan  # (log value - window median) / spread, on the log scale
     z_grad: float = math.nan
     examples: list[int] = field(default_factory=list)  # positions in the batch, most suspect first
-    ids: list[int] | None = None  # their dataset ids, when known
+    ids: list[Any] | None = None  # their dataset ids (integers, or strings as given), when known
     example_loss: list[float] = field(default_factory=list)
     example_grad_norm: list[float] = field(default_factory=list)
     lr_scale: float = 1.0  # the learning-rate factor in force after the action
@@ -110,7 +110,12 @@ class Guard:
     Args:
         model, optimizer: what is trained; ``scheduler``: a learning-rate schedule stepped once per applied update
             (``torch.optim.lr_scheduler``), rolled back with the rest; ``None`` if you step it yourself.
-        loss_fn: ``loss_fn(output, y)`` for ranking the examples of an offending batch (cross-entropy by default).
+        loss_fn: ``loss_fn(output, y)`` for ranking the examples of an offending batch (by default cross-entropy
+            over class indices, token-level for ``(N, T, V)`` outputs; floating-point targets need a loss_fn).
+            A ``ReduceLROnPlateau`` is rolled back but not stepped (it needs your metric).
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (``scaler.unscale_(optimizer)`` before
+            ``guard.step``, ``scaler.update()`` after): non-finite gradients with a finite loss are its overflow
+            steps, skipped without an event (``scaler_skips``).
         probe: a :class:`~deepscope.probe.Probe` on ``model``: its dead/saturated records become events.
         sinks: objects with ``write(stats_rows, histogram_rows)`` (the probe's sinks: store, TensorBoard, W&B,
             MLflow): each event is written as rows ``source="guard", layer=kind, quantity=action``.
@@ -125,19 +130,24 @@ class Guard:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None, *,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None, probe: Any = None,
                  sinks: Iterable[Any] = (), snapshot_device: str | torch.device | None = None,
-                 step_scheduler: bool = True, **options: Any):
+                 step_scheduler: bool = True, scaler: Any = None, **options: Any):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Guard: model={type(model).__name__} is not allowed; give a torch.nn.Module")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"Guard: optimizer={type(optimizer).__name__} is not allowed; give a torch.optim.Optimizer")
         self.options = o = check_options(options)
+        self.sinks, snapshot_device = check_parts(optimizer, scheduler, loss_fn, sinks, probe, snapshot_device,
+                                                  step_scheduler)
         self.model, self.optimizer, self.scheduler, self.probe = model, optimizer, scheduler, probe
-        self._optimizer_step, self.step_scheduler = optimizer.step, step_scheduler  # the step before any wrapping
-        self.loss_fn = loss_fn or F.cross_entropy
-        self.sinks = list(sinks)
+        self._optimizer_step = optimizer.step  # the step before any wrapping
+        self.step_scheduler = steps_scheduler(scheduler, step_scheduler)
+        self.loss_fn = loss_fn or default_loss
+        self.scaler, self.scaler_skips = scaler, 0  # a GradScaler's own overflow steps: not events
+        if scaler is not None and not callable(getattr(scaler, "is_enabled", None)):
+            raise TypeError(f"Guard: scaler={type(scaler).__name__} is not allowed; give a torch.amp.GradScaler")
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.device = self.params[0].device if self.params else torch.device("cpu")
-        self.snapshot_device = torch.device(snapshot_device) if snapshot_device is not None else None
+        self.snapshot_device = snapshot_device
         self.window = Window(o["window"], o["warmup"], float(o["z"]), o["refresh"])
         self.events: list[GuardEvent] = []
         self.step_index = self.updates = self.skipped = self.rollbacks = 0
@@ -173,6 +183,9 @@ class Guard:
         index, self.step_index = self.step_index, self.step_index + 1
         loss_value, norm = self._read(loss, grad_norm)
         kind = self.window.check(loss_value, norm)
+        if kind == "nonfinite" and self.scaler is not None and math.isfinite(loss_value) and self.scaler.is_enabled():
+            self.scaler_skips += 1  # the scaler's overflow (finite loss, inf gradients): its update() lowers the scale
+            return False
         if kind is None:
             self._apply()
             self.window.add()
@@ -192,15 +205,10 @@ class Guard:
     def _read(self, loss: Tensor | float, grad_norm: Tensor | None) -> tuple[float, float]:
         """The loss and the total gradient norm (sampled, :mod:`.guard_norm`), in one read from the device (the only
         one of a healthy update)."""
-        if isinstance(loss, Tensor):  # a 0-d float32 tensor, with as few calls as may be (each costs ~10 us here)
-            loss = loss.detach()
-            loss = loss if loss.dim() == 0 else loss.reshape(())
-            loss = loss if loss.dtype == torch.float32 else loss.float()
-        else:
-            loss = torch.tensor(float(loss))
+        loss = scalar("loss", loss)  # a 0-d float32 tensor, with as few calls as may be (each costs ~10 us here)
         sampled = False
         if grad_norm is not None:  # given (e.g. by clipping): nothing to compute
-            norms = [grad_norm.detach().reshape(()).float().to(loss.device)]
+            norms = [scalar("grad_norm", grad_norm, loss.device).to(loss.device)]
         elif not self.options["check_grad"]:
             norms = []  # the loss alone (a constant norm never flags)
         else:
@@ -230,7 +238,7 @@ class Guard:
             if saved is not None:
                 for g, lr in zip(groups, saved, strict=True):
                     g["lr"] = lr
-        if self.scheduler is not None and self.step_scheduler:
+        if self.step_scheduler:
             self.scheduler.step()
 
     def _cool_down(self) -> None:  # the lowered rate returns after ``cooldown`` healthy updates
@@ -280,11 +288,10 @@ class Guard:
         try:
             ranking = rank_batch(self.model, self.loss_fn, batch, ids, self.options["examples"])
         except Exception as e:  # a module torch.func cannot trace: the event stands without its examples
-            event.note = f" (examples not ranked: {type(e).__name__}: {str(e)[:120]})"
+            event.note = f" (examples not ranked: {type(e).__name__}: {str(e)[:240]})"
             return
-        if ranking is not None:
-            event.examples, event.ids = ranking.index, ranking.ids
-            event.example_loss, event.example_grad_norm = ranking.loss, ranking.grad_norm
+        event.examples, event.ids = ranking.index, ranking.ids
+        event.example_loss, event.example_grad_norm = ranking.loss, ranking.grad_norm
 
     def _record(self, event: GuardEvent) -> None:
         event.message += getattr(event, "note", "")  # why the examples were not ranked, if they were not

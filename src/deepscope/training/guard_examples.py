@@ -21,7 +21,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Ranking", "per_example", "per_example_dict", "rank_batch", "rank_examples"]
+__all__ = ["Ranking", "default_loss", "per_example", "per_example_dict", "rank_batch", "rank_examples"]
+
+
+def default_loss(output: Tensor, y: Tensor) -> Tensor:
+    """The loss that ranks examples when none is given: cross-entropy over class indices, the classes on dimension
+    1 (``(N, C)``, ``(N, C, H, W)``) or, for a token model's ``(N, T, V)`` output and ``(N, T)`` labels, on the last
+    (positions labelled -100 ignored). Floating-point targets (regression, binary, multi-label) get a ValueError
+    saying to pass the loss: cross-entropy would rank them by a meaningless number (0 for one logit)."""
+    import torch.nn.functional as F
+
+    if y.is_floating_point():
+        raise ValueError("floating-point targets: the default loss_fn is cross-entropy over class indices; "
+                         "pass Guard(loss_fn=...), e.g. F.mse_loss or F.binary_cross_entropy_with_logits")
+    if output.dim() == y.dim() + 1 and output.dim() > 2 and output.shape[:-1] == y.shape \
+            and output.shape[2:] != y.shape[1:]:
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(output, y, ignore_index=-100)
 
 
 def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
@@ -30,14 +46,19 @@ def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x
     and the 2-norm of its gradient over every trainable parameter, both shaped ``(len(x),)``, on x's device.
 
     ``chunk_size`` examples are vectorized at once (memory: that many copies of the gradients); ``None``: all.
+    ``x`` may be a tuple of tensors (the model's positional inputs). A model or loss ``vmap`` cannot trace (an
+    ``nn.GRU``, a loss with a data-dependent check such as ``gaussian_nll_loss``) is run one example at a time.
     """
     from torch.func import functional_call, grad_and_value, vmap
+
+    inputs = tuple(x) if isinstance(x, tuple | list) else (x,)
+    x = inputs[0]
 
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
     buffers = {k: b.detach() for k, b in model.named_buffers()}
 
-    def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+    def one(p: dict[str, Tensor], xi: tuple[Tensor, ...], yi: Tensor) -> Tensor:
+        out = functional_call(model, (p, buffers), tuple(t.unsqueeze(0) for t in xi))
         return loss_fn(out, yi.unsqueeze(0))
 
     training = model.training
@@ -45,11 +66,28 @@ def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x
     try:
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
+            try:
+                grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params,
+                                                                                                      inputs, y)
+            except Exception:  # not traceable by vmap: a loop over the examples (on an event only)
+                return _loop(model, loss_fn, inputs, y)
     finally:
         model.train(training)
     squares = torch.stack([g.reshape(len(x), -1).double().pow(2).sum(1) for g in grads.values()]).sum(0)
     return losses.detach().float(), squares.sqrt().float()
+
+
+def _loop(model: nn.Module, loss_fn: Callable, inputs: tuple[Tensor, ...], y: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`per_example` one example at a time (called in eval mode, under a forked RNG)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses, norms = [], []
+    for i in range(len(y)):
+        loss = loss_fn(model(*(t[i:i + 1] for t in inputs)), y[i:i + 1])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        losses.append(loss.detach().float().reshape(()))
+        squares = [g.double().pow(2).sum() for g in grads if g is not None]
+        norms.append(torch.stack(squares).sum().sqrt().float() if squares else torch.zeros((), device=y.device))
+    return torch.stack(losses), torch.stack(norms)
 
 
 def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
@@ -122,22 +160,42 @@ def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] 
     finite = [v for v in norms_ if math.isfinite(v)]
     total = sum(finite) or 1.0
     ids_ = None if ids is None else (ids.tolist() if isinstance(ids, Tensor) else list(ids))
+    if ids_ is not None and len(ids_) < len(losses_):
+        raise ValueError(f"ids has {len(ids_)} entries for a batch of {len(losses_)} examples; give one id each")
     return Ranking(index=order, loss=[losses_[i] for i in order], grad_norm=[norms_[i] for i in order],
-                   ids=None if ids_ is None else [int(ids_[i]) for i in order],
+                   ids=None if ids_ is None else [_id(ids_[i]) for i in order],
                    share=[norms_[i] / total if math.isfinite(norms_[i]) else 1.0 for i in order])
 
 
+def _id(value: Any) -> Any:
+    """A dataset id as an int when it is one (a Python, numpy or tensor integer), else as given (a string)."""
+    if isinstance(value, str | int):
+        return value
+    try:
+        return int(value) if float(value) == int(value) else value
+    except (TypeError, ValueError):
+        raise ValueError(f"ids: {value!r} is not an id; give one integer or string per example") from None
+
+
 def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Any, ids: Any,
-               k: int) -> Ranking | None:
+               k: int) -> Ranking:
     """The top ``k`` of :func:`rank_examples` for a batch as the guard is given it: ``(x, y)``, ``(x, y, ids)`` or
-    a dict of keyword inputs; ``ids`` (a tensor, a list, or a function returning one) wins over a third element.
-    None when the batch is none of these."""
+    a dict of keyword inputs; ``x`` may be a tuple of tensors (the model's positional inputs); ``ids`` (a tensor, a
+    list, or a function returning one) wins over a third element. A ValueError says what is wrong otherwise."""
+    def tensors(v: Any) -> bool:
+        return isinstance(v, Tensor) or (isinstance(v, tuple | list) and bool(v) and
+                                         all(isinstance(t, Tensor) for t in v))
+
     if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
         x, y = batch, None
-    elif isinstance(batch, tuple | list) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2]):
+    elif isinstance(batch, tuple | list) and len(batch) >= 2 and tensors(batch[0]) and isinstance(batch[1], Tensor):
         x, y = batch[0], batch[1]
+        sizes = [len(t) for t in (x if isinstance(x, tuple | list) else [x])] + [len(y)]
+        if len(set(sizes)) > 1:
+            raise ValueError(f"batch: its tensors hold {sizes} examples; give (x, y) with one y per example")
     else:
-        return None
+        raise ValueError(f"batch={type(batch).__name__} cannot be ranked; give (x, y), (x, y, ids), ((x1, x2, ...), "
+                         "y) or a dict of keyword inputs")
     ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
         else None
     return rank_examples(model, loss_fn, x, y, ids).top(k)

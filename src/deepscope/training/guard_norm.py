@@ -1,15 +1,15 @@
 """The gradient norm the guard watches: every gradient's part of it in one call, the large ones sampled.
 
-After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of the small
-gradients (fewer than ``SAMPLE_MIN`` elements each, concatenated) and of one contiguous block of each large one: ``fraction`` of its
-elements (1/64 by default), from the middle of its memory -- whole rows of a weight's (first dimension x the rest)
-view, so every column is read. The block's squared norm, scaled by ``elements / read``, stands for the gradient's.
-These norms go to the host with the loss in the guard's one read per update. The block is the same at every update,
-so the estimate moves with the true norm: a spike that scales whole layers' gradients (a poisoned example, a
-learning-rate burst, an exploding layer) moves it alike, and a NaN, which the backward pass spreads over the
-gradients of every layer below where it appears, reaches the blocks there. What the sample can miss: a spike
-confined to a few rows of one large gradient (a few units) outside its block; the loss, read exactly, still sees
-the example that caused it. Embedding weights (``whole``) are read whole: only the rows of the batch's tokens are
+After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of the small gradients
+(fewer than ``SAMPLE_MIN`` elements each, concatenated) and of one contiguous block of each large one: ``fraction``
+of its elements (1/64 by default), from the middle of its memory -- whole rows of a weight's (first dimension x the
+rest) view, so every column is read. The block's squared norm, scaled by ``elements / read``, stands for the
+gradient's. These norms go to the host with the loss in the guard's one read per update. The block is the same at
+every update, so the estimate moves with the true norm: a spike that scales whole layers' gradients (a poisoned
+example, a learning-rate burst, an exploding layer) moves it alike, and a NaN, which the backward pass spreads over
+the gradients of every layer below where it appears, reaches the blocks there. What the sample can miss: a spike
+confined to a few rows of one large gradient (a few units) outside its block; the loss, read exactly, still sees the
+example that caused it. Embedding weights (``whole``) are read whole: only the rows of the batch's tokens are
 non-zero, so a block would see a different share of them at every update.
 
 Why sample: the norm costs memory traffic and torch calls. On the 5 x 1000 MLP of ``benchmarks/guard.py`` at batch

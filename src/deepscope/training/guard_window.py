@@ -19,6 +19,12 @@ the one host read a conditional ``optimizer.step()`` needs anyway) and asks :met
   above its median for ~20 updates (what a learning rate x50 did to a CNN under Adam), while the clean runs of
   ``benchmarks/guard.py`` (3 x 1,200 updates) never took S past 8.
 
+A loss that can be negative (a Gaussian negative log-likelihood, a loss with a baseline subtracted) has no
+logarithm: at the first negative loss the loss is watched on its own (linear) scale from then on -- the window's
+values are converted, the spike and rise rules go on in loss units, and the divergence and warm-up rules, which
+are factors over a level, are off for the loss (the gradient norm, always positive, keeps them). On the log scale a
+loss hovering around zero flagged almost every update (the negative ones all clamped to one value).
+
 Nothing here touches the device: a step costs a few float operations, and a sort of ``size`` floats every
 ``refresh`` updates.
 """
@@ -58,18 +64,21 @@ class Window:
         self.cusum = 0.0
         self.highest = [-math.inf, -math.inf]  # the largest healthy log loss and log norm (the warm-up's limits)
         self.last: tuple[float, float] = (0.0, 0.0)  # the logarithms of the pair last checked
+        self.linear = False  # the loss on its own scale (it went negative once): no logarithm, no ratio rules
 
     def check(self, loss: float, norm: float) -> str | None:
         """The kind of trouble of a (loss, gradient norm) pair, or None when it is healthy."""
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return "nonfinite"
-        ll, lg = math.log(max(loss, _TINY)), math.log(max(norm, _TINY))
+        if loss < 0 and not self.linear:
+            self._to_linear()
+        ll, lg = loss if self.linear else math.log(max(loss, _TINY)), math.log(max(norm, _TINY))
         self.last = (ll, lg)
         self.recent = 0.75 * self.recent + 0.25 * min(ll, self.limit[0])  # one spike moves it by 1/4 of the limit
-        if self.diverged or self.recent > self.sustained:
+        if not self.linear and (self.diverged or self.recent > self.sustained):
             return "divergence"
         early = 0 < self.count < self.warmup
-        if ll > self.limit[0] or (early and ll > self.highest[0] + math.log(WARMUP_LOSS)):
+        if ll > self.limit[0] or (early and not self.linear and ll > self.highest[0] + math.log(WARMUP_LOSS)):
             return "loss_spike"
         if lg > self.limit[1] or (early and lg > self.highest[1] + math.log(WARMUP_GRAD)):
             return "grad_spike"
@@ -108,10 +117,18 @@ class Window:
             self.center[k], self.spread[k] = center, max(1.4826 * mad, math.sqrt(var)) + 1e-3
         if self.reference is None:
             self.reference = self.center[0]
-        self.diverged = self.center[0] > math.log(EXPLOSION) + self.reference
+        self.diverged = not self.linear and self.center[0] > math.log(EXPLOSION) + self.reference
         self.sustained = self.center[0] + math.log(SUSTAINED)
         self.limit = [-math.inf] * 2 if self.diverged else \
             [c + self.zmax * s for c, s in zip(self.center, self.spread, strict=True)]
+
+    def _to_linear(self) -> None:
+        """The loss went negative: its window's values back to the loss's own scale, the limits recomputed."""
+        self.linear, self.cusum, self.diverged = True, 0.0, False
+        self.values[0][:] = [math.exp(v) for v in self.values[0]]
+        self.highest[0] = math.exp(self.highest[0]) if self.values[0] else -math.inf
+        if self.count >= self.warmup and self.values[0]:
+            self._update_limits()
 
     def z(self) -> tuple[float, float]:
         """The z-scores of the pair last checked (NaN during the warm-up)."""
