@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
+from deepscope.probe import options as monitor_inputs
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
 from deepscope.probe.compiled import CompiledStats
 from deepscope.probe.hooks import (
@@ -56,9 +57,9 @@ class Probe:
     Args:
         model: any ``nn.Module``; left exactly as found (hooks, modes, parameters, gradients).
         every: record the training steps whose index is a multiple of ``every``; call :meth:`step` after each update.
-        monitor: a fixed set ``x`` or ``(x, y)`` (the paper used 300 test examples; the README gives the error
-            of smaller sets). At each record the probe runs its own pass on it in eval mode, without touching
-            parameters, ``.grad``, optimizer or RNG state; back-propagated gradients need ``y``.
+        monitor: a fixed set ``x`` or ``(x, y)``, ``x`` a tensor, tuple or dict of them (300 test examples in the
+            paper; the README gives the error of fewer). At each record the probe runs its own pass on it in eval
+            mode, without touching parameters, ``.grad``, optimizer or RNG state; dLoss/ds needs ``y``.
         loss_fn: ``loss_fn(output, y) -> scalar`` for the monitor pass; cross-entropy by default.
         layers: module names to record (``["hidden1.act", ...]``) instead of the discovered ones.
         bins: histogram bins.
@@ -359,7 +360,7 @@ def _finish(entries: list[Entry]) -> list[Entry]:
 
 
 def monitor_pass(
-    model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: Callable, layers: list[Layer], cap: Capture, *,
+    model: nn.Module, x: Any, y: Tensor | None, loss_fn: Callable, layers: list[Layer], cap: Capture, *,
     input_grad: bool, watch: Callable[[Hooks], None], then: Callable[[], None] | None = None,
 ) -> None:
     """The probe's own pass on the monitor set: ``model`` in eval mode with the layer hooks of ``cap``, forward
@@ -367,7 +368,7 @@ def monitor_pass(
     no parameter, ``.grad``, buffer or random state of the training run is touched. ``watch`` adds the
     :class:`Watcher`'s hooks at the first pass; ``then`` runs after the pass, still in eval mode (the Jacobians)."""
     modes = [(m, m.training) for m in model.modules()]
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    devices = sorted({t.device.index or 0 for t in monitor_inputs.input_tensors(x) if t.device.type == "cuda"})
     hooks = Hooks()
     try:
         with torch.random.fork_rng(devices=devices):
@@ -375,16 +376,15 @@ def monitor_pass(
                 m.training = False
             attach_layer_hooks(layers, cap, hooks)
             with torch.set_grad_enabled(y is not None):
-                if y is not None and input_grad and x.is_floating_point():
+                if y is not None and input_grad:
                     # the backward pass must run down to the input to reach hooks on tensors that in-place
                     # activations overwrote, and the pre-activations after frozen layers; the input itself
                     # is no pre-activation
-                    leaf = x.detach().requires_grad_(True)
-                    x = cap.input = leaf.clone()
-                    cap.grad_inputs.append(leaf)
+                    x, leaves, clones = monitor_inputs.grad_inputs(x)
+                    cap.input, cap.grad_inputs = (clones or [None])[0], cap.grad_inputs + leaves
                 if cap.watcher is None:
                     watch(hooks)
-                out = model(x)
+                out = monitor_inputs.call_model(model, x)
                 hooks.remove()
                 if y is not None:
                     inputs = [t for t in cap.grad_inputs if t.requires_grad]
