@@ -4,6 +4,7 @@ and what is allowed."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 from torch import Tensor, nn
@@ -13,10 +14,14 @@ from deepscope.registry import integer, unknown
 
 __all__ = [
     "call_model",
+    "check_loss_fn",
+    "check_sinks",
     "check_options",
     "check_probe_kwargs",
     "grad_inputs",
     "input_tensors",
+    "missing_layers",
+    "monitor_failure",
     "monitor_to_model",
     "parse_monitor",
     "positive_int",
@@ -70,6 +75,34 @@ _MONITOR_FORMS = ("a tensor x", "a pair (x, y)", "(inputs, y) with inputs a tupl
                   "(inputs, None)")
 
 
+def check_loss_fn(loss_fn: Any) -> Any:
+    """``loss_fn`` if it is None or callable, else a ``TypeError`` saying what to give."""
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn={loss_fn!r} is not allowed; give a callable loss_fn(output, y) -> scalar tensor, "
+                        "e.g. torch.nn.functional.mse_loss, or None for the default")
+    return loss_fn
+
+
+def check_sinks(sinks: Any) -> list:
+    """``sinks`` as a list, each with a ``write`` method, else a ``TypeError`` (before training, not at a record)."""
+    if isinstance(sinks, str) or not isinstance(sinks, Iterable):
+        raise TypeError(f"sinks={sinks!r} is not allowed; give a list of sinks (objects with a write method)")
+    sinks = list(sinks)
+    for sink in sinks:
+        if not callable(getattr(sink, "write", None)):
+            raise TypeError(f"sinks: {sink!r} is not allowed; a sink needs a write(stats_rows, histogram_rows) "
+                            "method (StoreSink, TensorBoardSink, WandbSink, MLflowSink)")
+    return sinks
+
+
+def missing_layers(layers: list) -> dict[str, str]:
+    """The probe's ``unavailable`` to start with: the activations, when the model has no layer to record."""
+    if layers:
+        return {}
+    return {"activations": "the model has no activation module to record (non-linearities inside a forward "
+                           "are in probe.unobservable); give layers=[module names] to record chosen modules' outputs"}
+
+
 def parse_monitor(monitor: Any) -> tuple[Any, Tensor | None]:
     """``monitor`` as ``(x, y)`` (``y`` None when only ``x`` is given); ``x`` is a tensor, or a tuple or dict of
     tensors (a model of several inputs)."""
@@ -96,7 +129,7 @@ def parse_monitor(monitor: Any) -> tuple[Any, Tensor | None]:
 
 def _describe(x: Any) -> str:
     if isinstance(x, Tensor):
-        return f"a tensor of shape {tuple(x.shape)}"
+        return f"a {str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}"
     if isinstance(x, tuple | list | dict):
         items = x.values() if isinstance(x, dict) else x
         return f"a {type(x).__name__} of {', '.join(type(t).__name__ for t in items) or 'nothing'}"
@@ -134,6 +167,18 @@ def grad_inputs(x: Any) -> tuple[Any, list[Tensor], list[Tensor]]:
         return leaf(x), leaves, clones
     x = {k: leaf(t) for k, t in x.items()} if isinstance(x, dict) else tuple(map(leaf, x))
     return x, leaves, clones
+
+
+def monitor_failure(error: Exception, x: Any, y: Tensor | None, later: bool) -> str:
+    """What to say when the probe's pass on the monitor set raised ``error``. The first pass runs when the ``with``
+    block is entered: there it is raised, naming ``monitor`` and ``loss_fn`` (a ``TypeError`` stays one); at a
+    later record (inside ``probe.step()``) the reason is returned, for ``probe.unavailable["monitor"]``."""
+    given = f"x: {_describe(x)}" + ("" if y is None else f", y: {_describe(y)}")
+    reason = f"the probe's pass on the monitor set ({given}) failed: {type(error).__name__}: {error}"
+    if later:
+        return reason
+    allowed = "give monitor inputs the model takes and a loss_fn(output, y) that returns a scalar tensor"
+    raise (TypeError if isinstance(error, TypeError) else ValueError)(f"monitor: {reason}; {allowed}") from error
 
 
 def input_tensors(x: Any) -> list[Tensor]:

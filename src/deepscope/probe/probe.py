@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-from deepscope.probe import options as monitor_inputs
+from deepscope.probe import options as opts
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
 from deepscope.probe.compiled import CompiledStats
 from deepscope.probe.hooks import (
@@ -128,8 +128,8 @@ class Probe:
         self.every, self.bins, self.jacobian_examples = every, bins, jacobian_examples
         self.jacobian_every, self.jacobian_method = jacobian_every, jacobian_method
         self.jacobian_methods: dict[str, str] = {}
-        self.loss_fn = loss_fn or default_loss
-        self.sinks = list(sinks)
+        self.loss_fn = opts.check_loss_fn(loss_fn) or default_loss
+        self.sinks = opts.check_sinks(sinks)
         self.keep = keep
         self._monitor_x, self._monitor_y = parse_monitor(monitor)
 
@@ -137,7 +137,7 @@ class Probe:
         self.layers: list[Layer] = find_layers(net, layers, self.unobservable)
         self.weights: list[Weight] = find_weights(net)
         self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
-        self.unavailable: dict[str, str] = {}
+        self.unavailable: dict[str, str] = opts.missing_layers(self.layers)
         # later records run the monitor pass at the step after them, on a copy of the weights, if it is small
         self._defer_monitor = not self._compiled and state_bytes(net) <= DEFER_MONITOR_BYTES
         self._pacing = Pacing()  # and only where that pays (deepscope.probe.pacing)
@@ -329,6 +329,8 @@ def record_monitor(probe: Probe, deferred: bool = False, step: int | None = None
                          then=jacobians if cap.want_jacobians else None)
         if not cap.want_jacobians:
             probe._pacing.monitor_seconds = time.perf_counter() - start
+    except Exception as e:  # a bad monitor set fails at `with`; a later failure never fails the training step
+        probe.unavailable["monitor"] = opts.monitor_failure(e, probe._monitor_x, probe._monitor_y, deferred)
     finally:
         entries = cap.pending
         cap.start(None)
@@ -368,7 +370,7 @@ def monitor_pass(
     no parameter, ``.grad``, buffer or random state of the training run is touched. ``watch`` adds the
     :class:`Watcher`'s hooks at the first pass; ``then`` runs after the pass, still in eval mode (the Jacobians)."""
     modes = [(m, m.training) for m in model.modules()]
-    devices = sorted({t.device.index or 0 for t in monitor_inputs.input_tensors(x) if t.device.type == "cuda"})
+    devices = sorted({t.device.index or 0 for t in opts.input_tensors(x) if t.device.type == "cuda"})
     hooks = Hooks()
     try:
         with torch.random.fork_rng(devices=devices):
@@ -377,14 +379,13 @@ def monitor_pass(
             attach_layer_hooks(layers, cap, hooks)
             with torch.set_grad_enabled(y is not None):
                 if y is not None and input_grad:
-                    # the backward pass must run down to the input to reach hooks on tensors that in-place
-                    # activations overwrote, and the pre-activations after frozen layers; the input itself
-                    # is no pre-activation
-                    x, leaves, clones = monitor_inputs.grad_inputs(x)
+                    # the backward pass must run down to the input to reach hooks on tensors that in-place activations
+                    # overwrote, and the pre-activations after frozen layers; the input itself is no pre-activation
+                    x, leaves, clones = opts.grad_inputs(x)
                     cap.input, cap.grad_inputs = (clones or [None])[0], cap.grad_inputs + leaves
                 if cap.watcher is None:
                     watch(hooks)
-                out = monitor_inputs.call_model(model, x)
+                out = opts.call_model(model, x)
                 hooks.remove()
                 if y is not None:
                     inputs = [t for t in cap.grad_inputs if t.requires_grad]
