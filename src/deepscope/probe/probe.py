@@ -65,8 +65,7 @@ class Probe:
         bins: histogram bins.
         sinks: objects with ``write(stats_rows, histogram_rows)`` (:class:`StoreSink`, :class:`TensorBoardSink`).
         jacobian_examples: monitor examples for the Jacobian singular values (0: none).
-        jacobian_every: also compute them at steps that are multiples of this (a multiple of
-            ``every``); by default only at the first record, the initialization.
+        jacobian_every: also at steps that are multiples of this (of ``every``); by default only at the first record.
         jacobian_method: ``"exact"`` (explicit Jacobians and their SVD: ``sv_mean, sv_min, sv_max``), ``"lanczos"``
             (``sv_mean, sv_max`` from Jacobian-vector products) or ``"auto"`` (exact up to 256 units); the errors
             are in :mod:`deepscope.probe.jacobian`. Records after the first spread these over the next steps.
@@ -153,6 +152,7 @@ class Probe:
         self._armed = False
         self._hooks = Hooks()
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
+        self._cap.unavailable = self.unavailable  # where its hooks say what they could not take
         if self._compiled:  # the statistics of its records by compiled kernels too (deepscope.probe.compiled)
             self._cap.compiled = CompiledStats(bins, self.unavailable)
         self._snapshot: list[Tensor] = []
