@@ -42,8 +42,8 @@ def _pop_std(t: torch.Tensor) -> float:
     return t.double().std(unbiased=False).item()
 
 
-def _reference(model: nn.Module, act: nn.Module, call, y: torch.Tensor) -> tuple[float, float]:
-    """std of ``act``'s output and of dLoss/d(its input), cross-entropy, eval mode: taken by a hook of the test's."""
+def _reference(model: nn.Module, act: nn.Module, call, y: torch.Tensor, loss=F.cross_entropy) -> tuple[float, float]:
+    """std of ``act``'s output and of dLoss/d(its input) (``loss``), eval mode: taken by a hook of the test's."""
     seen = {}
 
     def hook(m, args, out):
@@ -54,7 +54,7 @@ def _reference(model: nn.Module, act: nn.Module, call, y: torch.Tensor) -> tuple
     handle = act.register_forward_hook(hook)
     try:
         out = call(model)
-        F.cross_entropy(out["logits"] if isinstance(out, dict) else out, y).backward()
+        loss(out["logits"] if isinstance(out, dict) else out, y).backward()
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
@@ -102,6 +102,50 @@ def test_a_dict_batch_model_takes_its_monitor_dict_as_one_argument():
     assert _monitor_row(probe, "activation") == pytest.approx(act_std, rel=1e-5)
     assert _monitor_row(probe, "preact_grad") == pytest.approx(grad_std, rel=1e-5)
     assert probe.to_rows(source="train", quantity="activation", stat="std", step=0)
+
+
+class Tokens(nn.Module):
+    """Token embeddings, a GELU module, per-token logits ``(batch, tokens, vocab)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lin, self.act, self.out = nn.Embedding(11, 8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 11)
+
+    def forward(self, t):
+        return self.out(self.act(self.lin(self.emb(t))))
+
+
+def _padded_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.randint(0, 11, (6, 5))
+    y = torch.randint(0, 11, (6, 5))
+    y[:, -2:] = -100  # padding
+    return t, y
+
+
+@pytest.mark.parametrize(
+    ("task", "make", "data", "loss"),
+    [
+        ("regression", lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)),
+         lambda: (torch.randn(10, 6), torch.randn(10, 2)), F.mse_loss),
+        ("binary", lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)),
+         lambda: (torch.randn(10, 6), torch.randint(0, 2, (10, 1)).float()), F.binary_cross_entropy_with_logits),
+        ("multi-label", lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)),
+         lambda: (torch.randn(10, 6), torch.randint(0, 2, (10, 3)).float()), F.binary_cross_entropy_with_logits),
+        ("tokens with -100 padding", Tokens, _padded_tokens,
+         lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=-100)),
+    ],
+)
+def test_the_default_monitor_loss_follows_the_targets(task, make, data, loss):
+    """Without ``loss_fn=`` the monitor pass's dLoss/ds is that of the loss the targets call for."""
+    torch.manual_seed(0)
+    model = make()
+    x, y = data()
+    act = next(m for m in model.modules() if isinstance(m, nn.Tanh | nn.GELU))
+    act_std, grad_std = _reference(model, act, lambda m: m(x), y, loss)
+    with Probe(model, every=1, monitor=(x, y), jacobian_examples=0) as probe:
+        pass
+    assert _monitor_row(probe, "activation") == pytest.approx(act_std, rel=1e-5)
+    assert _monitor_row(probe, "preact_grad") == pytest.approx(grad_std, rel=1e-5)
 
 
 def test_a_bad_monitor_set_or_loss_fails_at_with_naming_monitor_and_its_shapes():
