@@ -268,8 +268,8 @@ def test_bad_arguments_name_key_and_value(data):
         Probe(model, every=0)
     with pytest.raises(ValueError, match="'hidden9.act'.*choose from: 0, 1"):
         Probe(model, layers=["hidden9.act"])
-    with pytest.raises(ValueError, match="monitor=dict"):
-        Probe(model, monitor={"x": x})
+    with pytest.raises(ValueError, match="monitor=a dict of list is not allowed; give a tensor x, a pair"):
+        Probe(model, monitor={"x": x.tolist()})  # a dict of tensors is inputs by name (test_probe_setups.py)
     with pytest.raises(ValueError, match="monitor: x has 40 examples but y has 3"):
         Probe(model, monitor=(x, y[:3]))
     with pytest.raises(ValueError, match="jacobian_every=150.*every=100"):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["compiled", "default_loss", "eager", "first_tensor", "in_backward", "rank", "unwrap"]
+__all__ = ["compiled", "default_loss", "eager", "first_tensor", "in_backward", "in_vmap", "rank", "unwrap"]
 
 _LOSS_HINT = (
     "pass loss_fn=, e.g. Probe(model, monitor=(x, y), loss_fn=lambda output, y: "
@@ -71,6 +71,18 @@ def rank() -> int | None:
 def in_backward() -> bool:
     """True while autograd runs a backward pass (gradient checkpointing re-runs forwards there)."""
     return torch._C._current_graph_task_id() != -1
+
+
+def in_vmap() -> bool:
+    """True inside ``torch.func.vmap`` (per-example gradients): its tensors are batched views that must not
+    leave the transform, so the probe's hooks take nothing there (``probe.unavailable`` says so)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+VMAP = "the model ran inside torch.func.vmap, whose batched tensors cannot leave it: nothing recorded there"
 
 
 def _fields(out: Any) -> Mapping | None:

@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from deepscope.nn.activations import Maxout
-from deepscope.probe.compat import first_tensor, in_backward
+from deepscope.probe.compat import VMAP, first_tensor, in_backward, in_vmap
 from deepscope.probe.functional import Watcher
 from deepscope.probe.layers import (  # re-exported: the names this module held before the split
     Layer,
@@ -110,6 +110,7 @@ class Capture:
     replay: bool = False
     compiled: Any = None  # a CompiledStats for a torch.compile'd model (deepscope.probe.compiled)
     batch: Any = None  # the compiled statistics' Batch of the record being taken
+    unavailable: dict[str, str] = field(default_factory=dict)  # the probe's: what a hook could not take, and why
 
     def start(self, source: str | None) -> int:
         """Begin a record from ``source`` (None: end it): a fresh token and empty buffers."""
@@ -125,6 +126,9 @@ class Capture:
         checkpointing), and in training only the first forward with gradients after arming (the first
         micro-batch when gradients are accumulated over several)."""
         if token != self.token or in_backward():
+            return False
+        if in_vmap():  # torch.func.vmap (per-example gradients): its tensors cannot leave it
+            self.unavailable[f"{self.source} activations and dLoss/ds"] = VMAP
             return False
         return self.source == "monitor" or (torch.is_grad_enabled() and self.forwards <= 1)
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
+from deepscope.probe import options as opts
 from deepscope.probe.compat import compiled, default_loss, eager, rank, unwrap
 from deepscope.probe.compiled import CompiledStats
 from deepscope.probe.hooks import (
@@ -56,16 +57,15 @@ class Probe:
     Args:
         model: any ``nn.Module``; left exactly as found (hooks, modes, parameters, gradients).
         every: record the training steps whose index is a multiple of ``every``; call :meth:`step` after each update.
-        monitor: a fixed set ``x`` or ``(x, y)`` (the paper used 300 test examples; the README gives the error
-            of smaller sets). At each record the probe runs its own pass on it in eval mode, without touching
-            parameters, ``.grad``, optimizer or RNG state; back-propagated gradients need ``y``.
+        monitor: a fixed set ``x`` or ``(x, y)``, ``x`` a tensor, tuple or dict of them (300 test examples in the
+            paper; the README gives the error of fewer). At each record the probe runs its own pass on it in eval
+            mode, without touching parameters, ``.grad``, optimizer or RNG state; dLoss/ds needs ``y``.
         loss_fn: ``loss_fn(output, y) -> scalar`` for the monitor pass; cross-entropy by default.
         layers: module names to record (``["hidden1.act", ...]``) instead of the discovered ones.
         bins: histogram bins.
         sinks: objects with ``write(stats_rows, histogram_rows)`` (:class:`StoreSink`, :class:`TensorBoardSink`).
         jacobian_examples: monitor examples for the Jacobian singular values (0: none).
-        jacobian_every: also compute them at steps that are multiples of this (a multiple of
-            ``every``); by default only at the first record, the initialization.
+        jacobian_every: also at steps that are multiples of this (of ``every``); by default only at the first record.
         jacobian_method: ``"exact"`` (explicit Jacobians and their SVD: ``sv_mean, sv_min, sv_max``), ``"lanczos"``
             (``sv_mean, sv_max`` from Jacobian-vector products) or ``"auto"`` (exact up to 256 units); the errors
             are in :mod:`deepscope.probe.jacobian`. Records after the first spread these over the next steps.
@@ -127,8 +127,8 @@ class Probe:
         self.every, self.bins, self.jacobian_examples = every, bins, jacobian_examples
         self.jacobian_every, self.jacobian_method = jacobian_every, jacobian_method
         self.jacobian_methods: dict[str, str] = {}
-        self.loss_fn = loss_fn or default_loss
-        self.sinks = list(sinks)
+        self.loss_fn = opts.check_loss_fn(loss_fn) or default_loss
+        self.sinks = opts.check_sinks(sinks)
         self.keep = keep
         self._monitor_x, self._monitor_y = parse_monitor(monitor)
 
@@ -136,7 +136,7 @@ class Probe:
         self.layers: list[Layer] = find_layers(net, layers, self.unobservable)
         self.weights: list[Weight] = find_weights(net)
         self._maps, self.jacobian_unavailable = plan_jacobians(net, self.layers)
-        self.unavailable: dict[str, str] = {}
+        self.unavailable: dict[str, str] = opts.missing_layers(self.layers)
         # later records run the monitor pass at the step after them, on a copy of the weights, if it is small
         self._defer_monitor = not self._compiled and state_bytes(net) <= DEFER_MONITOR_BYTES
         self._pacing = Pacing()  # and only where that pays (deepscope.probe.pacing)
@@ -152,6 +152,7 @@ class Probe:
         self._armed = False
         self._hooks = Hooks()
         self._cap = Capture(bins, jacobian_examples, {m.source for m in self._maps.values()})
+        self._cap.unavailable = self.unavailable  # where its hooks say what they could not take
         if self._compiled:  # the statistics of its records by compiled kernels too (deepscope.probe.compiled)
             self._cap.compiled = CompiledStats(bins, self.unavailable)
         self._snapshot: list[Tensor] = []
@@ -328,6 +329,8 @@ def record_monitor(probe: Probe, deferred: bool = False, step: int | None = None
                          then=jacobians if cap.want_jacobians else None)
         if not cap.want_jacobians:
             probe._pacing.monitor_seconds = time.perf_counter() - start
+    except Exception as e:  # a bad monitor set fails at `with`; a later failure never fails the training step
+        probe.unavailable["monitor"] = opts.monitor_failure(e, probe._monitor_x, probe._monitor_y, deferred)
     finally:
         entries = cap.pending
         cap.start(None)
@@ -359,7 +362,7 @@ def _finish(entries: list[Entry]) -> list[Entry]:
 
 
 def monitor_pass(
-    model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: Callable, layers: list[Layer], cap: Capture, *,
+    model: nn.Module, x: Any, y: Tensor | None, loss_fn: Callable, layers: list[Layer], cap: Capture, *,
     input_grad: bool, watch: Callable[[Hooks], None], then: Callable[[], None] | None = None,
 ) -> None:
     """The probe's own pass on the monitor set: ``model`` in eval mode with the layer hooks of ``cap``, forward
@@ -367,7 +370,7 @@ def monitor_pass(
     no parameter, ``.grad``, buffer or random state of the training run is touched. ``watch`` adds the
     :class:`Watcher`'s hooks at the first pass; ``then`` runs after the pass, still in eval mode (the Jacobians)."""
     modes = [(m, m.training) for m in model.modules()]
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    devices = sorted({t.device.index or 0 for t in opts.input_tensors(x) if t.device.type == "cuda"})
     hooks = Hooks()
     try:
         with torch.random.fork_rng(devices=devices):
@@ -375,16 +378,14 @@ def monitor_pass(
                 m.training = False
             attach_layer_hooks(layers, cap, hooks)
             with torch.set_grad_enabled(y is not None):
-                if y is not None and input_grad and x.is_floating_point():
-                    # the backward pass must run down to the input to reach hooks on tensors that in-place
-                    # activations overwrote, and the pre-activations after frozen layers; the input itself
-                    # is no pre-activation
-                    leaf = x.detach().requires_grad_(True)
-                    x = cap.input = leaf.clone()
-                    cap.grad_inputs.append(leaf)
+                if y is not None and input_grad:
+                    # the backward pass must run down to the input to reach hooks on tensors that in-place activations
+                    # overwrote, and the pre-activations after frozen layers; the input itself is no pre-activation
+                    x, leaves, clones = opts.grad_inputs(x)
+                    cap.input, cap.grad_inputs = (clones or [None])[0], cap.grad_inputs + leaves
                 if cap.watcher is None:
                     watch(hooks)
-                out = model(x)
+                out = opts.call_model(model, x)
                 hooks.remove()
                 if y is not None:
                     inputs = [t for t in cap.grad_inputs if t.requires_grad]

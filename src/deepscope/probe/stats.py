@@ -245,6 +245,7 @@ def weight_gradient_stats(g: Tensor, bins: int, defer: bool = False) -> Tensor |
     the largest tensors of the record; gradient means are small against their spread. ``defer``: the
     histogram of the subsample is left to the returned :data:`Finish`.
     """
+    g = g if g.layout == torch.strided else g.to_dense()  # a sparse gradient (nn.Embedding(sparse=True))
     x = _flat(g)
     n = x.numel()
     mean, square = x.mean(), torch.dot(x, x)
