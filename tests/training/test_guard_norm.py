@@ -190,3 +190,21 @@ def test_a_channels_last_gradient_is_sampled_in_place():
     block = _block(g, 16 * rows.shape[1], 2 * rows.shape[1])
     assert block.data_ptr() == g.data_ptr() + 16 * rows.shape[1] * g.element_size()  # a view, not a copy
     torch.testing.assert_close(block, rows[16:18].reshape(-1))
+
+
+def test_only_small_gradients_are_concatenated_large_ones_read_in_place_with_grad_fraction_1(monkeypatch):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    concatenated = []
+    cat = torch.cat
+
+    def counting_cat(ts, *a, **k):
+        concatenated.append([t.numel() for t in ts])
+        return cat(ts, *a, **k)
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    with Guard(model, opt, grad_fraction=1) as guard:
+        loss = _backward(model)
+        _, norm = guard._read(loss, None)
+    assert norm == pytest.approx(_exact(model), rel=1e-5)
+    assert concatenated == [[256, 2560, 10]]  # the biases and the small weight; not the 76,800 weights (a copy)

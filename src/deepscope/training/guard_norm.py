@@ -89,8 +89,8 @@ class GradNorm:
         elif id(p) in self.whole:
             plan = _WHOLE
         else:
-            plan = _plan(g, self.fraction)
-            plan = plan if plan is not None else _SMALL
+            plan = _plan(g, self.fraction)  # None: read whole, concatenated with the others if small
+            plan = plan if plan is not None else _SMALL if g.numel() < SAMPLE_MIN else _WHOLE
         self._plans[i] = g.shape, plan
         self.sampled = self.sampled or isinstance(plan, tuple)
         self._one_device = len({q.device for q in self.params}) == 1
