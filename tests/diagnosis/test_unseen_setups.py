@@ -87,7 +87,8 @@ def test_layers_that_stop_moving_after_the_first_updates_date_from_when_they_sto
     # frozen from the start it would be update 0; here it is the record at update 60, after the rate's blow-up
     assert ranked["not_learning"].first_step == since == 60 and ranked["not_learning"].cause == "lr_too_high"
     frozen = ratios({s: {"embed": 0.0, "head": 0.03} for s in (0, 30, 60)})
-    assert by_code(diagnose(frozen, scalars=losses([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])))["not_learning"].first_step == 0
+    falling = losses([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    assert by_code(diagnose(frozen, scalars=falling))["not_learning"].first_step == 0
 
 
 def test_a_softmax_over_a_single_regression_output_names_the_softmax_and_yields_every_stalled_layer_to_it():
@@ -120,3 +121,12 @@ def test_a_loss_that_rose_in_tiny_steps_says_rose():
     rising = [1.80 + 0.044 * i / 299 for i in range(300)]
     f = by_code(diagnose(tiny, scalars=losses(rising)))["lr_too_low"]
     assert f.evidence["relative_drop"] < 0 and f"rose {-f.evidence['relative_drop']:.1%}" in f.message
+
+
+def test_a_huge_variance_ratio_is_written_in_three_significant_digits():
+    # a 10-layer tanh MLP with N(0, 1e-6) weights: each layer multiplies the std by about 48 x 1e-6 (hand-made here)
+    stds = [1e-3 * (48 ** 0.5 * 1e-3) ** i for i in range(5)]
+    rows = [dict(step=0, source="monitor", layer=f"hidden{i + 1}", quantity="activation", stat="std", value=v)
+            for i, v in enumerate(stds)]
+    f = by_code(diagnose(rows))["variance_shrinks"]
+    assert f"shrinks {stds[0] / stds[-1]:.3g}x" in f.message and "e+" in f.message

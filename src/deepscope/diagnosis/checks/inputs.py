@@ -21,8 +21,8 @@ INPUT_VARYING = 1e-2  # ... among the components whose std is at least this frac
 
 def token_ids(x, model=None) -> bool:
     """True when ``x`` holds indices, not measurements: an integer tensor (uint8 is read as pixels and checked) or a
-    bool one, or whole numbers >= 0 below the vocabulary of an ``nn.Embedding`` of ``model`` (ids cast to float). Centering and scaling do not apply
-    to indices: the embedding maps each to a learned vector, and shifting them would change which vectors are read."""
+    bool one, or whole numbers >= 0 below the vocabulary of an ``nn.Embedding`` of ``model`` (ids cast to float).
+    Centering and scaling do not apply to indices: the embedding maps each to a learned vector."""
     import torch
 
     if not isinstance(x, torch.Tensor):

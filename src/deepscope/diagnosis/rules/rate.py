@@ -198,7 +198,8 @@ def _early_blowup(loss: list[tuple[int, float]], end: float, rec: Records) -> tu
     at_first = [v for v in per_step[min(per_step)].values() if math.isfinite(v)] if per_step else []
     step = max(at_first, default=0.0)
     typical = median(at_first) if at_first else 0.0
-    if not (jump >= LR_EARLY_JUMP or step >= LR_HUGE_STEP or typical >= LR_HUGE_STEP_MEDIAN) or first <= 0 or end < (1 - LR_SLOW_DROP) * first:
+    huge = jump >= LR_EARLY_JUMP or step >= LR_HUGE_STEP or typical >= LR_HUGE_STEP_MEDIAN
+    if not huge or first <= 0 or end < (1 - LR_SLOW_DROP) * first:
         return None
     return (jump_at if jump >= LR_EARLY_JUMP else min(per_step)), {
         "early_jump": jump, "early_step": step, "loss_init": first, "loss_end": end,

@@ -244,7 +244,9 @@ def _rule_not_learning(rec: Records, explained: bool) -> list[Finding]:
         evidence={"layers_still": float(len(still)), "update_ratio_still": max(medians[layer] for layer in still),
                   "update_ratio_fastest": fastest, "threshold_relative": NOT_LEARNING_RELATIVE},
         advice="Check that these layers' parameters have requires_grad=True, are registered (nn.ModuleList, not a "
-        "Python list) and are in the optimizer (build it from model.parameters() after the model is complete).")]
+        "Python list) and are in the optimizer (build it from model.parameters() after the model is complete); if "
+        "they are, their gradient is ~0: units saturated or dead above them, or weights blown up by too high a rate "
+        "(lower it, clip the gradient norm).")]
 
 
 def _still_since(rec: Records, still: list[str], bound: float) -> int:
