@@ -186,10 +186,14 @@ def _causes(facts: dict, spec: dict, labels: Any, symptoms: set[str], updates: i
                               "match (ReLU with He init, tanh with Glorot init)." if is_act else
                               "Scale the weights down (the init that fits the activation) or normalize the inputs."))
     loss = _spec_get(spec, "train", "loss", "cross_entropy")
-    if "output_activation" in facts and loss == "cross_entropy":
+    # under a regression or binary-logit loss the output check decides (targets in a bounded output's range are fine)
+    fitted = loss in ("mse", "huber", "l1", "bce_with_logits") and "output_loss_mismatch" in symptoms
+    if "output_activation" in facts and (loss == "cross_entropy" or fitted):
         name, kind, module = facts["output_activation"]
+        reads = f"the values {loss} regresses" if loss != "bce_with_logits" else "the logits bce_with_logits reads"
         found.append(_finding("output_activation", "error", f"{kind} after the last layer ({name}) bounds or clips "
-                              "the logits the cross-entropy reads (it applies log-softmax itself)", layers=[name],
+                              + (f"{reads}" if fitted else "the logits the cross-entropy reads (it applies "
+                                 "log-softmax itself)"), layers=[name],
                               evidence={"is_module": float(module)},
                               advice=f"Remove the {kind} after the last layer: return the logits."))
     if not symptoms:

@@ -24,7 +24,9 @@ change and the repair tries its fixes first. A finding *yields* to another (is e
 7. an activation variance that shrinks or grows with depth at initialization (the init scale does not fit the
    activation: Glorot & Bengio 2010, He et al. 2015) explains ``depth_unnormalized``: the depth is only a problem
    because of the scale; one that grows explains an output saturated at initialization too (the last layer reads
-   activations grown layer after layer).
+   activations grown layer after layer);
+8. an output that does not fit the loss (``output_loss_mismatch``) explains a network none of whose layers moves (a
+   softmax over a single output is the constant 1: no gradient reaches any weight).
 
 When a finding has several explainers, the first in :data:`ROOT_ORDER` wins; chains are followed to their root
 (cycles are cut). A root takes the severity of the worst finding it explains. Order (:func:`rank`): the roots,
@@ -94,6 +96,8 @@ EDGES: list[tuple[str, set[str], Condition]] = [
     ("output_saturated", AFTER_UPDATES | RATE_SYMPTOMS, lambda root, f: at_init(root) and (
         f.code in RATE_SYMPTOMS or after_updates(f))),
     ("lr_too_high", AFTER_UPDATES, _symptom_after_updates),
+    # an output the loss cannot use (softmax over one unit is always 1) stops every layer: no step anywhere
+    ("output_loss_mismatch", {"not_learning"}, lambda root, f: f.evidence.get("update_ratio_fastest", 1.0) == 0.0),
     ("variance_shrinks", {"depth_unnormalized"}, _root_at_init),
     ("variance_grows", {"depth_unnormalized", "output_saturated"}, _root_at_init),
 ]

@@ -118,7 +118,7 @@ class _Checks(Callback):
         self.x = valid[0][: self.monitor] if valid is not None else None
         self.loss_fn = ctx.loss_fn
         self.at_start = check_model(ctx.model, self.x)
-        self.inputs = diagnose_input(self.x) if self.x is not None and len(self.x) >= 2 else []
+        self.inputs = diagnose_input(self.x, ctx.model) if self.x is not None and len(self.x) >= 2 else []
         self.training = check_training(ctx.model, ctx.optimizer, self.x, loss=describe(ctx.loss_fn) if ctx.loss_fn
                                        is not None else None, targets=valid[1] if valid is not None else None)
         self.bn_before, self.first_step = batchnorm_state(ctx.model), ctx.step

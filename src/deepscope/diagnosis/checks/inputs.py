@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from deepscope.diagnosis.findings import Finding
 
-__all__ = ["INPUT_MEAN_FRACTION", "INPUT_SCALE_HIGH", "INPUT_SCALE_LOW", "INPUT_SPREAD_RATIO", "diagnose_input"]
+__all__ = ["INPUT_MEAN_FRACTION", "INPUT_SCALE_HIGH", "INPUT_SCALE_LOW", "INPUT_SPREAD_RATIO", "diagnose_input",
+           "token_ids"]
 
 # Inputs (LeCun et al. 1998, section 4.3; Varma & Das, ch. 7, section 7.6, "Centering" and "Scaling"):
 # sqrt(mean_i mu_i^2 / mean x^2): the share of the input's RMS that is the mean. MNIST scaled to [0, 1] (how
@@ -18,15 +19,35 @@ INPUT_SPREAD_RATIO = 1e3  # largest / smallest per-component std (non-constant c
 INPUT_VARYING = 1e-2  # ... among the components whose std is at least this fraction of the median std
 
 
-def diagnose_input(x) -> list[Finding]:
+def token_ids(x, model=None) -> bool:
+    """True when ``x`` holds indices, not measurements: an integer tensor (uint8 is read as pixels and checked) or a
+    bool one, or whole numbers >= 0 below the vocabulary of an ``nn.Embedding`` of ``model`` (ids cast to float).
+    Centering and scaling do not apply to indices: the embedding maps each to a learned vector."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return False
+    if not (x.is_floating_point() or x.is_complex() or x.dtype == torch.uint8):
+        return True
+    x = x.double()
+    sizes = [m.num_embeddings for m in (model.modules() if model is not None else ())
+             if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag)]
+    return bool(sizes) and x.numel() > 0 and bool((x == x.round()).all() and (x >= 0).all()) \
+        and float(x.max()) < max(sizes)
+
+
+def diagnose_input(x, model=None) -> list[Finding]:
     """Centering and scaling of a batch of inputs, per component (Varma & Das, ch. 7, section 7.6).
 
     ``x`` is a batch (first dimension = examples). Centered: the per-component means carry less than
     ``INPUT_MEAN_FRACTION`` of the input's RMS. Scaled: the RMS of the centered input lies in
     [INPUT_SCALE_LOW, INPUT_SCALE_HIGH] and the per-component stds (of non-constant components) differ by
-    less than ``INPUT_SPREAD_RATIO``.
+    less than ``INPUT_SPREAD_RATIO``. Token ids (:func:`token_ids`, ``model`` tells an embedding's) are not checked.
     """
     import torch
+
+    if token_ids(x, model):
+        return []
 
     x = torch.as_tensor(x).detach().reshape(len(x), -1).double()
     if x.shape[0] < 2:

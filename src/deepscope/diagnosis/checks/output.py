@@ -95,6 +95,13 @@ def output_fit(out: Any, last_op: str, loss: Any = None, targets: Any = None) ->
     else:
         t_lo = t_hi = float("nan")
         reach = ""
+    if last_op == "SoftmaxBackward0" and lo == hi:  # a softmax over one output: the constant 1, no gradient
+        return _finding(
+            f"the model ends in a softmax over a single output, which is the constant {hi:.3g} whatever the input, "
+            f"so no gradient reaches any weight and {name} cannot fall{reach}", lo, hi,
+            "Remove the final softmax from forward() (a linear output layer for regression; for one binary logit "
+            "use a sigmoid at prediction time and train.loss = \"bce_with_logits\").", target_min=t_lo,
+            target_max=t_hi)
     return _finding(
         f"the model outputs {made_by} (from {lo:.3g} to {hi:.3g}) but {name} regresses unbounded values{reach}: "
         "the loss cannot fall below the distance to the targets it cannot reach, and the gradient vanishes where "

@@ -312,7 +312,7 @@ def _rule_variance_depth(rec: Records, activation: str | None, scheme: str | Non
     return [
         Finding(
             code, "warning",
-            f"activation std {what} {values[0][1] / values[-1][1] if ratio < 1 else ratio:.1f}x from {values[0][0]} to "
+            f"activation std {what} {values[0][1] / values[-1][1] if ratio < 1 else ratio:.3g}x from {values[0][0]} to "
             f"{values[-1][0]} at initialization",
             layers=layers, first_step=step, recovers=None, evidence=evidence,
             advice=f"The initialization scale does not fit the activation: use {fitting_init(activation, scheme)}, "

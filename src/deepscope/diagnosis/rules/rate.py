@@ -59,6 +59,12 @@ LR_FLAT_RATIO = 1e-2
 LR_EARLY_UPDATES = 20
 LR_EARLY_JUMP = 3.0  # the loss of one healthy update stays within 2.5x of its neighbours (the spike rules)
 LR_HUGE_STEP = 1.0
+# ... or the first update changes the weights of the median layer by LR_HUGE_STEP_MEDIAN of their norm: a post-LN
+# nn.TransformerEncoder under Adam at lr 0.05 moved every layer by 0.34-0.69 of its norm at once (loss 1.8 -> 2.8,
+# then flat at the chance level, the lower layers' later steps 1e-6 of weights grown 100x); healthy runs measured
+# here: 0.005-0.04 (a BN ResNet, a pre-LN encoder, an LSTM LM), 0 for a net whose gradients vanish. Set on that
+# encoder; the LR_SLOW_DROP condition below still spares a net that then learns (0.68 with [0, 255] inputs).
+LR_HUGE_STEP_MEDIAN = 0.3
 LR_MIN_EVALS = 4  # evaluations needed to read the validation loss's drop
 LR_CHANCE_MARGIN = 0.05  # "at the chance level": a validation error within 5 % (relative) of the chance error
 
@@ -160,7 +166,8 @@ def rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, e
         evidence = {"relative_drop": drop, "update_ratio": step_ratio, "drop_threshold": LR_SLOW_DROP,
                     "ratio_threshold": LR_UPDATE_RATIO_LOW, **evidence_lr}
         return [Finding("lr_too_low", "warning",
-                        f"the {what} loss fell only {drop:.1%} over {steps[-1] - steps[0]} updates, in steps that "
+                        f"the {what} loss {f'fell only {drop:.1%}' if drop >= 0 else f'rose {-drop:.1%}'} over "
+                        f"{steps[-1] - steps[0]} updates, in steps that "
                         f"change the weights by {step_ratio:.1e} of their norm"
                         + (", and the error stays at the chance level" if what == "validation" else ""),
                         first_step=steps[0], recovers=None, evidence=evidence,
@@ -190,11 +197,13 @@ def _early_blowup(loss: list[tuple[int, float]], end: float, rec: Records) -> tu
     per_step = rec.by_step("update_ratio", "ratio")
     at_first = [v for v in per_step[min(per_step)].values() if math.isfinite(v)] if per_step else []
     step = max(at_first, default=0.0)
-    if not (jump >= LR_EARLY_JUMP or step >= LR_HUGE_STEP) or first <= 0 or end < (1 - LR_SLOW_DROP) * first:
+    typical = median(at_first) if at_first else 0.0
+    huge = jump >= LR_EARLY_JUMP or step >= LR_HUGE_STEP or typical >= LR_HUGE_STEP_MEDIAN
+    if not huge or first <= 0 or end < (1 - LR_SLOW_DROP) * first:
         return None
     return (jump_at if jump >= LR_EARLY_JUMP else min(per_step)), {
         "early_jump": jump, "early_step": step, "loss_init": first, "loss_end": end,
-        "jump_threshold": LR_EARLY_JUMP, "step_threshold": LR_HUGE_STEP}
+        "early_step_median": typical, "jump_threshold": LR_EARLY_JUMP, "step_threshold": LR_HUGE_STEP}
 
 
 def _relative_drop(points: list[tuple[int, float]]) -> float:

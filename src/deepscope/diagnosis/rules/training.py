@@ -239,12 +239,21 @@ def _rule_not_learning(rec: Records, explained: bool) -> list[Finding]:
         f"the weights of {len(still)} of {len(medians)} layers do not change ({', '.join(still[:4])}"
         f"{' ...' if len(still) > 4 else ''}: update/weight ratio {max(medians[layer] for layer in still):.1e} "
         f"vs {fastest:.1e} for the fastest layer)",
-        layers=still, first_step=min(s for layer in still for s, _ in rec.get("update_ratio", "ratio")[layer]),
+        layers=still, first_step=_still_since(rec, still, NOT_LEARNING_RELATIVE * fastest),
         recovers=False,
         evidence={"layers_still": float(len(still)), "update_ratio_still": max(medians[layer] for layer in still),
                   "update_ratio_fastest": fastest, "threshold_relative": NOT_LEARNING_RELATIVE},
         advice="Check that these layers' parameters have requires_grad=True, are registered (nn.ModuleList, not a "
-        "Python list) and are in the optimizer (build it from model.parameters() after the model is complete).")]
+        "Python list) and are in the optimizer (build it from model.parameters() after the model is complete); if "
+        "they are, their gradient is ~0: units saturated or dead above them, or weights blown up by too high a rate "
+        "(lower it, clip the gradient norm).")]
+
+
+def _still_since(rec: Records, still: list[str], bound: float) -> int:
+    """The first record at which one of the ``still`` layers moved by at most ``bound``: 0 for a layer frozen from the
+    start, a later update for layers that moved at first and then stopped (too high a rate blew their weights up)."""
+    ratios = rec.get("update_ratio", "ratio")
+    return min(next((s for s, v in ratios[layer] if v <= bound), ratios[layer][0][0]) for layer in still)
 
 
 def training_rules(scalars: Iterable[Any], rec: Records, spec: Any, explained: bool) -> list[Finding]:
