@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.integrations._common import MONITOR, finish, guard_options, metrics_by_step, set_options, take_examples
+from deepscope.integrations._common import (
+    MONITOR,
+    _take,
+    finish,
+    guard_options,
+    metrics_by_step,
+    set_options,
+    take_examples,
+)
 from deepscope.training.probe import ProbeRecords
 
 try:
@@ -47,9 +55,23 @@ def logits_loss(output: Any, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100)
 
 
+def _loss_of(output: Any) -> Tensor | None:
+    """The loss a model computed from its ``labels``: ``output.loss``, or the first element of a tuple output
+    (``return_dict=False``; what the Trainer's ``compute_loss`` takes); None when there is none."""
+    loss = _field(output, "loss")
+    if loss is None and isinstance(output, tuple | list) and output and isinstance(output[0], Tensor) \
+            and output[0].ndim == 0:
+        loss = output[0]
+    return loss
+
+
 def _own_loss(output: Any, y: Tensor) -> Tensor:
     """The loss the model computed itself from the ``labels`` of the monitor batch (``output.loss``)."""
-    return _field(output, "loss")
+    loss = _loss_of(output)
+    if loss is None:
+        raise ValueError("the model returned no loss for the monitor batch's labels; pass loss_fn=(output, y) -> "
+                         "loss, or monitor=False")
+    return loss
 
 
 @contextmanager
@@ -187,16 +209,31 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         from deepscope.training.guard_adapters import route_steps
 
         def keep_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            loss = _field(output, "loss")
+            loss = _loss_of(output)
             if module.training and torch.is_grad_enabled() and isinstance(loss, Tensor):
                 self._losses.append(loss.detach().float().reshape(()))
-                self._batch = kwargs if not args else None  # keyword inputs: ranked by the guard on a spike
+                self._batches.append(kwargs if not args else None)  # keyword inputs: ranked by the guard on a spike
 
-        self._batch = None
+        self._batches: list[Any] = []
+
+        def take_batch() -> Any:  # the update's batches (accumulated: concatenated; examples are positions in it)
+            parts, self._batches = self._batches, []
+            if not parts or any(p is None for p in parts):
+                return None
+            try:
+                return parts[0] if len(parts) == 1 else _take(parts, sum(len(next(iter(p.values()))) for p in parts))
+            except Exception:  # inputs that do not concatenate (not tensors, or of different lengths): the last one
+                return parts[-1]
 
         def take_loss() -> Tensor:
             losses, self._losses = self._losses, []
-            return torch.stack(losses).mean() if losses else torch.zeros(())
+            if not losses and not told:
+                told.append(True)
+                print(f"deepscope guard: {type(model).__name__}'s forward returned no loss (a custom compute_loss, "
+                      "or no labels); the guard checks the gradient norm only")
+            return torch.stack(losses).mean() if losses else torch.ones(())
+
+        told: list[bool] = []
 
         def skipped(skip: bool) -> None:
             if skip or getattr(optimizer, "scaler", None) is None:
@@ -205,7 +242,7 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         self.guard = Guard(model, optimizer, scheduler, step_scheduler=False, sinks=self.sinks,
                            **self.guard_options).__enter__()
         hook = model.register_forward_hook(keep_loss, with_kwargs=True)
-        unroute = route_steps(self.guard, take_loss, lambda: self._batch, skipped=skipped)
+        unroute = route_steps(self.guard, take_loss, take_batch, skipped=skipped)
         self._unguard = lambda: (hook.remove(), unroute())
 
     def _stop_guard(self) -> None:
