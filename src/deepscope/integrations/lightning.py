@@ -286,6 +286,8 @@ class DeepscopeCallback(ProbeRecords, Callback):
             loaders = loaders[0] if loaders else None
         batch = take_examples(loaders, self.monitor_size)
         if batch is None:
+            print("deepscope: no validation dataloader, so no monitor set; recording the training batches only "
+                  "(pass monitor=(x, y), or monitor=False to silence this)")
             return None
         if isinstance(batch, Tensor):
             return batch

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ except ImportError as e:  # one line naming the extra, not a traceback through t
                       "pip install 'deepscope[transformers]'") from e
 
 __all__ = ["DeepscopeCallback", "logits_loss"]
+
+GUARD_FILE = "deepscope-guard.pt"  # the guard's state, in each checkpoint folder
 
 
 def _field(output: Any, name: str) -> Any:
@@ -165,6 +168,7 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
                        train_dataloader: Any = None, **kwargs: Any) -> None:
         if self.guard_options is not None and model is not None and kwargs.get("optimizer") is not None:
             self._start_guard(model, kwargs["optimizer"], kwargs.get("lr_scheduler"))  # every process
+            self._resume_guard(args, state)
         if not state.is_world_process_zero or model is None:
             return
         from deepscope.probe import Probe
@@ -245,6 +249,23 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         unroute = route_steps(self.guard, take_loss, take_batch, skipped=skipped)
         self._unguard = lambda: (hook.remove(), unroute())
 
+    def _resume_guard(self, args: Any, state: Any) -> None:
+        """A resumed run (``state.global_step`` > 0): put back the guard's state saved with that checkpoint."""
+        if state.global_step == 0:
+            return
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / GUARD_FILE
+        if path.is_file():
+            self.guard.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            print(f"deepscope guard: resumed at update {state.global_step} without the guard's state ({path} not "
+                  "found); its window starts again with a warm-up, its events from the first run are not kept")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Next to each checkpoint, the guard's state (``deepscope-guard.pt``): a resume goes on from it."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.guard is not None and self._unguard is not None and state.is_world_process_zero and folder.is_dir():
+            torch.save(self.guard.state_dict(), folder / GUARD_FILE)
+
     def _stop_guard(self) -> None:
         if self._unguard is not None:
             self._unguard()
@@ -279,6 +300,9 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
             examples = [monitor[i] for i in range(min(len(monitor), self.monitor_size))]
             monitor = collate(examples) if collate is not None else torch.utils.data.default_collate(examples)
         if monitor is None:
+            print("deepscope: no monitor set (" + ("no evaluation dataset" if self.trainer is not None else
+                  "callback not attached: use DeepscopeCallback(...).attach(trainer) to read the evaluation set")
+                  + "); recording the training batches only (pass monitor=..., or monitor=False to silence this)")
             return None, self.loss_fn
         if not isinstance(monitor, Mapping):
             return monitor, self.loss_fn or logits_loss
