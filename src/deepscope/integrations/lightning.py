@@ -11,6 +11,7 @@ Needs the extra ``deepscope[lightning]`` (``lightning.pytorch``).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +22,7 @@ from deepscope.integrations._common import (
     LOSS,
     MONITOR,
     LossWindow,
+    _take,
     finish,
     guard_options,
     metrics_by_step,
@@ -107,7 +109,9 @@ class DeepscopeCallback(ProbeRecords, Callback):
                  monitor_size: int = MONITOR, loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
                  log: bool = True, guard: bool | dict = False, **probe_kwargs: Any):
         set_options(self, every, monitor, sinks, diagnose, monitor_size, loss_fn, log, probe_kwargs)
-        self.guard_options, self.guard, self._unguard, self._batch = guard_options(guard), None, None, None
+        self.guard_options, self.guard, self._unguard = guard_options(guard), None, None
+        self._guard_state: dict | None = None  # from a checkpoint: put back when the guard starts
+        self._batches: deque[Any] = deque(maxlen=1)  # the training batches of the coming update (the guard ranks them)
         self._grads: dict[str, Tensor] = {}
         self._losses = LossWindow()
         self._last_step = -1
@@ -184,26 +188,64 @@ class DeepscopeCallback(ProbeRecords, Callback):
         self.guard = Guard(pl_module, trainer.optimizers[0], configs[0].scheduler if configs else None,
                            step_scheduler=False, loss_fn=self.loss_fn, sinks=[_LoggerSink(self, trainer), *self.sinks],
                            **self.guard_options).__enter__()
+        if self._guard_state is not None:  # resumed from a checkpoint: the window, counters and events go on
+            self.guard.load_state_dict(self._guard_state)
+            self._guard_state = None
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._loss = None
 
-        def unscaled_loss() -> Any:  # the scaler's step: the loss the closure returned, before scaling
-            return self._loss / scaler.get_scale() if scaler is not None and self._loss is not None else self._loss
+        def unscaled_loss() -> Any:  # the scaler's step, or manual optimization: the loss of the last backward pass
+            loss, self._loss = self._loss, None
+            return loss / scaler.get_scale() if scaler is not None and loss is not None else loss
 
+        def unchecked() -> None:  # no loss seen: training_step returned None, or a backward pass not through Lightning
+            if not pl_module.automatic_optimization and not self._told:
+                self._told = True
+                print("deepscope guard: an update with no loss seen was applied unchecked; in manual optimization "
+                      "call self.manual_backward(loss) (not loss.backward()) so the guard can check it")
+            self._batches.clear()
+
+        self._told = False
+        self._batches = deque(maxlen=trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1)
+        if len(trainer.optimizers) > 1:
+            print(f"deepscope guard: {len(trainer.optimizers)} optimizers; the guard watches the first one only, "
+                  "the others step unchecked")
         # the scaler unscales the gradients before its step: the guard's norm, taken at the step, is the unscaled one
-        self._unguard = route_steps(self.guard, unscaled_loss, lambda: self._batch)
+        self._unguard = route_steps(self.guard, unscaled_loss, self._update_batch, unchecked=unchecked)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning saves in a checkpoint: the guard's state (:meth:`deepscope.Guard.state_dict`)."""
+        return {"guard": self.guard.state_dict()} if self.guard is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._guard_state = state_dict.get("guard")
+
+    def _update_batch(self) -> Any:
+        """The batches of this update (accumulated: concatenated, so the examples a spike names are positions in
+        the whole update), for the guard to rank."""
+        parts = list(self._batches)
+        self._batches.clear()
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        try:
+            return _take(parts, sum(len(p[0] if isinstance(p, tuple | list) else p) for p in parts))
+        except Exception:  # batches that do not concatenate (not tensors): the last one
+            return parts[-1]
 
     def on_before_backward(self, trainer: Any, pl_module: LightningModule, loss: Any) -> None:
         if self.guard is not None:
             self._loss = loss.detach()  # scaled by a GradScaler, if there is one
 
     def on_train_batch_start(self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._batch = batch if self.guard is not None else None  # ranked by the guard on a spike
+        if self.guard is not None:
+            self._batches.append(batch)  # ranked by the guard on a spike
+        self._loss = None  # a loss from an earlier batch is never this batch's
 
     def _stop_guard(self) -> None:
         if self._unguard is not None:
             self._unguard()
-            self._unguard = self._batch = None
+            self._unguard = None
+            self._batches.clear()
             self.guard.__exit__(None, None, None)
 
     def on_train_end(self, trainer: Any, pl_module: LightningModule) -> None:
@@ -244,6 +286,8 @@ class DeepscopeCallback(ProbeRecords, Callback):
             loaders = loaders[0] if loaders else None
         batch = take_examples(loaders, self.monitor_size)
         if batch is None:
+            print("deepscope: no validation dataloader, so no monitor set; recording the training batches only "
+                  "(pass monitor=(x, y), or monitor=False to silence this)")
             return None
         if isinstance(batch, Tensor):
             return batch

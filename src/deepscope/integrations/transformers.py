@@ -15,13 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepscope.integrations._common import MONITOR, finish, guard_options, metrics_by_step, set_options, take_examples
+from deepscope.integrations._common import (
+    MONITOR,
+    _take,
+    finish,
+    guard_options,
+    metrics_by_step,
+    set_options,
+    take_examples,
+)
 from deepscope.training.probe import ProbeRecords
 
 try:
@@ -31,6 +40,8 @@ except ImportError as e:  # one line naming the extra, not a traceback through t
                       "pip install 'deepscope[transformers]'") from e
 
 __all__ = ["DeepscopeCallback", "logits_loss"]
+
+GUARD_FILE = "deepscope-guard.pt"  # the guard's state, in each checkpoint folder
 
 
 def _field(output: Any, name: str) -> Any:
@@ -47,9 +58,23 @@ def logits_loss(output: Any, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100)
 
 
+def _loss_of(output: Any) -> Tensor | None:
+    """The loss a model computed from its ``labels``: ``output.loss``, or the first element of a tuple output
+    (``return_dict=False``; what the Trainer's ``compute_loss`` takes); None when there is none."""
+    loss = _field(output, "loss")
+    if loss is None and isinstance(output, tuple | list) and output and isinstance(output[0], Tensor) \
+            and output[0].ndim == 0:
+        loss = output[0]
+    return loss
+
+
 def _own_loss(output: Any, y: Tensor) -> Tensor:
     """The loss the model computed itself from the ``labels`` of the monitor batch (``output.loss``)."""
-    return _field(output, "loss")
+    loss = _loss_of(output)
+    if loss is None:
+        raise ValueError("the model returned no loss for the monitor batch's labels; pass loss_fn=(output, y) -> "
+                         "loss, or monitor=False")
+    return loss
 
 
 @contextmanager
@@ -143,6 +168,7 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
                        train_dataloader: Any = None, **kwargs: Any) -> None:
         if self.guard_options is not None and model is not None and kwargs.get("optimizer") is not None:
             self._start_guard(model, kwargs["optimizer"], kwargs.get("lr_scheduler"))  # every process
+            self._resume_guard(args, state)
         if not state.is_world_process_zero or model is None:
             return
         from deepscope.probe import Probe
@@ -187,16 +213,31 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         from deepscope.training.guard_adapters import route_steps
 
         def keep_loss(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            loss = _field(output, "loss")
+            loss = _loss_of(output)
             if module.training and torch.is_grad_enabled() and isinstance(loss, Tensor):
                 self._losses.append(loss.detach().float().reshape(()))
-                self._batch = kwargs if not args else None  # keyword inputs: ranked by the guard on a spike
+                self._batches.append(kwargs if not args else None)  # keyword inputs: ranked by the guard on a spike
 
-        self._batch = None
+        self._batches: list[Any] = []
+
+        def take_batch() -> Any:  # the update's batches (accumulated: concatenated; examples are positions in it)
+            parts, self._batches = self._batches, []
+            if not parts or any(p is None for p in parts):
+                return None
+            try:
+                return parts[0] if len(parts) == 1 else _take(parts, sum(len(next(iter(p.values()))) for p in parts))
+            except Exception:  # inputs that do not concatenate (not tensors, or of different lengths): the last one
+                return parts[-1]
 
         def take_loss() -> Tensor:
             losses, self._losses = self._losses, []
-            return torch.stack(losses).mean() if losses else torch.zeros(())
+            if not losses and not told:
+                told.append(True)
+                print(f"deepscope guard: {type(model).__name__}'s forward returned no loss (a custom compute_loss, "
+                      "or no labels); the guard checks the gradient norm only")
+            return torch.stack(losses).mean() if losses else torch.ones(())
+
+        told: list[bool] = []
 
         def skipped(skip: bool) -> None:
             if skip or getattr(optimizer, "scaler", None) is None:
@@ -205,8 +246,25 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
         self.guard = Guard(model, optimizer, scheduler, step_scheduler=False, sinks=self.sinks,
                            **self.guard_options).__enter__()
         hook = model.register_forward_hook(keep_loss, with_kwargs=True)
-        unroute = route_steps(self.guard, take_loss, lambda: self._batch, skipped=skipped)
+        unroute = route_steps(self.guard, take_loss, take_batch, skipped=skipped)
         self._unguard = lambda: (hook.remove(), unroute())
+
+    def _resume_guard(self, args: Any, state: Any) -> None:
+        """A resumed run (``state.global_step`` > 0): put back the guard's state saved with that checkpoint."""
+        if state.global_step == 0:
+            return
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / GUARD_FILE
+        if path.is_file():
+            self.guard.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            print(f"deepscope guard: resumed at update {state.global_step} without the guard's state ({path} not "
+                  "found); its window starts again with a warm-up, its events from the first run are not kept")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Next to each checkpoint, the guard's state (``deepscope-guard.pt``): a resume goes on from it."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.guard is not None and self._unguard is not None and state.is_world_process_zero and folder.is_dir():
+            torch.save(self.guard.state_dict(), folder / GUARD_FILE)
 
     def _stop_guard(self) -> None:
         if self._unguard is not None:
@@ -242,6 +300,9 @@ class DeepscopeCallback(ProbeRecords, TrainerCallback):
             examples = [monitor[i] for i in range(min(len(monitor), self.monitor_size))]
             monitor = collate(examples) if collate is not None else torch.utils.data.default_collate(examples)
         if monitor is None:
+            print("deepscope: no monitor set (" + ("no evaluation dataset" if self.trainer is not None else
+                  "callback not attached: use DeepscopeCallback(...).attach(trainer) to read the evaluation set")
+                  + "); recording the training batches only (pass monitor=..., or monitor=False to silence this)")
             return None, self.loss_fn
         if not isinstance(monitor, Mapping):
             return monitor, self.loss_fn or logits_loss

@@ -60,22 +60,26 @@ def for_trainer(trainer: Any) -> Guard | None:
 
 def route_steps(guard: Guard, get_loss: Callable[[], Any], get_batch: Callable[[], Any] = lambda: None,
                 skipped: Callable[[bool], None] = lambda s: None,
-                get_grad_norm: Callable[[], Any] = lambda: None) -> Callable[[], None]:
+                get_grad_norm: Callable[[], Any] = lambda: None,
+                unchecked: Callable[[], None] = lambda: None) -> Callable[[], None]:
     """Make ``guard.optimizer.step(closure=None)`` go through ``guard.step``: a closure (Lightning's: the training
-    step and the backward pass) is run first and its loss checked; without one the loss is ``get_loss()`` and the
-    gradient norm ``get_grad_norm()`` (None: the guard's own). ``skipped(bool)`` hears whether the update was
-    skipped. Returns the function that undoes the wrapping."""
+    step and the backward pass) is run first and its loss checked (if it returns None, ``get_loss()``: Lightning's
+    manual optimization); without one the loss is ``get_loss()`` and the gradient norm ``get_grad_norm()`` (None:
+    the guard's own). ``skipped(bool)`` hears whether the update was skipped. With no loss at all (a training step
+    that returned None, a backward pass the adapter did not see) the optimizer steps unchecked, as it would without
+    the guard, and ``unchecked()`` is told. Returns the function that undoes the wrapping."""
     optimizer = guard.optimizer
 
     def step(closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        loss = norm = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if loss is None:  # the training step returned None: nothing to step on
-                return None
-            norm = None
-        else:
+        if loss is None:
             loss, norm = get_loss(), get_grad_norm()
+        if loss is None:  # nothing to check: the step the framework asked for, unguarded
+            unchecked()
+            return guard._optimizer_step(**kwargs)
         skipped(not guard.step(loss, batch=get_batch(), grad_norm=norm))
         return loss
 

@@ -114,6 +114,8 @@ def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tenso
                        for k, v in inputs.items()}
                 output = model(**one)
                 loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+                if loss is None and isinstance(output, tuple | list) and output:  # return_dict=False: loss first
+                    loss = output[0] if isinstance(output[0], Tensor) and output[0].dim() == 0 else None
                 if not isinstance(loss, Tensor):
                     raise ValueError("the model returned no loss (give the batch its labels)")
                 grads = torch.autograd.grad(loss.float(), params, allow_unused=True)
