@@ -181,13 +181,13 @@ def rmse(output: Tensor, target: Tensor) -> Tensor:
 
 def r2(output: Tensor, target: Tensor) -> Tensor:
     """Coefficient of determination, averaged over the outputs: 1 - sum (y - z)^2 / sum (y - mean y)^2.
-
     0 for predicting the mean, 1 for a perfect fit, below 0 for worse than the mean. An output whose targets do not
-    vary scores 1 if predicted exactly, else 0 (as scikit-learn's ``r2_score``)."""
+    vary scores 1 if predicted exactly, else 0 (as scikit-learn's ``r2_score``); a NaN value gives NaN."""
     y = target.double().reshape(len(target), -1)
     z = match_shape(output, target).double().reshape(len(target), -1)
     sse, sst = (y - z).square().sum(0), (y - y.mean(0)).square().sum(0)
-    return torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double()).mean()
+    fit = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double())
+    return fit.where(~(sse + sst).isnan(), sse + sst).mean()
 
 
 def error_rate_of(metrics: dict[str, float], split: str = "valid") -> float:
@@ -246,7 +246,7 @@ def reduce_sums(task: Task, sums: dict[str, Tensor]) -> dict[str, Tensor]:
     sse = sums["sse"]
     return {"rmse": (sse.sum() / (n * sse.numel())).sqrt(),
             "r2": torch.where(sst > 1e-12 * sums["sumsq"].clamp_min(1e-300), 1 - sse / sst.clamp_min(1e-300),
-                              (sse == 0).double()).mean()}
+                              (sse == 0).double()).where(~(sse + sst).isnan(), sse + sst).mean()}  # NaN stays NaN
 
 
 @torch.no_grad()

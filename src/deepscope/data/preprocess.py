@@ -133,7 +133,7 @@ class Preprocessor:
                 f"Preprocessor was fitted on inputs of shape (B, {', '.join(map(str, self.input_shape))}); "
                 f"got x of shape {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
+        if not x.is_floating_point() and any(m != "none" for m in self.methods):  # token ids stay integers
             x = x.float()
         for shift, scale in self._stats:
             x = _apply(x, shift, scale)

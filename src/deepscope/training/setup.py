@@ -21,6 +21,7 @@ from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
 from deepscope.registry import unknown
 from deepscope.training.checkpoint import CheckpointError, check_resume
+from deepscope.training.data_checks import check_padding, check_splits
 from deepscope.validate import check_batch_size
 
 __all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
@@ -62,9 +63,11 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     if t.epochs is not None and data.train is None:
         raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
                         "learned online: give train.updates instead")
+    check_splits(data, targets=loss_fn is None)  # same lengths, not empty, finite: the data's fault named as such
     check_batch_size(spec, data)
     # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
     loss, loss_info, task = setup_loss(spec, data, loss_fn)
+    check_padding(task, data)
 
     # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
     pre = Preprocessor(spec.data.preprocess or "none")
@@ -104,6 +107,15 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
         model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
                             initialize=checkpoint is None).to(device)
+        if task.kind != CLASSIFICATION and eval_sets:  # the spec's network has data.num_classes outputs
+            x_out, y_out = next(iter(eval_sets.values()))
+            with torch.no_grad():
+                out = model.eval()(x_out[:2])
+            if problem := output_problem(task, out, y_out[:2], data.num_classes):
+                raise SpecError(f"model.builder={spec.model.builder!r}: {problem} (the spec's network has one output "
+                                f"per class of the data, num_classes={data.num_classes}; for other targets give the "
+                                "Dataset that many outputs, or train your own module: model=...)")
+            model.train()
     optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
     schedule = None
     if spec.schedule.name != "constant" or spec.schedule.params:
@@ -128,7 +140,7 @@ def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
                        num_classes=data.num_classes if info.family == CLASS else None,
                        key="loss_fn" if loss_fn is not None else "train.loss")
     except (ValueError, TypeError) as e:
-        raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
+        raise SpecError(f"{e} (data.name={data.name!r})") from None
     if t.monitor not in ("error", "loss", *task.metrics):
         others = [m for m in task.metrics if m != "error"]
         raise SpecError(unknown("train.monitor", t.monitor, ["error", "loss", *others],

@@ -24,11 +24,14 @@ def diagnose_input(x) -> list[Finding]:
     ``x`` is a batch (first dimension = examples). Centered: the per-component means carry less than
     ``INPUT_MEAN_FRACTION`` of the input's RMS. Scaled: the RMS of the centered input lies in
     [INPUT_SCALE_LOW, INPUT_SCALE_HIGH] and the per-component stds (of non-constant components) differ by
-    less than ``INPUT_SPREAD_RATIO``.
+    less than ``INPUT_SPREAD_RATIO``. Inputs of dtype int32/int64 (token ids) give no finding.
     """
     import torch
 
-    x = torch.as_tensor(x).detach().reshape(len(x), -1).double()
+    x = torch.as_tensor(x).detach()
+    if x.dtype in (torch.int32, torch.int64):  # token ids (an embedding's indices) are not features to centre/scale
+        return []
+    x = x.reshape(len(x), -1).double()
     if x.shape[0] < 2:
         raise ValueError(f"diagnose_input needs a batch of at least 2 examples, got x.shape={tuple(x.shape)}")
     mu = x.mean(0)
