@@ -49,3 +49,17 @@ def check_padding(task, data) -> None:
         raise ValueError(f"data {data.name!r}: every target position is the padding label "
                          f"train.loss_options.ignore_index={task.ignore_index}; give targets with at least one token "
                          "to learn, or set ignore_index to the label your padding uses")
+
+
+def load_data(spec):
+    """The dataset ``spec.data`` names, with its options; an option's bad value is named as its spec key
+    (``data.options.n_valid=-5 is not allowed ...``)."""
+    from deepscope.data import get_dataset
+
+    try:
+        return get_dataset(spec.data.name, **spec.data.options)
+    except ValueError as e:
+        message = str(e)
+        if any(message.startswith(f"{key}=") for key in spec.data.options):
+            raise type(e)(f"data.options.{message}") from None
+        raise

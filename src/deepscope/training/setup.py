@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.config import RunSpec, SpecError
-from deepscope.data import Dataset, get_dataset, make_augment
+from deepscope.data import Dataset, make_augment
 from deepscope.data.loader import TrainBatches
 from deepscope.data.preprocess import Preprocessor
 from deepscope.losses import CLASS, resolve
@@ -21,7 +21,7 @@ from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
 from deepscope.registry import unknown
 from deepscope.training.checkpoint import CheckpointError, check_resume
-from deepscope.training.data_checks import check_padding, check_splits
+from deepscope.training.data_checks import check_padding, check_splits, load_data
 from deepscope.validate import check_batch_size
 
 __all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
@@ -57,7 +57,7 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     """The parts of the run ``spec`` on ``device``; with a ``checkpoint`` (a resume) the preprocessing is
     restored and the network built without initialization (the checkpoint's weights are loaded next)."""
     t = spec.train
-    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    data = dataset if dataset is not None else load_data(spec)
     if data.train is None and data.stream is None:
         raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
     if t.epochs is not None and data.train is None:
@@ -103,6 +103,11 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         if sample is not None:  # before the store holds a run: a model that does not fit is bad input
             check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
     else:
+        if x_fit is not None and not preprocessing and not x_fit.is_floating_point():
+            raise SpecError(f"data {data.name!r}: the inputs are {str(x_fit.dtype).removeprefix('torch.')}; the spec's "
+                            f"network (model.builder={spec.model.builder!r}) takes floats: give float inputs, set "
+                            "data.preprocess (it converts them), or train your own module (model=..., e.g. an "
+                            "embedding of token ids)")
         lsuv = spec.init.scheme == "lsuv" and checkpoint is None
         x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
         model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,

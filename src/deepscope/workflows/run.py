@@ -189,7 +189,7 @@ def diagnosis_run(
     with ``report=False`` none is drawn (:func:`write_report` draws it later). ``timings`` gives the seconds of
     training, from its end to the findings, and of the report.
     """
-    from deepscope.data import get_dataset
+    from deepscope.training.data_checks import load_data
     from deepscope.training.loop import train
 
     for key, value in (("updates", updates), ("monitor", monitor)):
@@ -199,7 +199,7 @@ def diagnosis_run(
     data_spec["train"] = {**data_spec.get("train", {}), "updates": updates, "epochs": None,
                           "eval_every": max(1, updates // DOCTOR_EVALS)}
     spec = validate_spec(data_spec, source="doctor spec")
-    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    data = dataset if dataset is not None else load_data(spec)
 
     began = time.perf_counter()
     checks = _Checks(monitor)
