@@ -90,6 +90,17 @@ def test_token_ids_reach_an_embedding_as_integers_and_the_error_skips_padding():
     assert diagnose_input(x) == []  # ids are not features to centre
 
 
+def test_uint8_images_train_the_specs_network_as_floats():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g) for n in (64, 32)]
+    splits = [(x, (x[:, 0, 0, 0] > 127).long()) for x in images]
+    result = train(_spec("cross_entropy"), dataset=Dataset("bytes", (1, 4, 4), 2, ["dark", "light"], *splits, None),
+                   quiet=True)
+    x, y = splits[1]
+    wrong = (_outputs(result.model, x.float()).argmax(1) != y).float().mean().item()
+    assert result.status == "finished" and result.metrics["valid/error"] == pytest.approx(wrong, abs=1e-6)
+
+
 def test_the_specs_network_with_too_few_outputs_is_named_before_a_run(tmp_path):
     data = _dataset(lambda x: x[:, :3].clone(), outputs=1)  # three targets, one output
     with pytest.raises(SpecError, match=r"model.builder='mlp': the model returns shape \(2, 1\).*needs \(2, 3\).*"
@@ -115,6 +126,9 @@ def test_a_nan_in_the_data_is_named_not_reported_as_a_divergence(tmp_path, where
                                          rf"infinite values \(the first is example {index}\)"):
         train(_spec("mse"), dataset=data, store=tmp_path, quiet=True)
     assert Store(tmp_path).runs() == []
+    if split == "train":  # train.guard skips the batches that hold them instead, one event each
+        result = train(_spec("mse", guard=True), dataset=data, quiet=True)
+        assert result.status == "finished" and {e.kind for e in result.guard.events} == {"nonfinite"}
 
 
 def test_nan_targets_are_left_to_a_loss_of_your_own_that_masks_them():
@@ -162,3 +176,33 @@ def test_a_bad_dataset_option_is_named_as_its_spec_key_and_empty_idx_files_are_n
     spec = {"data": {"name": "mnist", "options": {"root": str(tmp_path)}}, **_spec("cross_entropy")}
     with pytest.raises(ValueError, match=r"mnist: the training files hold 0 example\(s\); at least 2 are needed"):
         train(spec, quiet=True)
+
+
+def test_wrong_arguments_to_train_are_named(tmp_path):
+    data = _dataset(lambda x: x[:, 0] * 2, outputs=1)
+    x, y = data.train
+    with pytest.raises(TypeError, match=r"^dataset=tuple is not allowed; give a deepscope.data.Dataset\("):
+        train(_spec("mse"), dataset=(x, y), quiet=True)
+    numpy_data = Dataset("mine", (1, 1, 5), 1, ["y"], (x.numpy(), y.numpy()), None, None)
+    with pytest.raises(ValueError, match=r"got \(ndarray, ndarray\); numpy arrays convert with torch.from_numpy"):
+        train(_spec("mse"), dataset=numpy_data, quiet=True)
+    with pytest.raises(ValueError, match=r"loss_fn=<lambda> fails on an output of shape \(2, 1\) and targets of shape "
+                                         r"\(2,\) \(TypeError: .*\); it must take \(output, target\)"):
+        train(_spec("mse"), dataset=data, loss_fn=lambda out: out.sum(), store=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match=r"loss_fn=<lambda> returns \(2,\) for 2 examples; it must return a scalar"):
+        train(_spec("mse"), dataset=data, loss_fn=lambda out, t: (out[:, 0] - t) ** 2, store=tmp_path, quiet=True)
+    assert Store(tmp_path).runs() == []
+    with pytest.raises(TypeError, match=r"^store=int is not allowed; give a Store or a directory path"):
+        train(_spec("mse"), dataset=data, store=3, quiet=True)
+    with pytest.raises(SpecError, match=r"^spec=list is not allowed; give a RunSpec, a dict of its sections or the "
+                                        r"path of a TOML spec file"):
+        train([("train", {})], quiet=True)
+
+
+def test_a_spec_file_path_is_a_spec(tmp_path):
+    path = tmp_path / "tiny-regression.toml"
+    path.write_text('[data]\nname = "friedman"\noptions = { n_valid = 20, n_test = 20 }\n[model]\ndepth = 1\n'
+                    'width = 8\n[train]\nupdates = 5\nloss = "mse"\ndevice = "cpu"\n')
+    result = train(path, quiet=True)
+    assert result.status == "finished" and result.spec["name"] == "tiny-regression" and result.task.kind == "regression"
+    assert train(str(path), quiet=True).metrics == result.metrics  # the same run from the same spec and seed

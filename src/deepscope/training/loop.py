@@ -105,6 +105,8 @@ def train(
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
+    if store is not None and not isinstance(store, Store | str | os.PathLike):
+        raise TypeError(f"store={type(store).__name__} is not allowed; give a Store or a directory path")
     callbacks = [as_callback(c) for c in callbacks]
     if store is not None and not isinstance(store, Store) and resume is not None:
         store = Store(store)  # a new run opens its store once its spec, data and model are checked

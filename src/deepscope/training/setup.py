@@ -21,7 +21,7 @@ from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
 from deepscope.registry import unknown
 from deepscope.training.checkpoint import CheckpointError, check_resume
-from deepscope.training.data_checks import check_padding, check_splits, load_data
+from deepscope.training.data_checks import check_loss, check_padding, check_splits, load_data
 from deepscope.validate import check_batch_size
 
 __all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
@@ -58,12 +58,12 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     restored and the network built without initialization (the checkpoint's weights are loaded next)."""
     t = spec.train
     data = dataset if dataset is not None else load_data(spec)
+    check_splits(data, targets=loss_fn is None, finite=not t.guard)  # lengths, not empty, finite: named as the data's
     if data.train is None and data.stream is None:
         raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
     if t.epochs is not None and data.train is None:
         raise SpecError(f"train.epochs={t.epochs} needs an in-memory training set; {data.name!r} is a stream "
                         "learned online: give train.updates instead")
-    check_splits(data, targets=loss_fn is None)  # same lengths, not empty, finite: the data's fault named as such
     check_batch_size(spec, data)
     # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
     loss, loss_info, task = setup_loss(spec, data, loss_fn)
@@ -87,7 +87,10 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
                                   f"({type(e).__name__}); start the run again") from None
     pre.to(device)
     augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
-    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing else None)
+    x_dtype = (data.train[0] if data.train is not None else data.stream.batch(0, 1)[0]).dtype
+    ids = x_dtype in (torch.int32, torch.int64)  # token ids: integers for an embedding, unless preprocessed
+    casts = not x_dtype.is_floating_point and not ids  # uint8 images: pre makes them float
+    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing or casts else None)
     eval_sets = {split: (pre(xy[0].to(device)), xy[1].to(device))
                  for split in ("valid", "test") if (xy := getattr(data, split)) is not None}
 
@@ -103,8 +106,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         if sample is not None:  # before the store holds a run: a model that does not fit is bad input
             check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
     else:
-        if x_fit is not None and not preprocessing and not x_fit.is_floating_point():
-            raise SpecError(f"data {data.name!r}: the inputs are {str(x_fit.dtype).removeprefix('torch.')}; the spec's "
+        if ids and not preprocessing:
+            raise SpecError(f"data {data.name!r}: the inputs are {str(x_dtype).removeprefix('torch.')}; the spec's "
                             f"network (model.builder={spec.model.builder!r}) takes floats: give float inputs, set "
                             "data.preprocess (it converts them), or train your own module (model=..., e.g. an "
                             "embedding of token ids)")
@@ -121,6 +124,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
                                 f"per class of the data, num_classes={data.num_classes}; for other targets give the "
                                 "Dataset that many outputs, or train your own module: model=...)")
             model.train()
+    if loss_fn is not None and eval_sets:
+        check_loss(loss, model, *next(iter(eval_sets.values())))
     optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
     schedule = None
     if spec.schedule.name != "constant" or spec.schedule.params:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from deepscope.config import RunSpec, validate_spec
+from deepscope.config import validate_spec
 from deepscope.diagnosis.causes import explain, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
     batchnorm_state,
@@ -195,7 +195,7 @@ def diagnosis_run(
     for key, value in (("updates", updates), ("monitor", monitor)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key}={value!r} is not allowed; give an integer >= 1")
-    data_spec = spec.to_dict() if isinstance(spec, RunSpec) else dict(spec or {})
+    data_spec = dict(spec) if isinstance(spec, dict) else {} if spec is None else validate_spec(spec).to_dict()
     data_spec["train"] = {**data_spec.get("train", {}), "updates": updates, "epochs": None,
                           "eval_every": max(1, updates // DOCTOR_EVALS)}
     spec = validate_spec(data_spec, source="doctor spec")
