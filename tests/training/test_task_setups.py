@@ -206,3 +206,18 @@ def test_a_spec_file_path_is_a_spec(tmp_path):
     result = train(path, quiet=True)
     assert result.status == "finished" and result.spec["name"] == "tiny-regression" and result.task.kind == "regression"
     assert train(str(path), quiet=True).metrics == result.metrics  # the same run from the same spec and seed
+
+
+def test_the_repair_summary_of_a_regression_names_1_minus_r2():
+    from types import SimpleNamespace
+
+    from deepscope.workflows.repair import summary
+    from deepscope.workflows.trials import Trial
+
+    r2_metrics = [{"valid/r2": r2_value, "valid/rmse": 1.0, "valid/loss": 1.0} for r2_value in (0.2, 0.8)]
+    best = Trial(("act_tanh",), ("saturation",), {}, status="finished", metrics=r2_metrics[1])
+    best.improved = True
+    baseline = SimpleNamespace(healthy=False, metrics=r2_metrics[0], status="finished", findings=[])
+    result = SimpleNamespace(healthy=False, data_cause=None, skipped=[], interrupted=False, baseline=baseline,
+                             best=best, trials=[best], fixed_path="run-fixed.toml")
+    assert summary(result)[-1] == "repaired: act_tanh: valid 1 - R² 80.0% -> 20.0%; fixed spec: run-fixed.toml"

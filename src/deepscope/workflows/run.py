@@ -10,6 +10,7 @@ per-update losses. So a doctor run is the same run ``deepscope train`` would mak
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deepscope.config import validate_spec
+from deepscope.config import load_spec, validate_spec
 from deepscope.diagnosis.causes import explain, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
     batchnorm_state,
@@ -195,6 +196,7 @@ def diagnosis_run(
     for key, value in (("updates", updates), ("monitor", monitor)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key}={value!r} is not allowed; give an integer >= 1")
+    spec = load_spec(spec) if isinstance(spec, str | os.PathLike) else spec  # a TOML file's path
     data_spec = dict(spec) if isinstance(spec, dict) else {} if spec is None else validate_spec(spec).to_dict()
     data_spec["train"] = {**data_spec.get("train", {}), "updates": updates, "epochs": None,
                           "eval_every": max(1, updates // DOCTOR_EVALS)}
