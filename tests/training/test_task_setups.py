@@ -221,3 +221,16 @@ def test_the_repair_summary_of_a_regression_names_1_minus_r2():
     result = SimpleNamespace(healthy=False, data_cause=None, skipped=[], interrupted=False, baseline=baseline,
                              best=best, trials=[best], fixed_path="run-fixed.toml")
     assert summary(result)[-1] == "repaired: act_tanh: valid 1 - R² 80.0% -> 20.0%; fixed spec: run-fixed.toml"
+
+
+def test_unlabelled_examples_marked_with_ignore_index_are_left_out_of_the_class_error():
+    x = _features(96, 0)
+    y = (x.reshape(96, -1)[:, 0] > 0).long()
+    y[::2] = -100  # half of the examples carry no label: cross_entropy ignores them, so must the error
+    data = Dataset("half", (1, 1, 5), 2, ["a", "b"], (x, y), (x, y), None)
+    result = train(_spec("cross_entropy"), dataset=data, quiet=True)
+    keep = y != -100
+    wrong = ((_outputs(result.model, x).argmax(1) != y) & keep).sum().item() / keep.sum().item()
+    assert result.task.ignore_index == -100 and result.metrics["valid/error"] == pytest.approx(wrong, abs=1e-6)
+    assert train(_spec("cross_entropy"), dataset=_dataset(lambda f: (f[:, 0] > 0).long(), 2),
+                 quiet=True).task.ignore_index is None  # fully labelled: the one-op error of the hot path

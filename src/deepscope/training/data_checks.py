@@ -53,7 +53,7 @@ def check_padding(task, data) -> None:
     """ValueError unless the training targets of a token task (or, for a stream, the validation targets) hold at least
     one position that is not padding: a cross-entropy over no position is NaN, and the run would read as diverged."""
     split = data.train if data.train is not None else data.valid
-    if getattr(task, "kind", None) != "tokens" or task.ignore_index is None or split is None:
+    if getattr(task, "kind", None) not in ("tokens", "classification") or task.ignore_index is None or split is None:
         return
     if not bool((split[1] != task.ignore_index).any()):
         raise ValueError(f"data {data.name!r}: every target position is the padding label "
