@@ -103,9 +103,10 @@ def test_uint8_images_train_the_specs_network_as_floats():
 
 def test_the_specs_network_with_too_few_outputs_is_named_before_a_run(tmp_path):
     data = _dataset(lambda x: x[:, :3].clone(), outputs=1)  # three targets, one output
-    with pytest.raises(SpecError, match=r"model.builder='mlp': the model returns shape \(2, 1\).*needs \(2, 3\).*"
-                                        r"num_classes=1"):
-        train(_spec("mse"), dataset=data, store=tmp_path, quiet=True)
+    for splits in ((data.train, data.valid, data.test), (data.train, None, None)):  # no eval set: train
+        with pytest.raises(SpecError, match=r"model.builder='mlp': the model returns shape \(2, 1\).*needs \(2, 3\)"
+                                            r".*num_classes=1"):
+            train(_spec("mse"), dataset=Dataset("mine", (1, 1, 5), 1, ["y"], *splits), store=tmp_path, quiet=True)
     tokens = Dataset("tags", (1, 1, 5), 6, list("abcdef"), _tokens(96, 0), _tokens(40, 1), None)
     with pytest.raises(SpecError, match=r"data 'tags': the inputs are int64; the spec's network "
                                         r"\(model.builder='mlp'\) takes floats"):

@@ -115,8 +115,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
         model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
                             initialize=checkpoint is None).to(device)
-        if task.kind != CLASSIFICATION and eval_sets:  # the spec's network has data.num_classes outputs
-            x_out, y_out = next(iter(eval_sets.values()))
+        if task.kind != CLASSIFICATION and (few := _few(eval_sets, data, pre, device)):  # data.num_classes outputs
+            x_out, y_out = few
             with torch.no_grad():
                 out = model.eval()(x_out[:2])
             if problem := output_problem(task, out, y_out[:2], data.num_classes):
@@ -124,8 +124,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
                                 f"per class of the data, num_classes={data.num_classes}; for other targets give the "
                                 "Dataset that many outputs, or train your own module: model=...)")
             model.train()
-    if loss_fn is not None and eval_sets:
-        check_loss(loss, model, *next(iter(eval_sets.values())))
+    if loss_fn is not None and (few := _few(eval_sets, data, pre, device)):
+        check_loss(loss, model, *few)
     optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
     schedule = None
     if spec.schedule.name != "constant" or spec.schedule.params:
@@ -133,6 +133,13 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     return Setup(data, pre, next_batch, eval_sets, total, eval_every, t.checkpoint_every or eval_every, model,
                  optimizer, schedule, loss, describe_model(user_model) if user_model is not None else None, task,
                  loss_info.name if loss_fn is not None else None)
+
+
+def _few(eval_sets: dict, data: Dataset, pre: Preprocessor, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """Two examples to try the network and the loss on: an evaluation set's, else the training set's."""
+    if eval_sets:
+        return next(iter(eval_sets.values()))
+    return (pre(data.train[0][:2].to(device)), data.train[1][:2].to(device)) if data.train is not None else None
 
 
 def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
