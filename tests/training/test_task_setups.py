@@ -235,3 +235,17 @@ def test_unlabelled_examples_marked_with_ignore_index_are_left_out_of_the_class_
     assert result.task.ignore_index == -100 and result.metrics["valid/error"] == pytest.approx(wrong, abs=1e-6)
     assert train(_spec("cross_entropy"), dataset=_dataset(lambda f: (f[:, 0] > 0).long(), 2),
                  quiet=True).task.ignore_index is None  # fully labelled: the one-op error of the hot path
+
+
+def test_nll_needs_a_module_that_returns_log_probabilities(tmp_path):
+    data = _dataset(lambda f: (f[:, 0] > 0).long(), 2)
+    with pytest.raises(SpecError, match=r"^train.loss='nll' takes log-probabilities, and the spec's network "
+                                        r"\(model.builder='mlp'\) returns logits: use cross_entropy"):
+        train(_spec("nll"), dataset=data, store=tmp_path, quiet=True)  # was: a loss falling without bound
+    assert Store(tmp_path).runs() == []
+    net = nn.Sequential(nn.Flatten(), nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2), nn.LogSoftmax(1))
+    result = train(_spec("nll"), dataset=data, model=net, quiet=True)
+    x, y = data.valid
+    logp = _outputs(result.model, x)
+    assert result.metrics["valid/loss"] == pytest.approx(-logp.gather(1, y[:, None]).mean().item(), rel=1e-5)
+    assert result.metrics["valid/error"] == pytest.approx((logp.argmax(1) != y).float().mean().item(), abs=1e-6)

@@ -106,6 +106,11 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         if sample is not None:  # before the store holds a run: a model that does not fit is bad input
             check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
     else:
+        if loss_info.output == "log_probabilities":
+            key = "loss_fn" if loss_fn is not None else "train.loss"
+            raise SpecError(f"{key}={loss_info.name!r} takes log-probabilities, and the spec's network "
+                            f"(model.builder={spec.model.builder!r}) returns logits: use cross_entropy (log_softmax "
+                            "then nll), or train your own module that ends in nn.LogSoftmax (model=...)")
         if ids and not preprocessing:
             raise SpecError(f"data {data.name!r}: the inputs are {str(x_dtype).removeprefix('torch.')}; the spec's "
                             f"network (model.builder={spec.model.builder!r}) takes floats: give float inputs, set "
