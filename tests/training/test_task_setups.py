@@ -99,6 +99,9 @@ def test_uint8_images_train_the_specs_network_as_floats():
     x, y = splits[1]
     wrong = (_outputs(result.model, x.float()).argmax(1) != y).float().mean().item()
     assert result.status == "finished" and result.metrics["valid/error"] == pytest.approx(wrong, abs=1e-6)
+    augmented = {"data": {"augment": ["hflip"]}, **_spec("cross_entropy")}  # kornia takes floats: cast first
+    assert train(augmented, dataset=Dataset("bytes", (1, 4, 4), 2, ["dark", "light"], *splits, None),
+                 quiet=True).status == "finished"
 
 
 def test_the_specs_network_with_too_few_outputs_is_named_before_a_run(tmp_path):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from deepscope.config import RunSpec, SpecError
 from deepscope.data import Dataset, make_augment
-from deepscope.data.loader import TrainBatches
+from deepscope.data.loader import TrainBatches, compose
 from deepscope.data.preprocess import Preprocessor
 from deepscope.losses import CLASS, resolve
 from deepscope.metrics import BINARY_TASK, CLASSIFICATION, MULTILABEL, TOKENS, Task, task_of
@@ -90,6 +90,7 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     x_dtype = (data.train[0] if data.train is not None else data.stream.batch(0, 1)[0]).dtype
     ids = x_dtype in (torch.int32, torch.int64)  # token ids: integers for an embedding, unless preprocessed
     casts = not x_dtype.is_floating_point and not ids  # uint8 images: pre makes them float
+    augment = compose(Tensor.float, augment) if casts and augment is not None else augment  # kornia takes floats
     next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing or casts else None)
     eval_sets = {split: (pre(xy[0].to(device)), xy[1].to(device))
                  for split in ("valid", "test") if (xy := getattr(data, split)) is not None}
