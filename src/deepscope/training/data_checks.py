@@ -1,6 +1,7 @@
 """The data of a run checked before a run is stored: every in-memory split a pair of tensors of the same length, a
 training set that is not empty, and no NaN or infinite value in the inputs or the targets (which would end the run as
-"diverged" with advice about the learning rate, when the cause is the data)."""
+"diverged" with advice about the learning rate, when the cause is the data); token targets that are not all padding;
+a loss of your own tried once on the model's output; a dataset option's bad value named as its spec key."""
 
 from __future__ import annotations
 
