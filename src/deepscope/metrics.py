@@ -54,7 +54,7 @@ class Task:
     decision threshold of a binary output (0 on logits, 0.5 on probabilities)."""
 
     kind: str
-    ignore_index: int | None = None  # tokens only: class labels (N,) have no padding
+    ignore_index: int | None = None  # tokens; class labels (N,) only when some equal the loss's ignore_index
     threshold: float = 0.0
 
     @property
@@ -130,7 +130,7 @@ def task_of(loss: str | Callable | None, targets: Tensor, *, options: dict[str, 
             low, high = torch.stack([valid.min(), valid.max()]).tolist()
             if low < 0 or (num_classes is not None and high >= num_classes):
                 raise refuse(f"labels go from {low} to {high}, outside 0..{(num_classes or high + 1) - 1}")
-        return Task(TOKENS, ignore) if y.ndim == 2 else Task(CLASSIFICATION)
+        return Task(TOKENS if y.ndim == 2 else CLASSIFICATION, ignore if y.ndim == 2 or len(valid) < len(y) else None)
     if family == BINARY:
         if not (y.is_floating_point() or y.dtype == torch.bool):
             raise refuse(f"{shown} needs 0/1 targets as floats (one per output); integer class labels take "
@@ -181,13 +181,13 @@ def rmse(output: Tensor, target: Tensor) -> Tensor:
 
 def r2(output: Tensor, target: Tensor) -> Tensor:
     """Coefficient of determination, averaged over the outputs: 1 - sum (y - z)^2 / sum (y - mean y)^2.
-
     0 for predicting the mean, 1 for a perfect fit, below 0 for worse than the mean. An output whose targets do not
-    vary scores 1 if predicted exactly, else 0 (as scikit-learn's ``r2_score``)."""
+    vary scores 1 if predicted exactly, else 0 (as scikit-learn's ``r2_score``); a NaN value gives NaN."""
     y = target.double().reshape(len(target), -1)
     z = match_shape(output, target).double().reshape(len(target), -1)
     sse, sst = (y - z).square().sum(0), (y - y.mean(0)).square().sum(0)
-    return torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double()).mean()
+    fit = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-300), (sse == 0).double())
+    return fit.where(~(sse + sst).isnan(), sse + sst).mean()
 
 
 def error_rate_of(metrics: dict[str, float], split: str = "valid") -> float:
@@ -203,9 +203,9 @@ def error_rate_of(metrics: dict[str, float], split: str = "valid") -> float:
 def batch_sums(task: Task, output: Tensor, target: Tensor) -> dict[str, Tensor]:
     """Sums over one batch that add up across batches; :func:`reduce_sums` makes the metrics of their total."""
     output = output.detach()
-    if task.kind == CLASSIFICATION or (task.kind == TOKENS and task.ignore_index is None):
+    if task.kind in (CLASSIFICATION, TOKENS) and task.ignore_index is None:
         return {"wrong": (output.argmax(-1) != target).sum(), "count": target.numel()}  # one op: the hot path
-    if task.kind == TOKENS:
+    if task.kind in (CLASSIFICATION, TOKENS):  # labels equal to ignore_index (padding, unlabelled) left out
         keep = target != task.ignore_index
         return {"wrong": ((output.argmax(-1) != target) & keep).sum(), "count": keep.sum()}
     if task.kind in (BINARY_TASK, MULTILABEL):
@@ -246,7 +246,7 @@ def reduce_sums(task: Task, sums: dict[str, Tensor]) -> dict[str, Tensor]:
     sse = sums["sse"]
     return {"rmse": (sse.sum() / (n * sse.numel())).sqrt(),
             "r2": torch.where(sst > 1e-12 * sums["sumsq"].clamp_min(1e-300), 1 - sse / sst.clamp_min(1e-300),
-                              (sse == 0).double()).mean()}
+                              (sse == 0).double()).where(~(sse + sst).isnan(), sse + sst).mean()}  # NaN stays NaN
 
 
 @torch.no_grad()

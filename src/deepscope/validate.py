@@ -168,7 +168,7 @@ def check_batch_size(spec, data) -> None:
     float32) at most MEMORY_SHARE of the machine's memory."""
     b = spec.train.batch_size
     if data.train is not None and b > len(data.train[0]):
-        raise ValueError(f"train.batch_size={b} is larger than the training set of data.name={spec.data.name!r} "
+        raise ValueError(f"train.batch_size={b} is larger than the training set of data.name={data.name!r} "
                          f"({len(data.train[0])} examples); give at most {len(data.train[0])}")
     inputs = math.prod(data.input_shape)
     m = spec.model

@@ -388,6 +388,9 @@ def _describe(error: dict) -> str:
 
 def validate_spec(data: dict, source: str = "spec") -> RunSpec:
     """A :class:`RunSpec` from a dict, with errors as one :class:`SpecError` naming each bad key."""
+    if not isinstance(data, dict | RunSpec):  # train() and doctor() read a path with load_spec
+        raise SpecError(f"{source}={type(data).__name__} is not allowed; give a RunSpec, a dict of its sections or the "
+                        "path of a TOML spec file")
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:

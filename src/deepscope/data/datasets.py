@@ -134,6 +134,8 @@ def _to_tensors(x: np.ndarray, y: np.ndarray, scale: float) -> Split:
 def _split_off(x: Tensor, y: Tensor, n_valid: int, seed: int, what: str) -> tuple[Split, Split]:
     """Split (x, y) into train and a validation set of ``n_valid`` examples with a seeded permutation."""
     seed = _integer("seed", seed, 0)
+    if len(x) < 2:
+        raise files.DataFileError(f"{what}: the training files hold {len(x)} example(s); at least 2 are needed")
     if not isinstance(n_valid, int) or not 0 < n_valid < len(x):
         raise ValueError(f"n_valid={n_valid!r} is not allowed for {what}; choose an integer in 1..{len(x) - 1}")
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(derive_seed(seed, 101)))

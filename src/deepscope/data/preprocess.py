@@ -133,7 +133,8 @@ class Preprocessor:
                 f"Preprocessor was fitted on inputs of shape (B, {', '.join(map(str, self.input_shape))}); "
                 f"got x of shape {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
+        ids = x.dtype in (torch.int32, torch.int64) and all(m == "none" for m in self.methods)
+        if not x.is_floating_point() and not ids:  # without preprocessing, token ids (int32/int64) stay integers
             x = x.float()
         for shift, scale in self._stats:
             x = _apply(x, shift, scale)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepscope.config import RunSpec, validate_spec
+from deepscope.config import RunSpec, load_spec, validate_spec
 from deepscope.data import Dataset
 from deepscope.metrics import add_sums, batch_sums
 from deepscope.optim import clip_gradients, schedule_steps_on, step_schedule
@@ -105,6 +105,8 @@ def train(
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__} is not allowed; give a torch.nn.Module (or None)")
+    if store is not None and not isinstance(store, Store | str | os.PathLike):
+        raise TypeError(f"store={type(store).__name__} is not allowed; give a Store or a directory path")
     callbacks = [as_callback(c) for c in callbacks]
     if store is not None and not isinstance(store, Store) and resume is not None:
         store = Store(store)  # a new run opens its store once its spec, data and model are checked
@@ -127,7 +129,8 @@ def train(
             spec = spec if spec is not None else checkpoint["spec"]
         if spec is None:
             raise ValueError("train() needs a spec (or resume=RUN with a store)")
-        spec = spec if isinstance(spec, RunSpec) else validate_spec(spec)
+        spec = spec if isinstance(spec, RunSpec) else load_spec(spec) if isinstance(spec, str | os.PathLike) else \
+            validate_spec(spec)
         device = resolve_device(spec.train.device)
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seed for this run, leave the caller's RNG as it was

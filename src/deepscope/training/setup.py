@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.config import RunSpec, SpecError
-from deepscope.data import Dataset, get_dataset, make_augment
-from deepscope.data.loader import TrainBatches
+from deepscope.data import Dataset, make_augment
+from deepscope.data.loader import TrainBatches, compose
 from deepscope.data.preprocess import Preprocessor
 from deepscope.losses import CLASS, resolve
 from deepscope.metrics import BINARY_TASK, CLASSIFICATION, MULTILABEL, TOKENS, Task, task_of
@@ -21,6 +21,7 @@ from deepscope.nn.activations import spec_for_module
 from deepscope.optim import make_optimizer, make_schedule
 from deepscope.registry import unknown
 from deepscope.training.checkpoint import CheckpointError, check_resume
+from deepscope.training.data_checks import check_loss, check_padding, check_splits, load_data
 from deepscope.validate import check_batch_size
 
 __all__ = ["FIT_SAMPLE", "LSUV_SAMPLE", "Setup", "build", "check_output", "describe_model", "output_problem",
@@ -56,7 +57,8 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     """The parts of the run ``spec`` on ``device``; with a ``checkpoint`` (a resume) the preprocessing is
     restored and the network built without initialization (the checkpoint's weights are loaded next)."""
     t = spec.train
-    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    data = dataset if dataset is not None else load_data(spec)
+    check_splits(data, targets=loss_fn is None, finite=not t.guard)  # lengths, not empty, finite: named as the data's
     if data.train is None and data.stream is None:
         raise SpecError(f"data.name={spec.data.name!r} has neither a training set nor a stream")
     if t.epochs is not None and data.train is None:
@@ -65,6 +67,7 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     check_batch_size(spec, data)
     # the loss and the task it makes with the targets: a loss that does not fit them is named before any run
     loss, loss_info, task = setup_loss(spec, data, loss_fn)
+    check_padding(task, data)
 
     # preprocessing, fitted on the training inputs (or a sample of the stream), or restored
     pre = Preprocessor(spec.data.preprocess or "none")
@@ -84,7 +87,11 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
                                   f"({type(e).__name__}); start the run again") from None
     pre.to(device)
     augment = make_augment(spec.data.augment, **spec.data.augment_options) if spec.data.augment else None
-    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing else None)
+    x_dtype = (data.train[0] if data.train is not None else data.stream.batch(0, 1)[0]).dtype
+    ids = x_dtype in (torch.int32, torch.int64)  # token ids: integers for an embedding, unless preprocessed
+    casts = not x_dtype.is_floating_point and not ids  # uint8 images: pre makes them float
+    augment = compose(Tensor.float, augment) if casts and augment is not None else augment  # kornia takes floats
+    next_batch = TrainBatches(data, t.batch_size, t.seed, device, augment, pre if preprocessing or casts else None)
     eval_sets = {split: (pre(xy[0].to(device)), xy[1].to(device))
                  for split in ("valid", "test") if (xy := getattr(data, split)) is not None}
 
@@ -100,10 +107,31 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
         if sample is not None:  # before the store holds a run: a model that does not fit is bad input
             check_output(model, sample[0][:2], data.num_classes, task, sample[1][:2] if sample[1] is not None else None)
     else:
+        if loss_info.output == "log_probabilities":
+            key = "loss_fn" if loss_fn is not None else "train.loss"
+            raise SpecError(f"{key}={loss_info.name!r} takes log-probabilities, and the spec's network "
+                            f"(model.builder={spec.model.builder!r}) returns logits: use cross_entropy (log_softmax "
+                            "then nll), or train your own module that ends in nn.LogSoftmax (model=...)")
+        if ids and not preprocessing:
+            raise SpecError(f"data {data.name!r}: the inputs are {str(x_dtype).removeprefix('torch.')}; the spec's "
+                            f"network (model.builder={spec.model.builder!r}) takes floats: give float inputs, set "
+                            "data.preprocess (it converts them), or train your own module (model=..., e.g. an "
+                            "embedding of token ids)")
         lsuv = spec.init.scheme == "lsuv" and checkpoint is None
         x_lsuv = pre(x_fit[:LSUV_SAMPLE].to(device)).cpu() if lsuv else None
         model = build_model(spec, data.input_shape, data.num_classes, x=x_lsuv,
                             initialize=checkpoint is None).to(device)
+        if task.kind != CLASSIFICATION and (few := _few(eval_sets, data, pre, device)):  # data.num_classes outputs
+            x_out, y_out = few
+            with torch.no_grad():
+                out = model.eval()(x_out[:2])
+            if problem := output_problem(task, out, y_out[:2], data.num_classes):
+                raise SpecError(f"model.builder={spec.model.builder!r}: {problem} (the spec's network has one output "
+                                f"per class of the data, num_classes={data.num_classes}; for other targets give the "
+                                "Dataset that many outputs, or train your own module: model=...)")
+            model.train()
+    if loss_fn is not None and (few := _few(eval_sets, data, pre, device)):
+        check_loss(loss, model, *few)
     optimizer = make_optimizer(spec.optim.name, model.parameters(), spec.optim.lr, **spec.optim.params)
     schedule = None
     if spec.schedule.name != "constant" or spec.schedule.params:
@@ -111,6 +139,13 @@ def build(spec: RunSpec, device: torch.device, checkpoint: dict | None, dataset:
     return Setup(data, pre, next_batch, eval_sets, total, eval_every, t.checkpoint_every or eval_every, model,
                  optimizer, schedule, loss, describe_model(user_model) if user_model is not None else None, task,
                  loss_info.name if loss_fn is not None else None)
+
+
+def _few(eval_sets: dict, data: Dataset, pre: Preprocessor, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """Two examples to try the network and the loss on: an evaluation set's, else the training set's."""
+    if eval_sets:
+        return next(iter(eval_sets.values()))
+    return (pre(data.train[0][:2].to(device)), data.train[1][:2].to(device)) if data.train is not None else None
 
 
 def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
@@ -128,7 +163,7 @@ def setup_loss(spec: RunSpec, data: Dataset, loss_fn: Any = None):
                        num_classes=data.num_classes if info.family == CLASS else None,
                        key="loss_fn" if loss_fn is not None else "train.loss")
     except (ValueError, TypeError) as e:
-        raise SpecError(f"{e} (data.name={spec.data.name!r})") from None
+        raise SpecError(f"{e} (data.name={data.name!r})") from None
     if t.monitor not in ("error", "loss", *task.metrics):
         others = [m for m in task.metrics if m != "error"]
         raise SpecError(unknown("train.monitor", t.monitor, ["error", "loss", *others],

@@ -110,8 +110,9 @@ def summary(result) -> list[str]:
         done = sum(t.status == "finished" for t in result.trials)
         lines.append(f"interrupted: {done} finished trials kept (in the run store)")
     b_err, _ = _score(b.metrics, b.status)
+    measure = "valid 1 - R²" if "valid/r2" in b.metrics else "valid error"  # a regression's error is 1 - R²
     if result.best is None:
-        lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline valid error {b_err:.1%}): "
+        lines.append(f"no candidate fix was verified ({len(result.trials)} tried; baseline {measure} {b_err:.1%}): "
                      "the run is left as it is (a fix must remove its finding and leave a network that trains: a "
                      "validation error 10 points below the chance error and below the baseline's, or within the "
                      "noise of it when the baseline trained already)")
@@ -120,11 +121,11 @@ def summary(result) -> list[str]:
         err, _ = _score(best.metrics, best.status)
         run = f" (run {best.run_id})" if best.run_id else ""
         if not best.improved:  # verified without a gain: the baseline trained already (workflows.repair.judge)
-            lines.append(f"repaired: {best.name}: the network already trained (valid error {b_err:.1%} -> {err:.1%}, "
+            lines.append(f"repaired: {best.name}: the network already trained ({measure} {b_err:.1%} -> {err:.1%}, "
                          f"no change beyond the noise); the fix removes "
                          f"{', '.join(removed(b.findings, best.findings) or best.targets)}{run}; "
                          f"fixed spec: {result.fixed_path}")
         else:
-            lines.append(f"repaired: {best.name}: valid error {b_err:.1%} -> {err:.1%}{run}; "
+            lines.append(f"repaired: {best.name}: {measure} {b_err:.1%} -> {err:.1%}{run}; "
                          f"fixed spec: {result.fixed_path}")
     return lines

@@ -10,6 +10,7 @@ per-update losses. So a doctor run is the same run ``deepscope train`` would mak
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deepscope.config import RunSpec, validate_spec
+from deepscope.config import load_spec, validate_spec
 from deepscope.diagnosis.causes import explain, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
     batchnorm_state,
@@ -189,17 +190,18 @@ def diagnosis_run(
     with ``report=False`` none is drawn (:func:`write_report` draws it later). ``timings`` gives the seconds of
     training, from its end to the findings, and of the report.
     """
-    from deepscope.data import get_dataset
+    from deepscope.training.data_checks import load_data
     from deepscope.training.loop import train
 
     for key, value in (("updates", updates), ("monitor", monitor)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key}={value!r} is not allowed; give an integer >= 1")
-    data_spec = spec.to_dict() if isinstance(spec, RunSpec) else dict(spec or {})
+    spec = load_spec(spec) if isinstance(spec, str | os.PathLike) else spec  # a TOML file's path
+    data_spec = dict(spec) if isinstance(spec, dict) else {} if spec is None else validate_spec(spec).to_dict()
     data_spec["train"] = {**data_spec.get("train", {}), "updates": updates, "epochs": None,
                           "eval_every": max(1, updates // DOCTOR_EVALS)}
     spec = validate_spec(data_spec, source="doctor spec")
-    data = dataset if dataset is not None else get_dataset(spec.data.name, **spec.data.options)
+    data = dataset if dataset is not None else load_data(spec)
 
     began = time.perf_counter()
     checks = _Checks(monitor)

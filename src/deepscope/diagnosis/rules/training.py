@@ -198,8 +198,9 @@ def _rule_plateau(valid: list[tuple[int, float]], chance: float | None, rec: Rec
         return []  # it already classifies better than chance: it learns, the loss lags behind
     return [Finding(
         "plateau", "warning",
-        f"the validation loss stays at the chance level ({min(late):.3g} vs {chance:.3g}, the loss of predicting "
-        f"the class frequencies) although the weights move by {step_ratio:.1e} of their norm per update",
+        f"the validation loss stays at the chance level ({min(late):.3g} vs {chance:.3g}, the loss of the best "
+        f"constant prediction: class frequencies, or the targets' mean) although the weights move by "
+        f"{step_ratio:.1e} of their norm per update",
         first_step=valid[0][0], recovers=False,
         evidence={"valid_loss_best_late": min(late), "chance_loss": chance, "update_ratio": step_ratio,
                   "margin": PLATEAU_MARGIN},
