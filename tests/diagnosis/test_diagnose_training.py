@@ -88,6 +88,21 @@ def test_a_level_shift_or_a_small_absolute_jump_is_not_a_spike():
     assert "loss_spikes" not in codes(diagnose([], scalars=curve("train/loss", start + tiny)))
 
 
+def test_the_batch_losses_of_a_rare_class_are_no_spikes_but_a_jump_above_them_is():
+    # a binary task with 5 % positives, batches of 16: a batch holding k positives the net misses has a loss of about
+    # (k x 3 + (16 - k) x 0.02) / 16 -- many times the median batch's (k = 0), every few updates
+    g = torch.Generator().manual_seed(0)
+    k = (torch.rand(300, 16, generator=g) < 0.05).sum(1).tolist()
+    values = [(n * 3.0 + (16 - n) * 0.02) / 16 for n in k]
+    start = [1.0] * 20  # the loss at the start of training
+    assert max(values) > 3 * 0.02 * 4 and "loss_spikes" not in codes(diagnose([], scalars=curve("train/loss",
+                                                                                                  start + values)))
+    w = rt.SPIKE_WINDOW
+    for i in (100, 200):  # two jumps well above the neighbours' 90th percentile: spikes again
+        values[i] = 2 * rt.SPIKE_ABOVE_HIGH * sorted(values[i - w: i] + values[i + 1: i + 1 + w])[int(0.9 * 2 * w)]
+    assert only(diagnose([], scalars=curve("train/loss", start + values)), "loss_spikes").evidence["spikes"] == 2
+
+
 def test_gradient_norm_spikes():
     norms = noisy(200, level=2.0)
     norms[50] = norms[150] = 2.0 * 3 * rt.GRAD_SPIKE_FACTOR

@@ -51,6 +51,12 @@ LOSS_SPIKE_FACTOR = 3.0
 LOSS_SPIKE_MIN_JUMP = 0.5
 GRAD_SPIKE_FACTOR = 10.0  # an order of magnitude: the step of that update is 10x the usual one
 SPIKE_COUNT = 2
+# ... and above SPIKE_ABOVE_HIGH x the 90th percentile of those 2 x SPIKE_WINDOW neighbours: a batch loss that is
+# often high is no spike. With rare classes (a binary task with 5 % positives, batch 16) the batches that hold a
+# positive have a loss many times the median batch's, every few updates (at 1.5 x, 2 to 8 of them still counted as
+# spikes in 300 updates; at 2 x none); an isolated jump stands above them too. The diagnosis benchmarks (plain,
+# held-out and every task) name the same set-ups with it; one unlabelled loss_spikes finding went away.
+SPIKE_ABOVE_HIGH = 2.0
 
 # Overfitting, from the evaluations (at least OVERFIT_MIN_EVALS of them): the validation loss ends
 # OVERFIT_RISE (20%) above its minimum -- and was already half that above at the evaluation before, so one
@@ -95,7 +101,9 @@ def _spikes(values: Sequence[float], factor: float, min_jump: float = 0.0) -> li
         before, after = median(values[i - w: i]), median(values[i + 1: i + 1 + w])
         level = max(before, after)
         if math.isfinite(v) and level > 0 and v > factor * level and v - level > min_jump:
-            out.append((i, v / level))
+            neighbours = sorted(values[i - w: i] + values[i + 1: i + 1 + w])
+            if v > SPIKE_ABOVE_HIGH * neighbours[int(0.9 * len(neighbours))]:  # not a batch loss that is often high
+                out.append((i, v / level))
     return out
 
 
