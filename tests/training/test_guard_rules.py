@@ -68,3 +68,18 @@ def test_the_hooks_take_the_total_gradient_norm_and_are_removed_on_exit():
             assert math.exp(guard.window.last[1]) == pytest.approx(float(expected), rel=1e-5)
             opt.zero_grad()
     assert all(not p._post_accumulate_grad_hooks for p in model.parameters())
+
+
+def test_a_net_that_fits_its_batches_exactly_is_not_flagged_but_a_real_spike_still_is():
+    # a healthy run whose losses reach exactly 0 (float32 softmax at 1.0), then a batch at 4e-9: on the log scale that
+    # is 8 units above the clamped zeros, yet it is under 1 % (NEGLIGIBLE) of the largest healthy loss, 2.3
+    from deepscope.training.guard_window import NEGLIGIBLE, Window
+
+    w = Window(128, 64, 6.0, 8)
+    losses = [2.3 * 0.9 ** t for t in range(100)] + [0.0] * 200
+    for t, loss in enumerate(losses):
+        assert w.check(loss, 1e-7 if loss == 0 else loss) is None, t
+        w.add()
+    assert 4e-9 < NEGLIGIBLE * 2.3
+    assert w.check(4e-9, 7e-8) is None  # negligible against 2.3: no spike, whatever the window says
+    assert w.check(NEGLIGIBLE * 2.3 * 2, 1e-7) == "loss_spike"  # above it: a spike as before

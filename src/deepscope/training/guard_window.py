@@ -25,6 +25,10 @@ values are converted, the spike and rise rules go on in loss units, and the dive
 are factors over a level, are off for the loss (the gradient norm, always positive, keeps them). On the log scale a
 loss hovering around zero flagged almost every update (the negative ones all clamped to one value).
 
+A loss or gradient norm under ``NEGLIGIBLE`` (1 %) of the largest healthy one so far is never flagged: a network
+that fits its batches exactly has losses of 0 (clamped on the log scale) and then of 4e-9, a jump of 8 log units
+that is no trouble. The rules look at values above that floor only.
+
 Nothing here touches the device: a step costs a few float operations, and a sort of ``size`` floats every
 ``refresh`` updates.
 """
@@ -34,13 +38,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["CUSUM_H", "CUSUM_K", "EXPLOSION", "SUSTAINED", "WARMUP_GRAD", "WARMUP_LOSS", "Window"]
+__all__ = ["CUSUM_H", "CUSUM_K", "EXPLOSION", "NEGLIGIBLE", "SUSTAINED", "WARMUP_GRAD", "WARMUP_LOSS", "Window"]
 
 EXPLOSION = 10.0  # divergence: the window's median loss above this many times its median at the end of warm-up
 SUSTAINED = 10.0  # divergence: the moving average of the last ~4 losses above this many times the window's median
 WARMUP_LOSS, WARMUP_GRAD = 10.0, 100.0  # spikes during the warm-up: factors over the largest healthy values so far
 CUSUM_K, CUSUM_H = 1.5, 10.0  # rise: the CUSUM's allowance and decision interval, in spreads of the log loss
 _TINY = 1e-12
+NEGLIGIBLE = 1e-2  # a loss or gradient norm under this x the largest healthy one so far is never flagged
+_LOG_NEGLIGIBLE = math.log(NEGLIGIBLE)
 
 
 def _median(values: list[float]) -> float:
@@ -75,15 +81,21 @@ class Window:
         ll, lg = loss if self.linear else math.log(max(loss, _TINY)), math.log(max(norm, _TINY))
         self.last = (ll, lg)
         self.recent = 0.75 * self.recent + 0.25 * min(ll, self.limit[0])  # one spike moves it by 1/4 of the limit
-        if not self.linear and (self.diverged or self.recent > self.sustained):
+        # values under NEGLIGIBLE x the largest healthy one so far cannot be trouble, whatever their ratio to the
+        # window (a net that fits its batches exactly: losses of 0 then 4e-9, gradient norms of 0 then 7e-8)
+        level = self.highest
+        loss_counts = self.linear or ll > level[0] + _LOG_NEGLIGIBLE
+        if not self.linear and loss_counts and (self.diverged or self.recent > self.sustained):
             return "divergence"
         early = 0 < self.count < self.warmup
-        if ll > self.limit[0] or (early and not self.linear and ll > self.highest[0] + math.log(WARMUP_LOSS)):
+        if loss_counts and (ll > self.limit[0] or (early and not self.linear and
+                                                   ll > self.highest[0] + math.log(WARMUP_LOSS))):
             return "loss_spike"
-        if lg > self.limit[1] or (early and lg > self.highest[1] + math.log(WARMUP_GRAD)):
+        if lg > level[1] + _LOG_NEGLIGIBLE and (lg > self.limit[1] or
+                                                       (early and lg > self.highest[1] + math.log(WARMUP_GRAD))):
             return "grad_spike"
         if self.count >= self.warmup:
-            z = (ll - self.center[0]) / self.spread[0]
+            z = (ll - self.center[0]) / self.spread[0] if loss_counts else 0.0
             self.cusum = max(0.0, self.cusum + min(z, self.zmax) - CUSUM_K)
             if self.cusum > CUSUM_H:
                 return "rise"
