@@ -10,7 +10,7 @@ from torch import Tensor
 
 from deepscope.data import Dataset, get_dataset
 
-__all__ = ["check_padding", "check_splits", "load_data"]
+__all__ = ["check_loss", "check_padding", "check_splits", "load_data"]
 
 
 def check_splits(data, name: str | None = None, *, targets: bool = True, finite: bool = True) -> None:
@@ -38,7 +38,9 @@ def check_splits(data, name: str | None = None, *, targets: bool = True, finite:
                              "expected one target per example (the same first dimension)")
         if split == "train" and len(x) == 0:
             raise ValueError(f"{where}: the training set is empty (0 examples); give at least one example")
-        for what, t in (("inputs", x), ("targets", y))[: (2 if targets else 1) if finite or split != "train" else 0]:
+        if split == "train" and not finite:
+            continue
+        for what, t in (("inputs", x), ("targets", y)) if targets else (("inputs", x),):
             if not t.is_floating_point() or not len(t):
                 continue
             bad = ~torch.isfinite(t.reshape(len(t), -1)).all(1)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deepscope.probe.options import check_loss_fn
+
 __all__ = ["check_parts", "scalar", "steps_scheduler"]
 
 
@@ -25,8 +27,7 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
             callable(getattr(scheduler, a, None)) for a in ("step", "state_dict", "load_state_dict"))):
         raise TypeError(f"Guard: scheduler={type(scheduler).__name__} is not allowed; give a learning-rate schedule "
                         "(torch.optim.lr_scheduler: step, state_dict, load_state_dict) or None")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"Guard: loss_fn={loss_fn!r} is not allowed; give a function loss_fn(output, y) or None")
+    check_loss_fn(loss_fn)  # the probe's check: callable or None
     if not isinstance(sinks, Iterable) or isinstance(sinks, str | bytes):
         raise TypeError(f"Guard: sinks={type(sinks).__name__} is not allowed; give a list of sinks")
     sinks = list(sinks)
