@@ -213,6 +213,8 @@ def describe(loss: str | Callable[..., Tensor], options: dict[str, Any] | None =
         return LossInfo(loss, FAMILIES[loss], OUTPUTS[loss], ignore)
     if isinstance(loss, Loss):
         return describe(loss.name, loss.options)
+    if isinstance(loss, _ElementWise):  # a torch loss the trainer wrapped: describe the loss itself
+        return describe(loss.fn)
     if not callable(loss):
         raise TypeError(f"loss_fn={loss!r} is not allowed; give a loss name ({', '.join(LOSSES)}) or a callable "
                         "(output, target) -> scalar tensor")

@@ -423,3 +423,11 @@ def test_checks_accept_odd_models():
         broken.weight.fill_(math.nan)
     assert check_training(broken, None, X) == []  # non-finite statistics are the records' rules' business
     assert check_training(DictOut(), None, X) == [] and check_modes(DictOut()) == []
+
+
+def test_an_early_rise_the_loss_falls_back_below_is_not_a_too_high_rate():
+    # the shape of a post-LN transformer regressor under Adam: up for the first windows, then far below its start
+    values = [0.5] * 3 + [0.8] * 40 + [0.8 * 0.97 ** i for i in range(157)]
+    assert "lr_too_high" not in codes(diagnose([], scalars=curve("train/loss", values)))
+    stays = [0.5] * 3 + [0.8] * 40 + [0.8 - 0.001 * i for i in range(157)]  # it falls, but ends above 0.5
+    assert "lr_too_high" in codes(diagnose([], scalars=curve("train/loss", stays)))

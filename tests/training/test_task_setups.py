@@ -252,3 +252,25 @@ def test_nll_needs_a_module_that_returns_log_probabilities(tmp_path):
     logp = _outputs(result.model, x)
     assert result.metrics["valid/loss"] == pytest.approx(-logp.gather(1, y[:, None]).mean().item(), rel=1e-5)
     assert result.metrics["valid/error"] == pytest.approx((logp.argmax(1) != y).float().mean().item(), abs=1e-6)
+
+
+def test_a_sigmoid_output_with_bce_loss_gets_the_chance_level_in_probabilities():
+    import torch.nn.functional as F
+
+    from deepscope import doctor
+    from deepscope.losses import resolve
+    from deepscope.metrics import baseline, label_entropy, task_of
+
+    y = (torch.rand(200, 3, generator=torch.Generator().manual_seed(0)) < torch.tensor([0.2, 0.5, 0.9])).float()
+    fn, _ = resolve(nn.BCELoss())  # what the trainer hands to the baseline: a wrapped torch loss
+    chance = baseline(task_of(fn, y), y, fn)
+    assert chance["loss"] == pytest.approx(label_entropy(y), rel=1e-5)  # -(p log p + (1-p) log(1-p)), averaged
+    def mine(o, t):  # a loss of your own on probabilities: its form is unknown, so no chance-level loss, no error
+        return F.binary_cross_entropy(o, t)
+
+    unknown = baseline(task_of(mine, y), y, mine)
+    assert "loss" not in unknown and unknown["error"] == pytest.approx(chance["error"])
+    data = _dataset(lambda x: torch.stack([x[:, 0] > 0, x[:, 1] > 0.5], 1).float(), outputs=2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2), nn.Sigmoid())
+    result = doctor(_spec("bce_with_logits"), model=net, dataset=data, updates=40, report=False, loss_fn=nn.BCELoss())
+    assert result.metrics["valid/error"] < 0.5

@@ -86,8 +86,8 @@ class Dataset:
     num_classes: int
     class_names: list[str]
     train: Split | None  # None when training reads ``stream``
-    valid: Split
-    test: Split
+    valid: Split | None = None  # None: nothing to evaluate on (the trainer says what that leaves out)
+    test: Split | None = None
     stream: Stream | None = None
 
 
