@@ -256,3 +256,35 @@ def test_string_ids_are_kept_as_given():
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
     ranking = rank_examples(model, F.cross_entropy, x, y, [f"doc{i}" for i in range(4)])
     assert ranking.ids == [f"doc{i}" for i in ranking.index]
+
+
+def test_keyword_inputs_with_targets_apart_are_ranked_by_the_loss_fn_and_a_model_outputs_logits():
+    """A batch ``({name: tensor}, y)``: the model is called with keyword inputs, the loss on its output (the
+    ``logits`` of a dict output for the default loss); each example's loss and gradient norm as a loop computes
+    them one example at a time."""
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(2, 4)
+
+        def forward(self, features, extra):
+            return {"logits": self.a(features) + self.b(extra)}
+
+    torch.manual_seed(0)
+    model = Keywords()
+    inputs = {"features": torch.randn(6, 3), "extra": torch.randn(6, 2)}
+    y = torch.randint(0, 4, (6,))
+    inputs["features"][2] *= 1e3  # the poisoned example
+    params = list(model.parameters())
+    for loss_fn in (None, lambda o, t: F.cross_entropy(o["logits"], t)):
+        ranking = rank_examples(model, loss_fn, inputs, y)
+        assert ranking.index[0] == 2
+        for i, loss, norm in zip(ranking.index, ranking.loss, ranking.grad_norm, strict=True):
+            one = F.cross_entropy(model(**{k: v[i:i + 1] for k, v in inputs.items()})["logits"], y[i:i + 1])
+            grads = torch.autograd.grad(one, params)
+            assert loss == pytest.approx(one.item(), rel=1e-5)
+            assert norm == pytest.approx(math.sqrt(sum(float(g.pow(2).sum()) for g in grads)), rel=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Guard(model, opt, loss_fn=lambda o, t: F.cross_entropy(o["logits"], t)) as guard:
+        guard.step(torch.tensor(math.nan), batch=(inputs, y))
+    assert guard.events[-1].examples[0] == 2

@@ -90,13 +90,15 @@ def _loop(model: nn.Module, loss_fn: Callable, inputs: tuple[Tensor, ...], y: Te
     return torch.stack(losses), torch.stack(norms)
 
 
-def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def per_example_dict(model: nn.Module, inputs: Mapping[str, Any], y: Tensor | None = None,
+                     loss_fn: Callable[[Any, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(losses, grad_norms)`` of the examples of a batch given as keyword inputs (a Hugging Face batch:
     ``input_ids``, ``attention_mask``, ``labels``, ``pixel_values``, ...), each from the model's own loss
-    (``output.loss`` or ``output["loss"]``) on that example alone: a loop over the examples (run on an event only),
-    since such models compute their loss inside ``forward``, where ``torch.func`` may not trace. Every tensor whose
-    first dimension is the batch's is sliced; the rest are passed as they are. Same guarantees as
-    :func:`per_example`: eval mode, RNG, buffers and ``.grad`` untouched."""
+    (``output.loss`` or ``output["loss"]``) on that example alone -- or, with targets ``y`` apart from the inputs,
+    ``loss_fn(output, y_i)`` (the output's ``logits`` when it is a model output and ``loss_fn`` the default): a loop
+    over the examples (run on an event only), since such models compute their loss inside ``forward``, where
+    ``torch.func`` may not trace. Every tensor whose first dimension is the batch's is sliced; the rest are passed as
+    they are. Same guarantees as :func:`per_example`: eval mode, RNG, buffers and ``.grad`` untouched."""
     tensors = [v for v in inputs.values() if isinstance(v, Tensor) and v.dim() > 0]
     if not tensors:
         raise ValueError("the batch holds no tensor to take examples from")
@@ -113,11 +115,16 @@ def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tenso
                 one = {k: v[i:i + 1] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
                        for k, v in inputs.items()}
                 output = model(**one)
-                loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+                if y is not None:
+                    loss = (loss_fn or default_loss)(_logits(output) if loss_fn in (None, default_loss) else output,
+                                                     y[i:i + 1])
+                else:
+                    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
                 if loss is None and isinstance(output, tuple | list) and output:  # return_dict=False: loss first
                     loss = output[0] if isinstance(output[0], Tensor) and output[0].dim() == 0 else None
                 if not isinstance(loss, Tensor):
                     raise ValueError("the model returned no loss (give the batch its labels)")
+                loss = loss.reshape(()) if loss.numel() == 1 else loss
                 grads = torch.autograd.grad(loss.float(), params, allow_unused=True)
                 squares = [g.double().pow(2).sum() for g in grads if g is not None]
                 losses[i] = loss.detach().float()
@@ -125,6 +132,13 @@ def per_example_dict(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Tenso
     finally:
         model.train(training)
     return losses, norms
+
+
+def _logits(output: Any) -> Any:
+    """A model output's logits (a Hugging Face ``ModelOutput`` or dict), else the output as it is."""
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    return getattr(output, "logits", output)
 
 
 @dataclass
@@ -154,7 +168,7 @@ def rank_examples(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor] 
     loss: :func:`per_example_dict`) -- ordered by their gradient norm (the size of their pull on the update), the
     loss breaking ties; non-finite values first. ``ids``: the dataset ids of the examples, reported alongside."""
     if isinstance(x, Mapping):
-        losses, norms = per_example_dict(model, x)
+        losses, norms = per_example_dict(model, x, y, loss_fn)
     else:
         losses, norms = per_example(model, loss_fn, x, y, chunk_size=chunk_size)
     losses_, norms_ = losses.tolist(), norms.tolist()  # one host read, on an event only
@@ -182,7 +196,8 @@ def _id(value: Any) -> Any:
 def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Any, ids: Any,
                k: int) -> Ranking:
     """The top ``k`` of :func:`rank_examples` for a batch as the guard is given it: ``(x, y)``, ``(x, y, ids)`` or
-    a dict of keyword inputs; ``x`` may be a tuple of tensors (the model's positional inputs); ``ids`` (a tensor, a
+    a dict of keyword inputs; ``x`` may be a tuple of tensors (the model's positional inputs) or a dict of keyword
+    inputs; ``ids`` (a tensor, a
     list, or a function returning one) wins over a third element. A ValueError says what is wrong otherwise."""
     def tensors(v: Any) -> bool:
         return isinstance(v, Tensor) or (isinstance(v, tuple | list) and bool(v) and
@@ -190,6 +205,9 @@ def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], ba
 
     if isinstance(batch, Mapping):  # keyword inputs (a Hugging Face batch): the model's own loss ranks them
         x, y = batch, None
+    elif isinstance(batch, tuple | list) and len(batch) >= 2 and isinstance(batch[0], Mapping) \
+            and isinstance(batch[1], Tensor):  # keyword inputs and their targets: loss_fn ranks them
+        x, y = batch[0], batch[1]
     elif isinstance(batch, tuple | list) and len(batch) >= 2 and tensors(batch[0]) and isinstance(batch[1], Tensor):
         x, y = batch[0], batch[1]
         sizes = [len(t) for t in (x if isinstance(x, tuple | list) else [x])] + [len(y)]
@@ -197,7 +215,7 @@ def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], ba
             raise ValueError(f"batch: its tensors hold {sizes} examples; give (x, y) with one y per example")
     else:
         raise ValueError(f"batch={type(batch).__name__} cannot be ranked; give (x, y), (x, y, ids), ((x1, x2, ...), "
-                         "y) or a dict of keyword inputs")
+                         "y), ({keyword inputs}, y) or a dict of keyword inputs")
     ids = ids() if callable(ids) else ids if ids is not None else batch[2] if y is not None and len(batch) > 2 \
         else None
     return rank_examples(model, loss_fn, x, y, ids).top(k)
