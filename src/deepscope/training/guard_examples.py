@@ -197,8 +197,8 @@ def rank_batch(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], ba
                k: int) -> Ranking:
     """The top ``k`` of :func:`rank_examples` for a batch as the guard is given it: ``(x, y)``, ``(x, y, ids)`` or
     a dict of keyword inputs; ``x`` may be a tuple of tensors (the model's positional inputs) or a dict of keyword
-    inputs; ``ids`` (a tensor, a
-    list, or a function returning one) wins over a third element. A ValueError says what is wrong otherwise."""
+    inputs; ``ids`` (a tensor, a list, or a function returning one) wins over a third element. A ValueError says
+    what is wrong otherwise."""
     def tensors(v: Any) -> bool:
         return isinstance(v, Tensor) or (isinstance(v, tuple | list) and bool(v) and
                                          all(isinstance(t, Tensor) for t in v))
