@@ -49,3 +49,14 @@ def test_a_squashing_output_before_a_regression_loss_is_a_finding_unless_the_tar
 def test_a_loss_of_your_own_or_one_on_probabilities_is_not_checked():
     assert output_fit(*_out(Z[:, :1], torch.sigmoid), describe(torch.nn.BCELoss())) == []
     assert output_fit(*_out(Z, torch.sigmoid), describe(lambda o, t: o.sum())) == []
+
+
+def test_one_hot_class_labels_under_a_regression_loss_are_a_classifier_trained_as_a_regression():
+    one_hot = torch.eye(3)[torch.tensor([2, 0])]  # two examples of 3 classes
+    [f] = output_fit(*_out(Z), describe("mse"), one_hot)
+    assert f.code == "loss_for_classes" and f.evidence["classes"] == 3 and "cross_entropy" in f.advice
+    codes = [g.code for g in output_fit(*_out(Z, lambda z: torch.softmax(z, 1)), describe("l1"), one_hot)]
+    assert codes == ["loss_for_classes"]  # a softmax reaches one-hot targets: only the loss is the matter
+    assert output_fit(*_out(Z), describe("mse"), torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])) == []  # 2 ones
+    assert output_fit(*_out(Z), describe("mse"), torch.tensor([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0]])) == []  # soft
+    assert output_fit(*_out(Z[:, :1]), describe("mse"), torch.tensor([[1.0], [0.0]])) == []  # one column: binary

@@ -32,6 +32,8 @@ CODES: dict[str, str] = {
     "input_not_scaled": "the inputs are not scaled (per-component std far from 1 or very unequal)",
     "not_learning": "layers whose weights do not change: frozen, left out of the optimizer or not registered",
     "output_loss_mismatch": "the model outputs probabilities or bounded values but the loss expects logits",
+    "loss_for_classes": "a regression loss (mse, l1, huber) on one-hot class labels: a classifier trained as a "
+                        "regression",
     "output_saturated": "output logits so large that the softmax saturates (probabilities pinned at 0 and 1)",
     "loss_spikes": "the training loss jumps by a large factor at some updates without diverging",
     "gradient_spikes": "the gradient norm jumps by orders of magnitude at some updates",

@@ -84,6 +84,32 @@ def output_fit(out: Any, last_op: str, loss: Any = None, targets: Any = None) ->
             "End forward() with torch.log_softmax(z, dim=-1) for nll, or return the logits z and use "
             "train.loss = \"cross_entropy\".", log_sum_exp_max=float(lse.abs().max()))
     # values: a regression loss
+    return _class_labels(targets, name) + _values_fit(lo, hi, made_by, bounds, last_op, name, targets)
+
+
+def _class_labels(targets: Any, name: str) -> list[Finding]:
+    """``loss_for_classes`` when regression ``targets`` are one-hot class labels: two columns or more, every value
+    0 or 1, one 1 per row. Glorot & Bengio (2010, figure 5) show the quadratic cost of such targets with plateaus
+    where the cross-entropy (the conditional log-likelihood of softmax outputs) has none, and found the latter
+    trains classifiers better."""
+    if targets is None or targets.dim() != 2 or targets.shape[1] < 2 or not len(targets):
+        return []
+    t = targets.double()
+    if not bool(((t == 0) | (t == 1)).all()) or not bool((t.sum(1) == 1).all()):
+        return []
+    k = targets.shape[1]
+    return [Finding("loss_for_classes", "warning",
+                    f"the targets are one-hot labels of {k} classes but {name} regresses them as values: on class "
+                    "labels the quadratic cost has plateaus where the cross-entropy has none (Glorot & Bengio 2010, "
+                    "figure 5), so the classifier learns slowly or stalls", layers=["output"], first_step=0,
+                    recovers=False, evidence={"classes": float(k)},
+                    advice="Train a classifier: give the class indices (y.argmax(1)) as targets and use "
+                    "train.loss = \"cross_entropy\" on logits (no final softmax).")]
+
+
+def _values_fit(lo: float, hi: float, made_by: str | None, bounds: Any, last_op: str, name: str,
+                targets: Any) -> list[Finding]:
+    """A regression loss: ``output_loss_mismatch`` when a squashing output cannot reach the targets."""
     if made_by is None:
         return []
     if targets is not None and len(targets):

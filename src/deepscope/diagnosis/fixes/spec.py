@@ -328,6 +328,7 @@ FIXES_FOR: dict[str, list[str]] = {
     "input_not_scaled": ["standardize"],
     "not_learning": ["unfreeze", "register", "reinit", "lr_x0.1"],
     "output_loss_mismatch": ["as_logits"],
+    "loss_for_classes": [],  # the change is the targets' form (class indices) and the loss: the user's, not a trial's
     "output_saturated": ["reinit", "lr_x0.1", "clip_norm"],
     "loss_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
     "gradient_spikes": ["clip_norm", "lr_x0.3", "warmup_cosine"],
