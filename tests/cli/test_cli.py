@@ -30,6 +30,8 @@ def test_list_shows_activations():
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "deepscope.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "deepscope" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "deepscope", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "deepscope" in out.stdout  # python -m deepscope
 
 
 def test_list_shows_every_registry():
