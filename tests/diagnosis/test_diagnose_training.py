@@ -431,3 +431,12 @@ def test_an_early_rise_the_loss_falls_back_below_is_not_a_too_high_rate():
     assert "lr_too_high" not in codes(diagnose([], scalars=curve("train/loss", values)))
     stays = [0.5] * 3 + [0.8] * 40 + [0.8 - 0.001 * i for i in range(157)]  # it falls, but ends above 0.5
     assert "lr_too_high" in codes(diagnose([], scalars=curve("train/loss", stays)))
+
+
+def test_a_flat_noisy_loss_after_three_lucky_low_losses_is_not_a_rise():
+    """Small-batch MSE: every loss 0.93 x (1 +- 0.45) and no trend, the first three low by chance."""
+    g = torch.Generator().manual_seed(3)
+    values = [0.5, 0.52, 0.48] + [0.93 * (1 + 0.45 * float(e)) for e in torch.randn(397, generator=g).clamp(-2, 2)]
+    assert "lr_too_high" not in codes(diagnose([], scalars=curve("train/loss", values)))
+    thrown = [2.3, 2.3, 2.3] + [6.0 * (1 + 0.05 * float(e)) for e in torch.randn(397, generator=g)]  # up, and stays
+    assert "lr_too_high" in codes(diagnose([], scalars=curve("train/loss", thrown)))

@@ -232,10 +232,12 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
         causes.append(_finding("labels_unexplained", "error", "the loss stays at the chance level while gradients "
                                "flow and the weights move at a normal rate, the held-out loss never falls below the "
                                "chance level, and no cause in the model or the training was found: nothing in the "
-                               "inputs explains the labels (random or shuffled labels?)",
+                               "inputs seems to explain the labels (random or shuffled labels?) -- or the network "
+                               "learns too slowly to show it within this run",
                                evidence=dict(plateau.evidence),
                                advice="Check that inputs and labels are paired (shuffled separately?) and that the "
-                               "labels are the ones you meant; no training change can help that."))
+                               "labels are the ones you meant; if they are, train faster or longer (`--fix` tries Adam "
+                               "and higher rates first, and blames the data only when none of them trains)."))
     codes = {c.code for c in causes}
     existing = {f.code for f in findings}
     ranked = rank([c for c in causes if c.code not in existing] + list(findings), EXPLAINS,

@@ -30,9 +30,19 @@ LR_RISE_WINDOWS = 2  # ... in this many consecutive windows: one window of a hea
 # (a torch.nn TransformerEncoder classifier under Adam at lr 1e-3 went 0.72 -> 0.052 -> 0.089 -> 0.007, and with
 # another seed 0.72 -> 0.005 -> 0.022 at the end: +5 % and +2.4 % of its start, at 98-99 % accuracy).
 LR_RISE_MIN_JUMP = 0.1
-# ... and "stayed there": the run ends above the lowest value it had reached before the rise. A rise the loss then
-# falls back below is a transient, not a rate too high to train at (a post-LN nn.TransformerEncoder regressor under
-# Adam at lr 1e-3: 0.51 in the first updates, 0.79 over updates 1-40, 0.033 at update 200, R^2 0.96).
+# ... measured from the first losses only when their median lies LR_RISE_BASE_Z standard errors below the rest of the
+# first window (of at least LR_RISE_BASE_MIN losses), else from the first window's median (see _rise_base).
+LR_RISE_BASE_Z = 3.0
+# ... and by more than LR_RISE_Z standard errors of a window's median (the losses' spread within their windows): a
+# flat loss of batches of 10 (MSE +-45 %) drifts by 2 of them between the lowest of ten window medians and the next
+# two (0.63 -> 0.81: "29 %" on a network that learned nothing, under SGD at lr 1e-3).
+LR_RISE_Z = 3.0
+LR_RISE_BASE_MIN = 5
+# ... and "stayed there": the run does not end LR_SLOW_DROP (10 %) or more below the lowest value it had reached
+# before the rise. A rise the loss then falls well below is a transient, not a rate too high to train at (a post-LN
+# nn.TransformerEncoder regressor under Adam at lr 1e-3: 0.51 in the first updates, 0.79 over updates 1-40, 0.033 at
+# update 200, R^2 0.96); a loss thrown up and settling back a little below its start (2.3 -> 6 -> 2.2) learned
+# nothing past it.
 # Too low: "a slow decrease in the loss" (Varma & Das, ch. 7, fig. 7.6) -- the smoothed loss falls less than
 # LR_SLOW_DROP -- *and* small steps: the probe's update/weight ratio |dW| / |W| of the fastest-moving layer,
 # median over records, below LR_UPDATE_RATIO_LOW (a common rule of thumb puts a healthy ratio near 1e-3).
@@ -61,6 +71,12 @@ LR_FLAT_RATIO = 1e-2
 # jumps 14x at the second update, the weights change by 4x their norm, then 1.39 flat). Tuned on cnn-adam-lr-0.2.
 LR_EARLY_UPDATES = 20
 LR_EARLY_JUMP = 3.0  # the loss of one healthy update stays within 2.5x of its neighbours (the spike rules)
+# ... and the jump must stand out of the batches' own noise: its log above the median log loss after the first
+# LR_EARLY_UPDATES by LR_EARLY_Z robust spreads (1.4826 x MAD) of those. The first loss of one small batch can be low
+# by chance (an MSE over 10 examples: 0.49 where the run sat at 0.9, then one batch at 2.3 -- "4.7x" with nothing
+# blown up, 2-3 spreads; a post-LN transformer regressor under Adam at lr 3e-4); a blow-up then flat at the chance
+# level stands tens of spreads out.
+LR_EARLY_Z = 4.0
 LR_HUGE_STEP = 1.0
 # ... or the first update changes the weights of the median layer by LR_HUGE_STEP_MEDIAN of their norm: a post-LN
 # nn.TransformerEncoder under Adam at lr 0.05 moved every layer by 0.34-0.69 of its norm at once (loss 1.8 -> 2.8,
@@ -80,6 +96,35 @@ def _windows(values: Sequence[float], n: int) -> list[float]:
     n = max(1, min(n, len(values)))
     size = len(values) / n
     return [median(values[round(i * size): max(round((i + 1) * size), round(i * size) + 1)]) for i in range(n)]
+
+
+def _window_noise(values: Sequence[float], n: int) -> float:
+    """The standard error of one window's median: 1.2533 x the losses' robust spread around their own window's
+    median (1.4826 x MAD, so a trend across windows does not count) / sqrt(window size)."""
+    n = max(1, min(n, len(values)))
+    size = len(values) / n
+    deviations = []
+    for i in range(n):
+        window = values[round(i * size): max(round((i + 1) * size), round(i * size) + 1)]
+        center = median(window)
+        deviations += [abs(v - center) for v in window]
+    return 1.2533 * 1.4826 * median(deviations) / math.sqrt(max(size, 1.0))
+
+
+def _rise_base(values: Sequence[float], head: int, start: float, first_window: float) -> float:
+    """Where the rise rule's running minimum starts: the first ``head`` losses' median ``start`` when it lies
+    clearly below the rest of the first window -- by more than LR_RISE_BASE_Z standard errors of a median of
+    ``head`` losses, the spread read from that window (the loss was thrown up within it: 2.3 for three updates, then
+    6) --, else the first window's median. The median of three losses of small batches is noise (an MSE over 10
+    examples varies by +-45 %): from a lucky low one a flat loss "rose" 78 % (a post-LN transformer regressor under
+    SGD at lr 1e-3, 400 updates, whose window medians all sat at 0.8-0.95 while the median of its first three losses
+    was 0.52)."""
+    rest = values[head: head + round(len(values) / LR_WINDOWS)]
+    if len(rest) < LR_RISE_BASE_MIN:
+        return start
+    center = median(rest)
+    spread = 1.4826 * median([abs(v - center) for v in rest])
+    return start if center - start > LR_RISE_BASE_Z * 1.2533 * spread / math.sqrt(head) else first_window
 
 
 def curve(scalars: Iterable[Any], name: str) -> list[tuple[int, float]]:
@@ -130,12 +175,15 @@ def rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, e
     steps = [s for s, _ in loss]
     values = [v for _, v in loss]
     smooth = _windows(values, LR_WINDOWS)
-    start = median(values[: max(1, min(3, len(values) // LR_WINDOWS))])
-    running, rise, rise_at = start, 0.0, None
+    head = max(1, min(3, len(values) // LR_WINDOWS))
+    start = median(values[:head])
+    running, rise, rise_at = _rise_base(values, head, start, smooth[0]), 0.0, None
+    noise = LR_RISE_Z * _window_noise(values, LR_WINDOWS)
     for i, v in enumerate(smooth):
         ahead = smooth[i: i + LR_RISE_WINDOWS]
         if (running > 0 and len(ahead) == LR_RISE_WINDOWS and min(ahead) / running - 1.0 > rise
-                and min(ahead) - running > LR_RISE_MIN_JUMP * start and smooth[-1] > running):
+                and min(ahead) - running > max(LR_RISE_MIN_JUMP * start, noise)
+                and smooth[-1] > (1.0 - LR_SLOW_DROP) * running):
             rise, rise_at = min(ahead) / running - 1.0, i
         running = min(running, v)
     if rise > LR_RISE:
@@ -195,8 +243,14 @@ def _early_blowup(loss: list[tuple[int, float]], end: float, rec: Records) -> tu
     LR_HUGE_STEP, LR_SLOW_DROP), else None."""
     first = loss[0][1]
     early = loss[: LR_EARLY_UPDATES + 1]
-    jump_at, jump = max(early, key=lambda p: p[1])
-    jump = jump / first if first > 0 else 0.0
+    jump_at, peak = max(early, key=lambda p: p[1])
+    jump = peak / first if first > 0 else 0.0
+    later = [math.log(v) for _, v in loss[LR_EARLY_UPDATES + 1:] if v > 0 and math.isfinite(v)]
+    if len(later) >= LR_MIN_POINTS and peak > 0:  # a peak within the batches' own noise is no blow-up
+        center = median(later)
+        spread = 1.4826 * median([abs(v - center) for v in later])
+        if math.log(peak) - center < LR_EARLY_Z * spread:
+            jump = min(jump, LR_EARLY_JUMP * 0.999)
     per_step = rec.by_step("update_ratio", "ratio")
     at_first = [v for v in per_step[min(per_step)].values() if math.isfinite(v)] if per_step else []
     step = max(at_first, default=0.0)
