@@ -440,3 +440,14 @@ def test_a_flat_noisy_loss_after_three_lucky_low_losses_is_not_a_rise():
     assert "lr_too_high" not in codes(diagnose([], scalars=curve("train/loss", values)))
     thrown = [2.3, 2.3, 2.3] + [6.0 * (1 + 0.05 * float(e)) for e in torch.randn(397, generator=g)]  # up, and stays
     assert "lr_too_high" in codes(diagnose([], scalars=curve("train/loss", thrown)))
+
+
+def test_an_early_jump_within_the_batches_noise_is_not_a_blow_up_but_a_blow_up_to_a_flat_chance_level_is():
+    g = torch.Generator().manual_seed(5)
+    noise = [float(e) for e in torch.randn(300, generator=g).clamp(-2, 2)]
+    values = [0.9 * (1 + 0.45 * e) for e in noise]  # MSE of batches of 10: +-45 %, no trend
+    values[0], values[7] = 0.45, 2.1  # a lucky first batch, an unlucky one: 4.7x
+    assert "lr_too_high" not in codes(diagnose([], scalars=curve("train/loss", values)))
+    blown = [1.39, 19.5, 9.0, 4.0] + [1.39 * (1 + 0.01 * e) for e in noise[4:]]  # 14x, then flat at chance
+    f = only(diagnose([], scalars=curve("train/loss", blown)), "lr_too_high")
+    assert f.evidence["early_jump"] == pytest.approx(19.5 / 1.39)
