@@ -56,9 +56,9 @@ def spec_for(m: Model, updates: int) -> dict:
             "train": {"updates": updates, "batch_size": m.batch_size, "device": "cpu", "seed": 0}}
 
 
-def trains(error: float, baseline: float, diverged: bool) -> bool:
+def trains(error: float, baseline: float, diverged: bool, chance: float = CHANCE) -> bool:
     """The rule of "repaired": 10 points below chance, and better than the baseline (or the baseline diverged)."""
-    return math.isfinite(error) and error <= CHANCE - TRAINS_MARGIN and (diverged or error < baseline)
+    return math.isfinite(error) and error <= chance - TRAINS_MARGIN and (diverged or error < baseline)
 
 
 def run(m: Model, data, updates: int, monitor: int):

@@ -53,6 +53,8 @@ def keras_init_(tensor: torch.Tensor, init: tuple, fans: tuple[float, float]) ->
             return tensor.zero_()
         if kind == "ones":
             return tensor.fill_(1.0)
+        if kind == "constant":  # Constant(value=0)
+            return tensor.fill_(float(init[1]) if len(init) > 1 else 0.0)
         if kind == "uniform":  # RandomUniform(minval=-0.05, maxval=0.05)
             return tensor.uniform_(-0.05, 0.05)
         if kind == "normal":  # RandomNormal(mean=0, stddev=0.05)
@@ -71,6 +73,13 @@ def keras_init_(tensor: torch.Tensor, init: tuple, fans: tuple[float, float]) ->
             limit = math.sqrt(3.0 * scale / fan)
             return tensor.uniform_(-limit, limit)
     raise ValueError(f"unknown Keras initializer {init!r}")
+
+
+class Exp(nn.Module):
+    """Keras's ``Activation('exponential')``: exp(x), element-wise (a user's own activation module)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
 
 
 def build(layers: list[tuple], in_shape: tuple[int, int, int] = (1, 28, 28)) -> nn.Sequential:
@@ -93,7 +102,8 @@ def build(layers: list[tuple], in_shape: tuple[int, int, int] = (1, 28, 28)) -> 
             _, units, init, *bias = layer
             mod, features = nn.Linear(features, units), units
         elif kind == "act":
-            mod = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[layer[1]]()
+            mod = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "exponential": Exp,
+                   "log_sigmoid": nn.LogSigmoid}[layer[1]]()
         else:
             raise ValueError(f"unknown layer {layer!r}")
         if kind in ("conv", "dense"):

@@ -23,7 +23,7 @@ def test_unknown_dataset_and_option_are_listed():
 
 def test_registry_names():
     assert set(DATASETS) == {"shapeset", "mnist", "fashion_mnist", "cifar10", "digits", "mnist5k", "friedman",
-                             "spirals"}
+                             "spirals", "circles", "blobs"}
 
 
 def test_shapeset_dataset_online():

@@ -106,3 +106,31 @@ def test_source_reader_follows_attributes_methods_helpers_and_flags(gated):
     probe = Probe(Indirect(gated))
     want = "sigmoid, softsign, tanh" if gated else "softsign, tanh"
     assert probe.unobservable == [("(model)", f"calls {want} inside forward")]
+
+
+class Exp(nn.Module):
+    """Keras's 'exponential' activation as a user writes it: nothing else in the module."""
+
+    def forward(self, x):
+        return torch.exp(x)
+
+
+class ExpMethod(nn.Module):
+    def forward(self, x):
+        return x.exp()
+
+
+def test_exponential_activation_modules_are_recorded_as_activations():
+    torch.manual_seed(4)
+    x, y = torch.randn(16, 2), torch.randint(0, 3, (16,))
+    model = nn.Sequential(nn.Linear(2, 5), Exp(), nn.Linear(5, 5), ExpMethod(), nn.Linear(5, 3))
+    with Probe(model, monitor=(x, y)) as probe:
+        pass
+    assert probe.unobservable == []
+    assert [(layer.name, layer.kind) for layer in probe.layers] == [("1", "activation"), ("3", "activation")]
+    with torch.no_grad():
+        h1 = torch.exp(model[0](x))
+        h3 = torch.exp(model[2](h1))
+    act = stats(probe, quantity="activation")
+    assert act[("1", "std")] == pytest.approx(h1.std(correction=0).item(), rel=1e-5)
+    assert act[("3", "mean")] == pytest.approx(h3.mean().item(), rel=1e-5)

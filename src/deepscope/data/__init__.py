@@ -5,11 +5,12 @@ sets, batching by index and kornia augmentation. ``get_dataset(name, **options)`
 from deepscope.data.augment import AUGMENTATIONS, make_augment
 from deepscope.data.datasets import DATASETS, Dataset, Stream, batches, examples, get_dataset, save_grid
 from deepscope.data.files import DataFileError, read_cifar_batch, read_idx
-from deepscope.data.generated import friedman_dataset, spirals_dataset
+from deepscope.data.generated import blobs_dataset, circles_dataset, friedman_dataset, spirals_dataset
 from deepscope.data.shapeset import CLASS_NAMES as SHAPESET_CLASSES
 from deepscope.data.shapeset import generate as generate_shapeset
 
 DATASETS.update(friedman=friedman_dataset, spirals=spirals_dataset)  # generated regression and binary sets
+DATASETS.update(circles=circles_dataset, blobs=blobs_dataset)  # scikit-learn's toy sets, AUTOTRAINER's defaults
 
 __all__ = [
     "AUGMENTATIONS",

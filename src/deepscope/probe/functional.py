@@ -33,6 +33,7 @@ NONLINEAR = frozenset({
     "rrelu_", "glu", "logsigmoid", "threshold", "threshold_", "clamp", "clamp_", "clamp_min", "clamp_min_",
     "clamp_max", "clamp_max_", "clip", "clip_", "where", "maximum", "minimum", "fmax", "fmin", "erf",
     "heaviside", "sign", "softmax",
+    "exp", "exp_", "exp2", "exp2_", "expm1", "expm1_",  # an exponential activation (Keras's 'exponential')
 })  # fmt: skip
 
 _DEPTH = 3
