@@ -213,3 +213,22 @@ def test_a_loss_that_does_not_move_in_small_steps_is_a_low_rate_without_a_chance
     assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=flat + chance)}
     learning = [dict(step=s, name="train/loss", value=0.693 * math.exp(-s / 50)) for s in range(0, 200, 2)]
     assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=learning)}
+
+
+def test_a_constant_activation_after_a_zero_output_layer_is_not_hidden_units_in_symmetry():
+    from deepscope.diagnosis import diagnose
+    from deepscope.probe import Probe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 3), nn.LogSigmoid())
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)  # the output starts at zero: a common choice, gradients still reach it
+    with Probe(model, every=1, monitor=(X, torch.randint(0, 3, (len(X),)))) as probe:
+        pass
+    symmetric = [f for f in diagnose(probe.records) if f.code == "symmetry"]
+    assert symmetric and symmetric[0].layers == ["3"]  # the probe sees a constant output after the last layer ...
+    found = explain(symmetric, model_facts(model, X), {"train": {"loss": "mse"}})
+    assert "symmetry" not in codes(found)  # ... which is not a layer of clones
+    twin = Finding("symmetry", "error", "every unit of 2 layer(s) ...", layers=["1", "3"], evidence={"layers": 2.0})
+    [kept] = [f for f in explain([twin], model_facts(model, X), {"train": {"loss": "mse"}}) if f.code == "symmetry"]
+    assert kept.layers == ["1"] and kept.evidence["layers"] == 1.0 and "of 1 layer(s)" in kept.message

@@ -23,6 +23,8 @@ examples; a single label; depth without normalization (Ioffe & Szegedy 2015) or 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any
 
@@ -224,6 +226,7 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
     """``findings`` with the cause findings added, ranked roots first, and each problem's ``cause`` set to its root:
     the cause or the finding that explains it, or its own code (:func:`deepscope.diagnosis.ranking.rank`). Data
     causes (:data:`DATA_CAUSES`) explain every symptom, and turn them into info."""
+    findings = _not_hidden_clones(findings, facts)
     symptoms = {f.code for f in findings if f.severity in ("error", "warning")}
     causes = _causes(facts, spec, labels, symptoms, updates)
     plateau = next((f for f in findings if f.code == "plateau"), None)
@@ -247,6 +250,25 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
             if f.severity in ("error", "warning") and f.code not in codes:
                 f.severity = "info"
     return ranked
+
+
+def _not_hidden_clones(findings: list[Finding], facts: dict) -> list[Finding]:
+    """``findings`` without the activation module after the last layer in ``symmetry``: a constant output there
+    comes from an output layer initialized to zero (a common choice: its gradient is not zero), not from hidden units
+    that are clones (a Keras net ending in a LogSigmoid after a zero-initialized Dense was called symmetric)."""
+    trailing = facts.get("output_activation")
+    if trailing is None or not trailing[2]:
+        return findings
+    out = []
+    for f in findings:
+        if f.code == "symmetry" and trailing[0] in f.layers:
+            layers = [layer for layer in f.layers if layer != trailing[0]]
+            if not layers:
+                continue
+            f = dataclasses.replace(f, layers=layers, evidence={**f.evidence, "layers": float(len(layers))},
+                                    message=f.message.replace(f"of {len(f.layers)} layer(s)", f"of {len(layers)} layer(s)"))
+        out.append(f)
+    return out
 
 
 def _labels_unexplained(plateau: Finding) -> bool:
