@@ -24,7 +24,6 @@ examples; a single label; depth without normalization (Ioffe & Szegedy 2015) or 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from typing import Any
 
@@ -265,8 +264,9 @@ def _not_hidden_clones(findings: list[Finding], facts: dict) -> list[Finding]:
             layers = [layer for layer in f.layers if layer != trailing[0]]
             if not layers:
                 continue
+            message = f.message.replace(f"of {len(f.layers)} layer(s)", f"of {len(layers)} layer(s)")
             f = dataclasses.replace(f, layers=layers, evidence={**f.evidence, "layers": float(len(layers))},
-                                    message=f.message.replace(f"of {len(f.layers)} layer(s)", f"of {len(layers)} layer(s)"))
+                                    message=message)
         out.append(f)
     return out
 
