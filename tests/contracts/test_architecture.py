@@ -15,7 +15,7 @@ ROOT = Path(deepscope.__file__).parent
 
 # top to bottom, as in the README's "Development" section; a module may import its own layer and below
 LAYERS = [
-    ["cli"],
+    ["cli", "__main__"],  # __main__: `python -m deepscope`, the command line
     ["integrations", "experiments"],
     ["workflows", "parallel"],
     ["plots"],

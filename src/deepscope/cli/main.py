@@ -101,7 +101,7 @@ def train_command(
     force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if it reads as running "
                                "(its process died on another host, say)."),
     model: str | None = typer.Option(
-        None, "--model", help="Your own network instead of [model]: package.module:factory (a no-argument callable "
+        None, "--model", help="Your own network instead of \\[model]: package.module:factory (a no-argument callable "
         "returning an nn.Module), importable from the current directory; give it again with --resume."),
     guard: bool = typer.Option(False, "--guard", help="Watch every update: skip spikes, roll back on divergence, "
                                "name the examples (train.guard=true; events in <run>/guard.json)."),
