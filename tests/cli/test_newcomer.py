@@ -10,6 +10,16 @@ import deepscope
 from deepscope.cli import app
 
 runner = CliRunner()
+TINY = """name = "tiny"
+[data]
+name = "shapeset"
+options = { n_valid = 40, n_test = 40, size = 16 }
+[train]
+updates = 5
+eval_every = 5
+batch_size = 10
+device = "cpu"
+"""
 
 
 def test_python_dash_m_deepscope_runs_the_command_line():
@@ -28,3 +38,22 @@ def test_help_texts_keep_their_square_brackets():
     assert result.exit_code == 0
     flat = re.sub(r"[\s│]+", " ", result.output)
     assert "instead of [model]:" in flat
+
+
+def test_train_model_imports_a_module_of_the_current_directory(tmp_path, monkeypatch):
+    """``deepscope train SPEC --model mynets:build`` run from the folder holding ``mynets.py`` (the README's line):
+    the console script's ``sys.path`` starts at its own directory, so the module was not found (doctor found it)."""
+    (tmp_path / "newcomer_nets.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 7), nn.Tanh(), nn.Linear(7, 9))\n")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "newcomer_nets", raising=False)
+    result = runner.invoke(app, ["train", "tiny.toml", "--model", "newcomer_nets:build", "-q",
+                                 "--store", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    from deepscope.store import Store
+
+    run = Store(tmp_path / "runs", read_only=True).get_run("tiny-1")
+    assert run["spec"]["model"]["class"].endswith("Sequential")  # the module of the factory was trained
