@@ -57,3 +57,15 @@ def test_train_model_imports_a_module_of_the_current_directory(tmp_path, monkeyp
 
     run = Store(tmp_path / "runs", read_only=True).get_run("tiny-1")
     assert run["spec"]["model"]["class"].endswith("Sequential")  # the module of the factory was trained
+
+
+def test_runs_ls_shows_whole_run_ids_on_a_narrow_terminal(tmp_path):
+    """The id is what one types next (``runs show ID``): on 80 columns it was cut to ``friedman-regres…``."""
+    name = "a-rather-long-regression-name"
+    (tmp_path / "long.toml").write_text(TINY.replace('"tiny"', f'"{name}"'))
+    store = str(tmp_path / "runs")
+    assert runner.invoke(app, ["train", str(tmp_path / "long.toml"), "-q", "--store", store]).exit_code == 0
+    result = runner.invoke(app, ["runs", "ls", "--store", store], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert f"{name}-1" in result.output and "finished" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
