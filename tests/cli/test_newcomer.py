@@ -69,3 +69,16 @@ def test_runs_ls_shows_whole_run_ids_on_a_narrow_terminal(tmp_path):
     assert result.exit_code == 0
     assert f"{name}-1" in result.output and "finished" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+def test_the_progress_bar_ends_at_the_last_update(tmp_path):
+    """The bar is refreshed at most four times a second: it used to end at the last refresh (``9/10``, ``1994/2000``)
+    right above "test error ... after 10 updates"."""
+    (tmp_path / "tiny.toml").write_text(TINY.replace("updates = 5", "updates = 7").replace("eval_every = 5",
+                                                                                           "eval_every = 3"))
+    result = runner.invoke(app, ["train", str(tmp_path / "tiny.toml"), "--store", str(tmp_path / "runs")],
+                           env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    bars = [line for line in result.output.splitlines() if line.startswith("tiny ")]
+    assert bars and re.search(r"\b7/7\b", bars[-1]), result.output
+    assert "after 7 updates" in result.output
