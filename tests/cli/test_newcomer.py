@@ -82,3 +82,20 @@ def test_the_progress_bar_ends_at_the_last_update(tmp_path):
     bars = [line for line in result.output.splitlines() if line.startswith("tiny ")]
     assert bars and re.search(r"\b7/7\b", bars[-1]), result.output
     assert "after 7 updates" in result.output
+
+
+def test_experiments_run_says_what_it_checks_before_it_runs(tmp_path, monkeypatch):
+    """A quick profile trains for minutes: the claim and "running" come first (nothing was printed until the end)."""
+    import deepscope.experiments as experiments
+
+    def interrupted(*args, **kwargs):  # the run itself, cut short: what was printed before it is what we read
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(experiments, "run_experiment", interrupted)
+    claim = experiments.get_experiment("selu-lecun").claim
+    result = runner.invoke(app, ["experiments", "run", "selu-lecun", "-p", "tiny", "-o", str(tmp_path)],
+                           env={"COLUMNS": "1000"})
+    assert result.exit_code == 2 and "stopped by the test" in result.stderr
+    assert claim in result.stdout and "running profile tiny" in result.stdout
+    bad = runner.invoke(app, ["experiments", "run", "selu-lecun", "-p", "tny", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and bad.stdout == "" and "profile='tny'" in bad.stderr  # bad input: nothing else
