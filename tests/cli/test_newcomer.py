@@ -99,3 +99,11 @@ def test_experiments_run_says_what_it_checks_before_it_runs(tmp_path, monkeypatc
     assert claim in result.stdout and "running profile tiny" in result.stdout
     bad = runner.invoke(app, ["experiments", "run", "selu-lecun", "-p", "tny", "-o", str(tmp_path)])
     assert bad.exit_code == 2 and bad.stdout == "" and "profile='tny'" in bad.stderr  # bad input: nothing else
+
+
+def test_data_show_of_a_file_dataset_names_the_root_flag(tmp_path):
+    """``deepscope data show mnist`` said "needs root=<directory ...>", the library's keyword, not the flag."""
+    result = runner.invoke(app, ["data", "show", "mnist", "-o", str(tmp_path / "m.png")])
+    assert result.exit_code == 2
+    assert "needs root=" in result.stderr and "--root DIR" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.png").exists()
