@@ -34,12 +34,16 @@ def model_from_factory(path: str):
     """Import ``package.module:factory`` and call it with no arguments; it must return an ``nn.Module``."""
     import importlib
     import inspect
+    import os
+    import sys
 
     from torch import nn
 
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--model {path!r}: expected package.module:factory, e.g. mypkg.nets:build")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -75,7 +75,8 @@ def data_show(
     try:
         x, y, class_names = examples(name, n, split, **options)
     except (ValueError, ImportError, DataFileError) as e:
-        typer.echo(f"error: {e}", err=True)
+        hint = "; give it with --root DIR" if "root" not in options and "needs root=" in str(e) else ""
+        typer.echo(f"error: {e}{hint}", err=True)
         raise typer.Exit(2) from None
     try:
         save_grid(x, y, class_names, output, title=f"{name} ({split})")

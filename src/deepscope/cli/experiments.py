@@ -74,16 +74,19 @@ def experiments_run(
 
     if out.exists() and not out.is_dir():
         raise fail(f"-o {out}: is a file; give a directory for the figures and the verdict JSON")
+    console = Console()
     try:
         experiment = get_experiment(name)
+        experiment.settings(profile, list(set_ or []))  # a bad profile or setting is named before anything runs
         if store is None and experiment.grid is not None:
             store = default_root()
+        # the claim first: a quick profile trains for minutes, and the reader knows what is being checked
+        console.print(f"[bold]{experiment.name}[/bold]: {escape(experiment.claim)} [dim]({escape(experiment.source)})"
+                      f"[/dim]\nrunning profile {escape(profile)} ...")
         verdict = run_experiment(name, profile, seeds=seeds, store=store, jobs=jobs, out_dir=out, backend=backend,
                                  overrides=list(set_ or []))
     except (ValueError, ImportError) as e:
         raise fail(str(e)) from None
-    console = Console()
-    console.print(f"[bold]{experiment.name}[/bold]: {experiment.claim} [dim]({experiment.source})[/dim]")
     changed = f", --set {' '.join(verdict.overrides)}" if verdict.overrides else ""
     console.print(f"profile {profile}{changed}, seeds {verdict.seeds}", soft_wrap=True)
     checks = Table("", "check", show_header=False)

@@ -4,7 +4,6 @@ The top-level commands (list, train, doctor, report) are here; `data`, `runs` an
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -101,7 +100,7 @@ def train_command(
     force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if it reads as running "
                                "(its process died on another host, say)."),
     model: str | None = typer.Option(
-        None, "--model", help="Your own network instead of [model]: package.module:factory (a no-argument callable "
+        None, "--model", help="Your own network instead of \\[model]: package.module:factory (a no-argument callable "
         "returning an nn.Module), importable from the current directory; give it again with --resume."),
     guard: bool = typer.Option(False, "--guard", help="Watch every update: skip spikes, roll back on divergence, "
                                "name the examples (train.guard=true; events in <run>/guard.json)."),
@@ -231,8 +230,6 @@ def doctor_command(
             name = model.rpartition(":")[2] or "model"
             run_spec = validate_spec(apply_overrides({"name": name, "train": {"updates": updates}}, overrides),
                                      source="--set")
-        if model is not None and "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current directory import
         net = model_from_factory(model) if model is not None else None
         st = store or default_root()  # opened (and created) by the run once the spec, data and model are checked
         # with --fix the report draws the baseline and the repaired run; without, it is written after the findings

@@ -48,15 +48,18 @@ def runs_ls(
     from rich.table import Table
 
     st = read_store(store)
+    rows = [(escape(run["id"]), run["status"], _steps(run), _pct(run, "valid/error"), _pct(run, "test/error"),
+             _when(run["created"])) for run in st.runs()
+            if pattern is None or fnmatchcase(run["id"], pattern) or fnmatchcase(run["name"], pattern)]
     table = Table(title=escape(f"runs in {st.path}"))
-    table.add_column("id", no_wrap=True)
-    for column in ("status", "updates", "valid err", "test err", "created"):
-        table.add_column(column, no_wrap=True, justify="left" if column in ("status", "created") else "right")
-    for run in st.runs():
-        if pattern is not None and not (fnmatchcase(run["id"], pattern) or fnmatchcase(run["name"], pattern)):
-            continue
-        table.add_row(escape(run["id"]), run["status"], _steps(run), _pct(run, "valid/error"),
-                      _pct(run, "test/error"), _when(run["created"]))
+    for i, column in enumerate(("id", "status", "updates", "valid err", "test err", "created")):
+        # a narrow terminal wraps the metrics, never the id one types next nor the status
+        whole = column not in ("valid err", "test err")
+        width = max([len(column), *(len(row[i]) for row in rows)]) if whole else None
+        table.add_column(column, no_wrap=whole, min_width=width,
+                         justify="left" if column in ("id", "status", "created") else "right")
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
 
 

@@ -1,6 +1,6 @@
 """augmentation: label-preserving distortions of the training images shrink the train/test gap.
 
-Seed 002: "Modern models have millions of parameters ... But data sets are not that huge. To tackle this
+Jen (2020): "Modern models have millions of parameters ... But data sets are not that huge. To tackle this
 problem, we can generate new examples through applying distortions, such as flips, rotations, color shifts,
 scaling ... When we distort that image, the cats are still the cats." A Shapeset class is the set of shapes in
 the image, which flips and rotations of any angle leave unchanged.

@@ -5,7 +5,7 @@ Ioffe & Szegedy 2015 (sections 3.3, 4.1, 4.2): normalizing each unit's pre-activ
 then scaling and shifting it (gamma, beta), keeps the layers' inputs in a stable range, "enables higher learning
 rates" (their BN-x5 / BN-x30 Inception runs) and lets saturating nonlinearities train: Inception with sigmoids
 never beat chance without BN and reached 69.8% with it. Their MNIST toy: 3 hidden layers of 100 sigmoid units,
-batch 60. Seed 004 section 7.7: "In a non-normalized network, a large learning rate can lead to oscillations
+batch 60. Varma & Das, ch. 7, section 7.7: "In a non-normalized network, a large learning rate can lead to oscillations
 and cause the loss function increase rather than decrease. Batch Normalization helps prevents these problems".
 
 Measured on Shapeset, plain SGD:

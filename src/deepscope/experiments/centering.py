@@ -1,6 +1,6 @@
 """centering: zero-centred (and scaled) inputs make gradient descent converge faster than raw ones.
 
-Seed 004 section 7.6 ("Why Zero Centering Helps", fig 7.20): with inputs x_j >= 0, the update of every weight
+Varma & Das, ch. 7, section 7.6 ("Why Zero Centering Helps", fig 7.20): with inputs x_j >= 0, the update of every weight
 into an output unit, -eta x_j (y_k - t_k), has the same sign, so the weights can only move together and descent
 zig-zags toward the minimum; subtracting the per-feature mean (centering) removes that constraint, and dividing
 by the standard deviation (scaling) "balances out the rate at which the weights connected to the input nodes

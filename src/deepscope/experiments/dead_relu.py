@@ -1,9 +1,9 @@
 """dead-relu: ReLU units die under a bad initialization or a too-high learning rate; Leaky ReLU and PReLU units
 pushed to the same place keep learning and come back.
 
-Seed 004 section 7.4 (figs 7.13-7.15): a ReLU unit whose hyperplane misses the data cloud outputs 0 for every
+Varma & Das, ch. 7, section 7.4 (figs 7.13-7.15): a ReLU unit whose hyperplane misses the data cloud outputs 0 for every
 input and "will kill all gradients backpropagating down", so it never changes again -- "most often caused due to
-bad initializations". Seed 002: "if we're unlucky during the initialization ... this neuron will never update";
+bad initializations". Jen (2020): "if we're unlucky during the initialization ... this neuron will never update";
 Leaky ReLU max(ax, x) keeps "a small non-zero gradient ... so that the neuron can keep alive"; PReLU (He et al.
 2015) learns the slope a.
 

@@ -75,7 +75,7 @@ _COMMON = {"depth": 2, "width": 512, "dropout": 0.5, "lr": 0.01, "batch_size": 3
 EXPERIMENT = Experiment(
     name="dropout",
     claim="Dropout shrinks the gap between training and test error of a net that overfits a small training set.",
-    source="Srivastava et al. 2014; Jen (2020) (dropout); seeds 000/001 (overfitting)",
+    source="Srivastava et al. 2014; Jen (2020) (dropout); Kekulawala (blog); Géron (2017), ch. 11 (overfitting)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 128, "n_valid": 32, "n_test": 64, "width": 32, "epochs": 4,
                  "eval_every": 8},

@@ -153,7 +153,8 @@ EXPERIMENT = Experiment(
     name="he-vs-glorot-depth",
     claim="A very deep (30-layer) ReLU net stalls with Glorot's init and trains with He's; a shallower one trains "
     "with both, He's earlier.",
-    source="He et al. 2015, section 2.2 and fig 3 (22 vs 30 layers); seeds 000/001 (He initialization)",
+    source="He et al. 2015, section 2.2 and fig 3 (22 vs 30 layers); Kekulawala (blog); Géron (2017), ch. 11 "
+    "(He initialization)",
     profiles={
         "tiny": {**_COMMON, "size": 8, "n_train": 256, "n_valid": 64, "n_test": 64, "depths": [4, 6], "width": 8,
                  "updates": 40, "eval_every": 10},

@@ -1,6 +1,6 @@
 """learning-rate: the learning rate decides whether and how fast SGD converges, and annealing it helps.
 
-Seed 004 section 7.2 (figs 7.2, 7.6, 7.7): "A very high Learning Rate can cause the Loss Function to start to
+Varma & Das, ch. 7, section 7.2 (figs 7.2, 7.6, 7.7): "A very high Learning Rate can cause the Loss Function to start to
 increase after a few iterations, while a moderately high rate causes the Loss to plateau at a high value after
 an initial rapid decrease. A very low Learning Rate on the other hand can be identified by a slow decrease in the
 Loss Function"; annealing, "reducing the Learning Rate as the system approaches the minimum", by the number of

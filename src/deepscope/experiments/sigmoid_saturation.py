@@ -3,7 +3,7 @@
 Glorot & Bengio (2010), sec. 3.1 and fig. 2: in a sigmoid net with 4 hidden layers and the standard
 initialization, the top hidden layer's activations are quickly pushed to 0 -- the lower saturation of the
 sigmoid -- while the lower layers keep means around 0.5; tanh, symmetric around 0, shows no such collapse.
-Seed 004 (sec. 7.8, text by fig. 7.23): N(0, 1) weights drive sigmoid units into saturation from the start.
+Varma & Das, ch. 7 (sec. 7.8, text by fig. 7.23): N(0, 1) weights drive sigmoid units into saturation from the start.
 
 Three runs on Shapeset-3x2 are probed on the first ``n_monitor`` test examples (one seed, the first of
 ``ctx.seeds``):

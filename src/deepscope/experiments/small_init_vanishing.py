@@ -1,6 +1,6 @@
 """small-init-vanishing: activation statistics across depth at initialization.
 
-Seed 004 section 7.8 (figs 7.23, 7.24): initialized with N(0, 0.01) weights, a deep tanh net's first layer
+Varma & Das, ch. 7, section 7.8 (figs 7.23, 7.24): initialized with N(0, 0.01) weights, a deep tanh net's first layer
 has a healthy spread but deeper layers' activations shrink toward 0 -- the weights are tiny and each
 layer multiplies by them again, so the gradients dz * delta vanish too. N(0, 1) weights "did not solve the
 problem either": sigmoid units saturate. A properly scaled init (Glorot's normalized init, Var(W) =

@@ -257,6 +257,7 @@ class _Run:
                         refresh(progress, self.step, self.losses, self.n, self.sums,
                                 optimizer.param_groups[0]["lr"], (self.step - last_step) / (now - last_time))
                         next_refresh, last_step, last_time = now + REFRESH_SECONDS, self.step, now
+                progress.update(progress.task_ids[0], completed=self.step)  # the bar ends where training did
                 if status == "finished":
                     status, message = self._end_of_training(message)
         except KeyboardInterrupt:
