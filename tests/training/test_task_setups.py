@@ -274,3 +274,12 @@ def test_a_sigmoid_output_with_bce_loss_gets_the_chance_level_in_probabilities()
     net = nn.Sequential(nn.Flatten(), nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2), nn.Sigmoid())
     result = doctor(_spec("bce_with_logits"), model=net, dataset=data, updates=40, report=False, loss_fn=nn.BCELoss())
     assert result.metrics["valid/error"] < 0.5
+
+
+def test_a_module_of_your_own_is_stored_without_the_specs_init_which_it_never_received(tmp_path):
+    data = _dataset(lambda x: x[:, :1] * 2.0, outputs=1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    result = train({**_spec("mse", updates=4), "init": {"scheme": "lsuv"}}, model=net, dataset=data,
+                   store=Store(tmp_path), quiet=True)
+    stored = Store(tmp_path).get_run(result.run_id)["spec"]
+    assert stored["model"] == {"class": "Sequential", "activation": "tanh"} and "init" not in stored

@@ -11,10 +11,10 @@ change and the repair tries its fixes first. A finding *yields* to another (is e
    cause in the model or the set-up (:data:`deepscope.diagnosis.causes.EXPLAINS`) the symptoms it produces;
 2. ``eval_mode`` explains ``bn_stats_frozen``: a batch norm in eval mode does not update its running statistics;
 3. inputs off-centre or unscaled (LeCun et al. 1998, "Efficient BackProp", sec. 4.3) explain saturation and dead
-   units *in the first layer alone at initialization* (in deeper layers too, the weights' scale is the cause); inputs whose RMS is :data:`LARGE_INPUT` times the unit scale the
-   initializations assume also explain an output saturated at initialization and a loss that grows under updates
-   (the first layer's gradient and the curvature grow with the input's second moment: the rate that fits
-   standardized inputs is too high for them);
+   units *in the first layer alone at initialization* (in deeper layers too, the weights' scale is the cause);
+   inputs whose RMS is :data:`LARGE_INPUT` times the unit scale the initializations assume also explain an output
+   saturated at initialization and a loss that grows under updates (the first layer's gradient and the curvature
+   grow with the input's second moment: the rate that fits standardized inputs is too high for them);
 4. identical units (``symmetry`` at initialization) explain the layer symptoms: saturated, dead or constant
    layers, vanishing gradients, a flat loss (Varma & Das, ch. 7, section 7.5);
 5. an output saturated at initialization (Glorot & Bengio 2010, sec. 4.1) explains the symptoms that appear

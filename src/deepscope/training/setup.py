@@ -226,11 +226,13 @@ def describe_model(model: nn.Module) -> dict[str, str]:
 
 
 def recorded_spec(spec: RunSpec, user_model: dict[str, str] | None, user_loss: str | None = None) -> dict[str, Any]:
-    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead; with your own
-    loss, ``train.loss`` is its name."""
+    """The spec as the store shows it: with your own model, ``[model]`` describes that module instead and there is no
+    ``[init]`` (the spec's initialization is not applied to your module); with your own loss, ``train.loss`` is its
+    name."""
     data = spec.to_dict()
     if user_model is not None:
         data["model"] = dict(user_model)
+        data.pop("init", None)
     if user_loss is not None:
         data["train"]["loss"], data["train"]["loss_options"] = user_loss, {}
     return data

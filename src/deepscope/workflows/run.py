@@ -232,6 +232,7 @@ def diagnosis_run(
         from deepscope.training.setup import describe_model
 
         recorded["model"] = describe_model(model)
+        recorded.pop("init", None)  # not applied to your module
     if loss_fn is not None:
         from deepscope.losses import describe
 
