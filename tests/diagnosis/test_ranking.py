@@ -113,3 +113,20 @@ def test_activations_grown_with_depth_explain_an_output_saturated_at_initializat
     codes, causes = ranked(F("lr_too_high", first_step=30), F("output_saturated", "warning"),
                            F("variance_grows", "warning"))
     assert codes[0] == "variance_grows" and set(causes.values()) == {"variance_grows"}
+
+
+def test_every_layer_saturated_at_initialization_is_the_inputs_only_when_they_are_large():
+    def saturation(*layers):
+        return Finding("saturation", "error", "", layers=list(layers), first_step=0, evidence={"in_first_layer": 1.0})
+
+    def inputs(rms):  # off-centre: the means carry 84 % of the RMS
+        return Finding("input_not_centered", "warning", "", first_step=0, evidence={"rms": rms, "mean": 0.84 * rms})
+
+    def cause(*found):
+        return {f.code: f.cause for f in explain(list(found), {}, {})}["saturation"]
+
+    assert cause(saturation("hidden1"), inputs(0.57)) == "input_not_centered"  # the first layer alone
+    # every layer at initialization under inputs of a unit scale (images in [0, 1]): the weights' scale does it
+    assert cause(saturation("hidden1", "hidden2", "hidden3"), inputs(0.57)) == "saturation"
+    # ... under inputs of RMS 10 (an offset of 10), the inputs carry into the deeper layers
+    assert cause(saturation("hidden1", "hidden2", "hidden3"), inputs(10.0)) == "input_not_centered"

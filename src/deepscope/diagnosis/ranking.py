@@ -11,7 +11,8 @@ change and the repair tries its fixes first. A finding *yields* to another (is e
    cause in the model or the set-up (:data:`deepscope.diagnosis.causes.EXPLAINS`) the symptoms it produces;
 2. ``eval_mode`` explains ``bn_stats_frozen``: a batch norm in eval mode does not update its running statistics;
 3. inputs off-centre or unscaled (LeCun et al. 1998, "Efficient BackProp", sec. 4.3) explain saturation and dead
-   units *in the first layer alone at initialization* (in deeper layers too, the weights' scale is the cause);
+   units *in the first layer at initialization*, and in deeper layers too only when the inputs are large (else the
+   weights' scale is the cause there);
    inputs whose RMS is :data:`LARGE_INPUT` times the unit scale the initializations assume also explain an output
    saturated at initialization and a loss that grows under updates (the first layer's gradient and the curvature
    grow with the input's second moment: the rate that fits standardized inputs is too high for them);
@@ -62,10 +63,12 @@ def after_updates(f: Finding) -> bool:
 
 
 def _in_first_layer_at_init(root: Finding, f: Finding) -> bool:
-    """The symptom is in the first layer, at initialization, and there only: when deeper layers saturate (or die)
-    at initialization too, the weights' scale does it in every layer, and centring the inputs would not bring the
-    first layer back (sigmoid units on 1,024 inputs with N(0, 1) weights: pre-activations of std ~18 either way)."""
-    return at_init(f) and f.evidence.get("in_first_layer", 0.0) > 0 and len(f.layers) <= 1
+    """The symptom is in the first layer at initialization, and there only unless the inputs are large (their RMS
+    LARGE_INPUT x the unit scale: an offset of 10 carries through every ReLU-like layer). When deeper layers saturate
+    (or die) at initialization too under inputs of a unit scale, the weights' scale does it in every layer, and
+    centring the inputs would not bring the first layer back (sigmoid units on 1,024 inputs in [0, 1] with N(0, 1)
+    weights: pre-activations of std ~18 either way)."""
+    return at_init(f) and f.evidence.get("in_first_layer", 0.0) > 0 and (len(f.layers) <= 1 or _large_input(root, f))
 
 
 def _large_input(root: Finding, f: Finding) -> bool:
