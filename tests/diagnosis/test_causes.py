@@ -215,8 +215,9 @@ def test_a_loss_that_does_not_move_in_small_steps_is_a_low_rate_without_a_chance
     assert "lr_too_low" not in {f.code for f in diagnose(moves, scalars=learning)}
 
 
-def test_a_constant_activation_after_a_zero_output_layer_is_not_hidden_units_in_symmetry():
+def test_the_activation_after_the_last_layer_is_not_a_hidden_layer_for_symmetry_and_depth():
     from deepscope.diagnosis import diagnose
+    from deepscope.diagnosis.causes import hidden_records
     from deepscope.probe import Probe
 
     torch.manual_seed(0)
@@ -227,8 +228,12 @@ def test_a_constant_activation_after_a_zero_output_layer_is_not_hidden_units_in_
         pass
     symmetric = [f for f in diagnose(probe.records) if f.code == "symmetry"]
     assert symmetric and symmetric[0].layers == ["3"]  # the probe sees a constant output after the last layer ...
-    found = explain(symmetric, model_facts(model, X), {"train": {"loss": "mse"}})
-    assert "symmetry" not in codes(found)  # ... which is not a layer of clones
-    twin = Finding("symmetry", "error", "every unit of 2 layer(s) ...", layers=["1", "3"], evidence={"layers": 2.0})
-    [kept] = [f for f in explain([twin], model_facts(model, X), {"train": {"loss": "mse"}}) if f.code == "symmetry"]
-    assert kept.layers == ["1"] and kept.evidence["layers"] == 1.0 and "of 1 layer(s)" in kept.message
+    kept = hidden_records(probe.records, model_facts(model, X))
+    assert "symmetry" not in [f.code for f in diagnose(kept)]  # ... which is not a layer of clones
+    def activation_moments(rows):
+        return {r["layer"] for r in rows if r["quantity"] == "activation" and r["stat"] in ("mean", "std")}
+
+    assert activation_moments(probe.records) - activation_moments(kept) == {"3"}
+    others = [r for r in probe.records if r["layer"] == "3" and not (r["quantity"] == "activation"
+                                                                     and r["stat"] in ("mean", "std"))]
+    assert others and others == [r for r in kept if r["layer"] == "3"]  # its other rows stay (gradients, ...)

@@ -23,7 +23,6 @@ examples; a single label; depth without normalization (Ioffe & Szegedy 2015) or 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -33,7 +32,8 @@ from torch import nn
 from deepscope.diagnosis.findings import Finding
 from deepscope.diagnosis.ranking import rank
 
-__all__ = ["CAUSES", "DATA_CAUSES", "DEEP", "SUSPECTED_DATA_CAUSES", "explain", "model_facts", "weight_norm"]
+__all__ = ["CAUSES", "DATA_CAUSES", "DEEP", "SUSPECTED_DATA_CAUSES", "explain", "hidden_records", "model_facts",
+           "weight_norm"]
 
 CAUSES: dict[str, str] = {
     "forward_overflow": "an activation overflows in the forward pass at initialization: change the activation",
@@ -225,7 +225,6 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
     """``findings`` with the cause findings added, ranked roots first, and each problem's ``cause`` set to its root:
     the cause or the finding that explains it, or its own code (:func:`deepscope.diagnosis.ranking.rank`). Data
     causes (:data:`DATA_CAUSES`) explain every symptom, and turn them into info."""
-    findings = _not_hidden_clones(findings, facts)
     symptoms = {f.code for f in findings if f.severity in ("error", "warning")}
     causes = _causes(facts, spec, labels, symptoms, updates)
     plateau = next((f for f in findings if f.code == "plateau"), None)
@@ -251,24 +250,17 @@ def explain(findings: list[Finding], facts: dict, spec: dict, labels: Any = None
     return ranked
 
 
-def _not_hidden_clones(findings: list[Finding], facts: dict) -> list[Finding]:
-    """``findings`` without the activation module after the last layer in ``symmetry``: a constant output there
-    comes from an output layer initialized to zero (a common choice: its gradient is not zero), not from hidden units
-    that are clones (a Keras net ending in a LogSigmoid after a zero-initialized Dense was called symmetric)."""
+def hidden_records(records: list[dict], facts: dict) -> list[dict]:
+    """``records`` without the activation mean and std of the activation module after the last layer (``facts``'s
+    ``output_activation``): they describe the output, not hidden units, so the rules that compare hidden layers
+    (``symmetry``: units giving one value; ``variance_shrinks``/``variance_grows``: the std across depth) must not
+    read them. A Keras net ending in a LogSigmoid after a zero-initialized Dense was called symmetric, and after
+    re-initialization still "shrinking" from its ReLU layers to that LogSigmoid."""
     trailing = facts.get("output_activation")
     if trailing is None or not trailing[2]:
-        return findings
-    out = []
-    for f in findings:
-        if f.code == "symmetry" and trailing[0] in f.layers:
-            layers = [layer for layer in f.layers if layer != trailing[0]]
-            if not layers:
-                continue
-            message = f.message.replace(f"of {len(f.layers)} layer(s)", f"of {len(layers)} layer(s)")
-            f = dataclasses.replace(f, layers=layers, evidence={**f.evidence, "layers": float(len(layers))},
-                                    message=message)
-        out.append(f)
-    return out
+        return records
+    return [r for r in records if not (r.get("layer") == trailing[0] and r.get("quantity") == "activation"
+                                       and r.get("stat") in ("mean", "std"))]
 
 
 def _labels_unexplained(plateau: Finding) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from deepscope.config import load_spec, validate_spec
-from deepscope.diagnosis.causes import explain, model_facts, weight_norm
+from deepscope.diagnosis.causes import explain, hidden_records, model_facts, weight_norm
 from deepscope.diagnosis.checks import (
     batchnorm_state,
     check_batchnorm,
@@ -239,7 +239,8 @@ def diagnosis_run(
         recorded["train"]["loss"], recorded["train"]["loss_options"] = describe(loss_fn).name, {}
     # what the records cannot tell later: the model's weights at init and at the end, and the inputs
     found_checks = checks.findings() + _unobservable(probe)
-    found = diagnose(probe.records, scalars=loss_rows, histograms=probe.histograms, spec=recorded)
+    found = diagnose(hidden_records(probe.records, checks.facts), scalars=loss_rows, histograms=probe.histograms,
+                     spec=recorded)
     codes = {f.code for f in found_checks}
     findings = merge_checks([f for f in found if not codes & _EXPLAINED_BY_CHECKS.get(f.code, set())], found_checks)
     labels = data.train[1] if data.train is not None and isinstance(data.train[1], torch.Tensor) else None
