@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from autotrainer_models import ARCHS, DEFAULT, L2, OPTIM_NOTE, Model  # noqa: E402
+from autotrainer_models import ARCHS, DEFAULT, L2, OPTIM_NOTE, Model, scratch_dir  # noqa: E402
 
 import deepscope  # noqa: E402
 from deepscope.data import get_dataset  # noqa: E402
@@ -100,27 +98,22 @@ def main() -> None:
     print(f"{'model':<16} {'published (DeepDiagnosis)':<44} {'deepscope: found':<36} {'cause':<24} "
           f"{'fix':<28} {'valid error':<18} trains")
     rows, started = [], time.perf_counter()
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)  # repair writes <run>-fixed.toml into the working directory
-        try:
-            for name in names:
-                m = ARCHS[name]
-                r = run(m, data, updates, args.monitor)
-                base = r.baseline
-                diverged = base.status != "finished"
-                before = base.metrics.get("valid/error", math.nan)
-                after = r.best.metrics["valid/error"] if r.best else before
-                ok = trains(after, before, diverged) if not r.healthy else trains(before, 1.0, False)
-                codes = list(dict.fromkeys(f.code for f in base.findings if f.severity in ("error", "warning")))
-                start = "diverged" if diverged else f"{before:6.1%}"
-                errors = f"{start} -> {after:6.1%}" if r.best else f"{start}"
-                rows.append((m, r, ok))
-                print(f"{name:<16} {m.deepdiagnosis[:44]:<44} {','.join(codes[:2]) or 'healthy':<36} "
-                      f"{cause_of(r)[:24]:<24} {(r.best.name if r.best else '-')[:28]:<28} {errors:<18} "
-                      f"{'yes' if ok else 'NO'}", flush=True)
-        finally:
-            os.chdir(cwd)
+    with scratch_dir():  # repair writes <run>-fixed.toml into the working directory
+        for name in names:
+            m = ARCHS[name]
+            r = run(m, data, updates, args.monitor)
+            base = r.baseline
+            diverged = base.status != "finished"
+            before = base.metrics.get("valid/error", math.nan)
+            after = r.best.metrics["valid/error"] if r.best else before
+            ok = trains(after, before, diverged) if not r.healthy else trains(before, 1.0, False)
+            codes = list(dict.fromkeys(f.code for f in base.findings if f.severity in ("error", "warning")))
+            start = "diverged" if diverged else f"{before:6.1%}"
+            errors = f"{start} -> {after:6.1%}" if r.best else f"{start}"
+            rows.append((m, r, ok))
+            print(f"{name:<16} {m.deepdiagnosis[:44]:<44} {','.join(codes[:2]) or 'healthy':<36} "
+                  f"{cause_of(r)[:24]:<24} {(r.best.name if r.best else '-')[:28]:<28} {errors:<18} "
+                  f"{'yes' if ok else 'NO'}", flush=True)
     buggy = [(m, r, ok) for m, r, ok in rows if m.buggy]
     healthy = [(m, r, ok) for m, r, ok in rows if not m.buggy]
     named = sum(1 for _, r, _ in buggy if not r.healthy)

@@ -27,7 +27,10 @@ semantics:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -191,3 +194,16 @@ ARCHS: dict[str, Model] = {m.name: m for m in [
 
 DEFAULT = ("model_2af630c4", "model_44ae76ae", "model_70e5f698", "model_97f07775", "model_ac055404", "tmp_lenet5",
            "model_al_22", "lenet_seed")
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """Run the block in a temporary working directory (repair writes ``<run>-fixed.toml`` into the working directory),
+    and come back to the current one afterwards."""
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            yield tmp
+        finally:
+            os.chdir(cwd)

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from autotrainer import cause_of, trains  # noqa: E402
+from autotrainer_models import scratch_dir  # noqa: E402
 from autotrainer_toy_models import CONFIG, MODELS, ToyModel  # noqa: E402
 
 import deepscope  # noqa: E402
@@ -124,18 +123,13 @@ def main() -> None:
     print(f"{'model':<25} {'published (DeepDiagnosis)':<58} {'deepscope: found':<40} {'cause':<20} {'fix':<34} "
           f"{'valid error':<18} trains")
     rows, started = [], time.perf_counter()
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)  # repair writes <run>-fixed.toml into the working directory
-        try:
-            for name in names:
-                m = MODELS[name]
-                r = run(m, datasets[m.task], updates, args.monitor)
-                ok, as_is, line = row(m, r, chances[m.task])
-                rows.append((m, r, ok, as_is))
-                print(line, flush=True)
-        finally:
-            os.chdir(cwd)
+    with scratch_dir():  # repair writes <run>-fixed.toml into the working directory
+        for name in names:
+            m = MODELS[name]
+            r = run(m, datasets[m.task], updates, args.monitor)
+            ok, as_is, line = row(m, r, chances[m.task])
+            rows.append((m, r, ok, as_is))
+            print(line, flush=True)
     print()
     print(f"{'rate':<48} {'deepscope':>12}   published")
     for task in ("circle", "blob"):
