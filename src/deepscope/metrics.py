@@ -17,14 +17,15 @@ regression     ``rmse``: root mean squared error; ``r2``: 1 - SSE/SST  predict t
 ============== ======================================================= ========================
 
 For the trainer, :func:`batch_sums` gives additive sums of one batch (errors, counts, squared errors ...) that
-accumulate over batches on the device, and :func:`reduce_sums` turns them into the metrics; :func:`evaluate` does
-both over a whole split. :func:`baseline` is the loss and metrics of the best constant prediction of the task --
-what a model that learned nothing from the inputs reaches -- which the diagnosis compares a run with.
+accumulate over batches on the device, and :func:`reduce_sums` turns them into the metrics; :func:`evaluate` does both
+over a whole split. :func:`baseline` is the loss and metrics of the best constant prediction of the task -- what a model
+that learned nothing from the inputs reaches -- which the diagnosis compares a run with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,14 +380,10 @@ def baseline(task: Task, targets: Tensor, loss: str | Callable | None = None,
     y = torch.as_tensor(targets)
     out = constant_output(task, y, loss, num_classes)
     values = reduce_sums(task, batch_sums(task, out, y))
-    if loss is not None:
-        fn = LOSSES[loss] if isinstance(loss, str) else loss
-        try:
-            values["loss"] = fn(out, y)
-        except (RuntimeError, ValueError):  # a loss of your own that refuses this form (it wants probabilities):
-            pass                             # no chance-level loss; the error measure still has its chance level
-    names = list(values)
-    return dict(zip(names, torch.stack([values[k].double() for k in names]).tolist(), strict=True))
+    if loss is not None:  # a loss of your own refusing this form (it wants probabilities): no chance-level loss
+        with suppress(RuntimeError, ValueError):
+            values["loss"] = (LOSSES[loss] if isinstance(loss, str) else loss)(out, y)
+    return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
 
 
 TRAINS_MARGIN = 0.2  # "clearly past the baseline": 20 % below the chance error, or R^2 >= 0.2
