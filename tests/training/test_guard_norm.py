@@ -182,29 +182,39 @@ def test_embeddings_are_read_whole_and_lazy_modules_are_planned_at_their_first_g
     assert norm == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_channels_last_gradient_is_sampled_in_place():
-    from deepscope.training.guard_norm import _block
+def _spy_foreach(monkeypatch):
+    """The tensors the guard hands to ``torch._foreach_norm``, call by call."""
+    calls, foreach = [], torch._foreach_norm
 
-    g = torch.randn(64, 32, 6, 6).to(memory_format=torch.channels_last)
-    rows = g.permute(0, 2, 3, 1).reshape(64, -1)  # its memory: each output channel's row, one after the other
-    block = _block(g, 16 * rows.shape[1], 2 * rows.shape[1])
-    assert block.data_ptr() == g.data_ptr() + 16 * rows.shape[1] * g.element_size()  # a view, not a copy
-    torch.testing.assert_close(block, rows[16:18].reshape(-1))
+    def spy(ts, *a, **k):
+        calls.append(list(ts))
+        return foreach(ts, *a, **k)
+
+    monkeypatch.setattr(torch, "_foreach_norm", spy)
+    return calls
 
 
-def test_only_small_gradients_are_concatenated_large_ones_read_in_place_with_grad_fraction_1(monkeypatch):
+def test_a_channels_last_gradient_is_sampled_in_place(monkeypatch):
+    from deepscope.training.guard_norm import GradNorm
+
+    p = nn.Parameter(torch.zeros(64, 32, 6, 6))  # 73,728 elements: sampled, 1 row of 64 (1/64) from the middle
+    p.grad = torch.randn(64, 32, 6, 6).to(memory_format=torch.channels_last)
+    calls = _spy_foreach(monkeypatch)
+    norm = GradNorm([p])
+    (value,) = norm.compute()
+    (view,) = calls[0]
+    assert view.data_ptr() == p.grad[31].data_ptr()  # a view of the gradient's memory, not a copy
+    torch.testing.assert_close(value, p.grad[31].norm())  # row 31 = (64 - 1) // 2, hand-indexed
+    assert norm.weights == [64.0] and norm.total([float(value)]) == pytest.approx(8 * float(value), rel=1e-6)
+
+
+def test_every_gradient_is_read_in_place_in_one_call_with_grad_fraction_1(monkeypatch):
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    concatenated = []
-    cat = torch.cat
-
-    def counting_cat(ts, *a, **k):
-        concatenated.append([t.numel() for t in ts])
-        return cat(ts, *a, **k)
-
-    monkeypatch.setattr(torch, "cat", counting_cat)
     with Guard(model, opt, grad_fraction=1) as guard:
         loss = _backward(model)
+        calls = _spy_foreach(monkeypatch)
         _, norm = guard._read(loss, None)
     assert norm == pytest.approx(_exact(model), rel=1e-5)
-    assert concatenated == [[256, 2560, 10]]  # the biases and the small weight; not the 76,800 weights (a copy)
+    assert len(calls) == 1  # one call for every gradient, none copied (no cat of the small ones)
+    assert [t.data_ptr() for t in calls[0]] == [p.grad.data_ptr() for p in model.parameters()]

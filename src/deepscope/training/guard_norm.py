@@ -1,23 +1,24 @@
 """The gradient norm the guard watches: every gradient's part of it in one call, the large ones sampled.
 
-After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of the small gradients
-(fewer than ``SAMPLE_MIN`` elements each, concatenated) and of one contiguous block of each large one: ``fraction``
-of its elements (1/64 by default), from the middle of its memory -- whole rows of a weight's (first dimension x the
-rest) view, so every column is read. The block's squared norm, scaled by ``elements / read``, stands for the
-gradient's. These norms go to the host with the loss in the guard's one read per update. The block is the same at
-every update, so the estimate moves with the true norm: a spike that scales whole layers' gradients (a poisoned
-example, a learning-rate burst, an exploding layer) moves it alike, and a NaN, which the backward pass spreads over
-the gradients of every layer below where it appears, reaches the blocks there. What the sample can miss: a spike
-confined to a few rows of one large gradient (a few units) outside its block; the loss, read exactly, still sees the
-example that caused it. Embedding weights (``whole``) are read whole: only the rows of the batch's tokens are
-non-zero, so a block would see a different share of them at every update.
+After ``loss.backward()`` the guard computes, in one ``torch._foreach_norm`` call, the 2-norm of each small gradient
+(fewer than ``SAMPLE_MIN`` elements) and of one block of each large one: ``fraction`` of its rows (its first
+dimension; 1/64 by default) from the middle, whole rows, so every column is read (a ``narrow`` view: no copy). The
+block's squared norm, scaled by ``elements / read``, stands for the gradient's. These norms go to the host with the
+loss in the guard's one read per update. The block is the same at every update, so the estimate moves with the true
+norm: a spike that scales whole layers' gradients (a poisoned example, a learning-rate burst, an exploding layer)
+moves it alike, and a NaN, which the backward pass spreads over the gradients of every layer below where it appears,
+reaches the blocks there. What the sample can miss: a spike confined to a few rows of one large gradient (a few
+units) outside its block; the loss, read exactly, still sees the example that caused it. Embedding weights
+(``whole``) are read whole: only the rows of the batch's tokens are non-zero, so a block would see a different share
+of them at every update.
 
 Why sample: the norm costs memory traffic and torch calls. On the 5 x 1000 MLP of ``benchmarks/guard.py`` at batch
 10 (a ~13 ms SGD update), reading every gradient once more took ~1 ms; a strided sample that touched every row took
-~0.3 ms (one memory page per row); the blocks and the call ~0.2 ms. Each torch call made just after the backward
-pass costs ~5-30 us there (the caches are full of gradients), which is why the norms are taken in one call and not in a
-hook per parameter. ``fraction=1`` gives the exact norm; the guard's events report the exact norm (a pass over the
-gradients, on a flagged update only).
+~0.3 ms (one memory page per row); the blocks and the call ~0.2 ms, then ~0.1 ms once each block was one ``narrow``
+and the small gradients went in without a ``cat``. Each torch call made just after the backward pass costs ~5-30 us
+there (the caches are full of gradients), which is why the norms are taken in one call and not in a hook per
+parameter, and why :meth:`GradNorm.compute` makes as few calls as it can. ``fraction=1`` gives the exact norm; the
+guard's events report the exact norm (a pass over the gradients, on a flagged update only).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor
 __all__ = ["SAMPLE_MIN", "GradNorm"]
 
 SAMPLE_MIN = 1 << 16  # gradients with at least this many elements are sampled (256 KB in float32)
-_SMALL, _WHOLE, _SPARSE = object(), object(), object()  # read whole: concatenated, alone, its values
+_SMALL, _WHOLE, _SPARSE = object(), object(), object()  # read whole: small, large (an embedding), its values
 
 
 class GradNorm:
@@ -42,42 +43,35 @@ class GradNorm:
     def __init__(self, params: list[Tensor], fraction: float = 1 / 64, whole: set[int] = frozenset()):
         self.params, self.fraction, self.whole = params, fraction, whole
         self._plans: list[tuple[torch.Size | None, object]] = [(None, None)] * len(params)
-        self._one_device = True  # the small gradients are concatenated (checked at each plan)
+        self._one_device = True  # every parameter on one device: one _foreach_norm call (checked at each plan)
         self.sampled = False  # whether some gradient was read in part (its norm estimated)
         self.weights: list[float] = []  # per norm of the last compute(): its squared value's factor in the total
         self._device_weights: Tensor | None = None  # the weights on the device (device_total), for _device_key
         self._device_key: tuple | None = None
 
     def compute(self) -> list[Tensor]:
-        """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient): one per block of a
-        large gradient or embedding, and one for all the small gradients together (concatenated: one call for
-        them, where a norm each would cost a call each)."""
-        views, weights, small = [], [], []
-        plans = self._plans
-        for i, p in enumerate(self.params):
+        """The norms of the parts read (float32, 0-d; empty when no parameter has a gradient): one per gradient,
+        of a block of whole rows for the large ones, all in one ``torch._foreach_norm`` call.
+
+        Few torch calls: made just after the backward pass, each costs several microseconds (see the module's
+        documentation), so a block is one ``narrow`` of the gradient and the small gradients go in as they are."""
+        views, weights = [], []
+        for i, (p, (shape, plan)) in enumerate(zip(self.params, self._plans, strict=True)):
             g = p.grad
             if g is None:
                 continue
-            shape, plan = plans[i]
             if shape != g.shape or g.layout != torch.strided:  # planned at the first gradient (a lazy module has
                 plan = self._replan(i, p, g)                   # no shape before it); a sparse one each time
-            if plan is _SMALL:
-                small.append(g if g.dim() == 1 else g.reshape(-1))
-            elif plan is _WHOLE:
+            if plan is _SMALL or plan is _WHOLE:
                 views.append(g)
                 weights.append(1.0)
             elif plan is _SPARSE:  # nn.Embedding(sparse=True): its values, whole
                 views.append(g.coalesce().values())
                 weights.append(1.0)
             else:
-                length, offset, weight = plan
-                views.append(_block(g, offset, length))
+                first, rows, weight = plan
+                views.append(g.narrow(0, first, rows))
                 weights.append(weight)
-        if small:
-            if self._one_device:
-                small = [small[0] if len(small) == 1 else torch.cat(small)]
-            views += small
-            weights += [1.0] * len(small)
         self.weights = weights
         if not self._one_device and len({v.device for v in views}) > 1:  # several devices: one norm at a time
             return [torch.linalg.vector_norm(v, dtype=torch.float32).to(views[0].device) for v in views]
@@ -89,7 +83,7 @@ class GradNorm:
         elif id(p) in self.whole:
             plan = _WHOLE
         else:
-            plan = _plan(g, self.fraction)  # None: read whole, concatenated with the others if small
+            plan = _plan(g, self.fraction)  # None: read whole
             plan = plan if plan is not None else _SMALL if g.numel() < SAMPLE_MIN else _WHOLE
         self._plans[i] = g.shape, plan
         self.sampled = self.sampled or isinstance(plan, tuple)
@@ -109,20 +103,12 @@ class GradNorm:
         return (self._device_weights * values.square()).sum().sqrt()
 
 
-def _block(g: Tensor, offset: int, length: int) -> Tensor:
-    """Elements ``offset`` to ``offset + length`` of ``g``'s rows (its first dimension) laid out one after the other:
-    a view of its memory when they are (contiguous, or channels-last), else of a contiguous copy."""
-    if not (g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last))):
-        g = g.contiguous()
-    return g.as_strided((length,), (1,), g.storage_offset() + offset)
-
-
 def _plan(p: Tensor, fraction: float) -> tuple[int, int, float] | None:
-    """``(length, offset, weight)`` of the block read of a gradient ``p``, or None when it is read whole."""
+    """``(first, rows, weight)`` of the block read of a gradient ``p`` (``rows`` whole rows of its first dimension
+    from row ``first``, about ``fraction`` of its elements, from the middle), or None when it is read whole."""
     n = p.numel()
     if fraction >= 1 or n < SAMPLE_MIN:
         return None
-    cols = n // p.shape[0] if p.dim() > 1 else 1
-    length = min(n, max(cols, math.ceil(n * fraction / cols) * cols))  # whole rows
-    offset = (n - length) // 2 // cols * cols
-    return length, offset, n / length
+    total = p.shape[0] if p.dim() else 1
+    rows = min(total, max(1, math.ceil(total * fraction)))
+    return (total - rows) // 2, rows, total / rows
