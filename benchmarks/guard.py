@@ -21,7 +21,10 @@ with ``guard.step(loss)`` (one guard throughout: it snapshots every 100 of its u
 ``optimizer.step()``, in ABBA order; the ratio of the totals (target <= 1.02), the median of the per-pair ratios and
 the ratio of this process's CPU time. The same with the exact norm (``grad_fraction=1``), and for the fault runs'
 784-256-256-10 MLP, where an update takes about a millisecond and the guard's fixed cost weighs most (with
-``check_grad=False`` too: the loss alone).
+``check_grad=False`` too: the loss alone). Last, the floor at batch 10, measured the same way: a bare check in place of
+``guard.step`` -- the loss and the same sampled gradient norms (:class:`~deepscope.training.guard_norm.GradNorm`)
+stacked and read from the device once, a finiteness test, ``optimizer.step()`` -- which is what any guard that decides
+before the update must do; the guard's own logic (window, rules, snapshots, bookkeeping) is the difference.
 
     python benchmarks/guard.py [--updates 1200] [--pairs 120] [--only faults|cost] [--threads 1]
                                [--loops mlp,cnn,trainer] [--faults corrupt-batch,lr-burst,poison,nan]
@@ -40,6 +43,7 @@ from torch import nn
 from deepscope.data import get_dataset
 from deepscope.models import mlp
 from deepscope.training.guard import Guard, GuardStop
+from deepscope.training.guard_norm import GradNorm
 
 AT, BURST, EVERY, K, TOP = 600, 50.0, 150, 4, 3
 FAULTS = ("corrupt-batch", "lr-burst", "poison", "nan")
@@ -211,8 +215,21 @@ def faults(updates: int, loops: tuple[str, ...] = ("mlp", "cnn", "trainer"), kin
     print(f"fault targets met: {sum(rows)}/{len(rows)}")
 
 
+class BareCheck:
+    """The floor of a guard that decides before the update: one read of the loss and the sampled norms, one test."""
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt, self.events = opt, []
+        self.norm = GradNorm([p for g in opt.param_groups for p in g["params"]])
+
+    def step(self, loss: torch.Tensor) -> None:
+        values = torch.stack([loss.detach(), *self.norm.compute()]).tolist()
+        if all(v == v and abs(v) != float("inf") for v in values):
+            self.opt.step()
+
+
 def cost(batch: int, pairs: int, big: bool, steps: int = 10, check_grad: bool = True,
-         fraction: float = 1 / 64) -> float:
+         fraction: float = 1 / 64, bare: bool = False) -> float:
     """The guard's cost on a clean run: ``pairs`` pairs of chunks of ``steps`` updates, one with ``guard.step(loss)``
     and one with ``optimizer.step()``, in ABBA order, on one model and one guard throughout (it snapshots every
     ``snapshot_every=100`` of its updates, into the spare snapshot's memory, as in a long run). Short chunks,
@@ -245,6 +262,7 @@ def cost(batch: int, pairs: int, big: bool, steps: int = 10, check_grad: bool = 
     ratios, total, cpu = [], {"plain": 0.0, "guard": 0.0}, {"plain": 0.0, "guard": 0.0}
     run(None)  # warm-up
     with Guard(model, opt, check_grad=check_grad, grad_fraction=fraction) as guard:
+        guard = BareCheck(opt) if bare else guard
         for r in range(-20, pairs):  # warm-up pairs: the first snapshots allocate
             spent = {}
             for name in ("plain", "guard") if r % 4 in (0, 3) else ("guard", "plain"):
@@ -254,13 +272,14 @@ def cost(batch: int, pairs: int, big: bool, steps: int = 10, check_grad: bool = 
                     cpu[name] += c
             if r >= 0:
                 ratios.append(spent["guard"] / spent["plain"])
-    actions = len(guard.events)
     ratio = total["guard"] / total["plain"]
     label += ("" if check_grad else ", check_grad=False") + ("" if fraction != 1 else ", grad_fraction=1 (exact norm)")
+    verdict, tail = f"target <= 1.02: {'ok' if ratio <= 1.02 else 'OVER'}", f"; guard actions {len(guard.events)}"
+    if bare:
+        label, verdict, tail = f"floor (a bare check in place of the guard), {label}", "no target: the floor", ""
     print(f"cost, {label}, batch {batch}: {pairs} x {steps} updates each; ratio of totals {ratio:.3f} "
-          f"(target <= 1.02: {'ok' if ratio <= 1.02 else 'OVER'}); median over chunk pairs "
-          f"{statistics.median(ratios):.3f}; CPU time of this process {cpu['guard'] / cpu['plain']:.3f}; "
-          f"guard actions {actions}", flush=True)
+          f"({verdict}); median over chunk pairs {statistics.median(ratios):.3f}; CPU time of this process "
+          f"{cpu['guard'] / cpu['plain']:.3f}{tail}", flush=True)
     return ratio
 
 
@@ -282,6 +301,7 @@ def main() -> None:
                 cost(batch, args.pairs, big)
         cost(10, args.pairs, True, fraction=1)
         cost(10, args.pairs, False, check_grad=False)
+        cost(10, args.pairs, True, bare=True)
 
 
 if __name__ == "__main__":
