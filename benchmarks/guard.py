@@ -18,7 +18,9 @@ set, visited once per epoch).
 
 Cost: the Glorot & Bengio 5 x 1000 tanh MLP (input 1024) with SGD, batch 10 and 128, 120 pairs of 10-update chunks
 with ``guard.step(loss)`` (one guard throughout: it snapshots every 100 of its updates, in place) and with
-``optimizer.step()``, in ABBA order; the ratio of the totals (target <= 1.02), the median of the per-pair ratios and
+``optimizer.step()``, in ABBA order; the ratio of the totals (target <= 1.02; the verdict reads its 90 % bootstrap
+interval over the pairs, ``spread.py``: ``ok``, ``OVER``, or ``undecided`` when 1.02 lies inside), the median of the
+per-pair ratios and
 the ratio of this process's CPU time. The same with the exact norm (``grad_fraction=1``), and for the fault runs'
 784-256-256-10 MLP, where an update takes about a millisecond and the guard's fixed cost weighs most (with
 ``check_grad=False`` too: the loss alone). Last, the floor at batch 10, measured the same way: a bare check in place of
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,9 @@ from deepscope.data import get_dataset
 from deepscope.models import mlp
 from deepscope.training.guard import Guard, GuardStop
 from deepscope.training.guard_norm import GradNorm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from spread import interval, verdict  # noqa: E402
 
 AT, BURST, EVERY, K, TOP = 600, 50.0, 150, 4, 3
 FAULTS = ("corrupt-batch", "lr-burst", "poison", "nan")
@@ -259,7 +266,7 @@ def cost(batch: int, pairs: int, big: bool, steps: int = 10, check_grad: bool = 
             opt.zero_grad()
         return time.perf_counter() - start, time.process_time() - cpu
 
-    ratios, total, cpu = [], {"plain": 0.0, "guard": 0.0}, {"plain": 0.0, "guard": 0.0}
+    ratios, timed, total, cpu = [], [], {"plain": 0.0, "guard": 0.0}, {"plain": 0.0, "guard": 0.0}
     run(None)  # warm-up
     with Guard(model, opt, check_grad=check_grad, grad_fraction=fraction) as guard:
         guard = BareCheck(opt) if bare else guard
@@ -272,14 +279,16 @@ def cost(batch: int, pairs: int, big: bool, steps: int = 10, check_grad: bool = 
                     cpu[name] += c
             if r >= 0:
                 ratios.append(spent["guard"] / spent["plain"])
+                timed.append((spent["guard"], spent["plain"]))
     ratio = total["guard"] / total["plain"]
     label += ("" if check_grad else ", check_grad=False") + ("" if fraction != 1 else ", grad_fraction=1 (exact norm)")
-    verdict, tail = f"target <= 1.02: {'ok' if ratio <= 1.02 else 'OVER'}", f"; guard actions {len(guard.events)}"
+    low, high = interval(timed, "totals")
+    said, tail = f"target <= 1.02: {verdict((low, high), 1.02)}", f"; guard actions {len(guard.events)}"
     if bare:
-        label, verdict, tail = f"floor (a bare check in place of the guard), {label}", "no target: the floor", ""
-    print(f"cost, {label}, batch {batch}: {pairs} x {steps} updates each; ratio of totals {ratio:.3f} "
-          f"({verdict}); median over chunk pairs {statistics.median(ratios):.3f}; CPU time of this process "
-          f"{cpu['guard'] / cpu['plain']:.3f}{tail}", flush=True)
+        label, said, tail = f"floor (a bare check in place of the guard), {label}", "no target: the floor", ""
+    print(f"cost, {label}, batch {batch}: {pairs} x {steps} updates each; ratio of totals {ratio:.3f}, its 90 % "
+          f"interval {low:.3f}-{high:.3f} ({said}); median over chunk pairs {statistics.median(ratios):.3f}; "
+          f"CPU time of this process {cpu['guard'] / cpu['plain']:.3f}{tail}", flush=True)
     return ratio
 
 

@@ -5,10 +5,12 @@ batch 10 and batch 128. One model trains in chunks of 100 steps, every other chu
 (one record per probed chunk), in ABBA order so that drifts in machine load hit both; the same model and
 memory serve both, so only the probe differs. Printed: total wall time of each, their ratio, and the median
 of the per-chunk-pair ratios, which the target is checked on: a burst of load from another process hits one
-chunk and moves the totals, not the median. The ratio of the CPU time this process used (``time.process_time``)
-is printed too: on a machine shared with other jobs it is the steadier figure. The monitor set has the default
-size of ``TrainerProbe`` and the callbacks, 128 examples (``--monitor 300`` for the paper's; the statistics'
-error at 128 is measured by ``benchmarks/probe_monitor.py``).
+chunk and moves the totals, not the median. The verdict reads the median's 90 % bootstrap interval over the pairs
+(``spread.py``): ``ok`` when all of it is under the target, ``OVER`` when all of it is above, ``undecided`` when
+the target lies inside it (this machine's noise is then larger than the distance to the target). The ratio of the
+CPU time this process used (``time.process_time``) is printed too: on a machine shared with other jobs it is the
+steadier figure. The monitor set has the default size of ``TrainerProbe`` and the callbacks, 128 examples
+(``--monitor 300`` for the paper's; the statistics' error at 128 is measured by ``benchmarks/probe_monitor.py``).
 
 The probe's first record (at ``with Probe(...)``, the initialization, with the Jacobians on 10 monitor
 examples) is a one-off, printed separately. Then the floor: the model's own forward and backward pass on the
@@ -32,13 +34,18 @@ from __future__ import annotations
 import argparse
 import pickle
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from deepscope.models import mlp
 from deepscope.probe import Probe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from spread import interval, verdict  # noqa: E402
 
 DEPTH, WIDTH, INPUTS, CLASSES, LR, EVERY = 5, 1000, 1024, 9, 0.01, 100
 MONITOR = 128  # the default monitor set of TrainerProbe and the callbacks
@@ -93,7 +100,7 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
     loop.probe = None
     times = {"plain": 0.0, "probe": 0.0}
     cpu = {"plain": 0.0, "probe": 0.0}
-    ratios = []
+    ratios, pairs = [], []
     for r in range(chunks):
         spent = {}
         for name in ("plain", "probe") if r % 4 in (0, 3) else ("probe", "plain"):  # ABBA order
@@ -111,7 +118,9 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
         times["plain"] += spent["plain"]
         times["probe"] += spent["probe"]
         ratios.append(spent["probe"] / spent["plain"])
+        pairs.append((spent["probe"], spent["plain"]))
     ratio, median = times["probe"] / times["plain"], statistics.median(ratios)
+    low, high = interval(pairs, "median")
     records = len({r["step"] for r in probe.records if r["source"] == "train"}) - 1  # the warm-up chunk's
     if compiled:
         PROBE_GRAPHS[0] = len(probe._cap.compiled.signatures)
@@ -120,8 +129,8 @@ def loop_ratio(batch: int, chunks: int, data, monitor, compiled: bool = False) -
         f"loop{' compiled' if compiled else ''} batch={batch}: plain {times['plain']:.2f} s, probe "
         f"{times['probe']:.2f} s, {chunks * EVERY} steps each ({records} records, every={EVERY}, "
         f"monitor={len(monitor[0])}); "
-        f"ratio of totals {ratio:.3f}, median over chunk pairs {median:.3f} "
-        f"(target <= {target}: {'ok' if median <= target else 'OVER'}); "
+        f"ratio of totals {ratio:.3f}, median over chunk pairs {median:.3f}, its 90 % interval {low:.3f}-{high:.3f} "
+        f"(target <= {target}: {verdict((low, high), target)}); "
         f"CPU time of this process {cpu['probe'] / cpu['plain']:.3f}; "
         f"the probed warm-up chunk (not counted) {warm:.2f} s"
     )
