@@ -26,7 +26,7 @@ The same loop on ``torch.compile(model)`` (inductor; compiled during the warm-up
 compiled run trained with the probe ends bit-identical to the same compiled run without it.
 
     python benchmarks/probe.py [--chunks10 16] [--chunks128 8] [--chunks-compiled 8] [--cycles 7] [--monitor 128]
-                               [--threads N]
+                               [--threads N] [--only loops]
 """
 
 from __future__ import annotations
@@ -305,6 +305,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=7, help="record cycles per recording-step variant")
     parser.add_argument("--monitor", type=int, default=MONITOR, help=f"monitor examples (default {MONITOR})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--only", choices=["loops"], help="loops: the three loop lines alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -315,6 +316,8 @@ def main() -> None:
     loop_ratio(10, args.chunks10, data, monitor)
     loop_ratio(128, args.chunks128, data, monitor)
     loop_ratio(10, args.chunks_compiled, data, monitor, compiled=True)
+    if args.only == "loops":
+        return
     compiled_graph(data, monitor)
     first_record(data, monitor)
     floor(data, monitor)
