@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.registry import integer, unknown
+from deepscope.training.guard_buffers import MovingBuffers
 from deepscope.training.guard_examples import default_loss, rank_batch
 from deepscope.training.guard_inputs import check_parts, scalar, steps_scheduler
 from deepscope.training.guard_norm import GradNorm
@@ -165,6 +166,7 @@ class Guard:
 
     def __enter__(self) -> Guard:
         self._good, self._open = self._snapshot(), True  # the starting state is trusted
+        self._buffers = MovingBuffers(self.model)  # running statistics a skipped batch moved are put back
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -185,9 +187,11 @@ class Guard:
         kind = self.window.check(loss_value, norm)
         if kind == "nonfinite" and self.scaler is not None and math.isfinite(loss_value) and self.scaler.is_enabled():
             self.scaler_skips += 1  # the scaler's overflow (finite loss, inf gradients): its update() lowers the scale
+            self._buffers.keep()
             return False
         if kind is None:
             self._apply()
+            self._buffers.keep()
             self.window.add()
             self.updates += 1
             self._cool_down()
@@ -199,6 +203,7 @@ class Guard:
         if self._norm.sampled and grad_norm is None and self.options["check_grad"]:  # the event: the exact norm
             norms = self._exact.compute()
             norm = self._exact.total(torch.stack(norms).tolist()) if norms else norm
+        self._buffers.undo()  # before the ranking, which runs in eval mode on the running statistics
         self._on_flag(index, kind, loss_value, norm, batch, ids)
         return False
 
@@ -311,6 +316,7 @@ class Guard:
 
     def _restore(self, snap: dict[str, Any]) -> int:
         restore_snapshot(self.model, self.optimizer, self.scheduler, snap)
+        self._buffers.keep()
         self.window.state(snap["window"])
         for p in self.params:
             p.grad = None

@@ -28,9 +28,13 @@ def default_loss(output: Tensor, y: Tensor) -> Tensor:
     """The loss that ranks examples when none is given: cross-entropy over class indices, the classes on dimension
     1 (``(N, C)``, ``(N, C, H, W)``) or, for a token model's ``(N, T, V)`` output and ``(N, T)`` labels, on the last
     (positions labelled -100 ignored). Floating-point targets (regression, binary, multi-label) get a ValueError
-    saying to pass the loss: cross-entropy would rank them by a meaningless number (0 for one logit)."""
+    saying to pass the loss: cross-entropy would rank them by a meaningless number (0 for one logit). A tuple output
+    is read by its first element, a dict (or model output) by its ``logits``."""
     import torch.nn.functional as F
 
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        output = output[0]  # a model returning (logits, extras...)
+    output = _logits(output)  # a dict or model output: its logits
     if y.is_floating_point():
         raise ValueError("floating-point targets: the default loss_fn is cross-entropy over class indices; "
                          "pass Guard(loss_fn=...), e.g. F.mse_loss or F.binary_cross_entropy_with_logits")
