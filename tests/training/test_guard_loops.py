@@ -11,6 +11,7 @@ finite."""
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -338,3 +339,21 @@ def test_bad_parts_and_step_inputs_name_the_value_and_what_is_allowed():
             guard.step((out, out.detach() * 2, torch.zeros(100)))
         with pytest.raises(TypeError, match=r"loss=\{'logits': 1\} is not allowed"):
             guard.step({"logits": 1})
+
+
+def test_a_schedule_made_after_the_guard_and_stepped_by_the_loop_sees_the_optimizer_stepped():
+    """torch wraps optimizer.step when a schedule is made, to warn when the schedule is stepped first; the guard's
+    step must count (else a false warning that the schedule skipped its first value), and the schedule stays
+    the loop's: the lr follows StepLR exactly."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Guard(model, opt) as guard, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched = S.StepLR(opt, step_size=2, gamma=0.5)
+        for t in range(5):
+            assert guard.step(_forward_backward(model, *_batch(t), seed=t))
+            opt.zero_grad()
+            sched.step()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)], [str(w.message) for w in caught]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)

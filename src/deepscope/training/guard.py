@@ -239,6 +239,7 @@ class Guard:
                 g["lr"] = g["lr"] * self.lr_scale
         try:
             self._optimizer_step()
+            self.optimizer._opt_called = True  # what torch's wrap of step() by a schedule made after the guard notes
         finally:
             if saved is not None:
                 for g, lr in zip(groups, saved, strict=True):
