@@ -331,6 +331,8 @@ def test_bad_parts_and_step_inputs_name_the_value_and_what_is_allowed():
     opt, other = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"scheduler=StepLR drives another optimizer .*the guard's optimizer"):
         Guard(model, opt, S.StepLR(other, 3))
+    with pytest.raises(TypeError, match=r"scheduler=the class StepLR is not allowed; give .* StepLR\(optimizer"):
+        Guard(model, opt, S.StepLR)
     with pytest.raises(TypeError, match=r"LBFGS is not supported.*no closure \(SGD, Adam"):
         Guard(model, torch.optim.LBFGS(model.parameters()))
     with Guard(model, opt) as guard:
@@ -357,3 +359,27 @@ def test_a_schedule_made_after_the_guard_and_stepped_by_the_loop_sees_the_optimi
             sched.step()
     assert not [w for w in caught if "lr_scheduler" in str(w.message)], [str(w.message) for w in caught]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
+
+
+def test_a_rollback_restores_a_parameter_the_optimizer_trains_outside_the_model():
+    """A learnable temperature in the optimizer but not in the model: the rollback puts back its value with its Adam
+    moments (captured by hand at the snapshot), so the two stay consistent."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    temperature = nn.Parameter(torch.tensor(1.0))
+    opt = torch.optim.Adam([*model.parameters(), temperature], lr=0.05)
+    with Guard(model, opt, snapshot_every=5, rollback_after=1, warmup=4) as guard:
+        for t in range(12):
+            xb, yb = _batch(t)
+            loss = F.cross_entropy(model(xb) * temperature, yb)
+            loss.backward()
+            assert guard.step(loss)
+            opt.zero_grad()
+            if t == 4:
+                at_five = temperature.detach().clone(), copy.deepcopy(opt.state_dict()["state"][2])
+        assert not torch.equal(temperature.detach(), at_five[0])
+        assert guard.step(torch.tensor(math.nan)) is False
+    assert guard.events[-1].restored == 5
+    assert torch.equal(temperature.detach(), at_five[0])
+    for key, value in at_five[1].items():
+        assert torch.equal(opt.state_dict()["state"][2][key], value), key

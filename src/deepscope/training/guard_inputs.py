@@ -24,6 +24,9 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
         raise TypeError("Guard: optimizer=LBFGS is not supported: it evaluates the loss several times per step "
                         "through a closure, and the guard checks one loss per update; give an optimizer whose "
                         "step() needs no closure (SGD, Adam, AdamW, RMSprop, Adagrad, ...)")
+    if isinstance(scheduler, type):
+        raise TypeError(f"Guard: scheduler=the class {scheduler.__name__} is not allowed; give a schedule built on the "
+                        f"optimizer, e.g. {scheduler.__name__}(optimizer, ...), or None")
     if scheduler is not None and (isinstance(scheduler, torch.optim.Optimizer) or not all(
             callable(getattr(scheduler, a, None)) for a in ("step", "state_dict", "load_state_dict"))):
         raise TypeError(f"Guard: scheduler={type(scheduler).__name__} is not allowed; give a learning-rate schedule "
