@@ -383,3 +383,29 @@ def test_a_rollback_restores_a_parameter_the_optimizer_trains_outside_the_model(
     assert torch.equal(temperature.detach(), at_five[0])
     for key, value in at_five[1].items():
         assert torch.equal(opt.state_dict()["state"][2][key], value), key
+
+
+@pytest.mark.parametrize("shape", ["tuple", "dict"])
+def test_a_loss_fn_returning_its_loss_with_logs_ranks_examples_as_a_loop_over_single_examples(shape):
+    """``loss_fn`` returning ``(loss, logs)`` or ``{"loss": ..., "logs": ...}``: the guard ranks by its loss; each
+    example's loss and gradient norm equal a loop computing them one example at a time."""
+    def loss_fn(output, y):
+        loss = F.cross_entropy(output, y)
+        return (loss, {"ce": loss.detach()}) if shape == "tuple" else {"loss": loss, "ce": loss.detach()}
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    xb, yb = _fault(model, 0, "spike")
+    with Guard(model, opt, loss_fn=loss_fn, examples=16) as guard:
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        assert guard.step(torch.tensor(math.inf), batch=(xb, yb)) is False
+    event = guard.events[-1]
+    assert event.examples[0] == 3 and len(event.examples) == 16, event.message
+    params = list(model.parameters())
+    for i, loss_i, norm_i in zip(event.examples, event.example_loss, event.example_grad_norm, strict=True):
+        one = F.cross_entropy(model(xb[i:i + 1]), yb[i:i + 1])
+        grads = torch.autograd.grad(one, params)
+        assert loss_i == pytest.approx(one.item(), rel=1e-5)
+        assert norm_i == pytest.approx(math.sqrt(sum(float(g.pow(2).sum()) for g in grads)), rel=1e-4)
