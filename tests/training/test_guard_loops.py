@@ -333,6 +333,13 @@ def test_bad_parts_and_step_inputs_name_the_value_and_what_is_allowed():
         Guard(model, opt, S.StepLR(other, 3))
     with pytest.raises(TypeError, match=r"scheduler=the class StepLR is not allowed; give .* StepLR\(optimizer"):
         Guard(model, opt, S.StepLR)
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"uninitialized parameters \(a lazy module.*run the model on one batch"):
+        Guard(lazy, torch.optim.Adam(lazy.parameters()))
+    lazy(torch.ones(3, 5))
+    with Guard(lazy, torch.optim.Adam(lazy.parameters())) as guard:  # once run, accepted
+        lazy(torch.ones(3, 5)).sum().backward()
+        assert guard.step(torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"LBFGS is not supported.*no closure \(SGD, Adam"):
         Guard(model, torch.optim.LBFGS(model.parameters()))
     with Guard(model, opt) as guard:

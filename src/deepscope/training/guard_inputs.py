@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 
 from deepscope.probe.options import check_loss_fn
 
@@ -24,6 +25,10 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
         raise TypeError("Guard: optimizer=LBFGS is not supported: it evaluates the loss several times per step "
                         "through a closure, and the guard checks one loss per update; give an optimizer whose "
                         "step() needs no closure (SGD, Adam, AdamW, RMSprop, Adagrad, ...)")
+    if any(is_lazy(p) for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("Guard: the optimizer holds uninitialized parameters (a lazy module: nn.LazyLinear, "
+                         "nn.LazyConv2d, ...), which the guard cannot snapshot; run the model on one batch before "
+                         "making the guard")
     if isinstance(scheduler, type):
         raise TypeError(f"Guard: scheduler=the class {scheduler.__name__} is not allowed; give a schedule built on the "
                         f"optimizer, e.g. {scheduler.__name__}(optimizer, ...), or None")
