@@ -9,7 +9,7 @@ of the buffers as they were before the update's forward passes (all the micro-ba
 writes it back on a skip.
 
 Which buffers: those the forward passes before the first ``guard.step`` changed (compared once against a copy taken
-when the guard opened; the version counter cannot tell, the native BatchNorm kernel leaves it unchanged). Constant
+when the guard was made; the version counter cannot tell, the native BatchNorm kernel leaves it unchanged). Constant
 buffers (positional encodings, masks) are never copied again; a model without such buffers costs nothing after the
 first update, and one with them one ``torch._foreach_copy_`` call per applied update (a few KB for a CNN's
 BatchNorm layers). A buffer a module changes only now and then (not in the first update) is not watched.
@@ -17,11 +17,14 @@ BatchNorm layers). A buffer a module changes only now and then (not in the first
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
-__all__ = ["MovingBuffers"]
+__all__ = ["MovingBuffers", "applied_step"]
 
 
 class MovingBuffers:
@@ -54,3 +57,19 @@ class MovingBuffers:
         self._find()
         if self.moving:
             torch._foreach_copy_(self.moving, self._copies)
+
+
+def applied_step(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[Callable[..., Any], MovingBuffers]:
+    """The optimizer step the guard calls for an applied update -- ``optimizer.step`` as it is when the guard is
+    made, then the moving buffers kept (:meth:`MovingBuffers.keep`) -- and those buffers. The step also marks the
+    optimizer stepped the way torch's wrap of ``optimizer.step`` does for a schedule made later: a schedule the loop
+    makes after the guard and steps itself would warn, wrongly, that it was stepped before the optimizer."""
+    step, buffers = optimizer.step, MovingBuffers(model)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        out = step(*args, **kwargs)
+        optimizer._opt_called = True  # type: ignore[attr-defined]  # what torch's schedule wrapper notes
+        buffers.keep()
+        return out
+
+    return run, buffers

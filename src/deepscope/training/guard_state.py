@@ -30,8 +30,10 @@ def take_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     }
 
 
-def restore_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, snap: dict[str, Any]) -> None:
-    """Put a snapshot's model, optimizer, schedule and RNG back (the snapshot stays intact: it may be used again)."""
+def restore_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, snap: dict[str, Any],
+                     buffers: Any = None) -> None:
+    """Put a snapshot's model, optimizer, schedule and RNG back (the snapshot stays intact: it may be used again);
+    ``buffers`` (:class:`~.guard_buffers.MovingBuffers`) are told the restored running statistics are the good ones."""
     model.load_state_dict(snap["model"])
     with torch.no_grad():  # the optimizer's parameters outside the model (a learnable loss weight, a temperature)
         for p, value in zip(*snap["outside"], strict=True):
@@ -42,6 +44,8 @@ def restore_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
     torch.set_rng_state(snap["rng"][0])
     if snap["rng"][1]:
         torch.cuda.set_rng_state_all(snap["rng"][1])
+    if buffers is not None:
+        buffers.keep()
 
 
 def _outside(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Tensor]:
