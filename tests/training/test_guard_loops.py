@@ -313,10 +313,12 @@ def test_each_loop_style_runs_clean_without_events_and_skips_an_injected_fault(s
         plain = model.body if style in ("tuple-output", "dict-batch") else model
         for k, kind in enumerate(("spike", "nan")):
             xb, yb = _fault(plain, 20 + k, kind)
-            before = [p.detach().clone() for p in model.parameters()]
+            before = [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.state_dict())
             assert _loop_step(style, run, opt, guard, xb, yb, 20 + k, scaler) is False
             opt.zero_grad()
-            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before[0], strict=True))
+            for i, state in before[1]["state"].items():  # AdamW's moments and step counts untouched
+                assert all(torch.equal(opt.state_dict()["state"][i][key], v) for key, v in state.items())
     assert [e.action for e in guard.events] == ["skip", "skip"] and guard.events[1].kind == "nonfinite"
     assert all(e.examples[0] == 3 for e in guard.events), [e.message for e in guard.events]
     if style == "ids":
