@@ -333,6 +333,12 @@ def test_bad_parts_and_step_inputs_name_the_value_and_what_is_allowed():
     opt, other = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"scheduler=StepLR drives another optimizer .*the guard's optimizer"):
         Guard(model, opt, S.StepLR(other, 3))
+    class Wrapped(torch.optim.SGD):  # an optimizer wrapper (accelerate's AcceleratedOptimizer holds .optimizer)
+        def __init__(self, inner):
+            super().__init__(inner.param_groups[0]["params"], lr=0.1)
+            self.optimizer = inner
+
+    Guard(model, Wrapped(opt), S.StepLR(opt, 3))  # the schedule on the optimizer inside the wrapper: accepted
     with pytest.raises(TypeError, match=r"scheduler=the class StepLR is not allowed; give .* StepLR\(optimizer"):
         Guard(model, opt, S.StepLR)
     lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))

@@ -36,7 +36,7 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
             callable(getattr(scheduler, a, None)) for a in ("step", "state_dict", "load_state_dict"))):
         raise TypeError(f"Guard: scheduler={type(scheduler).__name__} is not allowed; give a learning-rate schedule "
                         "(torch.optim.lr_scheduler: step, state_dict, load_state_dict) or None")
-    if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
+    if scheduler is not None and _inner(getattr(scheduler, "optimizer", optimizer)) is not _inner(optimizer):
         raise ValueError(f"Guard: scheduler={type(scheduler).__name__} drives another optimizer "
                          f"({type(scheduler.optimizer).__name__}); give the schedule built on the guard's optimizer "
                          f"({type(optimizer).__name__}), or None")
@@ -60,6 +60,16 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
     except (TypeError, RuntimeError):
         raise ValueError(f"Guard: snapshot_device={snapshot_device!r} is not allowed; give a torch device such as "
                          "'cpu' or 'cuda:0', or None (where the parameters are)") from None
+
+
+def _inner(optimizer: Any) -> Any:
+    """The torch optimizer inside optimizer wrappers (accelerate's ``AcceleratedOptimizer``: ``.optimizer``)."""
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
 
 
 def steps_scheduler(scheduler: Any, step_scheduler: bool) -> bool:
