@@ -12,7 +12,8 @@ Which buffers: those the forward passes before the first ``guard.step`` changed 
 when the guard was made; the version counter cannot tell, the native BatchNorm kernel leaves it unchanged). Constant
 buffers (positional encodings, masks) are never copied again; a model without such buffers costs nothing after the
 first update, and one with them one ``torch._foreach_copy_`` call per applied update (a few KB for a CNN's
-BatchNorm layers). A buffer a module changes only now and then (not in the first update) is not watched.
+BatchNorm layers). A buffer a module changes only now and then (not in the first update) is not watched. A
+GradScaler's own overflow step (not an event) leaves the buffers as its forward pass left them.
 """
 
 from __future__ import annotations

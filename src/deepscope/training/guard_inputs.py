@@ -82,7 +82,7 @@ def steps_scheduler(scheduler: Any, step_scheduler: bool) -> bool:
 def scalar(name: str, value: Any, device: torch.device | None = None) -> Tensor:
     """``value`` (a one-element tensor or a real number, or for the loss a model output holding one under "loss")
     as a 0-d float32 tensor, or an error naming ``name``."""
-    if name == "loss" and isinstance(value, Mapping) and "loss" in value:  # a Hugging Face output, a step's dict
+    if not isinstance(value, Tensor) and isinstance(value, Mapping) and "loss" in value and name == "loss":  # HF output
         value = value["loss"]
     if isinstance(value, Tensor):
         if value.numel() != 1:
