@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from deepscope.registry import integer, unknown
+from deepscope.training.guard_buffers import applied_step
 from deepscope.training.guard_examples import default_loss, rank_batch
 from deepscope.training.guard_inputs import check_parts, scalar, steps_scheduler
 from deepscope.training.guard_norm import GradNorm
@@ -139,7 +140,7 @@ class Guard:
         self.sinks, snapshot_device = check_parts(optimizer, scheduler, loss_fn, sinks, probe, snapshot_device,
                                                   step_scheduler)
         self.model, self.optimizer, self.scheduler, self.probe = model, optimizer, scheduler, probe
-        self._optimizer_step = optimizer.step  # the step before any wrapping
+        self._optimizer_step, self._buffers = applied_step(optimizer, model)  # the step before any wrapping
         self.step_scheduler = steps_scheduler(scheduler, step_scheduler)
         self.loss_fn = loss_fn or default_loss
         self.scaler, self.scaler_skips = scaler, 0  # a GradScaler's own overflow steps: not events
@@ -199,6 +200,7 @@ class Guard:
         if self._norm.sampled and grad_norm is None and self.options["check_grad"]:  # the event: the exact norm
             norms = self._exact.compute()
             norm = self._exact.total(torch.stack(norms).tolist()) if norms else norm
+        self._buffers.undo()  # the statistics (BatchNorm) this batch moved; before the ranking, which reads them
         self._on_flag(index, kind, loss_value, norm, batch, ids)
         return False
 
@@ -310,7 +312,7 @@ class Guard:
         self._pending, self._flag_since_pending = self._snapshot(into=spare), False
 
     def _restore(self, snap: dict[str, Any]) -> int:
-        restore_snapshot(self.model, self.optimizer, self.scheduler, snap)
+        restore_snapshot(self.model, self.optimizer, self.scheduler, snap, self._buffers)
         self.window.state(snap["window"])
         for p in self.params:
             p.grad = None

@@ -28,9 +28,13 @@ def default_loss(output: Tensor, y: Tensor) -> Tensor:
     """The loss that ranks examples when none is given: cross-entropy over class indices, the classes on dimension
     1 (``(N, C)``, ``(N, C, H, W)``) or, for a token model's ``(N, T, V)`` output and ``(N, T)`` labels, on the last
     (positions labelled -100 ignored). Floating-point targets (regression, binary, multi-label) get a ValueError
-    saying to pass the loss: cross-entropy would rank them by a meaningless number (0 for one logit)."""
+    saying to pass the loss: cross-entropy would rank them by a meaningless number (0 for one logit). A tuple output
+    is read by its first element, a dict (or model output) by its ``logits``."""
     import torch.nn.functional as F
 
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        output = output[0]  # a model returning (logits, extras...)
+    output = _logits(output)  # a dict or model output: its logits
     if y.is_floating_point():
         raise ValueError("floating-point targets: the default loss_fn is cross-entropy over class indices; "
                          "pass Guard(loss_fn=...), e.g. F.mse_loss or F.binary_cross_entropy_with_logits")
@@ -59,7 +63,7 @@ def per_example(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x
 
     def one(p: dict[str, Tensor], xi: tuple[Tensor, ...], yi: Tensor) -> Tensor:
         out = functional_call(model, (p, buffers), tuple(t.unsqueeze(0) for t in xi))
-        return loss_fn(out, yi.unsqueeze(0))
+        return _loss_of(loss_fn(out, yi.unsqueeze(0)))
 
     training = model.training
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
@@ -82,7 +86,7 @@ def _loop(model: nn.Module, loss_fn: Callable, inputs: tuple[Tensor, ...], y: Te
     params = [p for p in model.parameters() if p.requires_grad]
     losses, norms = [], []
     for i in range(len(y)):
-        loss = loss_fn(model(*(t[i:i + 1] for t in inputs)), y[i:i + 1])
+        loss = _loss_of(loss_fn(model(*(t[i:i + 1] for t in inputs)), y[i:i + 1]))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         losses.append(loss.detach().float().reshape(()))
         squares = [g.double().pow(2).sum() for g in grads if g is not None]
@@ -116,8 +120,8 @@ def per_example_dict(model: nn.Module, inputs: Mapping[str, Any], y: Tensor | No
                        for k, v in inputs.items()}
                 output = model(**one)
                 if y is not None:
-                    loss = (loss_fn or default_loss)(_logits(output) if loss_fn in (None, default_loss) else output,
-                                                     y[i:i + 1])
+                    loss = _loss_of((loss_fn or default_loss)(
+                        _logits(output) if loss_fn in (None, default_loss) else output, y[i:i + 1]))
                 else:
                     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
                 if loss is None and isinstance(output, tuple | list) and output:  # return_dict=False: loss first
@@ -132,6 +136,14 @@ def per_example_dict(model: nn.Module, inputs: Mapping[str, Any], y: Tensor | No
     finally:
         model.train(training)
     return losses, norms
+
+
+def _loss_of(value: Any) -> Any:
+    """A loss function's loss: the value itself, or the first element of a tuple (``(loss, logs)``), or a dict's
+    ``"loss"``."""
+    if isinstance(value, Mapping) and "loss" in value:
+        return value["loss"]
+    return value[0] if isinstance(value, tuple | list) and value else value
 
 
 def _logits(output: Any) -> Any:

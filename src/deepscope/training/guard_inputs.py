@@ -6,11 +6,12 @@ not at the first spike hours into a run."""
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 
 from deepscope.probe.options import check_loss_fn
 
@@ -22,11 +23,23 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
     """Check the guard's parts; returns the sinks as a list and the snapshot device."""
     if isinstance(optimizer, torch.optim.LBFGS):
         raise TypeError("Guard: optimizer=LBFGS is not supported: it evaluates the loss several times per step "
-                        "through a closure, and the guard checks one loss per update; give a first-order optimizer")
+                        "through a closure, and the guard checks one loss per update; give an optimizer whose "
+                        "step() needs no closure (SGD, Adam, AdamW, RMSprop, Adagrad, ...)")
+    if any(is_lazy(p) for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("Guard: the optimizer holds uninitialized parameters (a lazy module: nn.LazyLinear, "
+                         "nn.LazyConv2d, ...), which the guard cannot snapshot; run the model on one batch before "
+                         "making the guard")
+    if isinstance(scheduler, type):
+        raise TypeError(f"Guard: scheduler=the class {scheduler.__name__} is not allowed; give a schedule built on the "
+                        f"optimizer, e.g. {scheduler.__name__}(optimizer, ...), or None")
     if scheduler is not None and (isinstance(scheduler, torch.optim.Optimizer) or not all(
             callable(getattr(scheduler, a, None)) for a in ("step", "state_dict", "load_state_dict"))):
         raise TypeError(f"Guard: scheduler={type(scheduler).__name__} is not allowed; give a learning-rate schedule "
                         "(torch.optim.lr_scheduler: step, state_dict, load_state_dict) or None")
+    if scheduler is not None and _inner(getattr(scheduler, "optimizer", optimizer)) is not _inner(optimizer):
+        raise ValueError(f"Guard: scheduler={type(scheduler).__name__} drives another optimizer "
+                         f"({type(scheduler.optimizer).__name__}); give the schedule built on the guard's optimizer "
+                         f"({type(optimizer).__name__}), or None")
     check_loss_fn(loss_fn)  # the probe's check: callable or None
     if not isinstance(sinks, Iterable) or isinstance(sinks, str | bytes):
         raise TypeError(f"Guard: sinks={type(sinks).__name__} is not allowed; give a list of sinks")
@@ -49,6 +62,16 @@ def check_parts(optimizer: Any, scheduler: Any, loss_fn: Any, sinks: Any, probe:
                          "'cpu' or 'cuda:0', or None (where the parameters are)") from None
 
 
+def _inner(optimizer: Any) -> Any:
+    """The torch optimizer inside optimizer wrappers (accelerate's ``AcceleratedOptimizer``: ``.optimizer``)."""
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
 def steps_scheduler(scheduler: Any, step_scheduler: bool) -> bool:
     """Whether the guard steps ``scheduler`` after each applied update: not a ``ReduceLROnPlateau``, which needs
     the user's metric (``scheduler.step(metric)``, typically once per evaluation); it is still rolled back."""
@@ -57,7 +80,10 @@ def steps_scheduler(scheduler: Any, step_scheduler: bool) -> bool:
 
 
 def scalar(name: str, value: Any, device: torch.device | None = None) -> Tensor:
-    """``value`` (a one-element tensor or a real number) as a 0-d float32 tensor, or an error naming ``name``."""
+    """``value`` (a one-element tensor or a real number, or for the loss a model output holding one under "loss")
+    as a 0-d float32 tensor, or an error naming ``name``."""
+    if not isinstance(value, Tensor) and isinstance(value, Mapping) and "loss" in value and name == "loss":  # HF output
+        value = value["loss"]
     if isinstance(value, Tensor):
         if value.numel() != 1:
             what = "the batch's mean loss" if name == "loss" else "the total gradient norm"
@@ -68,4 +94,6 @@ def scalar(name: str, value: Any, device: torch.device | None = None) -> Tensor:
         return t if t.dtype == torch.float32 else t.float()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.tensor(float(value), device=device)
-    raise TypeError(f"guard.step: {name}={value!r} is not allowed; give a tensor of one element or a number")
+    shown = repr(value) if len(repr(value)) <= 60 else type(value).__name__  # not a whole tuple of tensors
+    raise TypeError(f"guard.step: {name}={shown} is not allowed; give a tensor of one element or a number"
+                    + (" (of a model's output: its loss, e.g. output[0] or output['loss'])" if name == "loss" else ""))
