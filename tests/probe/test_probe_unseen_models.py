@@ -1,0 +1,134 @@
+"""The probe on model families it was not written on (tiny configs, nothing downloaded): a Llama-style decoder, T5,
+ViT, DistilBERT, a MobileNet-style CNN, a GroupNorm/LayerNorm CNN and ``nn.Transformer`` seq2seq. Each activation
+module is recorded with dLoss/ds, and the recorded numbers equal what a forward hook of the test's own captures."""
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from unseen_nets import CASES
+
+from deepscope.probe import Probe
+from deepscope.probe.layers import custom_activation, is_activation
+
+pytest.importorskip("transformers")
+
+# the activation modules each model must have recorded (type names), and a module each must list as unobservable
+EXPECTED = {
+    "llama": ({"SiLUActivation"}, "model.layers.0.self_attn"),
+    "t5": ({"NewGELUActivation"}, "decoder.block.0.layer.1.EncDecAttention"),
+    "vit": ({"GELUActivation"}, "vit.layers.0.attention"),
+    "distilbert": ({"GELUActivation"}, "distilbert.transformer.layer.0.attention"),
+    "mobilenet": ({"Hardswish", "ReLU6", "SiLU"}, None),
+    "norm_cnn": ({"Mish", "GELU"}, None),
+    # torch's deepcopy of a TransformerDecoderLayer (nn.Transformer clones its layers) swaps a module activation for
+    # F.relu (TransformerDecoderLayer.__setstate__): the decoder computes relu in forward, and the probe says so
+    "seq2seq": ({"GELU"}, "transformer.decoder.layers.0"),
+}
+
+
+def capture(model, types):
+    """Forward hooks on every module of ``types``: its last output and the gradient of the loss at its input."""
+    got, handles = {}, []
+    for path, m in model.named_modules():
+        if type(m).__name__ in types:
+            def hook(m, args, out, path=path):
+                got[path] = {"out": out.detach().clone()}
+                if args[0].requires_grad:
+                    args[0].register_hook(lambda g: got[path].update(grad=g.detach().clone()))
+            handles.append(m.register_forward_hook(hook))
+    return got, handles
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_activations_and_dloss_ds_of_an_unseen_model_equal_a_hooks_capture(name):
+    case = CASES[name]()
+    types, listed = EXPECTED[name]
+    g = torch.Generator().manual_seed(3)
+    monitor = case.batch(g, 12)
+    got, handles = capture(case.model, types)
+    with Probe(case.model, monitor=monitor, jacobian_examples=0) as probe:
+        pass  # the first record: the monitor pass at the initialization
+    for h in handles:
+        h.remove()
+    rows = {(r["layer"], r["quantity"], r["stat"]): r["value"] for r in probe.records if r["source"] == "monitor"}
+    recorded = {layer.path: layer for layer in probe.layers if layer.kind == "activation"}
+    assert {type(layer.module).__name__ for layer in recorded.values()} == types
+    assert got and set(got) <= set(recorded)
+    for path, seen in got.items():
+        layer = recorded[path].name
+        out, grad = seen["out"].double(), seen["grad"].double()
+        assert rows[(layer, "activation", "mean")] == pytest.approx(out.mean().item(), rel=1e-4, abs=1e-7)
+        assert rows[(layer, "activation", "std")] == pytest.approx(out.std(correction=0).item(), rel=1e-4)
+        # dLoss/ds: the gradient of the monitor's cross-entropy at the activation's input (its pre-activation)
+        assert rows[(layer, "preact_grad", "std")] == pytest.approx(grad.std(correction=0).item(), rel=1e-4)
+    unobservable = dict(probe.unobservable)
+    if listed is not None:
+        assert listed in unobservable
+    assert not any(path in unobservable for path in recorded)  # an activation module is never called unobservable
+    assert probe.unavailable == {}
+
+
+def train_steps(case, run, steps=4, every=2):
+    g = torch.Generator().manual_seed(4)
+    monitor = case.batch(g, 12)
+    batches = [case.batch(g, 12) for _ in range(steps)]
+    opt = torch.optim.Adam(case.model.parameters(), lr=case.lr)
+    with Probe(run, every=every, monitor=monitor, jacobian_examples=0) as probe:
+        for inputs, y in batches:
+            loss = case.loss(case.call(run, inputs), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            probe.step()
+    return probe
+
+
+@pytest.mark.parametrize("name", ["llama", "norm_cnn"])
+def test_a_compiled_unseen_model_records_as_eager(name):
+    torch._dynamo.reset()
+    eager, compiled = CASES[name](), CASES[name]()
+    compiled.model.load_state_dict(copy.deepcopy(eager.model.state_dict()))
+    want = train_steps(eager, eager.model)
+    got = train_steps(compiled, torch.compile(compiled.model, backend="aot_eager"))
+    torch._dynamo.reset()
+    key = ("step", "source", "layer", "quantity", "stat")
+    want_rows = {tuple(r[k] for k in key): r["value"] for r in want.records}
+    got_rows = {tuple(r[k] for k in key): r["value"] for r in got.records}
+    assert set(got_rows) == set(want_rows)
+    assert {k[3] for k in want_rows} == {"activation", "preact_grad", "weight_grad", "update_ratio"}
+    for k, v in want_rows.items():
+        assert got_rows[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    assert got.unavailable == {}
+
+
+class PartialGELU(nn.Module):
+    """An activation held as ``functools.partial`` (transformers' ``GELUTanh``, the MLP of Gemma-style models)."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = functools.partial(F.gelu, approximate="tanh")
+
+    def forward(self, x):
+        return self.act(x)
+
+
+def test_an_activation_held_as_a_functools_partial_is_recorded():
+    transformers = pytest.importorskip("transformers")
+    for act in (PartialGELU(), transformers.activations.GELUTanh()):
+        assert custom_activation(act) and not is_activation(act)[0]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), PartialGELU(), nn.Linear(16, 3))
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    z = model[0](x).detach().requires_grad_(True)  # independent: dLoss/ds by hand
+    out = F.gelu(z, approximate="tanh")
+    F.cross_entropy(model[2](out), y).backward()
+    with Probe(model, monitor=(x, y), jacobian_examples=0) as probe:
+        pass
+    rows = {(r["quantity"], r["stat"]): r["value"] for r in probe.records if r["layer"] == "1"}
+    assert rows[("activation", "mean")] == pytest.approx(out.mean().item(), rel=1e-5)
+    assert rows[("preact_grad", "std")] == pytest.approx(z.grad.std(correction=0).item(), rel=1e-4)
+    assert probe.unobservable == []
