@@ -25,13 +25,18 @@ CLASSES = {"llama": VOCAB, "t5": VOCAB, "vit": 3, "distilbert": 2, "mobilenet": 
 
 def run(name, broken=None, steps=150, every=25):
     """``steps`` Adam updates of the case with the probe; ``broken``: "std10" (every weight matrix N(0, 10^2)) or
-    "lr100". Returns (findings, the training losses)."""
+    "lr100", or "dead" (batch-norm shifts of -10). Returns (findings, the training losses)."""
     case = CASES[name]()
     if broken == "std10":
         with torch.no_grad():
             for p in case.model.parameters():
                 if p.dim() >= 2:
                     p.normal_(0, 10)
+    if broken == "dead":  # batch-norm shifts of -10: the ReLU6 / hard-swish after them output 0 everywhere
+        with torch.no_grad():
+            for m in case.model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.bias.fill_(-10.0)
     lr = case.lr * (100 if broken == "lr100" else 1)
     g = torch.Generator().manual_seed(1)
     monitor = case.batch(g, 32)
@@ -76,6 +81,7 @@ def test_a_healthy_unseen_model_that_learns_gets_no_false_alarm(name):
     ("distilbert", "lr100", {"lr_too_high"}),
     ("seq2seq", "lr100", {"lr_too_high"}),
     ("mobilenet", "lr100", {"lr_too_high", "loss_spikes"}),
+    ("mobilenet", "dead", {"dead_units"}),
 ])
 def test_the_broken_twin_of_an_unseen_model_is_named(name, broken, expected):
     findings, _ = run(name, broken)

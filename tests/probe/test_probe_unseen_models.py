@@ -132,3 +132,30 @@ def test_an_activation_held_as_a_functools_partial_is_recorded():
     assert rows[("activation", "mean")] == pytest.approx(out.mean().item(), rel=1e-5)
     assert rows[("preact_grad", "std")] == pytest.approx(z.grad.std(correction=0).item(), rel=1e-4)
     assert probe.unobservable == []
+
+
+def test_dead_relu6_and_hardswish_channels_and_saturated_hardtanh_are_counted():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.Hardswish(),
+                          nn.Flatten(), nn.Linear(8 * 36, 8), nn.Hardtanh(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias[:3] = -50.0  # 3 of 8 channels below 0 everywhere: dead
+        model[2].bias[:5] = -50.0  # 5 of 8 below -3 everywhere: hard-swish 0, dead
+        model[5].weight.mul_(100.0)  # hardtanh pinned on its bounds
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    with Probe(model, monitor=(x, y), jacobian_examples=0) as probe:
+        pass
+    rows = {(r["layer"], r["stat"]): r["value"] for r in probe.records
+            if r["source"] == "monitor" and r["quantity"] == "activation"}
+    # independent: channels 0 at every position of every example, and the share of hardtanh outputs at +-1
+    h1 = model[1](model[0](x))
+    h2 = model[3](model[2](h1))
+    h3 = model[6](model[5](model[4](h2)))
+    assert rows[("1", "dead")] == (h1 == 0).all(dim=(0, 2, 3)).double().mean().item() == 3 / 8
+    assert rows[("3", "dead")] == (h2 == 0).all(dim=(0, 2, 3)).double().mean().item() == 5 / 8
+    assert rows[("6", "saturated")] == pytest.approx((h3.abs() >= 1).double().mean().item())
+    assert rows[("6", "saturated")] > 0.5
+    # Hardtanh with bounds of its own: no saturated fraction (its bounds are not the registry's +-1)
+    with Probe(nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(0.0, 20.0)), monitor=(torch.randn(8, 4), None)) as other:
+        pass
+    assert not [r for r in other.records if r["stat"] == "saturated"]
