@@ -159,3 +159,12 @@ def test_dead_relu6_and_hardswish_channels_and_saturated_hardtanh_are_counted():
     with Probe(nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(0.0, 20.0)), monitor=(torch.randn(8, 4), None)) as other:
         pass
     assert not [r for r in other.records if r["stat"] == "saturated"]
+
+
+def test_every_activation_of_transformers_is_an_activation_layer():
+    activations = pytest.importorskip("transformers.activations")
+    for key in activations.ACT2CLS:
+        module = activations.ACT2FN[key]
+        recorded = is_activation(module)[0] or custom_activation(module)
+        # "linear" is the identity: no non-linearity to record
+        assert recorded == (key != "linear"), (key, type(module).__name__)
