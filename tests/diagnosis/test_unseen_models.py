@@ -20,7 +20,8 @@ from unseen_nets import CASES, VOCAB  # noqa: E402
 
 pytest.importorskip("transformers")
 
-CLASSES = {"llama": VOCAB, "t5": VOCAB, "vit": 3, "distilbert": 2, "mobilenet": 3, "norm_cnn": 3, "seq2seq": VOCAB}
+CLASSES = {"llama": VOCAB, "t5": VOCAB, "vit": 3, "distilbert": 2, "roberta": 2, "mobilenet": 3, "norm_cnn": 3,
+           "seq2seq": VOCAB}
 
 
 def run(name, broken=None, steps=150, every=25):
@@ -72,6 +73,7 @@ def test_a_healthy_unseen_model_that_learns_gets_no_false_alarm(name):
     ("t5", "std10", {"variance_grows"}),
     ("vit", "std10", {"variance_grows"}),
     ("distilbert", "std10", {"variance_grows"}),
+    ("roberta", "std10", {"variance_grows"}),
     ("norm_cnn", "std10", {"variance_grows"}),
     ("mobilenet", "std10", {"variance_grows", "exploding_gradients"}),
     ("seq2seq", "std10", {"variance_grows"}),
@@ -79,6 +81,7 @@ def test_a_healthy_unseen_model_that_learns_gets_no_false_alarm(name):
     ("t5", "lr100", {"lr_too_high"}),
     ("vit", "lr100", {"lr_too_high"}),
     ("distilbert", "lr100", {"lr_too_high"}),
+    ("roberta", "lr100", {"lr_too_high"}),
     ("seq2seq", "lr100", {"lr_too_high"}),
     ("mobilenet", "lr100", {"lr_too_high", "loss_spikes"}),
     ("mobilenet", "dead", {"dead_units"}),

@@ -1,6 +1,7 @@
 """The probe on model families it was not written on (tiny configs, nothing downloaded): a Llama-style decoder, T5,
-ViT, DistilBERT, a MobileNet-style CNN, a GroupNorm/LayerNorm CNN and ``nn.Transformer`` seq2seq. Each activation
-module is recorded with dLoss/ds, and the recorded numbers equal what a forward hook of the test's own captures."""
+ViT, DistilBERT, RoBERTa, a MobileNet-style CNN, a GroupNorm/LayerNorm CNN and ``nn.Transformer`` seq2seq. Each
+activation module is recorded with dLoss/ds, and the recorded numbers equal what a forward hook of the test's own
+captures."""
 
 import copy
 import functools
@@ -22,6 +23,7 @@ EXPECTED = {
     "t5": ({"NewGELUActivation"}, "decoder.block.0.layer.1.EncDecAttention"),
     "vit": ({"GELUActivation"}, "vit.layers.0.attention"),
     "distilbert": ({"GELUActivation"}, "distilbert.transformer.layer.0.attention"),
+    "roberta": ({"GELUActivation"}, "classifier"),  # its head applies tanh in forward
     "mobilenet": ({"Hardswish", "ReLU6", "SiLU"}, None),
     "norm_cnn": ({"Mish", "GELU"}, None),
     # torch's deepcopy of a TransformerDecoderLayer (nn.Transformer clones its layers) swaps a module activation for

@@ -1,5 +1,5 @@
 """Tiny models of families the probe and the diagnosis were not written on, each with a small synthetic task it
-learns in a few hundred updates on a CPU: a Llama-style decoder, T5, ViT, DistilBERT, a MobileNet-style CNN, a
+learns in a few hundred updates on a CPU: a Llama-style decoder, T5, ViT, DistilBERT, RoBERTa, a MobileNet-style CNN, a
 GroupNorm/LayerNorm CNN and ``nn.Transformer`` seq2seq (``batch_first=True``). Nothing is downloaded: the
 transformers models are built from their configs.
 
@@ -128,6 +128,19 @@ def distilbert(seed: int = 0) -> Case:
                 token_loss, lr=3e-3)
 
 
+def roberta(seed: int = 0) -> Case:
+    import transformers
+
+    torch.manual_seed(seed)
+    # positions start after the padding id (VOCAB + 1), so the table is longer than the sequences
+    config = transformers.RobertaConfig(vocab_size=VOCAB + 4, hidden_size=16, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=40,
+                                        num_labels=2, pad_token_id=VOCAB + 1, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)
+    return Case("roberta", transformers.RobertaForSequenceClassification(config), _sequence_class_task, token_loss,
+                lr=3e-3)
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2's inverted residual (Sandler et al. 2018): expand 1x1, depthwise 3x3, project 1x1."""
 
@@ -192,4 +205,4 @@ def seq2seq(seed: int = 0) -> Case:
     return Case("seq2seq", Seq2Seq(), task, token_loss, lr=3e-3)
 
 
-CASES = {f.__name__: f for f in (llama, t5, vit, distilbert, mobilenet, norm_cnn, seq2seq)}
+CASES = {f.__name__: f for f in (llama, t5, vit, distilbert, roberta, mobilenet, norm_cnn, seq2seq)}
