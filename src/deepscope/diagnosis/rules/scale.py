@@ -24,14 +24,14 @@ from deepscope.records import Records
 __all__ = ["ACTIVATION_GROWTH_BLOWN", "ACTIVATION_STD_HIGH", "activation_growth", "rule_activation_scale"]
 
 # Too large at initialization: the median, over the activation layers, of their activation std at the first record
-# above ACTIVATION_STD_HIGH. With pre-activations of unit variance a ReLU's output std is 0.58, a GELU's 0.54, a
-# SiLU's 0.52 (tanh and sigmoid stay below 1 at any scale); 10 is pre-activations of std ~20, where each unit is a
+# above ACTIVATION_STD_HIGH. With pre-activations of unit variance a ReLU's output std is 0.58, a GELU's 0.59, a
+# SiLU's 0.56 (tanh and sigmoid stay below 1 at any scale); 10 is pre-activations of std ~20, where each unit is a
 # plain ReLU or, after a softmax, a one-hot: weights N(0, 10^2) in tiny Llama, ViT, DistilBERT, RoBERTa, T5 gave
 # 23-26, their healthy twins (the configs' own initialization) 0.04-0.63.
 ACTIVATION_STD_HIGH = 10.0
 # Blown up for good: the median, over the activation layers, of their std at the last record over their std at the
 # first, at least ACTIVATION_GROWTH_BLOWN (two orders of magnitude). Adam at lr 1 on a tiny Llama moved the weights
-# by 50x their norm at the first update: the SiLU outputs went from std 0.04 to 90-140 and stayed there while the
+# by 56x their norm at the first update: the SiLU outputs went from std 0.04 to 90-140 and stayed there while the
 # loss fell slowly (to 1.6 in 150 updates, where the lr-1e-2 twin reached 0.004 with activations 2.6x their initial
 # std); eight healthy runs of unseen model families grew 1-16x (tests/diagnosis/test_unseen_models.py).
 ACTIVATION_GROWTH_BLOWN = 100.0
