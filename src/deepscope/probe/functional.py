@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import inspect
 import textwrap
 import types
@@ -114,6 +115,8 @@ class _Finder(ast.NodeVisitor):
         """A callable reached from ``forward``: a module (observable), a known function, or Python code to read."""
         if target is None or isinstance(target, nn.Module):
             return
+        while isinstance(target, functools.partial):  # self.act = partial(F.gelu, approximate="tanh")
+            target = target.func
         name = getattr(target, "__name__", "")
         if name in NONLINEAR and not isinstance(target, types.FunctionType | types.MethodType):
             self.found.add(name)  # a builtin such as torch.tanh held in an attribute

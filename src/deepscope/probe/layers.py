@@ -32,6 +32,20 @@ _WEIGHT_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _NOT_HIDDEN_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
 _NOT_ELEMENTWISE = (nn.GLU, Maxout)
 
+# torch.nn activations outside the registry (not offered as ``model.activation``) whose flat regions are as plain as
+# ReLU's or tanh's, so the probe records their dead or saturated fractions too: ReLU6 (MobileNetV2, Sandler et al.
+# 2018) and hard-swish (MobileNetV3, Howard et al. 2019) output 0 with a zero gradient for x <= 0 and x <= -3, a dead
+# unit as ReLU's; hardtanh and hard-sigmoid sit on their bounds with a zero gradient, saturated as tanh and sigmoid.
+_KIN = {
+    nn.ReLU6: ActivationSpec("relu6", nn.ReLU6, "he_normal", 2.0**0.5, (-0.5, 6.5), dead=lambda y: y == 0),
+    nn.Hardswish: ActivationSpec("hardswish", nn.Hardswish, "he_normal", 2.0**0.5, (-0.5, 3.0), dead=lambda y: y == 0),
+    nn.Hardtanh: ActivationSpec("hardtanh", nn.Hardtanh, "glorot_uniform", 1.0, (-1.0, 1.0),
+                                saturated=lambda y: y.abs() >= 1.0),
+    nn.Hardsigmoid: ActivationSpec("hardsigmoid", nn.Hardsigmoid, "glorot_uniform", 1.0, (0.0, 1.0),
+                                   saturated=lambda y: (y <= 0.0) | (y >= 1.0)),
+}
+
+
 @dataclass
 class Layer:
     """One recorded layer: ``kind`` is "activation" (its input is the pre-activation s) or "output".
@@ -63,7 +77,10 @@ def is_activation(module: nn.Module) -> tuple[bool, ActivationSpec | None, bool]
     if spec is not None:
         return True, spec, not isinstance(module, _NOT_ELEMENTWISE)
     if type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, _NOT_HIDDEN_ACTIVATIONS):
-        return True, None, not isinstance(module, _NOT_ELEMENTWISE)
+        kin = _KIN.get(type(module))  # the exact type: ReLU6 is a Hardtanh subclass
+        if type(module) is nn.Hardtanh and (module.min_val, module.max_val) != (-1.0, 1.0):
+            kin = None  # bounds of one's own: the spec's |y| >= 1 would not be its bounds
+        return True, kin, not isinstance(module, _NOT_ELEMENTWISE)
     return False, None, False
 
 

@@ -20,6 +20,7 @@ from deepscope.diagnosis.advice import activation_name, fitting_init, spec_value
 from deepscope.diagnosis.findings import Finding, sort_findings
 from deepscope.diagnosis.ranking import rank
 from deepscope.diagnosis.rules.histograms import saturation_from_histograms
+from deepscope.diagnosis.rules.scale import rule_activation_scale
 from deepscope.diagnosis.rules.training import (  # noqa: F401 - the thresholds are read as rules.X
     LR_MIN_POINTS,
     LR_RISE,
@@ -354,6 +355,8 @@ def diagnose(
              lambda: _rule_dead(rec, spec), lambda: _rule_variance_depth(rec, activation, scheme)]
     for rule in rules:
         findings += _run(rule)
+    if not any(f.code == "variance_grows" for f in findings):  # no growth with depth: the scale itself
+        findings += _run(lambda: rule_activation_scale(rec, activation, scheme))
     explained = any(f.code in _STALLING for f in findings)
     findings += _run(lambda: training_rules(scalars, rec, spec, explained))
     return rank(sort_findings(findings))  # a symptom after the one that explains it (deepscope.diagnosis.ranking)

@@ -15,6 +15,7 @@ from typing import Any
 
 from deepscope.diagnosis.advice import spec_value
 from deepscope.diagnosis.findings import Finding
+from deepscope.diagnosis.rules.scale import ACTIVATION_GROWTH_BLOWN, activation_growth
 from deepscope.records import Records
 
 __all__ = ["curve", "rule_learning_rate"]
@@ -201,8 +202,11 @@ def rule_learning_rate(loss: list[tuple[int, float]], rec: Records, spec: Any, e
         return [Finding("lr_too_high", "error",
                         f"the first updates blew the network up (the loss jumped {evidence['early_jump']:.1f}x its "
                         f"value at initialization, one update changed the weights by {evidence['early_step']:.2g} of "
-                        "their norm) and the loss has not fallen below its starting value since: too high a rate "
-                        "killed or saturated the units in the first updates",
+                        "their norm) and "
+                        + (f"the activations are still {evidence['activation_growth']:.3g}x their scale at "
+                           "initialization: too high a rate blew the weights up in the first updates"
+                           if "activation_growth" in evidence else "the loss has not fallen below its starting "
+                           "value since: too high a rate killed or saturated the units in the first updates"),
                         first_step=step, recovers=False, evidence={**evidence, **evidence_lr}, advice=lower)]
     if explained or start <= 0:
         return []
@@ -256,11 +260,15 @@ def _early_blowup(loss: list[tuple[int, float]], end: float, rec: Records) -> tu
     step = max(at_first, default=0.0)
     typical = median(at_first) if at_first else 0.0
     huge = jump >= LR_EARLY_JUMP or step >= LR_HUGE_STEP or typical >= LR_HUGE_STEP_MEDIAN
-    if not huge or first <= 0 or end < (1 - LR_SLOW_DROP) * first:
+    # ... or the loss fell but the activations are still blown up (rules.scale.ACTIVATION_GROWTH_BLOWN)
+    growth = activation_growth(rec) if huge else None
+    blown = growth is not None and growth >= ACTIVATION_GROWTH_BLOWN
+    if not huge or first <= 0 or (end < (1 - LR_SLOW_DROP) * first and not blown):
         return None
     return (jump_at if jump >= LR_EARLY_JUMP else min(per_step)), {
         "early_jump": jump, "early_step": step, "loss_init": first, "loss_end": end,
-        "early_step_median": typical, "jump_threshold": LR_EARLY_JUMP, "step_threshold": LR_HUGE_STEP}
+        "early_step_median": typical, "jump_threshold": LR_EARLY_JUMP, "step_threshold": LR_HUGE_STEP,
+        **({"activation_growth": growth} if blown else {})}
 
 
 def _relative_drop(points: list[tuple[int, float]]) -> float:
