@@ -9,17 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_guard_loops import X, _batch, _fault  # the same data and faults as the optimizer/schedule tests
 from torch import nn
 
 from deepscope import Guard
-
-G = torch.Generator().manual_seed(1)
-X = torch.randn(40 * 16, 8, generator=G)
-Y = X[:, :3].argmax(1)
-
-
-def _batch(t):
-    return X[t * 16 % len(X):][:16], Y[t * 16 % len(X):][:16]
 
 
 def _forward_backward(model, xb, yb, seed):
@@ -27,21 +20,6 @@ def _forward_backward(model, xb, yb, seed):
     loss = F.cross_entropy(model(xb), yb)
     loss.backward()
     return loss
-
-
-def _fault(model, t, kind):
-    """Batch t with example 3 NaN, or scaled by 1e3 with the label the model finds least likely."""
-    xb, yb = _batch(t)
-    xb = xb.clone()
-    if kind == "nan":
-        xb[3] = math.nan
-        return xb, yb
-    xb[3] *= 1e3
-    with torch.no_grad():
-        yb = yb.clone()
-        yb[3] = model.eval()(xb[3:4]).argmin()
-    model.train()
-    return xb, yb
 
 
 def _bn_net():
