@@ -35,6 +35,7 @@ before the update must do; the guard's own logic (window, rules, snapshots, book
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -231,7 +232,7 @@ class BareCheck:
 
     def step(self, loss: torch.Tensor) -> None:
         values = torch.stack([loss.detach(), *self.norm.compute()]).tolist()
-        if all(v == v and abs(v) != float("inf") for v in values):
+        if all(math.isfinite(v) for v in values):
             self.opt.step()
 
 

@@ -82,9 +82,7 @@ def steps_scheduler(scheduler: Any, step_scheduler: bool) -> bool:
 def scalar(name: str, value: Any, device: torch.device | None = None) -> Tensor:
     """``value`` (a one-element tensor or a real number, or for the loss a model output holding one under "loss")
     as a 0-d float32 tensor, or an error naming ``name``."""
-    if not isinstance(value, Tensor) and isinstance(value, Mapping) and "loss" in value and name == "loss":  # HF output
-        value = value["loss"]
-    if isinstance(value, Tensor):
+    if isinstance(value, Tensor):  # first: the loss of every update goes through here
         if value.numel() != 1:
             what = "the batch's mean loss" if name == "loss" else "the total gradient norm"
             raise ValueError(f"guard.step: {name} has shape {tuple(value.shape)}; give one number ({what}, a tensor "
@@ -94,6 +92,8 @@ def scalar(name: str, value: Any, device: torch.device | None = None) -> Tensor:
         return t if t.dtype == torch.float32 else t.float()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.tensor(float(value), device=device)
+    if name == "loss" and isinstance(value, Mapping) and "loss" in value:  # a model output (Hugging Face) with its loss
+        return scalar(name, value["loss"], device)
     shown = repr(value) if len(repr(value)) <= 60 else type(value).__name__  # not a whole tuple of tensors
     raise TypeError(f"guard.step: {name}={shown} is not allowed; give a tensor of one element or a number"
                     + (" (of a model's output: its loss, e.g. output[0] or output['loss'])" if name == "loss" else ""))
